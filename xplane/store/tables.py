@@ -3,4 +3,4 @@
 Alembic's env and the test fixtures import this one module.
 """
 
-from xplane.store import events  # noqa: F401
+from xplane.store import config_store, events, nodes  # noqa: F401

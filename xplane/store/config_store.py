@@ -1,0 +1,1 @@
+"""Config revisions and the policies they carry (owned by the store/sync work)."""
