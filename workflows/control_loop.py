@@ -18,7 +18,7 @@ in the status and the loop goes on: a controller never dies of a bad tick.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -145,10 +145,8 @@ class ControlLoopWorkflow:
         timeout = self.interval().total_seconds()
         if self.settings.jitter_seconds > 0:
             timeout += workflow.random().uniform(0, self.settings.jitter_seconds)
-        try:
+        with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(lambda: bool(self.loop.pending), timeout=timeout)
-        except asyncio.TimeoutError:
-            pass
 
     async def _reconcile_once(self, reasons: list[str]) -> None:
         now = workflow.now()

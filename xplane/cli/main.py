@@ -14,6 +14,8 @@ from xplane.cli import (
     infra_cmd,
     nodes_cmd,
     sync_cmd,
+    up_cmd,
+    worker_cmd,
 )
 
 app = typer.Typer(
@@ -41,6 +43,8 @@ for module in (
     autoscale_cmd,
     infra_cmd,
     events_cmd,
+    worker_cmd,
+    up_cmd,
 ):
     module.register(app)
 

@@ -1,0 +1,59 @@
+"""Workflow types, deterministic IDs and search attributes (the UI/CLI contract).
+
+IDs are derived from what a workflow owns, so signal-with-start always reaches
+the one owner: ``gtm-<service>``, ``autoscale-<service>-<region>``,
+``region-<region>``, ``node-<node_id>``, ``gitops-sync``, ``world-state``.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+
+GITOPS_SYNC_ID = "gitops-sync"
+WORLD_STATE_ID = "world-state"
+
+GITOPS_SYNC = "GitOpsSyncWorkflow"
+GTM_LOOP = "GtmLoopWorkflow"
+AUTOSCALE = "AutoscaleWorkflow"
+REGION_LIFECYCLE = "RegionLifecycleWorkflow"
+NODE_LIFECYCLE = "NodeLifecycleWorkflow"
+WORLD_STATE = "WorldStateWorkflow"
+
+# The GitOps events (roadmap 0.2) are delivered as signals of these names.
+ON_GTM_POLICY_CHANGED = "OnGtmPolicyChanged"
+ON_AUTOSCALE_CHANGED = "OnAutoscaleChanged"
+ON_REGION_CONFIG_CHANGED = "OnRegionConfigChanged"
+
+SA_SERVICE = SearchAttributeKey.for_keyword("XplaneService")
+SA_REGION = SearchAttributeKey.for_keyword("XplaneRegion")
+SA_NODE = SearchAttributeKey.for_keyword("XplaneNode")
+SA_STATE = SearchAttributeKey.for_keyword("XplaneState")
+
+
+def gtm_id(service: str) -> str:
+    return f"gtm-{service}"
+
+
+def autoscale_id(service: str, region: str) -> str:
+    return f"autoscale-{service}-{region}"
+
+
+def region_id(region: str) -> str:
+    return f"region-{region}"
+
+
+def node_id(node: str) -> str:
+    return f"node-{node}"
+
+
+def search_attributes(
+    *, service: str | None = None, region: str | None = None, node: str | None = None
+) -> TypedSearchAttributes:
+    pairs: list[SearchAttributePair[str]] = []
+    if service:
+        pairs.append(SearchAttributePair(SA_SERVICE, service))
+    if region:
+        pairs.append(SearchAttributePair(SA_REGION, region))
+    if node:
+        pairs.append(SearchAttributePair(SA_NODE, node))
+    return TypedSearchAttributes(pairs)

@@ -1,0 +1,243 @@
+"""NodeLifecycleWorkflow (ID ``node-<node_id>``): idle -> warm -> active -> drain -> delete.
+
+Started by the API on registration (signal-with-start), driven by the
+world-state loop's ``heartbeat_state_changed`` signals (transitions only, never
+heartbeats), by ``drain`` (operator or autoscaler) and ``deregistered``.
+Timers give the time-based transitions: warm-up, the down grace period, and
+drain (record TTL + drain timeout). The transition rules are the pure
+:mod:`xplane.lifecycle.node_fsm`; illegal events are refused and logged.
+
+Every transition is written to the store (the API and GTM read the store,
+never this workflow), wakes ``gtm-<service>`` when traffic must move, and a
+node given up after the grace period signals ``node_lost`` to
+``autoscale-<service>-<region>`` so the pool is refilled.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+from workflows import ids, policies
+
+with workflow.unsafe.imports_passed_through():
+    from xplane.domain import NodeState
+    from xplane.lifecycle.node_fsm import IllegalTransition, NodeEvent, next_state
+
+HISTORY_KEEP = 20  # transitions kept in the status query
+
+
+class NodeTimings(BaseModel):
+    warmup_seconds: float = 10.0  # healthy this long in warm -> active
+    down_grace_seconds: float = 120.0  # down this long -> given up
+    dns_ttl_seconds: float = 30.0  # clients may cache the record this long
+    drain_timeout_seconds: float = 30.0  # extra time for connections to finish
+
+
+class HeartbeatChange(BaseModel):
+    """From the world-state loop: the node's observed status changed."""
+
+    status: Literal["up", "down", "drain"]
+    reason: str = ""
+
+
+class DrainRequest(BaseModel):
+    by: str = "operator"
+    reason: str = "drain requested"
+
+
+class Transition(BaseModel):
+    at: datetime
+    from_state: NodeState
+    to_state: NodeState
+    event: NodeEvent
+    reason: str
+
+
+class NodeLifecycleCarry(BaseModel):
+    state: NodeState = NodeState.IDLE
+    since: datetime | None = None
+    reason: str = "registered"
+    down_since: datetime | None = None
+    history: list[Transition] = Field(default_factory=list)
+    refused: list[str] = Field(default_factory=list)
+    inbox: list[tuple[NodeEvent, str]] = Field(default_factory=list)
+
+
+class NodeLifecycleParams(BaseModel):
+    node_id: str
+    service: str
+    region: str
+    timings: NodeTimings = Field(default_factory=NodeTimings)
+    carry: NodeLifecycleCarry | None = None
+
+
+class NodeLifecycleStatus(BaseModel):
+    node_id: str
+    state: NodeState
+    since: datetime | None
+    reason: str
+    down_since: datetime | None
+    history: list[Transition]
+    refused: list[str]
+
+
+class NodeStateRecord(BaseModel):
+    """Input of the ``record_node_state`` activity."""
+
+    node_id: str
+    service: str
+    region: str
+    from_state: NodeState
+    state: NodeState
+    event: NodeEvent
+    reason: str
+    at: datetime
+    request_drain: bool = False
+
+
+@workflow.defn(name=ids.NODE_LIFECYCLE)
+class NodeLifecycleWorkflow:
+    def __init__(self) -> None:
+        self.c = NodeLifecycleCarry()
+        self.p: NodeLifecycleParams | None = None
+
+    # ------------------------------------------------------------------ signals
+    @workflow.signal
+    def heartbeat_state_changed(self, change: HeartbeatChange) -> None:
+        event = {"up": NodeEvent.UP, "down": NodeEvent.DOWN, "drain": NodeEvent.DRAIN}[
+            change.status
+        ]
+        self.c.inbox.append((event, change.reason or f"status {change.status}"))
+
+    @workflow.signal
+    def drain(self, request: DrainRequest) -> None:
+        self.c.inbox.append((NodeEvent.DRAIN, f"drain by {request.by}: {request.reason}"))
+
+    @workflow.signal
+    def deregistered(self, reason: str = "deregistered") -> None:
+        self.c.inbox.append((NodeEvent.DEREGISTERED, reason))
+
+    @workflow.query
+    def status(self) -> NodeLifecycleStatus:
+        return NodeLifecycleStatus(
+            node_id=workflow.info().workflow_id.removeprefix("node-"),
+            state=self.c.state,
+            since=self.c.since,
+            reason=self.c.reason,
+            down_since=self.c.down_since,
+            history=self.c.history,
+            refused=self.c.refused,
+        )
+
+    # --------------------------------------------------------------------- run
+    @workflow.run
+    async def run(self, params: NodeLifecycleParams) -> NodeLifecycleStatus:
+        self.p = params
+        if params.carry is not None:
+            # Keep signals that arrived before this run started (signal-with-start).
+            pending, self.c = self.c.inbox, params.carry
+            self.c.inbox.extend(pending)
+        if self.c.since is None:
+            self.c.since = workflow.now()
+        while self.c.state is not NodeState.DELETE:
+            event, reason = await self._next_event()
+            await self._handle(event, reason)
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(params.model_copy(update={"carry": self.c}))
+        return self.status()
+
+    def _deadline(self) -> tuple[datetime, NodeEvent] | None:
+        """The timer-driven event of the current state, if it has one."""
+        assert self.p is not None and self.c.since is not None
+        t = self.p.timings
+        if self.c.state is NodeState.WARM:
+            return self.c.since + timedelta(seconds=t.warmup_seconds), NodeEvent.WARMED
+        if self.c.state is NodeState.IDLE and self.c.down_since is not None:
+            grace = timedelta(seconds=t.down_grace_seconds)
+            return self.c.down_since + grace, NodeEvent.GRACE_EXPIRED
+        if self.c.state is NodeState.DRAIN:
+            wait = timedelta(seconds=t.dns_ttl_seconds + t.drain_timeout_seconds)
+            return self.c.since + wait, NodeEvent.DRAINED
+        return None
+
+    async def _next_event(self) -> tuple[NodeEvent, str]:
+        deadline = self._deadline()
+        if not self.c.inbox:
+            timeout = None
+            if deadline is not None:
+                timeout = max((deadline[0] - workflow.now()).total_seconds(), 0.001)
+            try:
+                await workflow.wait_condition(lambda: bool(self.c.inbox), timeout=timeout)
+            except TimeoutError:
+                assert deadline is not None
+                return deadline[1], _timer_reason(deadline[1])
+        return self.c.inbox.pop(0)
+
+    async def _handle(self, event: NodeEvent, reason: str) -> None:
+        assert self.p is not None
+        before = self.c.state
+        if event is NodeEvent.UP and before in (NodeState.WARM, NodeState.ACTIVE):
+            return  # already healthy: nothing to do
+        try:
+            after = next_state(before, event)
+        except IllegalTransition as err:
+            message = f"{workflow.now().isoformat()}: refused: {err}"
+            workflow.logger.warning("node %s: %s", self.p.node_id, message)
+            self.c.refused = [*self.c.refused[-(HISTORY_KEEP - 1) :], message]
+            return
+        now = workflow.now()
+        if event is NodeEvent.DOWN:
+            self.c.down_since = now
+        elif event in (NodeEvent.UP, NodeEvent.DRAIN, NodeEvent.DEREGISTERED):
+            self.c.down_since = None
+        self.c.state, self.c.since, self.c.reason = after, now, reason
+        self.c.history = [
+            *self.c.history[-(HISTORY_KEEP - 1) :],
+            Transition(at=now, from_state=before, to_state=after, event=event, reason=reason),
+        ]
+        workflow.upsert_search_attributes([ids.SA_STATE.value_set(after.value)])
+        await workflow.execute_activity(
+            "record_node_state",
+            NodeStateRecord(
+                node_id=self.p.node_id,
+                service=self.p.service,
+                region=self.p.region,
+                from_state=before,
+                state=after,
+                event=event,
+                reason=reason,
+                at=now,
+                request_drain=after is NodeState.DRAIN,
+            ),
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DB,
+        )
+        if NodeState.ACTIVE in (before, after) or after is NodeState.DELETE:
+            await self._signal(
+                ids.gtm_id(self.p.service), "world_changed", f"node {self.p.node_id} {after.value}"
+            )
+        if event is NodeEvent.GRACE_EXPIRED:
+            await self._signal(
+                ids.autoscale_id(self.p.service, self.p.region), "node_lost", self.p.node_id
+            )
+
+    async def _signal(self, workflow_id: str, signal: str, arg: str) -> None:
+        """Best effort: the receiver's own tick catches up if it isn't running."""
+        try:
+            await workflow.get_external_workflow_handle(workflow_id).signal(signal, arg)
+        except ApplicationError as err:
+            workflow.logger.info("signal %s to %s not delivered: %s", signal, workflow_id, err)
+
+
+def _timer_reason(event: NodeEvent) -> str:
+    return {
+        NodeEvent.WARMED: "warm-up period passed while healthy",
+        NodeEvent.GRACE_EXPIRED: "down for longer than the grace period: given up",
+        NodeEvent.DRAINED: "drain period (DNS TTL + drain timeout) elapsed",
+    }.get(event, event.value)

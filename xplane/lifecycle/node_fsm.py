@@ -1,0 +1,81 @@
+"""The node lifecycle as a pure state machine (roadmap 3.2).
+
+idle -> warm -> active -> drain -> delete.
+
+``down`` is not a state: a node that stops answering is taken out of service
+by moving it back to ``idle`` (GTM only counts ``active``), and either comes
+back through ``warm`` within the grace period or is given up (``delete``).
+
+==========  ==============  =========  ==========================================
+from        event           to         why
+==========  ==============  =========  ==========================================
+idle        up              warm       healthy heartbeats and probes
+idle        grace_expired   delete     down for longer than the grace period
+warm        warmed          active     warm-up period passed while healthy
+warm        down            idle       out of service at once
+active      down            idle       out of service at once (GTM signalled)
+idle/warm/  drain           drain      operator, autoscaler scale-down, the node
+active                                 itself, or a down node given up
+drain       drained         delete     DNS TTL + drain timeout elapsed
+any but     deregistered    delete     the node left (pool shrank, operator)
+delete
+==========  ==============  =========  ==========================================
+
+Everything else is refused (:class:`IllegalTransition`): the workflow logs it
+and stays where it is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from xplane.domain import NodeState
+
+
+class NodeEvent(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    WARMED = "warmed"
+    DRAIN = "drain"
+    DRAINED = "drained"
+    DEREGISTERED = "deregistered"
+    GRACE_EXPIRED = "grace_expired"
+
+
+S, E = NodeState, NodeEvent
+
+TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
+    (S.IDLE, E.UP): S.WARM,
+    (S.IDLE, E.GRACE_EXPIRED): S.DELETE,
+    (S.WARM, E.WARMED): S.ACTIVE,
+    (S.WARM, E.DOWN): S.IDLE,
+    (S.ACTIVE, E.DOWN): S.IDLE,
+    (S.IDLE, E.DRAIN): S.DRAIN,
+    (S.WARM, E.DRAIN): S.DRAIN,
+    (S.ACTIVE, E.DRAIN): S.DRAIN,
+    (S.DRAIN, E.DRAINED): S.DELETE,
+    (S.IDLE, E.DEREGISTERED): S.DELETE,
+    (S.WARM, E.DEREGISTERED): S.DELETE,
+    (S.ACTIVE, E.DEREGISTERED): S.DELETE,
+    (S.DRAIN, E.DEREGISTERED): S.DELETE,
+}
+
+
+class IllegalTransition(ValueError):
+    def __init__(self, state: NodeState, event: NodeEvent) -> None:
+        super().__init__(f"event {event.value!r} is not allowed in state {state.value!r}")
+        self.state = state
+        self.event = event
+
+
+def next_state(state: NodeState, event: NodeEvent) -> NodeState:
+    """The state after ``event``, or :class:`IllegalTransition`."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise IllegalTransition(state, event) from None
+
+
+def in_service(state: NodeState) -> bool:
+    """Whether GTM may send traffic to a node in this state."""
+    return state is NodeState.ACTIVE

@@ -1,0 +1,41 @@
+"""Process settings from the environment (12-factor): one place, one name each."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from xplane.store.db import db_url_from_env
+
+TASK_QUEUE = "xplane"
+
+
+class Settings(BaseModel):
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = TASK_QUEUE
+    db_url: str
+    data_dir: Path = Path(".xplane")
+    config_repo: str | None = None  # local path or URL of the GitOps config repo
+    config_branch: str = "main"
+    infra_repo: str | None = None  # local path or URL of the infra (node-pool) repo
+    infra_branch: str = "main"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {
+            "temporal_address": env.get("XPLANE_TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+            "temporal_namespace": env.get("XPLANE_TEMPORAL_NAMESPACE", "default"),
+            "task_queue": env.get("XPLANE_TASK_QUEUE", TASK_QUEUE),
+            "db_url": db_url_from_env(None),
+            "data_dir": Path(env.get("XPLANE_DATA_DIR", ".xplane")),
+            "config_repo": env.get("XPLANE_CONFIG_REPO"),
+            "config_branch": env.get("XPLANE_CONFIG_BRANCH", "main"),
+            "infra_repo": env.get("XPLANE_INFRA_REPO"),
+            "infra_branch": env.get("XPLANE_INFRA_BRANCH", "main"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

@@ -1,0 +1,42 @@
+"""Connecting to Temporal the same way everywhere (pydantic payloads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.common import TypedSearchAttributes
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+
+async def connect(address: str, namespace: str = "default") -> Client:
+    return await Client.connect(
+        address, namespace=namespace, data_converter=pydantic_data_converter
+    )
+
+
+async def signal_with_start(
+    client: Client,
+    *,
+    workflow_type: str,
+    workflow_id: str,
+    start_arg: Any,
+    signal: str,
+    signal_arg: Any,
+    task_queue: str,
+    search_attributes: TypedSearchAttributes | None = None,
+) -> None:
+    """Deliver ``signal`` to the owner workflow, starting it first if it isn't running.
+
+    Nothing is lost when the sender is faster than the workflow: the signal is
+    recorded in the new run's history before its first task.
+    """
+    await client.start_workflow(
+        workflow_type,
+        start_arg,
+        id=workflow_id,
+        task_queue=task_queue,
+        start_signal=signal,
+        start_signal_args=[signal_arg],
+        search_attributes=search_attributes,
+    )
