@@ -115,6 +115,10 @@ class NodeLifecycleWorkflow:
         self.c.inbox.append((event, change.reason or f"status {change.status}"))
 
     @workflow.signal
+    def registered(self, address: str = "") -> None:
+        """What the API's signal-with-start carries on (re-)registration: no transition."""
+
+    @workflow.signal
     def drain(self, request: DrainRequest) -> None:
         self.c.inbox.append((NodeEvent.DRAIN, f"drain by {request.by}: {request.reason}"))
 

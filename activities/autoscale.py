@@ -1,0 +1,290 @@
+"""Activities of the autoscaler: decide, drain, commit to Git, record Terraform's answer.
+
+The decision is :func:`xplane.autoscale.desired.desired` (pure) over metrics
+aggregated from the heartbeat samples in the store; the commit is
+:func:`xplane.gitops.infra_repo.commit_node_count`. XPlane never creates a
+machine: it changes ``infra/node-pool/<region>.tfvars`` and waits for CI.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from workflows import ids
+from xplane.autoscale.desired import Decision, ScaleHistory, desired
+from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate
+from xplane.domain import NodeState, NodeStatus
+from xplane.gitops.infra_repo import RepoError, commit_node_count
+from xplane.store import config_store
+from xplane.store import nodes as node_store
+from xplane.store.db import transaction, utcnow
+from xplane.store.events import record_event
+from xplane.store.pools import finish_commit, list_pools, set_pool
+
+GONE = (NodeState.DELETE.value,)
+
+
+class DecideRequest(BaseModel):
+    service: str
+    region: str
+    history: ScaleHistory = Field(default_factory=ScaleHistory)
+    lost_nodes: int = 0  # node_lost signals since the last decision
+
+
+class DecideResult(BaseModel):
+    exists: bool
+    decision: Decision | None = None
+    metrics: dict[str, float | int] = Field(default_factory=dict)
+    ready_nodes: int = 0
+    interval_seconds: float = 30.0
+    jitter_seconds: float = 0.0
+    terraform_timeout_seconds: float = 900.0
+    node_ready_timeout_seconds: float = 600.0
+    cooldown_seconds: float = 60.0
+
+
+class CommitRequest(BaseModel):
+    service: str
+    region: str
+    count: int
+    reason: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    subject: str | None = None  # default: the autoscaler's conventional-commit subject
+    correlation_id: str | None = None
+
+
+class PoolCommit(BaseModel):
+    status: Literal["committed", "unchanged"]
+    sha: str
+    previous_count: int | None
+    count: int
+
+
+class TerraformOutcome(BaseModel):
+    """Signalled by the CI webhook: ``terraform_finished``."""
+
+    commit: str
+    status: Literal["succeeded", "failed"]
+    run_url: str | None = None
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TerraformRecord(BaseModel):
+    service: str
+    region: str
+    commit: str
+    status: Literal["succeeded", "failed", "timeout"]
+    detail: str = ""
+
+
+class DrainRequestIn(BaseModel):
+    service: str
+    region: str
+    count: int
+    reason: str
+
+
+def pick_nodes_to_drain(rows: list[node_store.NodeRow], count: int, now: datetime) -> list[str]:
+    """Which nodes a scale-down removes: the least healthy first, then the newest.
+
+    Least healthy = not up, then failing the active check, then the highest
+    error rate; among equals the most recently registered goes first (it holds
+    the fewest long-lived connections and the least warm cache).
+    """
+
+    def badness(row: node_store.NodeRow) -> tuple[int, int, float, float]:
+        not_active = row.state != NodeState.ACTIVE.value
+        failing = row.health_check_ok is False
+        registered = row.registered_at.timestamp() if row.registered_at else 0.0
+        return (-int(not_active), -int(failing), -(row.error_rate or 0.0), -registered)
+
+    candidates = [r for r in rows if r.state not in (NodeState.DRAIN.value, *GONE)]
+    return [r.id for r in sorted(candidates, key=badness)[:count]]
+
+
+class AutoscaleActivities:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        client: Client | None,
+        infra_repo: str | None,
+        workdir: Path,
+        branch: str = "main",
+    ) -> None:
+        self._sessions = session_factory
+        self._client = client
+        self._infra_repo = infra_repo
+        self._workdir = workdir
+        self._branch = branch
+
+    @activity.defn(name="decide_autoscale")
+    def decide_autoscale(self, request: DecideRequest) -> DecideResult:
+        now = utcnow()
+        with self._sessions() as session:
+            config = config_store.current_config(session)
+            policy = config.autoscale.get(request.service) if config else None
+            region_policy = policy.regions.get(request.region) if policy else None
+            if config is None or policy is None or region_policy is None:
+                return DecideResult(exists=False)
+            region = config.regions.get(request.region)
+            if region is not None and region.quota is not None and region_policy.quota is None:
+                region_policy = region_policy.model_copy(update={"quota": region.quota})
+            window = policy.global_.cpu_window
+            rows = node_store.metric_samples(session, request.service, request.region, now - window)
+            nodes = [
+                n
+                for n in node_store.list_nodes(session, service=request.service)
+                if n.region == request.region and n.state not in GONE
+            ]
+            pool = next(
+                (p for p in list_pools(session, request.service) if p.region == request.region),
+                None,
+            )
+            timeout = timedelta(seconds=30)
+            ready = sum(
+                1
+                for n in nodes
+                if n.state == NodeState.ACTIVE.value
+                and node_store.derive_status(n, now, timeout) is NodeStatus.UP
+            )
+        samples = [
+            Sample(
+                node_id=r.node_id,
+                at=r.at,
+                cpu=r.cpu,
+                rtt_ms=r.rtt_ms,
+                error_rate=r.error_rate,
+                qps=r.qps,
+            )
+            for r in rows
+        ]
+        metrics: RegionMetrics = aggregate(samples, now, window)
+        current = pool.node_count if pool is not None else len(nodes)
+        decision = desired(
+            metrics,
+            region_policy,
+            policy.cooldown,
+            window,
+            current,
+            request.history,
+            now,
+            ready_nodes=ready if (request.lost_nodes or nodes) else None,
+        )
+        return DecideResult(
+            exists=True,
+            decision=decision,
+            metrics=metrics.summary(),
+            ready_nodes=ready,
+            interval_seconds=policy.interval.total_seconds(),
+            jitter_seconds=policy.jitter.total_seconds(),
+            terraform_timeout_seconds=policy.terraform_timeout.total_seconds(),
+            node_ready_timeout_seconds=policy.node_ready_timeout.total_seconds(),
+            cooldown_seconds=policy.cooldown.scale_up.total_seconds(),
+        )
+
+    @activity.defn(name="commit_node_pool")
+    def commit_node_pool(self, request: CommitRequest) -> PoolCommit:
+        """Edit ``infra/node-pool/<region>.tfvars`` and push; remember the pending commit."""
+        if not self._infra_repo:
+            raise ApplicationError(
+                "no infra repo configured (XPLANE_INFRA_REPO): cannot change node pools",
+                non_retryable=True,
+            )
+        extra: dict[str, Any] = {}
+        if request.subject:
+            extra["subject"] = request.subject
+        try:
+            result = commit_node_count(
+                self._infra_repo,
+                request.region,
+                request.count,
+                request.reason,
+                request.metrics,
+                self._workdir,
+                self._branch,
+                **extra,
+            )
+        except RepoError as err:
+            raise ApplicationError(str(err), type="RepoError") from err
+        now = utcnow()
+        with transaction(self._sessions) as session:
+            pending = result.sha if result.status == "committed" else None
+            set_pool(
+                session,
+                request.service,
+                request.region,
+                request.count,
+                at=now,
+                pending_commit=pending,
+            )
+            record_event(
+                session,
+                "autoscale.committed" if pending else "autoscale.unchanged",
+                f"{request.region}: pool {result.previous_count} -> {request.count} "
+                + (f"(commit {result.sha[:8]})" if pending else "(already in Git)")
+                + f": {request.reason}",
+                source=ids.autoscale_id(request.service, request.region),
+                service=request.service,
+                region=request.region,
+                correlation_id=request.correlation_id,
+                data={"commit": result.sha, "metrics": request.metrics},
+                at=now,
+            )
+        return PoolCommit(
+            status=result.status,
+            sha=result.sha,
+            previous_count=result.previous_count,
+            count=request.count,
+        )
+
+    @activity.defn(name="record_terraform_result")
+    def record_terraform_result(self, record: TerraformRecord) -> None:
+        with transaction(self._sessions) as session:
+            finish_commit(session, record.service, record.region, record.commit, record.status)
+            record_event(
+                session,
+                f"terraform.{record.status}",
+                f"{record.region}: terraform for {record.commit[:8]} {record.status}"
+                + (f": {record.detail}" if record.detail else ""),
+                source=ids.autoscale_id(record.service, record.region),
+                service=record.service,
+                region=record.region,
+                data={"commit": record.commit},
+            )
+
+    @activity.defn(name="count_ready_nodes")
+    def count_ready_nodes(self, request: DecideRequest) -> int:
+        now = utcnow()
+        with self._sessions() as session:
+            return sum(
+                1
+                for n in node_store.list_nodes(session, service=request.service)
+                if n.region == request.region
+                and n.state == NodeState.ACTIVE.value
+                and node_store.derive_status(n, now, timedelta(seconds=30)) is NodeStatus.UP
+            )
+
+    @activity.defn(name="drain_nodes")
+    async def drain_nodes(self, request: DrainRequestIn) -> list[str]:
+        """Choose the nodes a scale-down removes and tell their lifecycle workflows."""
+        now = utcnow()
+        with self._sessions() as session:
+            rows = [
+                n
+                for n in node_store.list_nodes(session, service=request.service)
+                if n.region == request.region
+            ]
+            chosen = pick_nodes_to_drain(rows, request.count, now)
+        if self._client is not None:
+            for node in chosen:
+                handle = self._client.get_workflow_handle(ids.node_id(node))
+                await handle.signal("drain", {"by": "autoscaler", "reason": request.reason})
+        return chosen

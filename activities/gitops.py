@@ -1,0 +1,34 @@
+"""Activity: one GitOps sync of the config repo (pull -> validate -> upsert in one transaction).
+
+A thin wrapper over :func:`xplane.gitops.sync.sync_once` (the code path
+``xplane sync --once`` runs too). It is a plain ``def``: git and the database
+are blocking I/O, so the worker runs it in its activity thread pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio import activity
+
+from xplane.gitops.sync import SyncResult, sync_once
+
+
+class SyncRequest(BaseModel):
+    source: str  # local path or URL of the config repo
+    branch: str = "main"
+
+
+class GitOpsActivities:
+    """Built once by the worker with its session factory and clone-cache folder."""
+
+    def __init__(self, session_factory: sessionmaker[Session], workdir: Path) -> None:
+        self._session_factory = session_factory
+        self._workdir = workdir
+
+    @activity.defn(name="sync_config_repo")
+    def sync_config_repo(self, req: SyncRequest) -> SyncResult:
+        """Raises RepoError (retried by Temporal) when the repo cannot be fetched."""
+        return sync_once(self._session_factory, req.source, req.branch, self._workdir)

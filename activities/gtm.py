@@ -1,0 +1,193 @@
+"""Activities of the GTM loop: observe + compute targets, active health checks, DNS apply.
+
+Thin wrappers: the algorithms are :mod:`xplane.gtm.weights` (pure) and the
+providers of :mod:`xplane.dns`; these only read the store and talk to the world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from xplane.dns.factory import make_provider
+
+from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
+from xplane.dns.base import ApplyResult, DesiredEndpoint, DesiredRegion, DesiredService, DnsError
+from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
+from xplane.gtm.weights import ServiceWeights, compute_service_weights, heartbeat_timeout_seconds
+from xplane.store import config_store
+from xplane.store import nodes as node_store
+from xplane.store.db import transaction, utcnow
+from xplane.store.events import record_event
+from xplane.store.pools import list_pools
+
+
+class GtmTargets(BaseModel):
+    """What the loop needs for one tick (small: no node list beyond the records)."""
+
+    service: str
+    exists: bool  # False: the service's GTM policy is gone from config
+    policy: GtmPolicy | None = None
+    weights: ServiceWeights | None = None
+    observed_at: datetime
+
+
+class HealthCheckRequest(BaseModel):
+    service: str
+    check: HealthCheck
+    states: dict[str, CheckState] = Field(default_factory=dict)  # node id -> tracker state
+
+
+class HealthCheckResult(BaseModel):
+    states: dict[str, CheckState]
+    flipped: dict[str, bool] = Field(default_factory=dict)  # node id -> new healthy value
+    probed: int = 0
+
+
+class ApplyDnsRequest(BaseModel):
+    service: str
+    provider_key: str
+    provider: DnsProviderConfig
+    desired: DesiredService
+    reason: str = ""
+    force: bool = False
+
+
+def desired_for_provider(
+    policy: GtmPolicy, provider: DnsProviderConfig, weights: ServiceWeights
+) -> DesiredService:
+    """The record set one provider should publish (only its regions, if it names some)."""
+    allowed = set(provider.regions) if provider.regions else None
+    regions: list[DesiredRegion] = []
+    for name, region in sorted(weights.regions.items()):
+        if allowed is not None and name not in allowed:
+            continue
+        endpoints = [
+            DesiredEndpoint(address=r.address, weight=r.weight)
+            for r in weights.records
+            if r.region == name and r.weight > 0
+        ]
+        endpoints.sort(key=lambda e: e.address)
+        regions.append(
+            DesiredRegion(region=name, weight=region.effective_weight, endpoints=endpoints)
+        )
+    zone = provider.zone or policy.domain.split(".", 1)[-1]
+    return DesiredService(
+        service=policy.service,
+        name=policy.domain.rstrip("."),
+        zone=zone.rstrip("."),
+        ttl=provider.ttl,
+        owner_id=provider.owner_id,
+        regions=regions,
+    )
+
+
+def digest(desired: DesiredService) -> str:
+    """Stable fingerprint of a desired record set: the loop writes only when it changes."""
+    body = json.dumps(desired.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+class GtmActivities:
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._sessions = session_factory
+
+    @activity.defn(name="observe_gtm")
+    def observe_gtm(self, service: str) -> GtmTargets:
+        """Read config, nodes and pools; compute the target weights (no ramp: the loop does)."""
+        now = utcnow()
+        with self._sessions() as session:
+            config = config_store.current_config(session)
+            policy = config.gtm.get(service) if config else None
+            if config is None or policy is None:
+                return GtmTargets(service=service, exists=False, observed_at=now)
+            timeout = heartbeat_timeout_seconds(policy)
+            world = node_store.world_snapshot(
+                session, now, timedelta(seconds=timeout), service=service
+            )
+            pools = {p.region: p.node_count for p in list_pools(session, service)}
+        weights = compute_service_weights(policy, config.regions, world.nodes, pools, timeout)
+        return GtmTargets(
+            service=service, exists=True, policy=policy, weights=weights, observed_at=now
+        )
+
+    @activity.defn(name="check_node_health")
+    async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
+        """Run the policy's active check against every registered node of the service.
+
+        A node's ``health_check_ok`` in the store flips only after the configured
+        number of consecutive results (``next_health``), so one lost probe changes nothing.
+        """
+        with self._sessions() as session:
+            rows = [
+                r
+                for r in node_store.list_nodes(session, service=request.service)
+                if r.state != "delete"
+            ]
+            targets = [ProbeTarget(node_id=r.id, address=r.address, port=r.port) for r in rows]
+        results = await probe_all(targets, request.check)
+        states: dict[str, CheckState] = {}
+        flipped: dict[str, bool] = {}
+        check = request.check
+        for result in results:
+            prev = request.states.get(result.node_id)
+            state = next_health(prev, result.ok, check.healthy_threshold, check.unhealthy_threshold)
+            states[result.node_id] = state
+            if state.healthy is not None and (prev is None or prev.healthy != state.healthy):
+                flipped[result.node_id] = state.healthy
+        if flipped:
+            now = utcnow()
+            with transaction(self._sessions) as session:
+                for node_id, healthy in flipped.items():
+                    node_store.record_health_check(session, node_id, healthy, now)
+                    record_event(
+                        session,
+                        "node.health_check." + ("passing" if healthy else "failing"),
+                        f"active {check.type} check of {node_id} is "
+                        + ("passing" if healthy else "failing"),
+                        source=f"gtm-{request.service}",
+                        service=request.service,
+                        node_id=node_id,
+                        correlation_id=node_id,
+                        at=now,
+                    )
+        return HealthCheckResult(states=states, flipped=flipped, probed=len(results))
+
+    @activity.defn(name="apply_dns")
+    def apply_dns(self, request: ApplyDnsRequest) -> ApplyResult:
+        """Plan and apply one provider; log the change. Auth/validation errors don't retry."""
+        provider = make_provider(request.provider)
+        try:
+            plan = provider.plan(request.desired)
+            result = provider.apply(plan, force=request.force)
+        except DnsError as err:
+            raise ApplicationError(
+                f"{request.provider_key}: {err}",
+                type=type(err).__name__,
+                non_retryable=not err.retryable,
+            ) from err
+        if result.applied:
+            with transaction(self._sessions) as session:
+                record_event(
+                    session,
+                    "dns.applied",
+                    f"{request.provider_key}: {plan.summary()} ({request.reason})",
+                    source=f"gtm-{request.service}",
+                    service=request.service,
+                    data={
+                        "provider": request.provider_key,
+                        "changes": [c.model_dump(mode="json") for c in result.changes],
+                        "regions": {r.region: r.weight for r in request.desired.regions},
+                    },
+                )
+        return result
+
+
+def summarize(weights: ServiceWeights) -> dict[str, Any]:
+    return {name: round(r.effective_weight, 3) for name, r in weights.regions.items()}

@@ -1,0 +1,229 @@
+"""AutoscaleWorkflow (ID ``autoscale-<service>-<region>``): decide -> commit -> wait -> cooldown.
+
+Each tick (jittered with ``workflow.random()`` so regions don't commit in
+lockstep) aggregates the region's metrics and asks the pure ``desired``
+function for a node count. A change is committed to the infra repo; the
+workflow then waits, durably, for CI's ``terraform_finished`` signal for that
+commit (signals that arrive early are kept, so a fast CI loses nothing), then
+for the new nodes to become ready. A failure or timeout is recorded in the
+event log, the pool stays where Git says, and the cooldown (from
+``last_scaled_at``) stops a new commit before it has passed.
+
+Reacts to ``OnAutoscaleChanged`` (GitOps sync) and ``node_lost`` (node lifecycle).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+
+from workflows import ids, policies
+from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
+
+with workflow.unsafe.imports_passed_through():
+    from activities.autoscale import (
+        CommitRequest,
+        DecideRequest,
+        DecideResult,
+        DrainRequestIn,
+        PoolCommit,
+        TerraformOutcome,
+        TerraformRecord,
+    )
+    from xplane.autoscale.desired import ScaleHistory
+
+READY_POLL = timedelta(seconds=5)
+
+
+class Waiting(BaseModel):
+    commit: str
+    desired: int
+    since: str
+    phase: str  # "terraform" | "nodes"
+
+
+class AutoscaleParams(BaseModel):
+    service: str
+    region: str
+    settings: LoopSettings = Field(
+        default_factory=lambda: LoopSettings(interval_seconds=30, jitter_seconds=5)
+    )
+    loop: LoopCarry | None = None
+    history: ScaleHistory = Field(default_factory=ScaleHistory)
+    terraform: dict[str, TerraformOutcome] = Field(default_factory=dict)  # commit -> outcome
+    lost_nodes: int = 0
+    current: int | None = None
+    desired: int | None = None
+    last_reason: str = ""
+    last_outcome: str = ""
+    commits: int = 0
+
+
+@workflow.defn(name=ids.AUTOSCALE)
+class AutoscaleWorkflow(ControlLoopWorkflow):
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = AutoscaleParams(service="", region="")
+        self.waiting: Waiting | None = None
+        self._interval = timedelta(seconds=30)
+
+    @workflow.run
+    async def run(self, params: AutoscaleParams) -> None:
+        self.p = params
+        self._interval = timedelta(seconds=params.settings.interval_seconds)
+        await self.run_loop(params.loop, params.settings)
+
+    # ------------------------------------------------------------------ signals
+    @workflow.signal
+    def terraform_finished(self, outcome: TerraformOutcome) -> None:
+        """CI finished ``terraform apply`` for a commit (kept even if not waited for yet)."""
+        self.p.terraform[outcome.commit] = outcome
+        if len(self.p.terraform) > 20:  # bounded: only recent commits matter
+            oldest = next(iter(self.p.terraform))
+            del self.p.terraform[oldest]
+
+    @workflow.signal
+    def node_lost(self, node_id: str) -> None:
+        self.p.lost_nodes += 1
+        self.request(f"node_lost:{node_id}")
+
+    @workflow.signal(name=ids.ON_AUTOSCALE_CHANGED)
+    def on_policy_changed(self, _event: Any = None) -> None:
+        self.request("policy_changed")
+
+    def interval(self) -> timedelta:
+        return self._interval
+
+    # --------------------------------------------------------------- reconcile
+    async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
+        key = DecideRequest(
+            service=self.p.service,
+            region=self.p.region,
+            history=self.p.history,
+            lost_nodes=self.p.lost_nodes,
+        )
+        result: DecideResult = await workflow.execute_activity(
+            "decide_autoscale",
+            key,
+            result_type=DecideResult,
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DB,
+        )
+        if not result.exists or result.decision is None:
+            return {"exists": False}
+        self._interval = timedelta(seconds=result.interval_seconds)
+        self.settings.jitter_seconds = result.jitter_seconds
+        decision = result.decision
+        self.p.current, self.p.desired = decision.current, decision.desired
+        self.p.last_reason = decision.reason
+        if decision.desired == decision.current:
+            self.p.history = decision.history  # keeps the stabilisation clock (low_since)
+            return {"desired": decision.desired, "reason": decision.reason}
+
+        incident = f"{workflow.info().workflow_id}@{workflow.now().isoformat()}"
+        if decision.desired < decision.current:
+            await workflow.execute_activity(
+                "drain_nodes",
+                DrainRequestIn(
+                    service=self.p.service,
+                    region=self.p.region,
+                    count=decision.current - decision.desired,
+                    reason=decision.reason,
+                ),
+                result_type=list[str],
+                start_to_close_timeout=policies.PUBLISH_TIMEOUT,
+                retry_policy=policies.PUBLISH,
+            )
+        commit: PoolCommit = await workflow.execute_activity(
+            "commit_node_pool",
+            CommitRequest(
+                service=self.p.service,
+                region=self.p.region,
+                count=decision.desired,
+                reason=decision.reason,
+                metrics=result.metrics,
+                correlation_id=incident,
+            ),
+            result_type=PoolCommit,
+            start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+            retry_policy=policies.EXTERNAL,
+        )
+        # The change is in Git: cooldown starts now whatever Terraform does.
+        self.p.history = decision.history
+        self.p.lost_nodes = 0
+        self.p.commits += 1
+        if commit.status == "unchanged":
+            self.p.last_outcome = f"pool already {decision.desired} in Git"
+            return {"desired": decision.desired, "commit": None}
+        self.p.last_outcome = await self._wait_for_terraform(commit, result, decision.desired)
+        return {"desired": decision.desired, "commit": commit.sha, "outcome": self.p.last_outcome}
+
+    async def _wait_for_terraform(
+        self, commit: PoolCommit, result: DecideResult, desired: int
+    ) -> str:
+        now = workflow.now()
+        self.waiting = Waiting(
+            commit=commit.sha, desired=desired, since=now.isoformat(), phase="terraform"
+        )
+        try:
+            try:
+                await workflow.wait_condition(
+                    lambda: commit.sha in self.p.terraform,
+                    timeout=timedelta(seconds=result.terraform_timeout_seconds),
+                )
+            except TimeoutError:
+                await self._record(commit.sha, "timeout", "no terraform_finished signal in time")
+                return "terraform timeout"
+            outcome = self.p.terraform.pop(commit.sha)
+            await self._record(commit.sha, outcome.status, outcome.run_url or "")
+            if outcome.status != "succeeded":
+                return "terraform failed"
+            self.waiting.phase = "nodes"
+            deadline = workflow.now() + timedelta(seconds=result.node_ready_timeout_seconds)
+            while workflow.now() < deadline:
+                ready: int = await workflow.execute_activity(
+                    "count_ready_nodes",
+                    DecideRequest(service=self.p.service, region=self.p.region),
+                    result_type=int,
+                    start_to_close_timeout=policies.DB_TIMEOUT,
+                    retry_policy=policies.DB,
+                )
+                if ready >= desired:
+                    return f"{ready} nodes ready"
+                await workflow.sleep(READY_POLL)
+            return "nodes not ready in time"
+        finally:
+            self.waiting = None
+
+    async def _record(self, commit: str, status: str, detail: str) -> None:
+        await workflow.execute_activity(
+            "record_terraform_result",
+            TerraformRecord(
+                service=self.p.service,
+                region=self.p.region,
+                commit=commit,
+                status=status,  # type: ignore[arg-type]
+                detail=detail,
+            ),
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DB,
+        )
+
+    def continue_as_new_args(self) -> list[Any]:
+        return [self.p.model_copy(update={"loop": self.loop})]
+
+    def status_details(self) -> dict[str, Any]:
+        return {
+            "service": self.p.service,
+            "region": self.p.region,
+            "current": self.p.current,
+            "desired": self.p.desired,
+            "reason": self.p.last_reason,
+            "waiting": self.waiting.model_dump() if self.waiting else None,
+            "last_outcome": self.p.last_outcome,
+            "commits": self.p.commits,
+            "last_scaled_at": self.p.history.last_scaled_at,
+        }

@@ -1,0 +1,180 @@
+"""GtmLoopWorkflow (ID ``gtm-<service>``): region weights -> DNS, forever.
+
+Wakes on its tick, on ``world_changed`` (world-state loop, node lifecycles) and
+on ``OnGtmPolicyChanged`` / ``policy_changed`` (GitOps sync). Each reconcile:
+
+1. runs the policy's active health check against every node (flips in the store
+   only after N consecutive results);
+2. observes the store and computes target weights (pure function, in an activity);
+3. damps them here (drops at once, rises ramped over ``slow_start``; a region
+   that joins a running loop starts from 0);
+4. applies to each DNS provider only when its desired record set changed.
+
+The ramp state, health-check trackers and last applied digests live in the
+workflow and are carried across continue-as-new, so an idle tick costs a timer,
+two activities and no DNS write.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+
+from workflows import ids, policies
+from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
+
+with workflow.unsafe.imports_passed_through():
+    from activities.gtm import (
+        ApplyDnsRequest,
+        GtmTargets,
+        HealthCheckRequest,
+        HealthCheckResult,
+        desired_for_provider,
+        digest,
+        summarize,
+    )
+    from xplane.dns.base import ApplyResult
+    from xplane.gtm.health_checks import CheckState
+    from xplane.gtm.ramp import RampState, ramp_service
+
+
+class ProviderApply(BaseModel):
+    at: str
+    digest: str
+    summary: str
+    write_calls: int
+
+
+class GtmLoopParams(BaseModel):
+    service: str
+    settings: LoopSettings = Field(default_factory=lambda: LoopSettings(interval_seconds=10))
+    loop: LoopCarry | None = None
+    ramp: dict[str, RampState] = Field(default_factory=dict)
+    health: dict[str, CheckState] = Field(default_factory=dict)
+    applied: dict[str, ProviderApply] = Field(default_factory=dict)  # provider key -> last
+    weights: dict[str, float] = Field(default_factory=dict)
+    fail_open: bool = False
+    reason: str = ""
+    removed: bool = False
+
+
+@workflow.defn(name=ids.GTM_LOOP)
+class GtmLoopWorkflow(ControlLoopWorkflow):
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = GtmLoopParams(service="")
+        self._interval = timedelta(seconds=10)
+
+    @workflow.run
+    async def run(self, params: GtmLoopParams) -> None:
+        self.p = params
+        self._interval = timedelta(seconds=params.settings.interval_seconds)
+        await self.run_loop(params.loop, params.settings)
+
+    @workflow.signal
+    def world_changed(self, reason: str = "world changed") -> None:
+        self.request("world_changed")
+
+    @workflow.signal(name=ids.ON_GTM_POLICY_CHANGED)
+    def on_policy_changed(self, _event: Any = None) -> None:
+        self.request("policy_changed")
+
+    @workflow.signal
+    def policy_changed(self, _event: Any = None) -> None:
+        self.request("policy_changed")
+
+    def interval(self) -> timedelta:
+        return self._interval
+
+    async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
+        service = self.p.service
+        targets: GtmTargets = await workflow.execute_activity(
+            "observe_gtm",
+            service,
+            result_type=GtmTargets,
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DB,
+        )
+        if not targets.exists or targets.policy is None or targets.weights is None:
+            self.p.removed = True
+            return {"removed": True}
+        self.p.removed = False
+        policy = targets.policy
+        self._interval = min(policy.interval, policy.health.interval)
+
+        health: HealthCheckResult = await workflow.execute_activity(
+            "check_node_health",
+            HealthCheckRequest(service=service, check=policy.health, states=self.p.health),
+            result_type=HealthCheckResult,
+            start_to_close_timeout=policy.health.timeout * 4 + timedelta(seconds=30),
+            retry_policy=policies.DB,
+        )
+        self.p.health = health.states
+        if health.flipped:
+            # Flips were written to the store after observe: look again so they count now.
+            targets = await workflow.execute_activity(
+                "observe_gtm",
+                service,
+                result_type=GtmTargets,
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DB,
+            )
+            if targets.weights is None or targets.policy is None:
+                return {"removed": True}
+
+        now = workflow.now()
+        previous = dict(self.p.ramp)
+        if previous:  # a region joining a running loop slow-starts from 0
+            for name in targets.weights.regions:
+                previous.setdefault(name, RampState(from_weight=0, target=0, started_at=now))
+        weights, self.p.ramp = ramp_service(targets.weights, previous, now, policy.slow_start)
+        self.p.weights = summarize(weights)
+        self.p.fail_open, self.p.reason = weights.fail_open, weights.reason
+        if weights.fail_open:
+            workflow.logger.warning("gtm %s: fail open: %s", service, weights.reason)
+
+        applied = 0
+        for index, provider in enumerate(policy.dns_providers()):
+            key = f"{index}:{provider.provider}"
+            desired = desired_for_provider(policy, provider, weights)
+            fingerprint = digest(desired)
+            last = self.p.applied.get(key)
+            if last is not None and last.digest == fingerprint:
+                continue
+            result: ApplyResult = await workflow.execute_activity(
+                "apply_dns",
+                ApplyDnsRequest(
+                    service=service,
+                    provider_key=key,
+                    provider=provider,
+                    desired=desired,
+                    reason=", ".join(reasons),
+                ),
+                result_type=ApplyResult,
+                start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+                retry_policy=policies.EXTERNAL,
+            )
+            applied += result.write_calls
+            self.p.applied[key] = ProviderApply(
+                at=now.isoformat(),
+                digest=fingerprint,
+                summary=f"{len(result.changes)} change(s)" if result.applied else "in sync",
+                write_calls=result.write_calls,
+            )
+        return {"weights": self.p.weights, "fail_open": weights.fail_open, "writes": applied}
+
+    def continue_as_new_args(self) -> list[Any]:
+        return [self.p.model_copy(update={"loop": self.loop})]
+
+    def status_details(self) -> dict[str, Any]:
+        return {
+            "service": self.p.service,
+            "weights": self.p.weights,
+            "fail_open": self.p.fail_open,
+            "reason": self.p.reason,
+            "last_apply": {k: v.model_dump() for k, v in self.p.applied.items()},
+            "removed": self.p.removed,
+        }

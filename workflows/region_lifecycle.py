@@ -1,0 +1,232 @@
+"""RegionLifecycleWorkflow (ID ``region-<region>``): bootstrap -> serving -> retire.
+
+Bootstrap (roadmap 4.3): render and commit ``infra/node-pool/<region>/`` with
+``node_count = min_nodes``, wait for CI's ``terraform_finished``, wait for the
+first node to register and become active, then wake GTM, whose slow start
+brings the region in gently. A region never enters GTM unhealthy: its weight
+is 0 until a node is ready. A failed bootstrap (Terraform failed, no node
+came) is reported and retried on the next config change or a ``retry`` signal.
+
+Retire (region removed from config, or ``retired: true``): GTM drops its weight
+to 0 (the weight function does it from config), wait the record TTL, drain its
+nodes, scale the pool to 0 via Git, wait for Terraform, remove the directory.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+
+from workflows import ids, policies
+
+with workflow.unsafe.imports_passed_through():
+    from activities.autoscale import TerraformOutcome
+    from activities.regions import (
+        RegionCommit,
+        RegionCommitRequest,
+        RegionEvent,
+        RegionNodes,
+        RegionView,
+    )
+
+Phase = Literal[
+    "pending",
+    "committing",
+    "waiting_terraform",
+    "waiting_node",
+    "serving",
+    "failed",
+    "retiring",
+    "retired",
+]
+
+
+class RegionTimings(BaseModel):
+    terraform_timeout_seconds: float = 900
+    first_node_timeout_seconds: float = 600
+    poll_seconds: float = 5
+    drain_seconds: float = 30  # after the TTL, for connections to finish
+
+
+class RegionParams(BaseModel):
+    region: str
+    timings: RegionTimings = Field(default_factory=RegionTimings)
+
+
+class RegionStatus(BaseModel):
+    region: str
+    phase: Phase
+    service: str | None
+    reason: str
+    steps: list[str]
+
+
+@workflow.defn(name=ids.REGION_LIFECYCLE)
+class RegionLifecycleWorkflow:
+    def __init__(self) -> None:
+        self.phase: Phase = "pending"
+        self.reason = "started"
+        self.service: str | None = None
+        self.steps: list[str] = []
+        self.terraform: dict[str, TerraformOutcome] = {}
+        self.config_changes = 0
+        self.retry_requested = False
+
+    # ------------------------------------------------------------------ signals
+    @workflow.signal(name=ids.ON_REGION_CONFIG_CHANGED)
+    def on_config_changed(self, _event: Any = None) -> None:
+        self.config_changes += 1
+
+    @workflow.signal
+    def retry(self) -> None:
+        self.retry_requested = True
+
+    @workflow.signal
+    def terraform_finished(self, outcome: TerraformOutcome) -> None:
+        self.terraform[outcome.commit] = outcome
+
+    @workflow.query
+    def status(self) -> RegionStatus:
+        return RegionStatus(
+            region=workflow.info().workflow_id.removeprefix("region-"),
+            phase=self.phase,
+            service=self.service,
+            reason=self.reason,
+            steps=self.steps[-30:],
+        )
+
+    # --------------------------------------------------------------------- run
+    @workflow.run
+    async def run(self, params: RegionParams) -> RegionStatus:
+        self.p = params
+        while True:
+            self.config_changes = 0
+            self.retry_requested = False
+            view: RegionView = await self._act("describe_region", params.region, RegionView)
+            self.service = view.service or self.service
+            if not view.exists or view.retired:
+                if self.phase in ("pending",) and not view.exists:
+                    self._step("pending", "region not in config: nothing to do")
+                    return self.status()
+                await self._retire(view)
+                return self.status()
+            if self.phase in ("pending", "failed"):
+                await self._bootstrap(view)
+            # Serving (or failed): sleep until config changes or an operator says retry.
+            await workflow.wait_condition(lambda: self.config_changes > 0 or self.retry_requested)
+            if workflow.info().is_continue_as_new_suggested():
+                workflow.continue_as_new(params)
+
+    async def _bootstrap(self, view: RegionView) -> None:
+        if view.service is None:
+            self._step("failed", "no service uses this region in gtm/ or autoscale/")
+            return
+        self._step("committing", f"render and commit node pool with {view.min_nodes} node(s)")
+        commit: RegionCommit = await self._act(
+            "commit_region_pool",
+            RegionCommitRequest(
+                region=view.region,
+                service=view.service,
+                action="bootstrap",
+                node_count=view.min_nodes,
+            ),
+            RegionCommit,
+            external=True,
+        )
+        if commit.status == "committed":
+            if not await self._wait_terraform(commit.sha):
+                return
+        else:
+            self._step("waiting_node", "node pool already in Git: waiting for its nodes")
+        if view.min_nodes == 0:
+            self._step("serving", "min_nodes is 0: region ready, no node expected")
+            return
+        self._step("waiting_node", "waiting for the first node to register and become active")
+        deadline = workflow.now() + timedelta(seconds=self.p.timings.first_node_timeout_seconds)
+        while workflow.now() < deadline:
+            nodes: RegionNodes = await self._act("region_nodes", view.region, RegionNodes)
+            if nodes.active > 0:
+                self._step(
+                    "serving", f"{nodes.active} active node(s): entering GTM with slow start"
+                )
+                await self._wake_gtm(view.service)
+                return
+            await workflow.sleep(timedelta(seconds=self.p.timings.poll_seconds))
+        self._step("failed", "no node became active in time; retry on config change or `retry`")
+        await self._event(view, "region.bootstrap.failed", self.reason)
+
+    async def _wait_terraform(self, sha: str) -> bool:
+        self._step("waiting_terraform", f"waiting for terraform_finished({sha[:8]})")
+        try:
+            await workflow.wait_condition(
+                lambda: sha in self.terraform,
+                timeout=timedelta(seconds=self.p.timings.terraform_timeout_seconds),
+            )
+        except TimeoutError:
+            self._step("failed", f"terraform did not report on {sha[:8]} in time")
+            return False
+        outcome = self.terraform.pop(sha)
+        if outcome.status != "succeeded":
+            self._step("failed", f"terraform failed for {sha[:8]}: {outcome.run_url or ''}")
+            return False
+        return True
+
+    async def _retire(self, view: RegionView) -> None:
+        service = self.service or view.service
+        self._step("retiring", "GTM weight to 0 (region left config); waiting the record TTL")
+        if service:
+            await self._wake_gtm(service)
+        await workflow.sleep(timedelta(seconds=view.ttl_seconds))
+        drained: list[str] = await self._act("drain_region_nodes", view.region, list[str])
+        self._step("retiring", f"draining {len(drained)} node(s)")
+        await workflow.sleep(timedelta(seconds=self.p.timings.drain_seconds))
+        if service:
+            commit: RegionCommit = await self._act(
+                "commit_region_pool",
+                RegionCommitRequest(region=view.region, service=service, action="scale_to_zero"),
+                RegionCommit,
+                external=True,
+            )
+            if commit.status == "committed" and not await self._wait_terraform(commit.sha):
+                self._step("retiring", "terraform did not confirm scale to 0; removing anyway")
+            await self._act(
+                "commit_region_pool",
+                RegionCommitRequest(region=view.region, service=service, action="remove"),
+                RegionCommit,
+                external=True,
+            )
+        self._step("retired", "node pool removed from Git")
+        await self._event(view, "region.retired", self.reason)
+
+    # ----------------------------------------------------------------- helpers
+    def _step(self, phase: Phase, reason: str) -> None:
+        self.phase, self.reason = phase, reason
+        self.steps.append(f"{workflow.now().isoformat()} {phase}: {reason}")
+        workflow.upsert_search_attributes([ids.SA_STATE.value_set(phase)])
+
+    async def _act(self, name: str, arg: Any, result_type: Any, external: bool = False) -> Any:
+        return await workflow.execute_activity(
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=policies.EXTERNAL_TIMEOUT if external else policies.DB_TIMEOUT,
+            retry_policy=policies.EXTERNAL if external else policies.DB,
+        )
+
+    async def _event(self, view: RegionView, kind: str, message: str) -> None:
+        await self._act(
+            "record_region_event",
+            RegionEvent(region=view.region, service=self.service, kind=kind, message=message),
+            type(None),
+        )
+
+    async def _wake_gtm(self, service: str) -> None:
+        try:
+            await workflow.get_external_workflow_handle(ids.gtm_id(service)).signal(
+                "world_changed", f"region {self.p.region} {self.phase}"
+            )
+        except Exception as err:  # the GTM loop may not run yet: its tick catches up
+            workflow.logger.info("gtm-%s not signalled: %s", service, err)

@@ -1,0 +1,59 @@
+"""The API's bridge to Temporal: registration and CI webhooks become signals.
+
+Used by ``xplane api`` when a Temporal address is configured (and by ``xplane up``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from activities.autoscale import TerraformOutcome
+from workflows import ids
+from workflows.autoscale import AutoscaleParams
+from workflows.node_lifecycle import NodeLifecycleParams
+from xplane.temporal_client import signal_with_start
+from xplane.webhooks.routes import TerraformWebhook
+
+
+class TemporalNotifier:
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self._client = client
+        self._task_queue = task_queue
+
+    async def node_registered(self, node_id: str, service: str, region: str) -> None:
+        await signal_with_start(
+            self._client,
+            workflow_type=ids.NODE_LIFECYCLE,
+            workflow_id=ids.node_id(node_id),
+            start_arg=NodeLifecycleParams(node_id=node_id, service=service, region=region),
+            signal="registered",
+            signal_arg="",
+            task_queue=self._task_queue,
+            search_attributes=ids.search_attributes(service=service, region=region, node=node_id),
+        )
+
+    async def terraform_finished(self, hook: TerraformWebhook) -> None:
+        outcome = TerraformOutcome(
+            commit=hook.commit, status=hook.status, run_url=hook.run_url, outputs=hook.outputs
+        )
+        await signal_with_start(
+            self._client,
+            workflow_type=ids.AUTOSCALE,
+            workflow_id=ids.autoscale_id(hook.service, hook.region),
+            start_arg=AutoscaleParams(service=hook.service, region=hook.region),
+            signal="terraform_finished",
+            signal_arg=outcome,
+            task_queue=self._task_queue,
+            search_attributes=ids.search_attributes(service=hook.service, region=hook.region),
+        )
+        # The region lifecycle waits for its bootstrap/retire commits the same way.
+        with contextlib.suppress(RPCError):
+            await self._client.get_workflow_handle(ids.region_id(hook.region)).signal(
+                "terraform_finished", outcome
+            )
+
+    async def sync_now(self) -> None:
+        await self._client.get_workflow_handle(ids.GITOPS_SYNC_ID).signal("sync_now")

@@ -1,0 +1,155 @@
+"""``POST /webhooks/terraform`` (CI finished ``terraform apply``) and ``POST /webhooks/git``.
+
+Terraform: the body ``{commit, service, region, status, run_url?, outputs?, timestamp}``
+is signed as ``X-XPlane-Signature-256: sha256=<HMAC-SHA256(raw body)>`` with
+``XPLANE_WEBHOOK_SECRET``; ``X-XPlane-Delivery`` de-duplicates retries. The
+timestamp is *inside* the signed body (unix seconds or ISO 8601), so a captured
+request cannot be replayed later with a fresh one: outside ``window`` it is
+refused. A valid call is delivered by signal-with-start to
+``autoscale-<service>-<region>`` (nothing is lost when CI is faster than the
+workflow) and to ``region-<region>`` when that workflow is running.
+
+Git: GitHub push events (``X-Hub-Signature-256``) and GitLab's
+(``X-Gitlab-Token``) with ``XPLANE_GIT_WEBHOOK_SECRET`` send ``sync_now`` to
+``gitops-sync``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from xplane.api.context import get_ctx
+from xplane.api.errors import ApiError
+from xplane.store.config_store import service_regions
+from xplane.store.db import transaction, utcnow
+from xplane.store.events import record_event
+from xplane.webhooks.deliveries import claim_delivery
+from xplane.webhooks.signature import token_matches, verify
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-XPlane-Signature-256"
+DELIVERY_HEADER = "X-XPlane-Delivery"
+DEFAULT_WINDOW = timedelta(minutes=5)
+
+
+class TerraformWebhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    commit: str = Field(min_length=7, max_length=64, pattern=r"^[0-9a-f]+$")
+    service: str = Field(min_length=1, max_length=128)
+    region: str = Field(min_length=1, max_length=128)
+    status: Literal["succeeded", "failed"]
+    run_url: str | None = Field(default=None, max_length=2048)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _unix_or_iso(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+        return value
+
+
+class WebhookNotifier(Protocol):
+    async def terraform_finished(self, hook: TerraformWebhook) -> None: ...
+    async def sync_now(self) -> None: ...
+
+
+def _secret(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise ApiError(503, f"webhook secret not configured ({name})")
+    return value
+
+
+def _notifier(request: Request) -> WebhookNotifier | None:
+    return getattr(request.app.state, "webhook_notifier", None)
+
+
+def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
+    router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+    @router.post("/terraform", status_code=202)
+    async def terraform(request: Request) -> JSONResponse:
+        body = await request.body()
+        if not verify(
+            _secret("XPLANE_WEBHOOK_SECRET"), body, request.headers.get(SIGNATURE_HEADER)
+        ):
+            raise ApiError(401, "bad signature", [(SIGNATURE_HEADER, "does not match the body")])
+        delivery = request.headers.get(DELIVERY_HEADER)
+        if not delivery:
+            raise ApiError(400, "missing delivery id", [(DELIVERY_HEADER, "header is required")])
+        try:
+            hook = TerraformWebhook.model_validate(json.loads(body))
+        except (ValueError, ValidationError) as err:
+            fields = (
+                [(".".join(map(str, e["loc"])), e["msg"]) for e in err.errors()]
+                if isinstance(err, ValidationError)
+                else [("body", f"malformed JSON: {err}")]
+            )
+            raise ApiError(422, "invalid terraform webhook", fields) from None
+        age = abs(utcnow() - hook.timestamp.astimezone(UTC))
+        if age > window:
+            raise ApiError(
+                401, "stale webhook", [("timestamp", f"{age.total_seconds():.0f}s from now")]
+            )
+        ctx = get_ctx(request)
+        with transaction(ctx.factory) as session:
+            known = service_regions(session)
+            if hook.service not in known:
+                raise ApiError(
+                    422, "unknown service", [("service", f"{hook.service!r} is not configured")]
+                )
+            if hook.region not in known[hook.service]:
+                raise ApiError(
+                    422,
+                    "unknown region",
+                    [("region", f"{hook.region!r} is not a region of {hook.service}")],
+                )
+            if not claim_delivery(session, delivery, "terraform"):
+                return JSONResponse({"status": "duplicate", "delivery": delivery}, status_code=200)
+            record_event(
+                session,
+                "webhook.terraform",
+                f"CI: terraform {hook.status} for {hook.commit[:8]} in {hook.region}",
+                source="webhook",
+                service=hook.service,
+                region=hook.region,
+                data={"commit": hook.commit, "run_url": hook.run_url, "delivery": delivery},
+            )
+        notifier = _notifier(request)
+        if notifier is None:
+            raise ApiError(503, "no workflow client configured: delivery recorded, not signalled")
+        await notifier.terraform_finished(hook)
+        return JSONResponse({"status": "accepted", "delivery": delivery}, status_code=202)
+
+    @router.post("/git", status_code=202)
+    async def git(request: Request) -> JSONResponse:
+        body = await request.body()
+        secret = _secret("XPLANE_GIT_WEBHOOK_SECRET")
+        github = request.headers.get("X-Hub-Signature-256")
+        gitlab = request.headers.get("X-Gitlab-Token")
+        if not (verify(secret, body, github) or token_matches(secret, gitlab)):
+            raise ApiError(
+                401, "bad signature", [("X-Hub-Signature-256", "or X-Gitlab-Token invalid")]
+            )
+        event = request.headers.get("X-GitHub-Event") or request.headers.get("X-Gitlab-Event", "")
+        if event not in ("push", "Push Hook", ""):
+            return JSONResponse({"status": "ignored", "event": event}, status_code=200)
+        notifier = _notifier(request)
+        if notifier is None:
+            raise ApiError(503, "no workflow client configured")
+        await notifier.sync_now()
+        return JSONResponse({"status": "accepted"}, status_code=202)
+
+    return router
