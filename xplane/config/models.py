@@ -8,16 +8,63 @@ region's ``base_weight``) and runs the cross-file checks.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import AliasChoices, Field
+from pydantic import AfterValidator, AliasChoices, Field, model_validator
 
+from xplane.config.errors import NAME_PATTERN, FieldErrors, Loc
 from xplane.domain import StrictModel
-from xplane.durations import Duration
+from xplane.durations import Duration, format_duration
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _hostname(value: str, min_labels: int) -> str:
+    """Lower-case, drop a trailing dot, check every label (RFC 1123)."""
+    name = value.strip().lower().removesuffix(".")
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < min_labels or not all(_LABEL.match(x) for x in labels):
+        need = "a fully qualified domain name like api.svc.plus" if min_labels > 1 else "a DNS name"
+        raise ValueError(f"invalid domain {value!r}: must be {need}")
+    return name
+
+
+def _fqdn(value: str) -> str:
+    return _hostname(value, min_labels=2)
+
+
+def _zone_name(value: str) -> str:
+    return _hostname(value, min_labels=1)
+
+
+Fqdn = Annotated[str, AfterValidator(_fqdn)]
+ZoneName = Annotated[str, AfterValidator(_zone_name)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def default_zone(domain: str) -> str:
+    """The zone a domain is published in when not configured: its parent.
+
+    ``api.svc.plus`` -> ``svc.plus``; a two-label domain (``svc.plus``) is its own zone.
+    """
+    labels = domain.split(".")
+    return ".".join(labels[1:]) if len(labels) > 2 else domain
+
+
+def _raise(errors: list[tuple[Loc, str]]) -> None:
+    if errors:
+        raise FieldErrors(errors)
+
+
+def _min_max(low: int | None, high: int | None, lo_key: str, hi_key: str) -> list[tuple[Loc, str]]:
+    if low is not None and high is not None and low > high:
+        return [((lo_key,), f"must be <= {hi_key} ({high}), not {low}")]
+    return []
 
 
 # --------------------------------------------------------------------- regions
@@ -35,11 +82,16 @@ class RegionDefaults(StrictModel):
     min_ready_nodes: NonNegInt | None = None
     quota: NonNegInt | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _raise(_min_max(self.min_nodes, self.max_nodes, "min_nodes", "max_nodes"))
+        return self
+
 
 class Region(StrictModel):
     """Where nodes live: one cloud region (``regions/<name>.yaml`` or a group entry)."""
 
-    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    name: Name
     provider: str = "local"  # aws | alicloud | tencent | local | ...
     location: str | None = None  # the cloud's own region id, e.g. ap-northeast-1
     instance_type: str | None = None
@@ -50,7 +102,12 @@ class Region(StrictModel):
     base_weight: float = Field(default=100, ge=0)
     health_threshold: Fraction = 0.5
     min_ready_nodes: NonNegInt = 1
-    retired: bool = False
+    retired: bool = False  # kept in Git but drained and out of traffic
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _raise(_min_max(self.min_nodes, self.max_nodes, "min_nodes", "max_nodes"))
+        return self
 
 
 # ------------------------------------------------------------------------- gtm
@@ -71,12 +128,24 @@ class HealthCheck(StrictModel):
 
     type: Literal["http", "tcp"] = "http"
     path: str = "/healthz"
-    port: int | None = Field(default=None, ge=1, le=65535)  # default: the node's advertised port, else 80
+    port: int | None = Field(
+        default=None, ge=1, le=65535
+    )  # default: the node's advertised port, else 80
     interval: Duration = timedelta(seconds=5)
     timeout: Duration = timedelta(seconds=2)
     healthy_threshold: int = Field(default=2, ge=1)  # consecutive successes before up
     unhealthy_threshold: int = Field(default=3, ge=1)  # consecutive failures before down
     expected_status: list[int] = Field(default_factory=lambda: list(range(200, 400)))
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.timeout >= self.interval:
+            msg = (
+                f"must be shorter than interval ({format_duration(self.interval)}), "
+                f"not {format_duration(self.timeout)}"
+            )
+            raise FieldErrors([(("timeout",), msg)])
+        return self
 
 
 class LatencyPolicy(StrictModel):
@@ -86,7 +155,7 @@ class LatencyPolicy(StrictModel):
 
 class DnsProviderBase(StrictModel):
     ttl: int = Field(default=30, ge=1, le=86400)
-    zone: str | None = None  # default: the domain's parent (api.svc.plus -> svc.plus)
+    zone: ZoneName | None = None  # default: the domain's parent (api.svc.plus -> svc.plus)
     regions: list[str] | None = None  # publish only these regions through this provider
     record_type: Literal["A", "AAAA", "auto"] = "auto"
     owner_id: str = "xplane"  # ownership marker value (TXT registry)
@@ -139,8 +208,8 @@ DnsProviderConfig = Annotated[
 class GtmPolicy(StrictModel):
     """``gtm/<service>.yaml``: how a service's traffic is shared between regions."""
 
-    service: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-    domain: str
+    service: Name
+    domain: Fqdn
     regions: list[GtmRegion] = Field(min_length=1)
     health: HealthCheck = Field(default_factory=HealthCheck)
     latency: LatencyPolicy = Field(default_factory=LatencyPolicy)
@@ -150,6 +219,37 @@ class GtmPolicy(StrictModel):
     slow_start: Duration = timedelta(minutes=2)  # ramp for weight increases
     max_error_rate: Fraction = 0.5  # a node above this is not ready
     heartbeat_timeout: Duration | None = None  # default 3 x heartbeat interval
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        """Regions listed once; each provider's zone (defaulted) holds the domain and its
+        ``regions`` limit names only this policy's regions."""
+        errors: list[tuple[Loc, str]] = []
+        seen: set[str] = set()
+        for i, region in enumerate(self.regions):
+            if region.name in seen:
+                errors.append((("regions", i, "name"), f"region {region.name!r} is listed twice"))
+            seen.add(region.name)
+        for loc, provider in self._providers_with_loc():
+            if provider.zone is None:
+                provider.zone = default_zone(self.domain)
+            if self.domain != provider.zone and not self.domain.endswith("." + provider.zone):
+                msg = f"domain {self.domain!r} is not inside zone {provider.zone!r}"
+                errors.append(((*loc, "zone"), msg))
+            for j, name in enumerate(provider.regions or []):
+                if name not in seen:
+                    known = ", ".join(r.name for r in self.regions)
+                    msg = f"region {name!r} is not one of this service's gtm regions ({known})"
+                    errors.append(((*loc, "regions", j), msg))
+        _raise(errors)
+        return self
+
+    def _providers_with_loc(self) -> list[tuple[Loc, DnsProviderConfig]]:
+        found: list[tuple[Loc, DnsProviderConfig]] = []
+        if self.dns is not None:
+            found.append((("dns",), self.dns))
+        found.extend((("providers", i), p) for i, p in enumerate(self.providers))
+        return found
 
     def dns_providers(self) -> list[DnsProviderConfig]:
         """``dns:`` (one) and ``providers:`` (many) as one list."""
@@ -161,6 +261,11 @@ class AutoscaleGlobal(StrictModel):
     cpu_window: Duration = timedelta(seconds=60)
     min_regions: NonNegInt = 1
     max_regions: NonNegInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _raise(_min_max(self.min_regions, self.max_regions, "min_regions", "max_regions"))
+        return self
 
 
 class AutoscaleRegion(StrictModel):
@@ -179,6 +284,15 @@ class AutoscaleRegion(StrictModel):
     max_error_rate: Fraction | None = None  # above -> scale up
     prometheus_url: str | None = None  # optional extra metrics source
 
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        errors = _min_max(self.min_nodes, self.max_nodes, "min_nodes", "max_nodes")
+        if self.scale_down_cpu >= self.scale_up_cpu:
+            msg = f"must be below scale_up_cpu ({self.scale_up_cpu}), not {self.scale_down_cpu}"
+            errors.append((("scale_down_cpu",), msg))
+        _raise(errors)
+        return self
+
 
 class Cooldown(StrictModel):
     scale_up: Duration = timedelta(minutes=1)
@@ -188,7 +302,7 @@ class Cooldown(StrictModel):
 class AutoscalePolicy(StrictModel):
     """``autoscale/<service>.yaml``: how many nodes each region's pool should have."""
 
-    service: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    service: Name
     global_: AutoscaleGlobal = Field(default_factory=AutoscaleGlobal, alias="global")
     regions: dict[str, AutoscaleRegion] = Field(min_length=1)
     cooldown: Cooldown = Field(default_factory=Cooldown)
@@ -204,6 +318,52 @@ class AutoscalePolicy(StrictModel):
 class ConfigTree(StrictModel):
     """One whole, validated revision of the config repo (normalised)."""
 
-    regions: dict[str, Region] = Field(default_factory=dict)
-    gtm: dict[str, GtmPolicy] = Field(default_factory=dict)
-    autoscale: dict[str, AutoscalePolicy] = Field(default_factory=dict)
+    regions: dict[str, Region] = Field(default_factory=dict)  # by region name
+    gtm: dict[str, GtmPolicy] = Field(default_factory=dict)  # by service
+    autoscale: dict[str, AutoscalePolicy] = Field(default_factory=dict)  # by service
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Self:
+        """Each entry is filed under its own name (the store and the loops look them up so)."""
+        errors: list[tuple[Loc, str]] = []
+        for key, region in self.regions.items():
+            if key != region.name:
+                errors.append((("regions", key), f"filed under {key!r} but named {region.name!r}"))
+        for kind, policies in (("gtm", self.gtm), ("autoscale", self.autoscale)):
+            for key, policy in policies.items():
+                if key != policy.service:
+                    msg = f"filed under {key!r} but its service is {policy.service!r}"
+                    errors.append(((kind, key), msg))
+        _raise(errors)
+        return self
+
+    def services(self) -> list[str]:
+        """Every service with a gtm or an autoscale policy, sorted."""
+        return sorted(set(self.gtm) | set(self.autoscale))
+
+    def regions_of_service(self, service: str) -> set[str]:
+        """Regions a service runs in: its gtm regions and its autoscale regions."""
+        names: set[str] = set()
+        if service in self.gtm:
+            names.update(r.name for r in self.gtm[service].regions)
+        if service in self.autoscale:
+            names.update(self.autoscale[service].regions)
+        return names
+
+    def services_in_region(self, region: str) -> list[str]:
+        """Services that name ``region`` in their gtm or autoscale policy, sorted."""
+        return [s for s in self.services() if region in self.regions_of_service(s)]
+
+    def gtm_region(self, service: str, region: str) -> GtmRegion | None:
+        """The resolved GTM entry of ``region`` in ``service``'s policy, if any."""
+        policy = self.gtm.get(service)
+        return next((r for r in policy.regions if r.name == region), None) if policy else None
+
+    def summary(self) -> str:
+        """``3 regions, 1 gtm policy, 1 autoscale policy``."""
+        regions = f"{len(self.regions)} region" + ("" if len(self.regions) == 1 else "s")
+        gtm = f"{len(self.gtm)} gtm polic" + ("y" if len(self.gtm) == 1 else "ies")
+        auto = f"{len(self.autoscale)} autoscale polic" + (
+            "y" if len(self.autoscale) == 1 else "ies"
+        )
+        return f"{regions}, {gtm}, {auto}"

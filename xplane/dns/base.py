@@ -68,6 +68,9 @@ class DnsChange(BaseModel):
     key: str  # provider-native identity, e.g. "api.svc.plus. A" or "A/jp" (set identifier)
     before: Any = None
     after: Any = None
+    # Only weights/TTL change, no address comes or goes: a routine GTM move that the
+    # safety threshold does not count (it guards against mass address changes).
+    weight_only: bool = False
 
 
 class DnsPlan(BaseModel):
@@ -138,7 +141,7 @@ def check_safety(plan: DnsPlan, max_change_fraction: float, force: bool) -> None
             f"{plan.provider}: plan for {plan.name} removes every address; use force to apply"
         )
     if plan.owned_record_sets > 0:
-        changed = sum(1 for c in plan.changes if c.action != "create")
+        changed = sum(1 for c in plan.changes if c.action != "create" and not c.weight_only)
         fraction = changed / plan.owned_record_sets
         # Small zones (<= 2 record sets) always change a large share: don't block them.
         if plan.owned_record_sets > 2 and fraction > max_change_fraction:
