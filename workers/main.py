@@ -14,20 +14,73 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.autoscale import AutoscaleActivities
 from activities.gitops import GitOpsActivities
+from activities.gtm import GtmActivities
+from activities.nodes import NodeActivities
 from activities.publish import PublishActivities
+from activities.regions import RegionActivities
+from workflows.autoscale import AutoscaleWorkflow
 from workflows.gitops_sync import GitOpsSyncWorkflow
+from workflows.gtm_loop import GtmLoopWorkflow
+from workflows.node_lifecycle import NodeLifecycleWorkflow
+from workflows.region_lifecycle import RegionLifecycleWorkflow
+from workflows.world_state import WorldStateWorkflow
 from xplane.settings import Settings
 
-WORKFLOWS: list[type] = [GitOpsSyncWorkflow]
+WORKFLOWS: list[type] = [
+    GitOpsSyncWorkflow,
+    WorldStateWorkflow,
+    GtmLoopWorkflow,
+    AutoscaleWorkflow,
+    NodeLifecycleWorkflow,
+    RegionLifecycleWorkflow,
+]
 
 
 def activities_for(
-    client: Client, settings: Settings, session_factory: sessionmaker[Session]
+    client: Client,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    *,
+    pool_provider_override: str | None = None,
 ) -> list[Any]:
-    gitops = GitOpsActivities(session_factory, settings.data_dir / "checkouts")
+    """Every activity, bound to this process's store, Temporal client and repos."""
+    workdir = settings.data_dir / "checkouts"
+    gitops = GitOpsActivities(session_factory, workdir)
     publish = PublishActivities(client, settings.task_queue)
-    return [gitops.sync_config_repo, publish.publish_config_events]
+    nodes = NodeActivities(session_factory, client, settings.task_queue)
+    gtm = GtmActivities(session_factory)
+    autoscale = AutoscaleActivities(
+        session_factory, client, settings.infra_repo, workdir, settings.infra_branch
+    )
+    regions = RegionActivities(
+        session_factory,
+        client,
+        settings.infra_repo,
+        workdir,
+        settings.infra_branch,
+        provider_override=pool_provider_override,
+    )
+    return [
+        gitops.sync_config_repo,
+        publish.publish_config_events,
+        nodes.record_node_state,
+        nodes.scan_node_transitions,
+        gtm.observe_gtm,
+        gtm.check_node_health,
+        gtm.apply_dns,
+        autoscale.decide_autoscale,
+        autoscale.commit_node_pool,
+        autoscale.record_terraform_result,
+        autoscale.count_ready_nodes,
+        autoscale.drain_nodes,
+        regions.describe_region,
+        regions.commit_region_pool,
+        regions.region_nodes,
+        regions.drain_region_nodes,
+        regions.record_region_event,
+    ]
 
 
 def build_worker(
@@ -36,11 +89,14 @@ def build_worker(
     session_factory: sessionmaker[Session],
     *,
     max_threads: int = 16,
+    pool_provider_override: str | None = None,
 ) -> Worker:
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=activities_for(client, settings, session_factory),
+        activities=activities_for(
+            client, settings, session_factory, pool_provider_override=pool_provider_override
+        ),
         activity_executor=ThreadPoolExecutor(max_threads, thread_name_prefix="xplane-activity"),
     )

@@ -1,0 +1,227 @@
+"""How many nodes a region's pool should have (pure: no I/O, no clock).
+
+:func:`desired` turns one window of :class:`RegionMetrics` and a region's
+:class:`AutoscaleRegion` policy into a :class:`Decision`. The rules, in order:
+
+1. **Signals** (only from fresh metrics: some sample within ``window`` of ``now``).
+   Each signal that has data recommends a node count; the largest wins.
+
+   * CPU, origin meaning: above ``scale_up_cpu`` -> up, below ``scale_down_cpu``
+     -> down, inside the band -> stay. By ``scale_up_step`` / ``scale_down_step``,
+     unless ``target_cpu`` is set: then the thresholds still decide *whether* to
+     move, and the HPA formula ``ceil(current * cpu / target_cpu)`` decides *how
+     far*, at least one node and at most one step.
+   * QPS (only with ``target_qps_per_node``): ``ceil(current * qps_per_node /
+     target)``, bounded by the steps; within ``QPS_TOLERANCE`` of the target -> stay.
+   * RTT (only with ``max_rtt_ms``): the window's **p90** RTT above it -> up one
+     step (p90, not the median: the tail is what users feel first). Never down.
+   * Error rate (only with ``max_error_rate``): the mean above it -> up one step.
+   * Lost nodes: ``ready_nodes < min_nodes`` -> ``current + (min_nodes - ready)``,
+     even with stale or no metrics (a dead region reports nothing).
+
+2. **Bounds**: clamp to ``[min_nodes, cap]`` where ``cap = min(max_nodes, quota)``.
+   The quota is a hard account limit, so when ``min_nodes > cap`` the cap wins:
+   the result is always within ``[min(min_nodes, cap), cap]``. Bounds are policy,
+   not signals: they apply at once, whatever the cooldowns or the metrics say.
+
+3. **Scale-down gates**: stale or missing metrics never scale down (no down
+   signal exists without them); a low signal must have held for the whole window
+   (``history.low_since``), and ``cooldown.scale_down`` must have passed since
+   the last change.
+
+4. **Scale-up gate**: ``cooldown.scale_up`` since the last change. Lost-node
+   replacement is gated too: it is not idempotent (the replacement is not ready
+   yet on the next tick, so an ungated rule would add a node every tick).
+
+The returned :class:`Decision` carries the :class:`ScaleHistory` to keep for the
+next tick once it is applied (``low_since`` updated; after a change, the change
+recorded and ``low_since`` reset so the next scale-down waits a full window).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel
+
+from xplane.autoscale.metrics import RegionMetrics, as_utc
+from xplane.config.models import AutoscaleRegion, Cooldown
+
+Direction = Literal["up", "down", "none"]
+BlockedBy = Literal["cooldown", "stabilization", "stale_metrics", "max_nodes", "quota"]
+
+QPS_TOLERANCE = 0.1  # HPA's default: ignore QPS within 10% of the target (no flapping)
+
+
+class ScaleHistory(BaseModel):
+    """What a region's autoscaler remembers between ticks."""
+
+    last_scaled_at: datetime | None = None  # last applied change (either direction)
+    last_direction: Literal["up", "down"] | None = None
+    low_since: datetime | None = None  # when the signal went low, continuously since
+
+
+class Decision(BaseModel):
+    current: int
+    desired: int
+    direction: Direction
+    reason: str
+    blocked_by: BlockedBy | None = None
+    history: ScaleHistory  # to carry to the next tick once this decision is applied
+
+
+class _Rec(BaseModel):
+    """One signal's recommendation."""
+
+    count: int
+    reason: str
+
+
+def _secs(delta: timedelta) -> str:
+    return f"{max(0, round(delta.total_seconds()))}s"
+
+
+def _bounded(current: int, proposed: int, policy: AutoscaleRegion) -> int:
+    return max(current - policy.scale_down_step, min(current + policy.scale_up_step, proposed))
+
+
+def _cpu(cpu: float, current: int, policy: AutoscaleRegion, span: str) -> _Rec:
+    up, down = policy.scale_up_cpu, policy.scale_down_cpu
+    if cpu > up:
+        step = policy.scale_up_step
+        if policy.target_cpu and current > 0:
+            step = min(step, max(1, math.ceil(current * cpu / policy.target_cpu) - current))
+        return _Rec(count=current + step, reason=f"cpu {cpu:.2f} > {up:.2f} for {span}")
+    if cpu < down:
+        step = policy.scale_down_step
+        if policy.target_cpu:
+            step = min(step, max(1, current - math.ceil(current * cpu / policy.target_cpu)))
+        return _Rec(count=current - step, reason=f"cpu {cpu:.2f} < {down:.2f} for {span}")
+    return _Rec(count=current, reason=f"cpu {cpu:.2f} within [{down:.2f}, {up:.2f}]")
+
+
+def _qps(per_node: float, current: int, target: float, policy: AutoscaleRegion) -> _Rec:
+    ratio = per_node / target
+    text = f"qps/node {per_node:.1f} vs target {target:g}"
+    if current == 0 or abs(ratio - 1) <= QPS_TOLERANCE:
+        return _Rec(count=current, reason=text)
+    return _Rec(count=_bounded(current, math.ceil(current * ratio), policy), reason=text)
+
+
+def _signals(
+    metrics: RegionMetrics, policy: AutoscaleRegion, current: int, window: timedelta
+) -> list[_Rec]:
+    span = _secs(window)
+    recs: list[_Rec] = []
+    if metrics.cpu is not None:
+        recs.append(_cpu(metrics.cpu, current, policy, span))
+    if policy.target_qps_per_node and metrics.qps_per_node is not None:
+        recs.append(_qps(metrics.qps_per_node, current, policy.target_qps_per_node, policy))
+    rtt = metrics.rtt_p90_ms
+    if policy.max_rtt_ms is not None and rtt is not None and rtt > policy.max_rtt_ms:
+        text = f"rtt p90 {rtt:.0f}ms > {policy.max_rtt_ms:g}ms for {span}"
+        recs.append(_Rec(count=current + policy.scale_up_step, reason=text))
+    err = metrics.error_rate
+    if policy.max_error_rate is not None and err is not None and err > policy.max_error_rate:
+        text = f"error rate {err:.3f} > {policy.max_error_rate:.3f} for {span}"
+        recs.append(_Rec(count=current + policy.scale_up_step, reason=text))
+    return recs
+
+
+def _cooldown_block(
+    direction: Literal["up", "down"], cooldown: Cooldown, history: ScaleHistory, now: datetime
+) -> str | None:
+    if history.last_scaled_at is None:
+        return None
+    wait = cooldown.scale_up if direction == "up" else cooldown.scale_down
+    since = now - as_utc(history.last_scaled_at)
+    if since >= wait:
+        return None
+    last = f"scale-{history.last_direction}" if history.last_direction else "change"
+    return f"cooldown: last {last} {_secs(since)} ago < {_secs(wait)}"
+
+
+def desired(
+    metrics: RegionMetrics | None,
+    policy: AutoscaleRegion,
+    cooldown: Cooldown,
+    window: timedelta,
+    current: int,
+    history: ScaleHistory,
+    now: datetime,
+    ready_nodes: int | None = None,
+) -> Decision:
+    """The node count ``current`` should move to now; see the module docstring."""
+    now = as_utc(now)
+    cap = policy.max_nodes if policy.quota is None else min(policy.max_nodes, policy.quota)
+    floor = min(policy.min_nodes, cap)
+
+    fresh = metrics is not None and metrics.is_fresh(now, window)
+    recs = _signals(metrics, policy, current, window) if fresh and metrics else []
+    if ready_nodes is not None and ready_nodes < policy.min_nodes:
+        lost = policy.min_nodes - ready_nodes
+        text = f"{ready_nodes} ready < min_nodes {policy.min_nodes}: replace {lost}"
+        recs.append(_Rec(count=current + lost, reason=text))
+
+    if recs:
+        best = max(recs, key=lambda r: r.count)
+        target, reason = best.count, best.reason
+    else:
+        target = current
+        reason = "no metrics in the window" if not fresh else "no signal with data"
+        if metrics is not None and metrics.newest_at is not None and not fresh:
+            age = _secs(now - as_utc(metrics.newest_at))
+            reason = f"stale metrics: newest sample {age} old > window {_secs(window)}"
+
+    low_since: datetime | None = None
+    if target < current:
+        low_since = as_utc(history.low_since) if history.low_since else now
+    kept = history.model_copy(update={"low_since": low_since})
+
+    def decide(count: int, why: str, blocked: BlockedBy | None = None) -> Decision:
+        direction: Direction = "up" if count > current else "down" if count < current else "none"
+        carry = kept
+        if direction != "none":
+            carry = ScaleHistory(last_scaled_at=now, last_direction=direction, low_since=None)
+        return Decision(
+            current=current,
+            desired=count,
+            direction=direction,
+            reason=why,
+            blocked_by=blocked,
+            history=carry,
+        )
+
+    # Bounds first: they are policy and bypass every gate below.
+    if current < floor:
+        return decide(max(floor, min(target, cap)), f"below min_nodes {floor}; {reason}")
+    limit: BlockedBy = "quota" if cap < policy.max_nodes else "max_nodes"
+    if current > cap:
+        return decide(cap, f"above {limit} {cap}; {reason}")
+
+    clamped = max(floor, min(target, cap))
+    if target > current:
+        if clamped == current:
+            return decide(current, f"{reason}; at {limit} {cap}", limit)
+        block = _cooldown_block("up", cooldown, history, now)
+        if block:
+            return decide(current, f"{block} (wanted {clamped}: {reason})", "cooldown")
+        capped = "" if clamped == target else f"; capped at {limit} {cap}"
+        return decide(clamped, reason + capped)
+
+    if target < current:
+        if clamped == current:
+            return decide(current, f"{reason}; at min_nodes {floor}")
+        held = now - (low_since or now)
+        if held < window:
+            why = f"{reason}, low for {_secs(held)} < window {_secs(window)}"
+            return decide(current, why, "stabilization")
+        block = _cooldown_block("down", cooldown, history, now)
+        if block:
+            return decide(current, f"{block} (wanted {clamped}: {reason})", "cooldown")
+        return decide(clamped, reason)
+
+    blocked: BlockedBy | None = "stale_metrics" if not fresh else None
+    return decide(current, reason, blocked)

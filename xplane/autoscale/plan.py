@@ -1,0 +1,104 @@
+"""The autoscale what-if: a config tree and a WORLD.json in, every region's decision out (pure).
+
+How a :class:`WorldSnapshot` is read:
+
+* a node's numbers stand for the whole window: each ``active`` node with status
+  ``up`` becomes one sample at ``now`` (warm, draining or down nodes serve no
+  traffic, so their idle CPU would drag the mean down), and the low signal is
+  taken to have held for the whole window (so a what-if shows the scale-down the
+  loop would make once the window has passed);
+* ``current`` is the pool's ``node_count`` (Git), else the region's nodes not in
+  state ``delete``;
+* ``ready_nodes`` counts ``active`` nodes with status ``up`` whose health check did
+  not fail; it is only known when the world lists some node of the region (a
+  world with pools only says nothing about readiness);
+* the region policy's quota is the tighter of the autoscale policy's and the
+  region's (``regions/``) quota;
+* the pool's ``last_scaled_at`` drives the cooldowns.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+
+from xplane.autoscale.desired import Decision, ScaleHistory, desired
+from xplane.autoscale.metrics import Sample, aggregate, as_utc
+from xplane.config.models import AutoscaleRegion, ConfigTree
+from xplane.domain import NodeSnapshot, NodeState, NodeStatus, WorldSnapshot
+
+
+class RegionPlan(BaseModel):
+    """One line of the what-if (``xplane autoscale plan``'s JSON: exactly these keys)."""
+
+    current: int
+    desired: int
+    reason: str
+
+
+class AutoscalePlan(BaseModel):
+    services: dict[str, dict[str, RegionPlan]]
+
+
+def _is_ready(node: NodeSnapshot) -> bool:
+    return (
+        node.state == NodeState.ACTIVE
+        and node.status == NodeStatus.UP
+        and node.health_check_ok is not False
+    )
+
+
+def _effective_policy(config: ConfigTree, region: str, policy: AutoscaleRegion) -> AutoscaleRegion:
+    declared = config.regions.get(region)
+    quotas = [q for q in (policy.quota, declared.quota if declared else None) if q is not None]
+    return policy.model_copy(update={"quota": min(quotas)}) if quotas else policy
+
+
+def plan_region(
+    config: ConfigTree, service: str, region: str, world: WorldSnapshot, now: datetime
+) -> Decision:
+    """The decision for one service's region in ``world`` at ``now``."""
+    policy = config.autoscale[service]
+    window = policy.global_.cpu_window
+    nodes = [
+        n
+        for n in world.nodes
+        if n.service == service and n.region == region and n.state != NodeState.DELETE
+    ]
+    pool = next((p for p in world.pools if p.service == service and p.region == region), None)
+    current = pool.node_count if pool else len(nodes)
+    samples = [
+        Sample(node_id=n.id, at=now, cpu=n.cpu, rtt_ms=n.rtt_ms, error_rate=n.error_rate, qps=n.qps)
+        for n in nodes
+        if n.state == NodeState.ACTIVE and n.status == NodeStatus.UP
+    ]
+    metrics = aggregate(samples, now, window) if samples else None
+    history = ScaleHistory(
+        last_scaled_at=pool.last_scaled_at if pool else None,
+        low_since=now - window,
+    )
+    return desired(
+        metrics,
+        _effective_policy(config, region, policy.regions[region]),
+        policy.cooldown,
+        window,
+        current,
+        history,
+        now,
+        ready_nodes=sum(_is_ready(n) for n in nodes) if nodes else None,
+    )
+
+
+def plan(config: ConfigTree, world: WorldSnapshot, now: datetime | None = None) -> AutoscalePlan:
+    """Every autoscale policy's regions, by service then region (sorted)."""
+    at = as_utc(now or world.now or datetime.now(UTC))
+    services: dict[str, dict[str, RegionPlan]] = {}
+    for service in sorted(config.autoscale):
+        regions = services.setdefault(service, {})
+        for region in sorted(config.autoscale[service].regions):
+            decision = plan_region(config, service, region, world, at)
+            regions[region] = RegionPlan(
+                current=decision.current, desired=decision.desired, reason=decision.reason
+            )
+    return AutoscalePlan(services=services)
