@@ -1,9 +1,108 @@
-"""CLI: `xplane gtm` commands (filled in by the module's owner)."""
+"""CLI: ``xplane gtm plan``, what the GTM loop would publish for an imagined world.
+
+Reads a config tree and a ``WORLD.json`` (nodes and pools), runs the same pure weight
+function as the loop (no ramp history: target weights) and prints JSON or a table.
+Exit 2 on unusable input (config errors, a bad world file, an unknown service).
+"""
 
 from __future__ import annotations
 
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from xplane.config.errors import ConfigError
+from xplane.config.loader import load_config
+from xplane.gtm.plan import PlanError, load_world, plan_services, plan_to_json
+from xplane.gtm.weights import ServiceWeights
+
+app = typer.Typer(help="Global traffic management: weights and DNS.", no_args_is_help=True)
+
+INPUT_ERROR = 2
+
+
+class Output(StrEnum):
+    json = "json"
+    table = "table"
+
+
+def _fail(lines: list[str]) -> typer.Exit:
+    for line in lines:
+        typer.echo(line, err=True)
+    return typer.Exit(code=INPUT_ERROR)
+
+
+@app.command("plan")
+def plan(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config", file_okay=False, metavar="DIR", help="Config tree (gtm/, regions/, ...)."
+        ),
+    ],
+    world: Annotated[
+        Path, typer.Option("--world", dir_okay=False, metavar="WORLD.json", help="Nodes, pools.")
+    ],
+    service: Annotated[
+        str | None, typer.Option("--service", "-s", help="Only this service.")
+    ] = None,
+    output: Annotated[Output, typer.Option("--output", "-o", help="json or table.")] = Output.table,
+) -> None:
+    """Print each region's weight and the records to publish, without touching DNS."""
+    try:
+        tree = load_config(config)
+    except ConfigError as exc:
+        raise _fail([str(issue) for issue in exc.issues]) from None
+    try:
+        plans = plan_services(tree, load_world(world), service)
+    except PlanError as exc:
+        raise _fail(str(exc).splitlines()) from None
+    if output is Output.json:
+        typer.echo(json.dumps(plan_to_json(plans), indent=2))
+    else:
+        _print_tables(plans)
+
+
+def _print_tables(plans: dict[str, ServiceWeights]) -> None:
+    console = Console()
+    for name, weights in plans.items():
+        title = f"{name}" + (
+            f"  [bold red]FAIL OPEN[/]: {escape(weights.reason)}" if weights.fail_open else ""
+        )
+        table = Table(title=title, title_justify="left")
+        for column in ("region", "base", "health", "ready f.", "latency f.", "weight", "ready"):
+            table.add_column(
+                column, justify="left" if column == "region" else "right", no_wrap=True
+            )
+        table.add_column("reason")
+        for region, rw in weights.regions.items():
+            table.add_row(
+                region + (" (fallback)" if rw.fallback else ""),
+                f"{rw.base_weight:g}",
+                f"{rw.health_ratio:.2f}",
+                f"{rw.ready_nodes_factor:.2f}",
+                f"{rw.latency_factor:.2f}",
+                f"[bold]{rw.effective_weight:.2f}[/]",
+                f"{rw.ready_nodes}/{rw.registered_nodes}",
+                escape(rw.reason),
+            )
+        console.print(table)
+        records = Table(title=f"{name}: records", title_justify="left")
+        for column in ("address", "region", "node", "weight"):
+            records.add_column(column, justify="right" if column == "weight" else "left")
+        for rec in weights.records:
+            records.add_row(
+                escape(rec.address), rec.region, escape(rec.node_id), f"{rec.weight:.3f}"
+            )
+        console.print(records)
 
 
 def register(root: typer.Typer) -> None:
-    """Attach this module's commands to the root `xplane` app."""
+    """Attach ``xplane gtm ...`` to the root app (``apply`` is added by the GTM loop's owner)."""
+    root.add_typer(app, name="gtm")

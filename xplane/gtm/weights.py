@@ -1,0 +1,343 @@
+"""Effective GTM weights: a pure function of one service's policy and the observed nodes.
+
+For each region ``r`` of a service's GTM policy::
+
+    ready              = nodes with state active, status up, a fresh heartbeat
+                         (age <= heartbeat timeout; unknown age is not fresh), error rate
+                         <= policy.max_error_rate (unknown counts as within) and an active
+                         health check that is not failing (None = not checked yet)
+    registered         = nodes not draining or deleted (state not drain/delete, status != drain)
+    health_ratio       = ready / registered                      (0 when registered == 0)
+    ready_nodes_factor = min(1, ready / desired)   desired = the pool's node_count, else registered
+    latency_factor     = clamp(latency.target_ms / median RTT of ready nodes, latency.floor, 1)
+                         (1 without RTT data)
+    effective_weight   = base_weight * health_ratio * ready_nodes_factor * latency_factor
+                         and 0 when ready < min_ready_nodes or health_ratio < health_threshold
+
+Fail open: the answer is never empty. When every region comes to 0, the base weights of
+the fallback regions that still have an up node are published; if none has one, of all
+fallback regions (no region marked fallback = all are). Each region's weight is split
+evenly across its ready nodes' records (in fail open: its up nodes, else its non-deleted
+nodes). No I/O, no Temporal: the GTM loop, the what-if CLI and the benchmark call it alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+from xplane.config.models import GtmPolicy, GtmRegion, Region
+from xplane.domain import NodeSnapshot, NodeState, NodeStatus, PoolSnapshot
+
+# Built-in defaults when neither the GTM entry nor the region says (same as Region's).
+DEFAULT_BASE_WEIGHT = 100.0
+DEFAULT_MIN_READY_NODES = 1
+DEFAULT_HEALTH_THRESHOLD = 0.5
+# policy.heartbeat_timeout unset: 3 x the agent's default heartbeat interval (10 s).
+DEFAULT_HEARTBEAT_TIMEOUT_S = 30.0
+
+_GONE_STATES = (NodeState.DRAIN, NodeState.DELETE)
+
+
+class RegionWeight(BaseModel):
+    """One region's weight and the factors it was made of (for humans and the API)."""
+
+    base_weight: float
+    health_ratio: float
+    ready_nodes_factor: float
+    latency_factor: float
+    effective_weight: float  # what is published (in fail open: the base weight, or 0)
+    ready_nodes: int
+    registered_nodes: int
+    desired_nodes: int
+    observed_rtt_ms: float | None = None
+    fallback: bool = False
+    reason: str = "ok"
+
+
+@dataclass(slots=True)
+class WeightedRecord:
+    """One address to publish, with its share of its region's weight.
+
+    A slots dataclass rather than a pydantic model: there is one per node and building
+    10,000 models would cost more than the whole weight computation. Pydantic still
+    validates and serialises it as a field of :class:`ServiceWeights`.
+    """
+
+    address: str
+    region: str
+    node_id: str
+    weight: float
+
+
+class ServiceWeights(BaseModel):
+    """The GTM answer for one service: per-region weights and the records to publish."""
+
+    service: str
+    fail_open: bool = False
+    reason: str = "ok"
+    regions: dict[str, RegionWeight] = Field(default_factory=dict)
+    records: list[WeightedRecord] = Field(default_factory=list)
+
+    def weights(self) -> dict[str, float]:
+        """Region -> published weight."""
+        return {name: r.effective_weight for name, r in self.regions.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRegion:
+    """A GTM region with every optional field filled in."""
+
+    name: str
+    base_weight: float
+    min_ready_nodes: int
+    health_threshold: float
+    fallback: bool
+    retired: bool = False
+
+
+def resolve_region(entry: GtmRegion, region: Region | None) -> ResolvedRegion:
+    """GTM entry first, then the region's own value, then the built-in default.
+
+    The config loader normally fills the entry already; this keeps raw models working.
+    """
+    return ResolvedRegion(
+        name=entry.name,
+        base_weight=_first(
+            entry.weight, region.base_weight if region else None, DEFAULT_BASE_WEIGHT
+        ),
+        min_ready_nodes=int(
+            _first(
+                entry.min_ready_nodes,
+                region.min_ready_nodes if region else None,
+                DEFAULT_MIN_READY_NODES,
+            )
+        ),
+        health_threshold=_first(
+            entry.health_threshold,
+            region.health_threshold if region else None,
+            DEFAULT_HEALTH_THRESHOLD,
+        ),
+        fallback=entry.fallback,
+        retired=bool(region and region.retired),
+    )
+
+
+def _first(*values: float | None) -> float:
+    return float(next(v for v in values if v is not None))
+
+
+def heartbeat_timeout_seconds(policy: GtmPolicy) -> float:
+    """The policy's heartbeat timeout, or the built-in default."""
+    if policy.heartbeat_timeout is None:
+        return DEFAULT_HEARTBEAT_TIMEOUT_S
+    return policy.heartbeat_timeout.total_seconds()
+
+
+def pools_of_service(service: str, pools: Iterable[PoolSnapshot]) -> dict[str, int]:
+    """Region -> desired node count for one service (the ``pools`` argument below)."""
+    return {p.region: p.node_count for p in pools if p.service == service}
+
+
+_Ident = tuple[str, str]  # (node id, address): sorts by id
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One region's nodes sorted into the groups the formula and fail open need.
+
+    Holds (id, address) pairs, not nodes: everything is read in the single in-order pass,
+    so later per-region passes don't stride through memory (that cost more than the pass).
+    """
+
+    ready: list[_Ident] = field(default_factory=list)
+    rtts: list[float] = field(default_factory=list)  # of ready nodes that report one
+    registered: int = 0
+    up: list[_Ident] = field(default_factory=list)  # up, not draining: fail open's pick
+    alive: list[_Ident] = field(default_factory=list)  # not deleted: fail open's last resort
+
+
+_ACTIVE, _DRAIN, _DELETE = NodeState.ACTIVE, NodeState.DRAIN, NodeState.DELETE
+_UP, _STATUS_DRAIN = NodeStatus.UP, NodeStatus.DRAIN
+
+
+def _tally_nodes(
+    service: str,
+    region_names: Iterable[str],
+    nodes: Iterable[NodeSnapshot],
+    heartbeat_timeout_s: float,
+    max_error_rate: float,
+) -> dict[str, _Tally]:
+    """Sort every node of ``service`` into its region's groups in ONE pass (the hot loop:
+    attribute reads and list appends only, no model construction)."""
+    tallies = {name: _Tally() for name in region_names}
+    for node in nodes:
+        if node.service != service:
+            continue
+        tally = tallies.get(node.region)
+        state = node.state
+        if tally is None or state == _DELETE:
+            continue
+        ident = (node.id, node.address)
+        tally.alive.append(ident)
+        status = node.status
+        if state == _DRAIN or status == _STATUS_DRAIN:
+            continue
+        tally.registered += 1
+        if status != _UP:
+            continue
+        tally.up.append(ident)
+        if state != _ACTIVE or node.health_check_ok is False:
+            continue
+        age, err = node.heartbeat_age_seconds, node.error_rate
+        if age is None or age > heartbeat_timeout_s:
+            continue
+        if err is None or err <= max_error_rate:
+            tally.ready.append(ident)
+            if node.rtt_ms is not None:
+                tally.rtts.append(node.rtt_ms)
+    return tallies
+
+
+def _region_weight(
+    spec: ResolvedRegion,
+    tally: _Tally,
+    desired: int | None,
+    target_ms: float,
+    floor: float,
+) -> RegionWeight:
+    ready, registered = len(tally.ready), tally.registered
+    health_ratio = ready / registered if registered else 0.0
+    wanted = registered if desired is None else desired
+    # A pool that wants no node: any ready node makes a full region.
+    ready_factor = min(1.0, ready / wanted) if wanted > 0 else float(ready > 0)
+    observed = statistics.median(tally.rtts) if tally.rtts else None
+    latency = 1.0 if not observed else max(floor, min(1.0, target_ms / observed))
+
+    if spec.retired:
+        reason = "region is retired"
+    elif not registered and not tally.alive:
+        reason = "no nodes registered"
+    elif ready < spec.min_ready_nodes:
+        reason = f"{ready} ready node(s) < min_ready_nodes {spec.min_ready_nodes}"
+    elif health_ratio < spec.health_threshold:
+        reason = f"health_ratio {health_ratio:.2f} < health_threshold {spec.health_threshold:g}"
+    else:
+        reason = "ok"
+    effective = spec.base_weight * health_ratio * ready_factor * latency if reason == "ok" else 0.0
+    if reason == "ok" and effective == 0.0:
+        reason = "no ready nodes" if not ready else "base weight is 0"
+    return RegionWeight(
+        base_weight=spec.base_weight,
+        health_ratio=health_ratio,
+        ready_nodes_factor=ready_factor,
+        latency_factor=latency,
+        effective_weight=effective,
+        ready_nodes=ready,
+        registered_nodes=registered,
+        desired_nodes=wanted,
+        observed_rtt_ms=observed,
+        fallback=spec.fallback,
+        reason=reason,
+    )
+
+
+def _split(region: str, weight: float, nodes: list[_Ident]) -> list[WeightedRecord]:
+    """The region's weight split evenly across ``nodes``, ordered by node id."""
+    if not nodes:
+        return []
+    share = weight / len(nodes)
+    return [WeightedRecord(address, region, node_id, share) for node_id, address in sorted(nodes)]
+
+
+def _fail_open(
+    specs: list[ResolvedRegion], tallies: dict[str, _Tally]
+) -> tuple[str, dict[str, float], list[WeightedRecord]]:
+    """Choose the regions and records to publish when every region computed to 0."""
+    live = [s for s in specs if not s.retired] or specs
+    fallback = [s for s in live if s.fallback] or live
+    with_up = [s for s in fallback if tallies[s.name].up]
+    if with_up:
+        chosen, reason = with_up, "every region is at 0: fallback regions with an up node"
+    else:
+        chosen, reason = fallback, "every region is at 0 and no fallback region has an up node"
+    records = _fail_open_records(chosen, tallies)
+    if not records:
+        # The fallback regions have no address at all: any address beats an empty answer.
+        anywhere = [s for s in live if tallies[s.name].up] or [
+            s for s in live if tallies[s.name].alive
+        ]
+        if anywhere:
+            chosen = anywhere
+            reason += "; they have no addresses, so any region with nodes is published"
+            records = _fail_open_records(chosen, tallies)
+    weights = {s.name: s.base_weight for s in chosen}
+    if not any(weights.values()):
+        # Base weights all 0 would still be an empty answer: share equally instead.
+        weights = dict.fromkeys(weights, 1.0)
+        reason += "; their base weights are all 0, so they share equally"
+        records = _fail_open_records(chosen, tallies, weights)
+    return reason, weights, records
+
+
+def _fail_open_records(
+    chosen: list[ResolvedRegion],
+    tallies: dict[str, _Tally],
+    weights: Mapping[str, float] | None = None,
+) -> list[WeightedRecord]:
+    records: list[WeightedRecord] = []
+    for spec in chosen:
+        tally = tallies[spec.name]
+        weight = spec.base_weight if weights is None else weights[spec.name]
+        records += _split(spec.name, weight, tally.up or tally.alive)
+    return records
+
+
+def compute_service_weights(
+    policy: GtmPolicy,
+    regions: Mapping[str, Region],
+    nodes: Iterable[NodeSnapshot],
+    pools: Mapping[str, int],
+    heartbeat_timeout_s: float,
+) -> ServiceWeights:
+    """Weights of ``policy.service`` in each of its regions (see the module docstring).
+
+    ``regions``: the config's regions by name (for defaults and ``retired``); ``nodes``:
+    every known node (other services and regions are ignored); ``pools``: region ->
+    desired node count of this service (see :func:`pools_of_service`).
+    """
+    specs = [resolve_region(r, regions.get(r.name)) for r in policy.regions]
+    service = policy.service
+    tallies = _tally_nodes(
+        service, (s.name for s in specs), nodes, heartbeat_timeout_s, policy.max_error_rate
+    )
+    target_ms, floor = policy.latency.target_ms, policy.latency.floor
+    result = {
+        s.name: _region_weight(s, tallies[s.name], pools.get(s.name), target_ms, floor)
+        for s in specs
+    }
+
+    if any(r.effective_weight > 0 for r in result.values()):
+        records: list[WeightedRecord] = []
+        for s in specs:
+            weight = result[s.name].effective_weight
+            if weight > 0:
+                records += _split(s.name, weight, tallies[s.name].ready)
+        # model_construct: every part is already typed; validating 10k records again
+        # would double the cost of the call.
+        return ServiceWeights.model_construct(service=service, regions=result, records=records)
+
+    reason, published, records = _fail_open(specs, tallies)
+    for name, region in result.items():
+        region.effective_weight = published.get(name, 0.0)
+        region.reason = (
+            f"fail open: published at base weight ({region.reason})"
+            if name in published
+            else f"fail open: not published ({region.reason})"
+        )
+    return ServiceWeights.model_construct(
+        service=service, fail_open=True, reason=reason, regions=result, records=records
+    )
