@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from xplane.infra.render import render_region
 
 from workflows import ids
+from xplane.config.models import Region
 from xplane.domain import NodeState, NodeStatus
 from xplane.gitops.infra_repo import RepoError, commit_files
 from xplane.store import config_store
@@ -208,8 +209,6 @@ class RegionActivities:
             )
 
 
-def _placeholder(region: str):  # type: ignore[no-untyped-def]
+def _placeholder(region: str) -> Region:
     """A removed region still needs its file names to delete them."""
-    from xplane.config.models import Region
-
     return Region(name=region, provider="local", min_nodes=0)

@@ -15,7 +15,7 @@ Reacts to ``OnAutoscaleChanged`` (GitOps sync) and ``node_lost`` (node lifecycle
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -198,14 +198,16 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         finally:
             self.waiting = None
 
-    async def _record(self, commit: str, status: str, detail: str) -> None:
+    async def _record(
+        self, commit: str, status: Literal["succeeded", "failed", "timeout"], detail: str
+    ) -> None:
         await workflow.execute_activity(
             "record_terraform_result",
             TerraformRecord(
                 service=self.p.service,
                 region=self.p.region,
                 commit=commit,
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 detail=detail,
             ),
             start_to_close_timeout=policies.DB_TIMEOUT,

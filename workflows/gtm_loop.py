@@ -125,12 +125,14 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             if targets.weights is None or targets.policy is None:
                 return {"removed": True}
 
+        target_weights = targets.weights
+        assert target_weights is not None
         now = workflow.now()
         previous = dict(self.p.ramp)
         if previous:  # a region joining a running loop slow-starts from 0
-            for name in targets.weights.regions:
+            for name in target_weights.regions:
                 previous.setdefault(name, RampState(from_weight=0, target=0, started_at=now))
-        weights, self.p.ramp = ramp_service(targets.weights, previous, now, policy.slow_start)
+        weights, self.p.ramp = ramp_service(target_weights, previous, now, policy.slow_start)
         self.p.weights = summarize(weights)
         self.p.fail_open, self.p.reason = weights.fail_open, weights.reason
         if weights.fail_open:

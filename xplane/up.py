@@ -67,7 +67,7 @@ def _prepare_config_repo(options: UpOptions, say: Say) -> str:
 async def _wait_first_sync(handle: WorkflowHandle, timeout: float = 60.0) -> LoopStatus:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        status = await handle.query(GitOpsSyncWorkflow.status, result_type=LoopStatus)
+        status: LoopStatus = await handle.query("status", result_type=LoopStatus)
         if status.runs or status.errors:
             return status
         if asyncio.get_running_loop().time() > deadline:

@@ -1,0 +1,212 @@
+"""The GTM loop in the time-skipping server, applying to a REAL PowerDNS (pdns_server).
+
+Nodes answer XPlane's active health check with real HTTP servers on loopback
+addresses; DNS answers are read from the PowerDNS API after each apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.gtm import GtmActivities
+from workflows.control_loop import LoopSettings, LoopStatus
+from workflows.gtm_loop import GtmLoopParams, GtmLoopWorkflow
+from xplane.config.loader import load_config_from_mapping
+from xplane.dns.pdns_server import PdnsServer, pdns_available
+from xplane.domain import NodeState
+from xplane.netutil import free_port
+from xplane.store import nodes as node_store
+from xplane.store.config_store import save_revision
+from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
+from xplane.store.events import list_events
+
+pytestmark = pytest.mark.skipif(not pdns_available(), reason="pdns_server not installed")
+
+TQ = "gtm-loop-tests"
+NODES = {"jp-1": "127.0.10.1", "jp-2": "127.0.10.2", "sg-1": "127.0.10.3"}
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def health_port() -> Iterator[int]:
+    """One tiny HTTP server per node address, all on the same port."""
+    port = free_port()
+    servers = [ThreadingHTTPServer((addr, port), _Ok) for addr in NODES.values()]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield port
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def pdns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdnsServer]:
+    with PdnsServer(tmp_path_factory.mktemp("pdns")) as server:
+        server.ensure_zone("svc.plus")
+        yield server
+
+
+def _config(pdns: PdnsServer, health_port: int) -> dict[str, str]:
+    return {
+        "regions/global.yaml": "regions:\n  - name: jp\n  - name: sg\n",
+        "gtm/svc.yaml": f"""
+service: svc
+domain: api.svc.plus
+regions:
+  - {{name: jp, weight: 100, fallback: true}}
+  - {{name: sg, weight: 100}}
+health: {{type: http, path: /healthz, port: {health_port}, interval: 5s, timeout: 1s,
+          healthy_threshold: 1, unhealthy_threshold: 1}}
+interval: 10s
+slow_start: 100s
+dns: {{provider: powerdns, api_url: "{pdns.api_url}", zone: svc.plus, ttl: 30}}
+""",
+    }
+
+
+def _answers(pdns: PdnsServer) -> dict[str, float]:
+    """Address -> weight share, read back from the LUA record PowerDNS holds."""
+    from xplane.dns.powerdns import parse_lua
+
+    zone = httpx.get(
+        f"{pdns.api_url}/api/v1/servers/localhost/zones/svc.plus.", headers=pdns.headers
+    ).json()
+    for rrset in zone["rrsets"]:
+        if rrset["name"] == "api.svc.plus." and rrset["type"] == "LUA":
+            parsed = parse_lua(rrset["records"][0]["content"])
+            assert parsed is not None
+            weights = parsed[1]
+            total = sum(weights.values())
+            return {addr: w / total for addr, w in weights.items()}
+    return {}
+
+
+def _beat(sessions: sessionmaker[Session], node_id: str) -> None:
+    with transaction(sessions) as session:
+        row = node_store.get_node(session, node_id)
+        row.last_heartbeat_at, row.error_rate, row.rtt_ms = utcnow(), 0.0, 10.0
+
+
+async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
+    time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, health_port: int, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import xplane.store.tables  # noqa: F401
+
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    engine = make_engine(f"sqlite:///{tmp_path}/gtm.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        save_revision(
+            session, "a" * 40, load_config_from_mapping(_config(pdns, health_port)), "test"
+        )
+        for node_id, address in NODES.items():
+            node_store.register_node(
+                session,
+                node_store.Registration(
+                    node_id=node_id,
+                    service="svc",
+                    region=node_id[:2],
+                    address=address,
+                    token_hash=uuid.uuid4().hex,
+                    port=health_port,
+                ),
+                utcnow(),
+                timedelta(seconds=30),
+            )
+            node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", utcnow())
+    for node_id in NODES:
+        _beat(sessions, node_id)
+
+    config = time_env.client.config()
+    config["data_converter"] = pydantic_data_converter
+    client = Client(**config)
+    acts = GtmActivities(sessions)
+    async with Worker(
+        client,
+        task_queue=TQ,
+        workflows=[GtmLoopWorkflow],
+        activities=[acts.observe_gtm, acts.check_node_health, acts.apply_dns],
+        activity_executor=ThreadPoolExecutor(4),
+    ):
+        handle = await client.start_workflow(
+            GtmLoopWorkflow.run,
+            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=3600)),
+            id=f"gtm-svc-{uuid.uuid4().hex[:6]}",
+            task_queue=TQ,
+        )
+        await time_env.sleep(1)
+        shares = _answers(pdns)
+        assert shares == pytest.approx({"127.0.10.1": 0.25, "127.0.10.2": 0.25, "127.0.10.3": 0.5})
+
+        def applies() -> int:
+            with sessions() as session:
+                return len(list_events(session, kind_prefix="dns.applied"))
+
+        assert applies() == 1
+        # Nothing changed: a wake-up reconciles but writes nothing.
+        await handle.signal(GtmLoopWorkflow.world_changed, "test")
+        await time_env.sleep(1)
+        assert applies() == 1
+
+        # sg-1 goes down (its lifecycle takes it out of service): one apply removes it.
+        with transaction(sessions) as session:
+            node_store.set_lifecycle_state(session, "sg-1", NodeState.IDLE, "down", utcnow())
+        await handle.signal(GtmLoopWorkflow.world_changed, "node down")
+        await time_env.sleep(1)
+        assert applies() == 2
+        assert set(_answers(pdns)) == {"127.0.10.1", "127.0.10.2"}
+        status: LoopStatus = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        assert status.details["weights"] == {"jp": 100.0, "sg": 0.0}
+
+        # Recovery: sg comes back slowly (slow start 100s), not at once.
+        with transaction(sessions) as session:
+            node_store.set_lifecycle_state(session, "sg-1", NodeState.ACTIVE, "back", utcnow())
+        for node_id in NODES:
+            _beat(sessions, node_id)
+        await handle.signal(GtmLoopWorkflow.world_changed, "node up")
+        await time_env.sleep(1)
+        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        assert status.details["weights"]["sg"] < 5  # just started ramping
+        await time_env.sleep(50)
+        for node_id in NODES:
+            _beat(sessions, node_id)
+        await handle.signal(GtmLoopWorkflow.world_changed, "tick")
+        await time_env.sleep(1)
+        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        assert 40 < status.details["weights"]["sg"] < 60  # halfway
+        await time_env.sleep(60)
+        for node_id in NODES:
+            _beat(sessions, node_id)
+        await handle.signal(GtmLoopWorkflow.world_changed, "tick")
+        await time_env.sleep(1)
+        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
+        assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
+        with contextlib.suppress(Exception):
+            await handle.terminate()
+    engine.dispose()
