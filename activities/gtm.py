@@ -15,10 +15,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
-from xplane.dns.factory import make_provider
 
 from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
 from xplane.dns.base import ApplyResult, DesiredEndpoint, DesiredRegion, DesiredService, DnsError
+from xplane.dns.factory import make_provider
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
 from xplane.gtm.weights import ServiceWeights, compute_service_weights, heartbeat_timeout_seconds
 from xplane.store import config_store

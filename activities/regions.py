@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from xplane.infra.render import render_region
 
 from workflows import ids
 from xplane.config.models import Region
 from xplane.domain import NodeState, NodeStatus
 from xplane.gitops.infra_repo import RepoError, commit_files
+from xplane.infra.render import render_region
 from xplane.store import config_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
