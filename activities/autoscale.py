@@ -37,6 +37,9 @@ class DecideRequest(BaseModel):
     region: str
     history: ScaleHistory = Field(default_factory=ScaleHistory)
     lost_nodes: int = 0  # node_lost signals since the last decision
+    # The workflow's clock (workflow.now()): cooldowns and windows are judged on the
+    # same time line as the history the workflow keeps. None: the wall clock.
+    now: datetime | None = None
 
 
 class DecideResult(BaseModel):
@@ -127,7 +130,7 @@ class AutoscaleActivities:
 
     @activity.defn(name="decide_autoscale")
     def decide_autoscale(self, request: DecideRequest) -> DecideResult:
-        now = utcnow()
+        now = request.now or utcnow()
         with self._sessions() as session:
             config = config_store.current_config(session)
             policy = config.autoscale.get(request.service) if config else None
@@ -262,7 +265,7 @@ class AutoscaleActivities:
 
     @activity.defn(name="count_ready_nodes")
     def count_ready_nodes(self, request: DecideRequest) -> int:
-        now = utcnow()
+        now = request.now or utcnow()
         with self._sessions() as session:
             return sum(
                 1

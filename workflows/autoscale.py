@@ -104,6 +104,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             region=self.p.region,
             history=self.p.history,
             lost_nodes=self.p.lost_nodes,
+            now=workflow.now(),
         )
         result: DecideResult = await workflow.execute_activity(
             "decide_autoscale",
@@ -186,7 +187,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             while workflow.now() < deadline:
                 ready: int = await workflow.execute_activity(
                     "count_ready_nodes",
-                    DecideRequest(service=self.p.service, region=self.p.region),
+                    DecideRequest(service=self.p.service, region=self.p.region, now=workflow.now()),
                     result_type=int,
                     start_to_close_timeout=policies.DB_TIMEOUT,
                     retry_policy=policies.DB,

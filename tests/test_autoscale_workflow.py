@@ -1,0 +1,245 @@
+"""AutoscaleWorkflow in the time-skipping server, committing to a REAL git repo.
+
+Metrics come from heartbeat samples in a real SQLite store; commits go to a
+bare repository; CI's ``terraform_finished`` is signalled as the webhook would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import git
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.autoscale import AutoscaleActivities, CommitRequest, PoolCommit, TerraformOutcome
+from workflows.autoscale import AutoscaleParams, AutoscaleWorkflow
+from workflows.control_loop import LoopSettings, LoopStatus
+from xplane.config.loader import load_config_from_mapping
+from xplane.domain import NodeState
+from xplane.store import nodes as node_store
+from xplane.store.config_store import save_revision
+from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
+from xplane.store.events import list_events
+
+TQ = "autoscale-tests"
+CONFIG = {
+    "regions/jp.yaml": "provider: aws\nlocation: ap-northeast-1\n",
+    "autoscale/svc.yaml": """
+service: svc
+global: {cpu_window: 60s}
+regions:
+  jp: {min_nodes: 1, max_nodes: 5, scale_up_cpu: 0.7, scale_down_cpu: 0.3}
+cooldown: {scale_up: 300s, scale_down: 600s}
+jitter: 0s
+interval: 30s
+terraform_timeout: 120s
+node_ready_timeout: 60s
+""",
+}
+TFVARS = 'region         = "ap-northeast-1"\nservice        = "svc"\nnode_count     = 1\n'
+
+
+@dataclass
+class Rig:
+    env: WorkflowEnvironment
+    client: Client
+    sessions: sessionmaker[Session]
+    bare: Path
+
+    def commits(self) -> list[str]:
+        return [str(c.message).splitlines()[0] for c in git.Repo(self.bare).iter_commits("main")]
+
+    def tip(self) -> str:
+        return git.Repo(self.bare).commit("main").hexsha
+
+    async def start(self, fast_ci: bool = False) -> WorkflowHandle:
+        return await self.client.start_workflow(
+            AutoscaleWorkflow.run,
+            AutoscaleParams(
+                service="svc",
+                region="jp",
+                settings=LoopSettings(interval_seconds=30, jitter_seconds=0),
+            ),
+            id=f"autoscale-svc-jp-{uuid.uuid4().hex[:6]}",
+            task_queue=TQ,
+        )
+
+
+def _hot_node(sessions: sessionmaker[Session], node_id: str, cpu: float, now: datetime) -> None:
+    """An active node that has reported ``cpu`` for the whole window up to ``now``."""
+    with transaction(sessions) as session:
+        node_store.register_node(
+            session,
+            node_store.Registration(
+                node_id=node_id,
+                service="svc",
+                region="jp",
+                address="127.0.20.1",
+                token_hash=node_id,
+            ),
+            now,
+            timedelta(seconds=30),
+        )
+        node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", now)
+    beats = [
+        node_store.Heartbeat(
+            node_id=node_id,
+            token_hash=node_id,
+            at=now - timedelta(seconds=s),
+            cpu=cpu,
+            rtt_ms=10.0,
+            error_rate=0.0,
+            qps=None,
+            probes_ok=0,
+            probes_total=0,
+            reported_status="up",
+        )
+        for s in (50, 30, 10, 0)
+    ]
+    with transaction(sessions) as session:
+        node_store.apply_heartbeats(session, beats, timedelta(seconds=30))
+
+
+@pytest.fixture
+async def rig(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Rig]:
+    import xplane.store.tables  # noqa: F401
+
+    bare = tmp_path / "infra.git"
+    git.Repo.init(bare, bare=True, initial_branch="main")
+    seed = git.Repo.clone_from(str(bare), tmp_path / "seed")
+    (tmp_path / "seed/infra/node-pool").mkdir(parents=True)
+    (tmp_path / "seed/infra/node-pool/jp.tfvars").write_text(TFVARS)
+    seed.git.add(A=True)
+    seed.index.commit("initial")
+    seed.git.push("origin", "HEAD:refs/heads/main")
+
+    engine = make_engine(f"sqlite:///{tmp_path}/as.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        save_revision(session, "b" * 40, load_config_from_mapping(CONFIG), "test")
+    _hot_node(sessions, "jp-0", cpu=0.9, now=await time_env.get_current_time())
+    config = time_env.client.config()
+    config["data_converter"] = pydantic_data_converter
+    client = Client(**config)
+    yield Rig(time_env, client, sessions, bare)
+    engine.dispose()
+
+
+def _worker(rig: Rig, tmp: Path, commit_activity=None) -> Worker:  # type: ignore[no-untyped-def]
+    acts = AutoscaleActivities(rig.sessions, rig.client, str(rig.bare), tmp / "work")
+    return Worker(
+        rig.client,
+        task_queue=TQ,
+        workflows=[AutoscaleWorkflow],
+        activities=[
+            acts.decide_autoscale,
+            commit_activity or acts.commit_node_pool,
+            acts.record_terraform_result,
+            acts.count_ready_nodes,
+            acts.drain_nodes,
+        ],
+        activity_executor=ThreadPoolExecutor(4),
+    )
+
+
+async def _status(handle: WorkflowHandle) -> LoopStatus:
+    return await handle.query(AutoscaleWorkflow.status, result_type=LoopStatus)
+
+
+async def test_scale_up_commit_wait_webhook_then_cooldown(rig: Rig, tmp_path: Path) -> None:
+    async with _worker(rig, tmp_path):
+        handle = await rig.start()
+        await rig.env.sleep(2)
+        status = await _status(handle)
+        waiting = status.details["waiting"]
+        assert waiting["phase"] == "terraform" and waiting["desired"] == 2
+        assert waiting["commit"] == rig.tip()
+        assert rig.commits()[0] == "feat(xplane-autoscaler): scale jp pool to 2 nodes"
+        body = git.Repo(rig.bare).commit("main").message
+        assert (
+            "cpu 0.9" in str(body)
+            and git.Repo(rig.bare).commit("main").author.name == "xplane-autoscaler"
+        )
+
+        # CI reports success; the second node registers and becomes active.
+        _hot_node(rig.sessions, "jp-1", cpu=0.9, now=await rig.env.get_current_time())
+        await handle.signal(
+            AutoscaleWorkflow.terraform_finished,
+            TerraformOutcome(commit=waiting["commit"], status="succeeded"),
+        )
+        await rig.env.sleep(2)
+        status = await _status(handle)
+        assert status.details["waiting"] is None
+        assert status.details["last_outcome"] == "2 nodes ready"
+        # Still hot, but inside the 300s scale-up cooldown: no new commit.
+        await rig.env.sleep(200)
+        assert len(rig.commits()) == 2
+        assert (await _status(handle)).details["reason"].startswith("cooldown")
+        await rig.env.sleep(90)
+        for node in ("jp-0", "jp-1"):  # fresh hot samples for the window after the cooldown
+            _hot_node(
+                rig.sessions,
+                node,
+                cpu=0.9,
+                now=await rig.env.get_current_time() + timedelta(seconds=30),
+            )
+        await rig.env.sleep(60)
+        assert rig.commits()[0] == "feat(xplane-autoscaler): scale jp pool to 3 nodes"
+        with rig.sessions() as session:
+            kinds = [e.kind for e in list_events(session, region="jp")]
+        assert "terraform.succeeded" in kinds and kinds.count("autoscale.committed") == 2
+        await handle.terminate()
+
+
+async def test_webhook_before_the_wait_is_not_lost(rig: Rig, tmp_path: Path) -> None:
+    acts = AutoscaleActivities(rig.sessions, rig.client, str(rig.bare), tmp_path / "work")
+
+    @activity.defn(name="commit_node_pool")
+    async def commit_and_fast_ci(request: CommitRequest) -> PoolCommit:
+        """The real commit, then CI answers before the workflow even starts waiting."""
+        result = acts.commit_node_pool(request)
+        _hot_node(rig.sessions, "jp-1", cpu=0.9, now=await rig.env.get_current_time())
+        info = activity.info()
+        await rig.client.get_workflow_handle(info.workflow_id).signal(
+            "terraform_finished", TerraformOutcome(commit=result.sha, status="succeeded")
+        )
+        return result
+
+    async with _worker(rig, tmp_path, commit_activity=commit_and_fast_ci):
+        handle = await rig.start()
+        await rig.env.sleep(5)
+        status = await _status(handle)
+        assert status.details["waiting"] is None
+        assert status.details["last_outcome"] == "2 nodes ready"
+        await handle.terminate()
+
+
+async def test_terraform_timeout_is_recorded_and_not_retried_before_cooldown(
+    rig: Rig, tmp_path: Path
+) -> None:
+    async with _worker(rig, tmp_path):
+        handle = await rig.start()
+        await rig.env.sleep(125)  # past terraform_timeout (120s)
+        status = await _status(handle)
+        assert status.details["last_outcome"] == "terraform timeout"
+        with rig.sessions() as session:
+            assert [e.kind for e in list_events(session, kind_prefix="terraform.")] == [
+                "terraform.timeout"
+            ]
+        await rig.env.sleep(120)  # ticks inside the cooldown: no second commit
+        assert len(rig.commits()) == 2
+        with contextlib.suppress(Exception):
+            await handle.terminate()
