@@ -31,3 +31,13 @@ class RecorderWorkflow:
     @workflow.query
     def signals(self) -> list[str]:
         return self.received
+
+
+@workflow.defn(dynamic=True)
+class AnyWorkflowRecorder(RecorderWorkflow):
+    """Stands in for every workflow type the worker doesn't register (signal-with-start targets)."""
+
+    @workflow.run
+    async def run(self, args: Sequence[RawValue]) -> list[str]:  # type: ignore[override]
+        await workflow.wait_condition(lambda: self.done)
+        return self.received
