@@ -103,6 +103,70 @@ def _print_tables(plans: dict[str, ServiceWeights]) -> None:
         console.print(records)
 
 
+@app.command("apply")
+def apply(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", file_okay=False, metavar="DIR", help="Config tree (else the store)."
+        ),
+    ] = None,
+    world: Annotated[
+        Path | None,
+        typer.Option("--world", dir_okay=False, metavar="WORLD.json", help="Else the live store."),
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", envvar="XPLANE_DB_URL", help="Store for live input.")
+    ] = None,
+    service: Annotated[str | None, typer.Option("--service", "-s")] = None,
+    doit: Annotated[bool, typer.Option("--doit", help="Write to DNS (default: dry run).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Pass the safety threshold.")] = False,
+    takeover: Annotated[
+        bool, typer.Option("--takeover", help="Adopt records XPlane does not own.")
+    ] = False,
+) -> None:
+    """Show each provider's DNS change plan; write it only with --doit (as octoDNS does)."""
+    from activities.gtm import desired_for_provider
+    from xplane.dns.base import DnsError
+    from xplane.dns.factory import make_provider
+    from xplane.gtm.live import live_inputs
+
+    try:
+        if config is not None and world is not None:
+            tree, snapshot = load_config(config), load_world(world)
+        else:
+            tree, snapshot = live_inputs(db)
+        plans = plan_services(tree, snapshot, service)
+    except ConfigError as exc:
+        raise _fail([str(issue) for issue in exc.issues]) from None
+    except (PlanError, LookupError) as exc:
+        raise _fail(str(exc).splitlines()) from None
+    failed = False
+    for name, weights in plans.items():
+        policy = tree.gtm[name]
+        for index, provider_config in enumerate(policy.dns_providers()):
+            key = f"{name} {index}:{provider_config.provider}"
+            desired = desired_for_provider(policy, provider_config, weights)
+            try:
+                provider = make_provider(provider_config)
+                dns_plan = provider.plan(desired, takeover=takeover)
+                typer.echo(f"{key}: {dns_plan.summary()}")
+                for change in dns_plan.changes:
+                    typer.echo(
+                        f"  {change.action:6} {change.key}: {change.before} -> {change.after}"
+                    )
+                if doit and not dns_plan.empty:
+                    result = provider.apply(dns_plan, force=force)
+                    typer.echo(f"  applied: {result.write_calls} write call(s)")
+            except DnsError as exc:
+                typer.echo(f"{key}: error: {exc}", err=True)
+                failed = True
+    if not doit:
+        typer.echo("dry run: nothing written (use --doit to apply)")
+    if failed:
+        raise typer.Exit(1)
+
+
 def register(root: typer.Typer) -> None:
     """Attach ``xplane gtm ...`` to the root app (``apply`` is added by the GTM loop's owner)."""
     root.add_typer(app, name="gtm")

@@ -13,6 +13,7 @@ from xplane.cli import (
     gtm_cmd,
     infra_cmd,
     nodes_cmd,
+    status_cmd,
     sync_cmd,
     up_cmd,
     worker_cmd,
@@ -45,6 +46,7 @@ for module in (
     events_cmd,
     worker_cmd,
     up_cmd,
+    status_cmd,
 ):
     module.register(app)
 

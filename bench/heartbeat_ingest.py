@@ -1,0 +1,162 @@
+"""Heartbeat ingest: the XPlane API (validate + auth + batched write) vs a bare endpoint.
+
+Both run in this process on uvicorn (one event loop, like one ``xplane api``
+replica); wrk drives them with a Lua script that rotates over N registered
+nodes, each with its own token. The bare endpoint validates the same body
+model and returns a constant, so the gap is the cost of auth and storage.
+
+    .venv/bin/python bench/heartbeat_ingest.py [--db URL] [--nodes 200]
+        [--connections 64] [--duration 10]
+
+Prints one line per target to stdout (the lead assembles BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+import xplane.store.tables  # noqa: F401  (registers every table)
+from xplane.api import ApiSettings, create_app
+from xplane.api.schemas import HeartbeatRequest
+from xplane.api.serve import serve_in_thread
+from xplane.config.models import ConfigTree, GtmPolicy, GtmRegion, Region
+from xplane.store.config_store import save_revision
+from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
+from xplane.store.nodes import count_samples
+
+BOOT, ADMIN = "bench-boot", "bench-admin"
+
+LUA = """
+local nodes = %s
+local i = 0
+request = function()
+  i = i %% #nodes + 1
+  local n = nodes[i]
+  local body = string.format(
+    '{"node_id":"%%s","cpu":0.42,"rtt_ms":12.5,"error_rate":0.01,"qps":30,'
+    .. '"probes":[{"target":"10.0.0.1","ok":true,"rtt_ms":1.2}]}', n.id)
+  return wrk.format("POST", "/nodes/heartbeat",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. n.token}, body)
+end
+"""
+
+
+def bare_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/nodes/heartbeat")
+    async def heartbeat(body: HeartbeatRequest) -> dict[str, str]:
+        return {"state": "active", "status": "up", "action": "none"}
+
+    return app
+
+
+def seed(db_url: str) -> None:
+    engine = make_engine(db_url)
+    Base.metadata.create_all(engine)
+    tree = ConfigTree(
+        regions={"jp": Region(name="jp")},
+        gtm={
+            "web": GtmPolicy(service="web", domain="web.svc.plus", regions=[GtmRegion(name="jp")])
+        },
+    )
+    with transaction(make_sessionmaker(engine)) as session:
+        save_revision(session, "b" * 40, tree, "bench")
+    engine.dispose()
+
+
+def register(url: str, count: int) -> list[dict[str, str]]:
+    nodes = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {BOOT}"}) as client:
+        for i in range(count):
+            body = {"service": "web", "region": "jp", "address": f"10.{i // 250}.{i % 250}.1"}
+            data = client.post("/nodes/register", json=body).raise_for_status().json()
+            nodes.append({"id": data["node_id"], "token": data["token"]})
+    return nodes
+
+
+def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+    def grab(pattern: str, default: str = "0") -> str:
+        match = re.search(pattern, out)
+        return match.group(1) if match else default
+
+    return {
+        "rps": float(grab(r"Requests/sec:\s+([\d.]+)")),
+        "requests": float(grab(r"(\d+) requests in")),
+        "p50": _ms(grab(r"50%\s+([\d.]+\w+)", "0ms")),
+        "p99": _ms(grab(r"99%\s+([\d.]+\w+)", "0ms")),
+        "non_2xx": float(grab(r"Non-2xx or 3xx responses: (\d+)")),
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
+    parser.add_argument("--nodes", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db_url = args.db or f"sqlite:///{tmp}/bench.db"
+        seed(db_url)
+        settings = ApiSettings(db_url=db_url, bootstrap_token=BOOT, admin_token=ADMIN)
+        app = create_app(settings)
+        with serve_in_thread(app) as api:
+            nodes = register(api.url, args.nodes)
+            script = Path(tmp) / "heartbeat.lua"
+            script.write_text(LUA % _lua_table(nodes))
+            xplane = run_wrk(api.url, script, args.connections, args.duration)
+            stats = app.state.ctx.writer.stats
+        engine = make_engine(db_url)
+        with make_sessionmaker(engine)() as session:
+            stored = count_samples(session)
+        engine.dispose()
+        with serve_in_thread(bare_app()) as bare_api:
+            bare = run_wrk(bare_api.url, script, args.connections, args.duration)
+    backend = db_url.split(":", 1)[0]
+    print(
+        f"xplane api ({backend}): {xplane['rps']:.0f} req/s, p50 {xplane['p50']:.1f} ms, "
+        f"p99 {xplane['p99']:.1f} ms, non-2xx {xplane['non_2xx']:.0f}, samples stored {stored}, "
+        f"{stats.batches} transactions (mean batch {stats.heartbeats / max(stats.batches, 1):.1f}, "
+        f"largest {stats.largest_batch})"
+    )
+    print(
+        f"bare fastapi validate-only: {bare['rps']:.0f} req/s, p50 {bare['p50']:.1f} ms, "
+        f"p99 {bare['p99']:.1f} ms"
+    )
+    print(
+        f"setup: {args.nodes} nodes, wrk -t2 -c{args.connections} -d{args.duration}s, "
+        "one uvicorn worker"
+    )
+
+
+def _lua_table(nodes: list[dict[str, str]]) -> str:
+    return (
+        "{"
+        + ",".join(f"{{id={json.dumps(n['id'])},token={json.dumps(n['token'])}}}" for n in nodes)
+        + "}"
+    )
+
+
+if __name__ == "__main__":
+    main()

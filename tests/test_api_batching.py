@@ -1,0 +1,62 @@
+"""Concurrent heartbeats from many nodes: every one stored, in fewer transactions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.test_api_support import (
+    DB_BACKENDS,
+    Api,
+    bearer,
+    module_database,
+    reset_database,
+    running_api,
+)
+from xplane.store import nodes as store
+from xplane.store.db import make_sessionmaker
+
+NODES = 20
+BEATS_PER_NODE = 3
+
+
+@pytest.fixture(params=DB_BACKENDS)
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    for url, engine in module_database(request.param, str(tmp_path_factory.mktemp("api"))):
+        reset_database(engine)
+        with running_api(engine, url, batch_max_wait=0.005) as running:
+            yield running
+
+
+async def test_concurrent_heartbeats_are_all_stored_in_batches(api: Api) -> None:
+    registered = [
+        api.registered(node_id=f"jp-{i:03d}", address=f"10.0.{i // 250}.{i % 250 + 1}")
+        for i in range(NODES)
+    ]
+    writer = api.app.state.ctx.writer
+    batches_before = writer.stats.batches
+
+    async def beat(client: httpx.AsyncClient, node_id: str, token: str, n: int) -> int:
+        body = {"node_id": node_id, "cpu": n / 10, "rtt_ms": float(n), "error_rate": 0.0}
+        response = await client.post("/nodes/heartbeat", json=body, headers=bearer(token))
+        return response.status_code
+
+    limits = httpx.Limits(max_connections=NODES)
+    async with httpx.AsyncClient(base_url=api.url, limits=limits, timeout=60) as client:
+        codes = await asyncio.gather(
+            *(beat(client, nid, tok, n) for n in range(BEATS_PER_NODE) for nid, tok in registered)
+        )
+
+    total = NODES * BEATS_PER_NODE
+    assert codes == [200] * total
+    assert api.counts()[1] == total  # every sample row is there
+    with make_sessionmaker(api.engine)() as session:
+        rows = store.list_nodes(session, service="web", region="jp")
+        assert all(r.last_heartbeat_at is not None and r.cpu is not None for r in rows)
+        per_node = {r.node_id for r in session.query(store.MetricSampleRow)}
+    assert len(per_node) == NODES
+    batches = writer.stats.batches - batches_before
+    assert writer.stats.largest_batch > 1 and batches < total  # coalesced

@@ -1,0 +1,168 @@
+"""The node store: status derivation (pure) and what the loops read and write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from xplane.domain import NodeState, NodeStatus
+from xplane.store import nodes as store
+from xplane.store.db import make_sessionmaker, transaction
+from xplane.store.events import list_events
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+TIMEOUT = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class View:
+    drain_requested: bool = False
+    reported_status: str | None = None
+    last_heartbeat_at: datetime | None = T0
+    probes_ok: int | None = None
+    probes_total: int | None = None
+
+
+@pytest.mark.parametrize(
+    ("view", "now", "expected"),
+    [
+        (View(), T0 + TIMEOUT, NodeStatus.UP),  # exactly at the timeout: still up
+        (View(), T0 + TIMEOUT + timedelta(milliseconds=1), NodeStatus.DOWN),
+        (View(last_heartbeat_at=None), T0, NodeStatus.DOWN),
+        (View(probes_ok=0, probes_total=3), T0, NodeStatus.DOWN),
+        (View(probes_ok=1, probes_total=3), T0, NodeStatus.UP),
+        (View(probes_ok=0, probes_total=0), T0, NodeStatus.UP),  # no probes reported
+        (View(reported_status="drain"), T0, NodeStatus.DRAIN),
+        (View(drain_requested=True, last_heartbeat_at=None), T0, NodeStatus.DRAIN),
+        (View(drain_requested=True, probes_ok=0, probes_total=1), T0, NodeStatus.DRAIN),
+    ],
+)
+def test_derive_status(view: View, now: datetime, expected: NodeStatus) -> None:
+    assert store.derive_status(view, now, TIMEOUT) is expected
+
+
+def test_heartbeat_action() -> None:
+    assert store.heartbeat_action("active", False) == "none"
+    assert store.heartbeat_action("active", True) == "drain"
+    assert store.heartbeat_action("drain", False) == "drain"
+    assert store.heartbeat_action("delete", True) == "deregister"
+
+
+def reg(node_id: str = "jp-1", address: str = "10.0.0.1", token: str = "h1") -> store.Registration:
+    return store.Registration(
+        node_id=node_id, service="web", region="jp", address=address, token_hash=token
+    )
+
+
+def beat(
+    node_id: str = "jp-1", token: str = "h1", at: datetime = T0, **kw: object
+) -> store.Heartbeat:
+    values: dict[str, object] = {
+        "cpu": 0.4,
+        "rtt_ms": 20.0,
+        "error_rate": 0.0,
+        "qps": 5.0,
+        "probes_ok": 1,
+        "probes_total": 1,
+        "reported_status": None,
+    }
+    values.update(kw)
+    return store.Heartbeat(node_id=node_id, token_hash=token, at=at, **values)  # type: ignore[arg-type]
+
+
+def test_store_round_trip(engine: Engine) -> None:
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as s:
+        row, created = store.register_node(s, reg(), T0, TIMEOUT)
+        assert created and row.state == "idle"
+        store.register_node(s, reg("jp-2", "10.0.0.2", "h2"), T0, TIMEOUT)
+        store.register_node(s, replace(reg("sg-1", "10.0.1.1", "h3"), region="sg"), T0, TIMEOUT)
+
+    # Batch: a valid beat, a stale token, a second beat of the same node.
+    later = T0 + timedelta(seconds=5)
+    with transaction(factory) as s:
+        results = store.apply_heartbeats(
+            s,
+            [beat(), beat("jp-2", "stale"), beat(at=later, cpu=0.6, reported_status="drain")],
+            TIMEOUT,
+        )
+    assert results[1] is None
+    assert results[0] is not None and results[0].status is NodeStatus.UP
+    assert results[2] is not None and results[2].status is NodeStatus.DRAIN
+    assert results[2].action == "none"  # the node's own drain; nobody asked it to
+
+    with factory() as s:
+        samples = store.metric_samples(s, "web", "jp", T0)
+        assert [(x.node_id, x.cpu) for x in samples] == [("jp-1", 0.4), ("jp-1", 0.6)]
+        assert store.metric_samples(s, "web", "jp", later + timedelta(seconds=1)) == []
+        node = store.get_node(s, "jp-1")
+        assert (node.cpu, node.reported_status, node.last_heartbeat_at) == (0.6, "drain", later)
+
+    # Same id, other address: refused while live, taken over once silent.
+    with transaction(factory) as s, pytest.raises(store.AddressConflict):
+        store.register_node(s, reg(address="10.9.9.9", token="h9"), later, TIMEOUT)
+    silent = later + TIMEOUT + timedelta(seconds=1)
+    with transaction(factory) as s:
+        row, created = store.register_node(s, reg(address="10.9.9.9", token="h9"), silent, TIMEOUT)
+        assert not created and row.address == "10.9.9.9" and row.last_heartbeat_at is None
+
+    # What the world-state loop uses.
+    now = T0 + timedelta(seconds=10)
+    with transaction(factory) as s:
+        store.apply_heartbeats(s, [beat("jp-2", "h2", at=now)], TIMEOUT)
+        store.set_lifecycle_state(s, "jp-2", NodeState.ACTIVE, "warmed up", now)
+        store.record_health_check(s, "jp-2", False, now)
+        store.request_drain(s, "sg-1", by="autoscaler", reason="scale in", at=now)
+    with factory() as s:
+        observed = {o.node_id: o for o in store.scan_nodes(s, now, TIMEOUT)}
+    assert observed["jp-2"].status is NodeStatus.UP and observed["jp-2"].recorded_status is None
+    assert observed["jp-1"].status is NodeStatus.DOWN  # taken over, no heartbeat yet
+    assert observed["sg-1"].status is NodeStatus.DRAIN
+    with transaction(factory) as s:
+        store.record_status(s, "jp-2", NodeStatus.UP, now)
+    with factory() as s:
+        assert store.scan_nodes(s, now, TIMEOUT)[1].recorded_status is NodeStatus.UP
+        world = store.world_snapshot(s, now, TIMEOUT, service="web")
+        events = list_events(s, node_id="sg-1")
+    by_id = {n.id: n for n in world.nodes}
+    assert set(by_id) == {"jp-1", "jp-2", "sg-1"}
+    assert by_id["jp-2"].state is NodeState.ACTIVE and by_id["jp-2"].health_check_ok is False
+    assert by_id["jp-2"].heartbeat_age_seconds == 0 and by_id["jp-2"].cpu == 0.4
+    assert [(e.kind, e.source) for e in events] == [("node.drain_requested", "autoscaler")]
+
+    with transaction(factory) as s:
+        assert store.prune_samples(s, older_than=T0 + timedelta(seconds=6)) == 2
+    with factory() as s:
+        assert [x.node_id for x in store.metric_samples(s, "web", "jp", T0)] == ["jp-2"]
+        with pytest.raises(store.NodeNotFound):
+            store.get_node(s, "ghost")
+
+
+def test_region_summaries_count_known_regions_and_health() -> None:
+    def row(node_id: str, region: str, **kw: object) -> store.NodeRow:
+        values: dict[str, object] = {
+            "id": node_id,
+            "service": "web",
+            "region": region,
+            "address": "10.0.0.1",
+            "state": "active",
+            "drain_requested": False,
+            "last_heartbeat_at": T0,
+        }
+        values.update(kw)
+        return store.NodeRow(**values)
+
+    rows = [
+        row("a", "jp"),
+        row("b", "jp", last_heartbeat_at=None),
+        row("c", "jp", drain_requested=True),
+        row("d", "jp", state="delete"),
+    ]
+    summaries = store.region_summaries(rows, T0, TIMEOUT, known={"web": {"jp", "sg"}})
+    jp, sg = summaries
+    assert (jp.region, jp.nodes, jp.health) == ("jp", 4, 0.5)
+    assert jp.by_status == {"up": 2, "down": 1, "drain": 1}
+    assert (sg.region, sg.nodes, sg.health) == ("sg", 0, 0.0)

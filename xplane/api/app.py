@@ -1,0 +1,93 @@
+"""The FastAPI app factory. Stateless over the store: run as many replicas as needed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from fastapi import APIRouter, FastAPI
+
+from xplane.api.auth import TokenCache
+from xplane.api.context import ApiContext, NodeNotifier
+from xplane.api.errors import BodyLimitMiddleware, install_error_handlers
+from xplane.api.routes_admin import health_router
+from xplane.api.routes_admin import router as admin_router
+from xplane.api.routes_nodes import router as nodes_router
+from xplane.api.settings import ApiSettings
+from xplane.api.writer import HeartbeatWriter
+from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
+from xplane.store.nodes import prune_samples
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: ApiSettings,
+    notifier: NodeNotifier | None = None,
+    extra_routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """The API; ``extra_routers`` (webhooks, /metrics, ...) are included as given.
+
+    The schema must exist (migrations or ``Base.metadata.create_all``).
+    """
+    engine = make_engine(settings.db_url, pool_pre_ping=True)
+    factory = make_sessionmaker(engine)
+    writer = HeartbeatWriter(
+        factory,
+        settings.timeout,
+        max_size=settings.batch_max_size,
+        max_wait=settings.batch_max_wait.total_seconds(),
+        queue_size=settings.queue_size,
+    )
+    ctx = ApiContext(
+        settings=settings,
+        engine=engine,
+        factory=factory,
+        writer=writer,
+        tokens=TokenCache(settings.token_cache_ttl.total_seconds()),
+        notifier=notifier,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        writer.start()
+        pruner = asyncio.create_task(_prune_forever(ctx), name="sample-pruner")
+        try:
+            yield
+        finally:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
+            await writer.stop()
+            engine.dispose()
+
+    app = FastAPI(title="XPlane API", version="1", lifespan=lifespan)
+    app.state.ctx = ctx
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    for router in (health_router, nodes_router, admin_router, *extra_routers):
+        app.include_router(router)
+    return app
+
+
+async def _prune_forever(ctx: ApiContext) -> None:
+    """Drop samples older than the retention (every replica does it; that is harmless)."""
+    while True:
+        try:
+            cutoff = utcnow() - ctx.settings.sample_retention
+            await asyncio.to_thread(_prune, ctx, cutoff)
+        except Exception as exc:
+            log.warning("pruning metric samples failed: %s", exc)
+        await asyncio.sleep(ctx.settings.prune_interval.total_seconds())
+
+
+def _prune(ctx: ApiContext, cutoff: datetime) -> None:
+    with transaction(ctx.factory) as session:
+        removed = prune_samples(session, cutoff)
+    if removed:
+        log.info("pruned %d metric samples", removed)

@@ -1,0 +1,143 @@
+"""One error shape for every failure: ``{"error": ..., "detail": [{"field", "message"}]}``.
+
+Also the body-size guard: a pure ASGI middleware that reads a request body up
+to the limit (Content-Length or not) before any handler sees it, so an
+oversized body is a 413 and never half-parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from xplane.api.schemas import ErrorBody, FieldError
+from xplane.config.errors import format_path, humanize
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raise from a handler to answer ``status`` with the uniform body."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        fields: Sequence[tuple[str, str]] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.status, self.error, self.headers = status, error, headers
+        self.fields = [FieldError(field=f, message=m) for f, m in fields]
+
+
+def error_response(
+    status: int,
+    error: str,
+    fields: Sequence[FieldError] = (),
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorBody(error=error, detail=list(fields))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _validation_fields(exc: RequestValidationError) -> list[FieldError]:
+    fields = []
+    for err in exc.errors():
+        loc = [p for p in err.get("loc", ()) if isinstance(p, str | int)]
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:] if err.get("type") != "json_invalid" else []
+        if err.get("type") == "json_invalid":
+            message = f"malformed JSON: {(err.get('ctx') or {}).get('error', 'invalid')}"
+            fields.append(FieldError(field="body", message=message))
+            continue
+        if not loc and err.get("type") == "missing":
+            fields.append(FieldError(field="body", message="a JSON object is required"))
+            continue
+        try:
+            message = humanize(err)
+        except Exception:  # a message is never worth a 500
+            message = str(err.get("msg", "invalid"))
+        fields.append(FieldError(field=format_path(loc) or "body", message=message))
+    return fields
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.error, exc.fields, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid request", _validation_fields(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error")
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body is larger than {self.max_bytes} bytes"
+        response = error_response(413, message, [FieldError(field="body", message=message)])
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

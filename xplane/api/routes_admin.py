@@ -1,0 +1,114 @@
+"""Operator endpoints (admin token): node and region reads, drain; plus liveness/readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import text
+
+from xplane.api.auth import require_admin
+from xplane.api.context import ApiContext, get_ctx
+from xplane.api.errors import ApiError
+from xplane.api.schemas import DrainRequest, ErrorBody, NodeOut
+from xplane.domain import NodeState
+from xplane.store import config_store
+from xplane.store import nodes as store
+from xplane.store.db import transaction, utcnow
+
+router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+health_router = APIRouter(tags=["health"])
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 422)
+}
+
+
+def node_out(row: store.NodeRow, ctx: ApiContext) -> NodeOut:
+    now = utcnow()
+    snap = store.to_snapshot(row, now, ctx.settings.timeout)
+    return NodeOut(
+        id=row.id,
+        service=row.service,
+        region=row.region,
+        address=row.address,
+        port=row.port,
+        hostname=row.hostname,
+        labels=row.labels or {},
+        agent_version=row.agent_version,
+        state=snap.state,
+        status=snap.status,
+        drain_requested=row.drain_requested,
+        drain_requested_by=row.drain_requested_by,
+        reported_status=row.reported_status,
+        registered_at=row.registered_at,
+        last_heartbeat_at=row.last_heartbeat_at,
+        heartbeat_age_seconds=snap.heartbeat_age_seconds,
+        cpu=row.cpu,
+        rtt_ms=row.rtt_ms,
+        error_rate=row.error_rate,
+        qps=row.qps,
+        probes_ok=row.probes_ok,
+        probes_total=row.probes_total,
+        health_check_ok=row.health_check_ok,
+    )
+
+
+@router.get("/nodes", response_model=list[NodeOut], responses=_ERRORS)
+def list_nodes(
+    service: str | None = None,
+    region: str | None = None,
+    state: NodeState | None = None,
+    ctx: ApiContext = Depends(get_ctx),
+) -> list[NodeOut]:
+    with ctx.factory() as session:
+        rows = store.list_nodes(session, service=service, region=region, state=state)
+        return [node_out(r, ctx) for r in rows]
+
+
+@router.get("/nodes/{node_id}", response_model=NodeOut, responses=_ERRORS)
+def get_node(node_id: str, ctx: ApiContext = Depends(get_ctx)) -> NodeOut:
+    with ctx.factory() as session:
+        try:
+            return node_out(store.get_node(session, node_id), ctx)
+        except store.NodeNotFound as exc:
+            raise ApiError(404, "unknown node", [("node_id", str(exc))]) from None
+
+
+@router.post("/nodes/{node_id}/drain", response_model=NodeOut, responses=_ERRORS)
+def drain_node(
+    node_id: str, body: DrainRequest | None = None, ctx: ApiContext = Depends(get_ctx)
+) -> NodeOut:
+    reason = (body or DrainRequest()).reason
+    try:
+        with transaction(ctx.factory) as session:
+            row = store.request_drain(session, node_id, by="operator", reason=reason)
+    except store.NodeNotFound as exc:
+        raise ApiError(404, "unknown node", [("node_id", str(exc))]) from None
+    return node_out(row, ctx)
+
+
+@router.get("/regions", response_model=list[store.RegionSummary], responses=_ERRORS)
+def regions(
+    service: str | None = None, ctx: ApiContext = Depends(get_ctx)
+) -> list[store.RegionSummary]:
+    with ctx.factory() as session:
+        known = config_store.service_regions(session)
+        if service is not None:
+            known = {s: r for s, r in known.items() if s == service}
+        rows = store.list_nodes(session, service=service)
+        return store.region_summaries(rows, utcnow(), ctx.settings.timeout, known)
+
+
+@health_router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz", responses={503: {"model": ErrorBody}})
+def readyz(ctx: ApiContext = Depends(get_ctx)) -> dict[str, str]:
+    """Readiness: the database answers."""
+    try:
+        with ctx.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise ApiError(503, "database unreachable", [("db", type(exc).__name__)]) from None
+    return {"status": "ready"}

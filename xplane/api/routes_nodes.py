@@ -1,0 +1,195 @@
+"""The agent-facing endpoints: ``POST /nodes/register`` and ``POST /nodes/heartbeat``.
+
+Neither touches Temporal: registration only calls the optional notifier after
+its commit, and heartbeats go to the store through the batching writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from xplane.api.auth import UNAUTHORIZED, bearer, hash_token, matches_any, new_token
+from xplane.api.context import ApiContext, get_ctx
+from xplane.api.errors import ApiError
+from xplane.api.schemas import (
+    ErrorBody,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    RegisterRequest,
+    RegisterResponse,
+)
+from xplane.api.writer import StoreUnavailable, WriterBusy
+from xplane.domain import NodeState
+from xplane.store import config_store
+from xplane.store import nodes as store
+from xplane.store.db import transaction, utcnow
+from xplane.store.events import record_event
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["nodes"])
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 403, 404, 409, 413, 422, 503)
+}
+
+
+@router.post("/nodes/register", response_model=RegisterResponse, responses=_ERRORS)
+async def register(
+    body: RegisterRequest, ctx: ApiContext = Depends(get_ctx), token: str = Depends(bearer)
+) -> RegisterResponse:
+    if not matches_any(token, ctx.settings.bootstrap_tokens_for(body.region)):
+        message = f"not a bootstrap token for region {body.region!r}"
+        raise ApiError(401, "invalid bootstrap token", [("authorization", message)], UNAUTHORIZED)
+    node_token = new_token()
+    row = await run_in_threadpool(_register, ctx, body, hash_token(node_token))
+    await _notify(ctx, row.id, row.service, row.region)
+    return RegisterResponse(
+        node_id=row.id,
+        token=node_token,
+        heartbeat_interval_seconds=ctx.settings.heartbeat_interval_seconds,
+        state=NodeState(row.state),
+    )
+
+
+def _register(ctx: ApiContext, body: RegisterRequest, token_hash: str) -> store.NodeRow:
+    try:
+        return _register_once(ctx, body, token_hash)
+    except IntegrityError:
+        # Two replicas inserted the same new node id at once: the loser sees it now.
+        return _register_once(ctx, body, token_hash)
+
+
+def _register_once(ctx: ApiContext, body: RegisterRequest, token_hash: str) -> store.NodeRow:
+    now = utcnow()
+    with transaction(ctx.factory) as session:
+        _check_known(session, body.service, body.region)
+        node_id = body.node_id or _new_node_id(session, body.region)
+        reg = store.Registration(
+            node_id=node_id,
+            service=body.service,
+            region=body.region,
+            address=body.address,
+            token_hash=token_hash,
+            port=body.port,
+            hostname=body.hostname,
+            labels=body.labels,
+            agent_version=body.agent_version,
+        )
+        try:
+            row, created = store.register_node(session, reg, now, ctx.settings.timeout)
+        except store.AddressConflict as exc:
+            message = f"node {node_id!r} is live at {exc.address}; not re-registering it"
+            raise ApiError(409, "node id in use", [("address", message)]) from None
+        if created:
+            record_event(
+                session,
+                "node.registered",
+                f"{node_id} registered at {body.address}",
+                source="api",
+                service=body.service,
+                region=body.region,
+                node_id=node_id,
+                at=now,
+            )
+        return row
+
+
+def _check_known(session: Session, service: str, region: str) -> None:
+    known = config_store.service_regions(session)
+    if service not in known:
+        names = ", ".join(sorted(known)) or "none configured"
+        raise ApiError(
+            422, "unknown service", [("service", f"unknown service {service!r} (known: {names})")]
+        )
+    if region not in known[service]:
+        names = ", ".join(sorted(known[service])) or "none"
+        message = f"region {region!r} is not a region of service {service!r} (known: {names})"
+        raise ApiError(422, "unknown region", [("region", message)])
+
+
+def _new_node_id(session: Session, region: str) -> str:
+    while True:
+        candidate = f"{region}-{secrets.token_hex(4)}"
+        if session.get(store.NodeRow, candidate) is None:
+            return candidate
+
+
+async def _notify(ctx: ApiContext, node_id: str, service: str, region: str) -> None:
+    if ctx.notifier is None:
+        return
+    try:
+        await asyncio.wait_for(
+            ctx.notifier.node_registered(node_id, service, region),
+            ctx.settings.notifier_timeout.total_seconds(),
+        )
+    except Exception:
+        log.exception("notifier failed for node %s; the world-state loop will catch up", node_id)
+
+
+@router.post("/nodes/heartbeat", response_model=HeartbeatResponse, responses=_ERRORS)
+async def heartbeat(
+    body: HeartbeatRequest, ctx: ApiContext = Depends(get_ctx), token: str = Depends(bearer)
+) -> HeartbeatResponse:
+    token_hash = hash_token(token)
+    await _authorise(ctx, token_hash, body.node_id)
+    beat = store.Heartbeat(
+        node_id=body.node_id,
+        token_hash=token_hash,
+        at=utcnow(),
+        cpu=body.cpu,
+        rtt_ms=body.rtt_ms,
+        error_rate=body.error_rate,
+        qps=body.qps,
+        probes_ok=sum(1 for p in body.probes if p.ok),
+        probes_total=len(body.probes),
+        reported_status=body.status,
+    )
+    try:
+        result = await ctx.writer.submit(beat)
+    except WriterBusy:
+        raise ApiError(503, "too many heartbeats queued", headers={"Retry-After": "1"}) from None
+    except StoreUnavailable:
+        raise ApiError(503, "store unavailable", headers={"Retry-After": "1"}) from None
+    if result is None:  # re-registered since the cache entry: this token is dead
+        ctx.tokens.forget(token_hash)
+        raise _bad_token()
+    return HeartbeatResponse(
+        state=NodeState(result.state),
+        status=result.status,
+        action=result.action,
+        heartbeat_interval_seconds=ctx.settings.heartbeat_interval_seconds,
+    )
+
+
+async def _authorise(ctx: ApiContext, token_hash: str, node_id: str) -> None:
+    owner = ctx.tokens.get(token_hash)
+    if owner is None:
+        owner = await run_in_threadpool(_lookup_token, ctx, token_hash)
+        if owner is None:
+            raise _bad_token()
+        ctx.tokens.put(token_hash, owner)
+    if owner != node_id:
+        if await run_in_threadpool(_node_exists, ctx, node_id):
+            raise ApiError(403, "token belongs to another node", [("node_id", "not your node")])
+        raise ApiError(404, "unknown node", [("node_id", f"node {node_id!r} is not registered")])
+
+
+def _lookup_token(ctx: ApiContext, token_hash: str) -> str | None:
+    with ctx.factory() as session:
+        return store.node_for_token(session, token_hash)
+
+
+def _node_exists(ctx: ApiContext, node_id: str) -> bool:
+    with ctx.factory() as session:
+        return session.get(store.NodeRow, node_id) is not None
+
+
+def _bad_token() -> ApiError:
+    message = "unknown or replaced node token: register again"
+    return ApiError(401, "invalid node token", [("authorization", message)], UNAUTHORIZED)

@@ -1,0 +1,81 @@
+"""API settings: flags win over ``XPLANE_*`` environment variables, which win over defaults.
+
+Secrets (bootstrap and admin tokens) come from the environment only, never from
+flags, so they don't show up in ``ps``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from xplane.store.db import DEFAULT_DB_URL
+
+BOOTSTRAP_ENV = "XPLANE_BOOTSTRAP_TOKEN"
+
+
+def region_token_env(region: str) -> str:
+    """``jp-east`` -> ``XPLANE_BOOTSTRAP_TOKEN_JP_EAST``."""
+    return f"{BOOTSTRAP_ENV}_{region.upper().replace('-', '_')}"
+
+
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    db_url: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    bootstrap_token: SecretStr | None = None
+    # Per-region bootstrap tokens, keyed by the env-var suffix (REGION upper, - -> _).
+    region_bootstrap_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    admin_token: SecretStr | None = None
+    heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_timeout: timedelta | None = None  # default 3 x heartbeat interval
+    sample_retention: timedelta = timedelta(minutes=15)
+    prune_interval: timedelta = timedelta(seconds=60)
+    # How long a token hash -> node id lookup is trusted. Writes re-check the hash,
+    # so a replaced token is refused at once; the TTL only bounds stale 403/404 answers.
+    token_cache_ttl: timedelta = timedelta(seconds=5)
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    batch_max_size: int = Field(default=256, ge=1)
+    batch_max_wait: timedelta = timedelta(milliseconds=2)
+    queue_size: int = Field(default=10_000, ge=1)
+    notifier_timeout: timedelta = timedelta(seconds=5)
+
+    @property
+    def timeout(self) -> timedelta:
+        """Heartbeat age after which a node is down."""
+        return self.heartbeat_timeout or timedelta(seconds=3 * self.heartbeat_interval_seconds)
+
+    def bootstrap_tokens_for(self, region: str) -> list[str]:
+        """Tokens that may register a node in ``region``: its own (if set) and the global one."""
+        tokens = []
+        own = self.region_bootstrap_tokens.get(region.upper().replace("-", "_"))
+        if own is not None:
+            tokens.append(own.get_secret_value())
+        if self.bootstrap_token is not None:
+            tokens.append(self.bootstrap_token.get_secret_value())
+        return [t for t in tokens if t]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ApiSettings:
+        env = os.environ if environ is None else environ
+        prefix = BOOTSTRAP_ENV + "_"
+        values: dict[str, Any] = {
+            "db_url": env.get("XPLANE_DB_URL") or DEFAULT_DB_URL,
+            "bootstrap_token": env.get(BOOTSTRAP_ENV) or None,
+            "admin_token": env.get("XPLANE_ADMIN_TOKEN") or None,
+            "region_bootstrap_tokens": {
+                k.removeprefix(prefix): v for k, v in env.items() if k.startswith(prefix) and v
+            },
+        }
+        if env.get("XPLANE_API_HOST"):
+            values["host"] = env["XPLANE_API_HOST"]
+        if env.get("XPLANE_API_PORT"):
+            values["port"] = env["XPLANE_API_PORT"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
