@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +20,7 @@ from xplane.temporal_client import signal_with_start
 
 class ScanRequest(BaseModel):
     heartbeat_timeout_seconds: float = 15.0
+    now: datetime | None = None  # the workflow's clock; None: the wall clock
 
 
 class NodeTransition(BaseModel):
@@ -78,7 +79,7 @@ class NodeActivities:
         the transition is recorded, so a crash in between re-sends (at least
         once) rather than losing one.
         """
-        now = utcnow()
+        now = request.now or utcnow()
         timeout = timedelta(seconds=request.heartbeat_timeout_seconds)
         with self._sessions() as session:
             observations = node_store.scan_nodes(session, now, timeout)

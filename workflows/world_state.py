@@ -43,7 +43,10 @@ class WorldStateWorkflow(ControlLoopWorkflow):
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
         result: ScanResult = await workflow.execute_activity(
             "scan_node_transitions",
-            ScanRequest(heartbeat_timeout_seconds=self.params.heartbeat_timeout_seconds),
+            ScanRequest(
+                heartbeat_timeout_seconds=self.params.heartbeat_timeout_seconds,
+                now=workflow.now(),
+            ),
             result_type=ScanResult,
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DB,
