@@ -28,16 +28,6 @@ from xplane.store.events import record_event
 from xplane.store.pools import list_pools
 
 
-class GtmTargets(BaseModel):
-    """What the loop needs for one tick (small: no node list beyond the records)."""
-
-    service: str
-    exists: bool  # False: the service's GTM policy is gone from config
-    policy: GtmPolicy | None = None
-    weights: ServiceWeights | None = None
-    observed_at: datetime
-
-
 class HealthCheckRequest(BaseModel):
     service: str
     check: HealthCheck
@@ -48,6 +38,22 @@ class HealthCheckResult(BaseModel):
     states: dict[str, CheckState]
     flipped: dict[str, bool] = Field(default_factory=dict)  # node id -> new healthy value
     probed: int = 0
+
+
+class ObserveRequest(BaseModel):
+    service: str
+    health: dict[str, CheckState] = Field(default_factory=dict)  # node id -> tracker state
+
+
+class GtmTargets(BaseModel):
+    """What the loop needs for one tick (small: no node list beyond the records)."""
+
+    service: str
+    exists: bool  # False: the service's GTM policy is gone from config
+    policy: GtmPolicy | None = None
+    weights: ServiceWeights | None = None
+    health: HealthCheckResult | None = None
+    observed_at: datetime
 
 
 class ApplyDnsRequest(BaseModel):
@@ -99,25 +105,37 @@ class GtmActivities:
         self._sessions = session_factory
 
     @activity.defn(name="observe_gtm")
-    def observe_gtm(self, service: str) -> GtmTargets:
-        """Read config, nodes and pools; compute the target weights (no ramp: the loop does)."""
-        now = utcnow()
+    async def observe_gtm(self, request: ObserveRequest) -> GtmTargets:
+        """One activity per tick (history stays small): active checks, then target weights.
+
+        The health checks run first so their flips count in this tick's weights.
+        The ramp is not applied here: the loop keeps its state and damps.
+        """
         with self._sessions() as session:
             config = config_store.current_config(session)
-            policy = config.gtm.get(service) if config else None
-            if config is None or policy is None:
-                return GtmTargets(service=service, exists=False, observed_at=now)
-            timeout = heartbeat_timeout_seconds(policy)
+        policy = config.gtm.get(request.service) if config else None
+        if config is None or policy is None:
+            return GtmTargets(service=request.service, exists=False, observed_at=utcnow())
+        health = await self.check_node_health(
+            HealthCheckRequest(service=request.service, check=policy.health, states=request.health)
+        )
+        now = utcnow()
+        timeout = heartbeat_timeout_seconds(policy)
+        with self._sessions() as session:
             world = node_store.world_snapshot(
-                session, now, timedelta(seconds=timeout), service=service
+                session, now, timedelta(seconds=timeout), service=request.service
             )
-            pools = {p.region: p.node_count for p in list_pools(session, service)}
+            pools = {p.region: p.node_count for p in list_pools(session, request.service)}
         weights = compute_service_weights(policy, config.regions, world.nodes, pools, timeout)
         return GtmTargets(
-            service=service, exists=True, policy=policy, weights=weights, observed_at=now
+            service=request.service,
+            exists=True,
+            policy=policy,
+            weights=weights,
+            health=health,
+            observed_at=now,
         )
 
-    @activity.defn(name="check_node_health")
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
         """Run the policy's active check against every registered node of the service.
 

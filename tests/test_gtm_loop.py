@@ -150,7 +150,7 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
         client,
         task_queue=TQ,
         workflows=[GtmLoopWorkflow],
-        activities=[acts.observe_gtm, acts.check_node_health, acts.apply_dns],
+        activities=[acts.observe_gtm, acts.apply_dns],
         activity_executor=ThreadPoolExecutor(4),
     ):
         handle = await client.start_workflow(

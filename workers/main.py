@@ -68,7 +68,6 @@ def activities_for(
         nodes.record_node_state,
         nodes.scan_node_transitions,
         gtm.observe_gtm,
-        gtm.check_node_health,
         gtm.apply_dns,
         autoscale.decide_autoscale,
         autoscale.commit_node_pool,

@@ -3,16 +3,16 @@
 Wakes on its tick, on ``world_changed`` (world-state loop, node lifecycles) and
 on ``OnGtmPolicyChanged`` / ``policy_changed`` (GitOps sync). Each reconcile:
 
-1. runs the policy's active health check against every node (flips in the store
-   only after N consecutive results);
-2. observes the store and computes target weights (pure function, in an activity);
-3. damps them here (drops at once, rises ramped over ``slow_start``; a region
+1. in one activity (so an idle tick adds few history events): runs the policy's
+   active health check against every node (flips reach the store only after N
+   consecutive results), then observes the store and computes target weights;
+2. damps them here (drops at once, rises ramped over ``slow_start``; a region
    that joins a running loop starts from 0);
-4. applies to each DNS provider only when its desired record set changed.
+3. applies to each DNS provider only when its desired record set changed.
 
 The ramp state, health-check trackers and last applied digests live in the
 workflow and are carried across continue-as-new, so an idle tick costs a timer,
-two activities and no DNS write.
+one activity and no DNS write (11 history events).
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.gtm import (
         ApplyDnsRequest,
         GtmTargets,
-        HealthCheckRequest,
-        HealthCheckResult,
+        ObserveRequest,
         desired_for_provider,
         digest,
         summarize,
@@ -93,9 +92,9 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         service = self.p.service
         targets: GtmTargets = await workflow.execute_activity(
             "observe_gtm",
-            service,
+            ObserveRequest(service=service, health=self.p.health),
             result_type=GtmTargets,
-            start_to_close_timeout=policies.DB_TIMEOUT,
+            start_to_close_timeout=timedelta(minutes=2),
             retry_policy=policies.DB,
         )
         if not targets.exists or targets.policy is None or targets.weights is None:
@@ -104,26 +103,8 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         self.p.removed = False
         policy = targets.policy
         self._interval = min(policy.interval, policy.health.interval)
-
-        health: HealthCheckResult = await workflow.execute_activity(
-            "check_node_health",
-            HealthCheckRequest(service=service, check=policy.health, states=self.p.health),
-            result_type=HealthCheckResult,
-            start_to_close_timeout=policy.health.timeout * 4 + timedelta(seconds=30),
-            retry_policy=policies.DB,
-        )
-        self.p.health = health.states
-        if health.flipped:
-            # Flips were written to the store after observe: look again so they count now.
-            targets = await workflow.execute_activity(
-                "observe_gtm",
-                service,
-                result_type=GtmTargets,
-                start_to_close_timeout=policies.DB_TIMEOUT,
-                retry_policy=policies.DB,
-            )
-            if targets.weights is None or targets.policy is None:
-                return {"removed": True}
+        if targets.health is not None:
+            self.p.health = targets.health.states
 
         target_weights = targets.weights
         assert target_weights is not None
