@@ -1,0 +1,42 @@
+#!/bin/sh
+# Start one node's `xplane agent` in the background (create-time provisioner).
+# Idempotent: a live agent of this node (its pid file names it) is left alone.
+set -eu
+
+# shellcheck source=/dev/null
+. "$(dirname "$0")/agent-pid.sh"
+
+mkdir -p "$STATE_DIR"
+if agent_alive "$PID_FILE" "$NODE_ID"; then
+  echo "node $NODE_ID: agent already running (pid $(cat "$PID_FILE"))"
+  exit 0
+fi
+if [ ! -r "$TOKEN_FILE" ]; then
+  echo "node $NODE_ID: token file $TOKEN_FILE is not readable" >&2
+  exit 1
+fi
+
+log="$STATE_DIR/$NODE_ID.log"
+# stdin/stdout/stderr detached from terraform's pipes, or terraform would wait for them;
+# setsid: its own session, so it outlives terraform and the CI job's process group.
+nohup setsid "$AGENT_COMMAND" agent \
+  --server "$API_URL" \
+  --service "$SERVICE" \
+  --region "$REGION" \
+  --token-file "$TOKEN_FILE" \
+  --address "$ADDRESS" \
+  --serve-health "$ADDRESS:$HEALTH_PORT" \
+  --node-id "$NODE_ID" \
+  --state-file "$STATE_DIR/$NODE_ID.state.json" \
+  </dev/null >>"$log" 2>&1 &
+echo "$!" >"$PID_FILE"
+
+# A bad flag or a busy port kills the agent at once: fail the apply, not later.
+sleep 0.5
+if ! agent_alive "$PID_FILE" "$NODE_ID"; then
+  echo "node $NODE_ID: agent exited at start; last lines of $log:" >&2
+  tail -n 20 "$log" >&2
+  rm -f "$PID_FILE"
+  exit 1
+fi
+echo "node $NODE_ID: agent started at $ADDRESS (pid $(cat "$PID_FILE"))"

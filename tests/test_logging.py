@@ -1,0 +1,177 @@
+"""JSON logs (with Temporal context from a real worker), secret redaction, tracing switch."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio import activity, workflow
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from xplane.observability.logging import (
+    REDACTED,
+    configure_logging,
+    configure_logging_from_env,
+)
+from xplane.observability.tracing import tracing_interceptors, tracing_requested
+
+ADMIN_SECRET = "adm-" + uuid.uuid4().hex
+REGION_SECRET = "boot-jp-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """Root logging to a buffer as JSON; the root logger is restored afterwards."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    buffer = io.StringIO()
+    configure_logging("DEBUG", json=True, stream=buffer)
+    try:
+        yield buffer
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+        configure_logging_restore_temporal()
+
+
+def configure_logging_restore_temporal() -> None:
+    # configure_logging(json=True) moves Temporal's info from the message to fields.
+    import temporalio.activity
+    import temporalio.workflow
+
+    temporalio.workflow.logger.workflow_info_on_message = True
+    temporalio.activity.logger.activity_info_on_message = True
+
+
+def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+
+def test_one_json_object_per_line_with_extras(captured: io.StringIO) -> None:
+    log = logging.getLogger("xplane.test")
+    log.info("weights for %s: %d regions", "svc-plus", 3, extra={"service": "svc-plus"})
+    log.debug("second\nline kept inside one JSON string")
+    logging.getLogger("xplane.quiet").log(5, "below DEBUG: not written")
+    first, second = lines(captured)
+    assert first["message"] == "weights for svc-plus: 3 regions"
+    assert first["level"] == "INFO" and first["logger"] == "xplane.test"
+    assert first["service"] == "svc-plus"
+    assert first["time"].endswith("+00:00")
+    assert "workflow_id" not in first  # not from Temporal: no Temporal fields
+    assert second["message"].count("\n") == 1
+
+
+def test_secrets_are_redacted_from_messages_and_tracebacks(
+    captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XPLANE_ADMIN_TOKEN", ADMIN_SECRET)
+    monkeypatch.setenv("XPLANE_BOOTSTRAP_TOKEN_JP_EAST", REGION_SECRET)
+    log = logging.getLogger("xplane.test")
+    log.warning("auth header was Bearer %s", ADMIN_SECRET)
+    log.info(f"region token {REGION_SECRET} and admin {ADMIN_SECRET}")
+    try:
+        raise RuntimeError(f"request failed with token={ADMIN_SECRET}")
+    except RuntimeError:
+        log.exception("call failed")
+    out = captured.getvalue()
+    assert ADMIN_SECRET not in out and REGION_SECRET not in out
+    first, second, third = lines(captured)
+    assert first["message"] == f"auth header was Bearer {REDACTED}"
+    assert second["message"] == f"region token {REDACTED} and admin {REDACTED}"
+    assert f"token={REDACTED}" in third["exception"]
+    assert "RuntimeError" in third["exception"]
+
+
+def test_level_and_format_are_checked() -> None:
+    with pytest.raises(ValueError, match="invalid log level 'LOUD'"):
+        configure_logging("LOUD", stream=io.StringIO())
+    with pytest.raises(ValueError, match="XPLANE_LOG_FORMAT must be json or text"):
+        configure_logging_from_env({"XPLANE_LOG_FORMAT": "xml"})
+
+
+def test_text_format_and_reconfiguring_replaces_our_handler(captured: io.StringIO) -> None:
+    root = logging.getLogger()
+    before = len(root.handlers)
+    text = io.StringIO()
+    configure_logging("INFO", json=False, stream=text)
+    assert len(root.handlers) == before  # replaced, not added
+    logging.getLogger("xplane.test").info("plain %s", "text")
+    assert text.getvalue().rstrip().endswith("INFO xplane.test: plain text")
+    assert captured.getvalue() == ""
+
+
+# ------------------------------------------------------- from a real worker
+@activity.defn(name="log_probe")
+async def log_probe(target: str) -> str:
+    activity.logger.info("probing %s", target)
+    return target
+
+
+@workflow.defn(name="LogProbeWorkflow")
+class LogProbeWorkflow:
+    @workflow.run
+    async def run(self, target: str) -> str:
+        workflow.logger.info("starting probe of %s", target)
+        return await workflow.execute_activity(
+            log_probe, target, start_to_close_timeout=timedelta(seconds=10)
+        )
+
+
+async def test_workflow_and_activity_lines_carry_their_ids(
+    captured: io.StringIO, time_env: WorkflowEnvironment
+) -> None:
+    queue = f"log-{uuid.uuid4().hex[:8]}"
+    workflow_id = f"log-probe-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        time_env.client, task_queue=queue, workflows=[LogProbeWorkflow], activities=[log_probe]
+    ):
+        handle = await time_env.client.start_workflow(
+            LogProbeWorkflow.run, "10.0.0.7", id=workflow_id, task_queue=queue
+        )
+        assert await handle.result() == "10.0.0.7"
+    records = lines(captured)
+    from_workflow = [r for r in records if r["message"] == "starting probe of 10.0.0.7"]
+    from_activity = [r for r in records if r["message"] == "probing 10.0.0.7"]
+    assert len(from_workflow) == 1 and len(from_activity) == 1, records
+    wf, act = from_workflow[0], from_activity[0]
+    assert wf["workflow_id"] == workflow_id and wf["workflow_type"] == "LogProbeWorkflow"
+    assert wf["run_id"] == handle.result_run_id
+    assert "activity" not in wf
+    assert act["workflow_id"] == workflow_id and act["run_id"] == handle.result_run_id
+    assert act["activity"] == "log_probe" and act["attempt"] == 1
+    assert act["logger"] == "temporalio.activity"
+
+
+# ----------------------------------------------------------------- tracing
+def test_tracing_is_off_by_default_and_without_the_packages(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert tracing_interceptors({}) == []
+    assert not tracing_requested({"OTEL_EXPORTER_OTLP_ENDPOINT": "  "})
+    assert not tracing_requested(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318", "OTEL_SDK_DISABLED": "true"}
+    )
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    assert tracing_requested(env)
+    try:
+        import opentelemetry.exporter.otlp.proto.http
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        with caplog.at_level(logging.WARNING, logger="xplane.observability.tracing"):
+            assert tracing_interceptors(env) == []
+        assert "OpenTelemetry is not installed" in caplog.text
+    else:
+        from temporalio.contrib.opentelemetry import TracingInterceptor
+
+        (interceptor,) = tracing_interceptors(env)
+        assert isinstance(interceptor, TracingInterceptor)

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, structured JSON logs, optional OpenTelemetry tracing."""
