@@ -23,6 +23,7 @@ from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate
 from xplane.domain import NodeState, NodeStatus
 from xplane.gitops.infra_repo import RepoError, commit_node_count
+from xplane.observability import metrics as prom
 from xplane.store import config_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
@@ -181,6 +182,8 @@ class AutoscaleActivities:
             now,
             ready_nodes=ready if (request.lost_nodes or nodes) else None,
         )
+        prom.autoscale_decision(request.service, request.region, decision.direction)
+        prom.observe_loop(ids.autoscale_id(request.service, request.region), utcnow())
         return DecideResult(
             exists=True,
             decision=decision,
@@ -218,6 +221,8 @@ class AutoscaleActivities:
         except RepoError as err:
             raise ApplicationError(str(err), type="RepoError") from err
         now = utcnow()
+        if result.status == "committed":
+            prom.autoscale_commit(request.service, request.region)
         with transaction(self._sessions) as session:
             pending = result.sha if result.status == "committed" else None
             set_pool(

@@ -13,7 +13,10 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 
+from workflows.ids import GITOPS_SYNC_ID
 from xplane.gitops.sync import SyncResult, sync_once
+from xplane.observability import metrics
+from xplane.store.db import utcnow
 
 
 class SyncRequest(BaseModel):
@@ -31,4 +34,6 @@ class GitOpsActivities:
     @activity.defn(name="sync_config_repo")
     def sync_config_repo(self, req: SyncRequest) -> SyncResult:
         """Raises RepoError (retried by Temporal) when the repo cannot be fetched."""
-        return sync_once(self._session_factory, req.source, req.branch, self._workdir)
+        result = sync_once(self._session_factory, req.source, req.branch, self._workdir)
+        metrics.observe_loop(GITOPS_SYNC_ID, utcnow())
+        return result

@@ -21,6 +21,7 @@ from xplane.dns.base import ApplyResult, DesiredEndpoint, DesiredRegion, Desired
 from xplane.dns.factory import make_provider
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
 from xplane.gtm.weights import ServiceWeights, compute_service_weights, heartbeat_timeout_seconds
+from xplane.observability import metrics
 from xplane.store import config_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
@@ -127,6 +128,8 @@ class GtmActivities:
             )
             pools = {p.region: p.node_count for p in list_pools(session, request.service)}
         weights = compute_service_weights(policy, config.regions, world.nodes, pools, timeout)
+        metrics.set_region_weights(request.service, weights.weights(), weights.fail_open)
+        metrics.observe_loop(f"gtm-{request.service}", now)
         return GtmTargets(
             service=request.service,
             exists=True,
@@ -185,11 +188,13 @@ class GtmActivities:
             plan = provider.plan(request.desired)
             result = provider.apply(plan, force=request.force)
         except DnsError as err:
+            metrics.dns_apply(request.provider_key, False)
             raise ApplicationError(
                 f"{request.provider_key}: {err}",
                 type=type(err).__name__,
                 non_retryable=not err.retryable,
             ) from err
+        metrics.dns_apply(request.provider_key, True, result.write_calls)
         if result.applied:
             with transaction(self._sessions) as session:
                 record_event(

@@ -12,6 +12,7 @@ from temporalio.client import Client
 from workflows import ids
 from workflows.node_lifecycle import HeartbeatChange, NodeLifecycleParams, NodeStateRecord
 from xplane.domain import NodeState, NodeStatus
+from xplane.observability import metrics
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
@@ -113,6 +114,7 @@ class NodeActivities:
                     service=t.service, region=t.region, node=t.node_id
                 ),
             )
+        metrics.observe_loop(ids.WORLD_STATE_ID, utcnow())
         services = sorted({t.service for t in transitions})
         for service in services:
             await self._wake_gtm(service)

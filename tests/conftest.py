@@ -15,7 +15,9 @@ from sqlalchemy.engine import make_url
 
 from xplane.store.db import Base, make_engine
 
-PG_ADMIN_URL = os.environ.get("XPLANE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "XPLANE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _postgres_available() -> bool:

@@ -30,7 +30,7 @@ from xplane.config.loader import load_config_from_mapping
 from xplane.domain import NodeState
 from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
-from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
+from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.events import list_events
 
 TQ = "autoscale-tests"

@@ -27,7 +27,9 @@ def parse_duration(value: Any) -> timedelta:
     elif isinstance(value, str):
         match = _PATTERN.match(value)
         if not match:
-            raise ValueError(f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d), e.g. 5s")
+            raise ValueError(
+                f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d), e.g. 5s"
+            )
         result = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
     else:
         raise ValueError(f"invalid duration {value!r}: use a string like 5s, 2m or 1h")

@@ -10,7 +10,9 @@ import git
 AUTHOR = git.Actor("xplane", "xplane@localhost")
 
 
-def seed_repo(path: Path, source_dir: Path, message: str, *, bare_remote: Path | None = None) -> str:
+def seed_repo(
+    path: Path, source_dir: Path, message: str, *, bare_remote: Path | None = None
+) -> str:
     """Create a git repo at ``path`` holding a copy of ``source_dir`` (once) and return HEAD.
 
     With ``bare_remote`` the repo is also pushed to a bare repository there (origin),

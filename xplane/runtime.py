@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 
 from xplane.settings import Settings
@@ -29,6 +30,15 @@ async def run_worker_forever(settings: Settings) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
     worker = build_worker(client, settings, make_sessionmaker(engine))
-    async with worker:
-        await stop.wait()
-    engine.dispose()
+    stop_metrics = None
+    if os.environ.get("XPLANE_METRICS_PORT"):
+        from xplane.observability.metrics import start_metrics_server
+
+        stop_metrics = start_metrics_server(int(os.environ["XPLANE_METRICS_PORT"]))
+    try:
+        async with worker:
+            await stop.wait()
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+        engine.dispose()

@@ -10,8 +10,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 
 async def connect(address: str, namespace: str = "default") -> Client:
+    from xplane.observability.tracing import tracing_interceptors
+
     return await Client.connect(
-        address, namespace=namespace, data_converter=pydantic_data_converter
+        address,
+        namespace=namespace,
+        data_converter=pydantic_data_converter,
+        interceptors=tracing_interceptors(),
     )
 
 

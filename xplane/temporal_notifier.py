@@ -14,16 +14,32 @@ from activities.autoscale import TerraformOutcome
 from workflows import ids
 from workflows.autoscale import AutoscaleParams
 from workflows.node_lifecycle import NodeLifecycleParams
-from xplane.temporal_client import signal_with_start
+from xplane.temporal_client import connect, signal_with_start
 from xplane.webhooks.routes import TerraformWebhook
 
 
 class TemporalNotifier:
-    def __init__(self, client: Client, task_queue: str) -> None:
-        self._client = client
+    """Registration and CI webhooks as signals. Connects lazily, in the server's event loop."""
+
+    def __init__(self, client: Client | None, task_queue: str, address: str | None = None) -> None:
+        self._given = client
+        self._address = address
         self._task_queue = task_queue
 
+    @property
+    def _client(self) -> Client:
+        if self._given is None:
+            raise RuntimeError("Temporal client not connected yet")
+        return self._given
+
+    async def connect(self) -> None:
+        if self._given is None:
+            if not self._address:
+                raise RuntimeError("no Temporal address configured")
+            self._given = await connect(self._address)
+
     async def node_registered(self, node_id: str, service: str, region: str) -> None:
+        await self.connect()
         await signal_with_start(
             self._client,
             workflow_type=ids.NODE_LIFECYCLE,
@@ -36,6 +52,7 @@ class TemporalNotifier:
         )
 
     async def terraform_finished(self, hook: TerraformWebhook) -> None:
+        await self.connect()
         outcome = TerraformOutcome(
             commit=hook.commit, status=hook.status, run_url=hook.run_url, outputs=hook.outputs
         )
@@ -56,4 +73,5 @@ class TemporalNotifier:
             )
 
     async def sync_now(self) -> None:
+        await self.connect()
         await self._client.get_workflow_handle(ids.GITOPS_SYNC_ID).signal("sync_now")

@@ -19,8 +19,11 @@ from xplane.api.routes_admin import router as admin_router
 from xplane.api.routes_nodes import router as nodes_router
 from xplane.api.settings import ApiSettings
 from xplane.api.writer import HeartbeatWriter
+from xplane.observability.metrics import metrics_router
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.nodes import prune_samples
+from xplane.webhooks.routes import WebhookNotifier
+from xplane.webhooks.routes import make_router as make_webhook_router
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,12 @@ def create_app(
     settings: ApiSettings,
     notifier: NodeNotifier | None = None,
     extra_routers: Sequence[APIRouter] = (),
+    webhook_notifier: WebhookNotifier | None = None,
 ) -> FastAPI:
-    """The API; ``extra_routers`` (webhooks, /metrics, ...) are included as given.
+    """The API: nodes, read endpoints, CI webhooks and ``/metrics``.
+
+    ``notifier`` hears of registrations and ``webhook_notifier`` of CI webhooks
+    (both: Temporal signals in production); ``extra_routers`` are included as given.
 
     The schema must exist (migrations or ``Base.metadata.create_all``).
     """
@@ -68,9 +75,11 @@ def create_app(
     app = FastAPI(title="XPlane API", version="1", lifespan=lifespan)
     app.state.ctx = ctx
     app.state.settings = settings
+    app.state.webhook_notifier = webhook_notifier
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    for router in (health_router, nodes_router, admin_router, *extra_routers):
+    routers = (health_router, nodes_router, admin_router, make_webhook_router())
+    for router in (*routers, metrics_router(factory), *extra_routers):
         app.include_router(router)
     return app
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from xplane.observability import metrics
 from xplane.store.db import transaction
 from xplane.store.nodes import Heartbeat, HeartbeatResult, apply_heartbeats
 
@@ -117,6 +119,7 @@ class HeartbeatWriter:
         self.stats.batches += 1
         self.stats.heartbeats += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        _count(results)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():  # the client may have gone away
                 future.set_result(result)
@@ -131,3 +134,11 @@ class HeartbeatWriter:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+
+def _count(results: list[HeartbeatResult | None]) -> None:
+    """Prometheus: one batch, and the heartbeats stored per service and region."""
+    metrics.heartbeat_batch(len(results))
+    per_region = Counter((r.service, r.region) for r in results if r is not None)
+    for (service, region), n in per_region.items():
+        metrics.heartbeats_ingested(service, region, n)

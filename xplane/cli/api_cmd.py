@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import logging
-
 import typer
-
-from xplane.api.settings import ApiSettings
 
 
 def api(
     db: str | None = typer.Option(None, "--db", help="Database URL [env XPLANE_DB_URL]"),
     host: str | None = typer.Option(None, "--host", help="Listen address [env XPLANE_API_HOST]"),
     port: int | None = typer.Option(None, "--port", help="Listen port [env XPLANE_API_PORT]"),
-    init_db: bool = typer.Option(
-        False, "--init-db", help="Create missing tables first (development; use migrations in prod)"
+    heartbeat_interval: float | None = typer.Option(
+        None,
+        "--heartbeat-interval",
+        envvar="XPLANE_HEARTBEAT_INTERVAL",
+        help="Seconds between a node's heartbeats (told to agents; down after 3x).",
     ),
+    temporal: str | None = typer.Option(
+        None,
+        "--temporal",
+        envvar="XPLANE_TEMPORAL_ADDRESS",
+        help="Temporal host:port: registrations and CI webhooks become workflow signals",
+    ),
+    task_queue: str = typer.Option("xplane", envvar="XPLANE_TASK_QUEUE"),
+    migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="Alembic upgrade first"),
 ) -> None:
     """Serve node registration, heartbeats and the read endpoints.
 
@@ -24,14 +31,16 @@ def api(
     """
     from xplane.api.app import create_app
     from xplane.api.serve import serve_forever
+    from xplane.api.settings import ApiSettings
+    from xplane.observability.logging import configure_logging_from_env
 
     try:
-        settings = ApiSettings.from_env(db_url=db, host=host, port=port)
+        settings = ApiSettings.from_env(
+            db_url=db, host=host, port=port, heartbeat_interval_seconds=heartbeat_interval
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging_from_env()
     if settings.bootstrap_token is None and not settings.region_bootstrap_tokens:
         typer.echo(
             "warning: no XPLANE_BOOTSTRAP_TOKEN set: every registration is refused", err=True
@@ -40,14 +49,21 @@ def api(
         typer.echo(
             "warning: no XPLANE_ADMIN_TOKEN set: the read endpoints refuse everyone", err=True
         )
-    if init_db:
-        import xplane.store.tables  # noqa: F401  (registers every table)
-        from xplane.store.db import Base, make_engine
+    if migrate:
+        from xplane.store.migrate import upgrade
 
-        engine = make_engine(settings.db_url)
-        Base.metadata.create_all(engine)
-        engine.dispose()
-    serve_forever(create_app(settings), settings.host, settings.port)
+        upgrade(settings.db_url)
+    notifier = None
+    if temporal:
+        from xplane.temporal_notifier import TemporalNotifier
+
+        notifier = TemporalNotifier(None, task_queue, address=temporal)
+    else:
+        typer.echo(
+            "warning: no Temporal address: registrations and webhooks signal nothing", err=True
+        )
+    app = create_app(settings, notifier=notifier, webhook_notifier=notifier)
+    serve_forever(app, settings.host, settings.port)
 
 
 def register(root: typer.Typer) -> None:

@@ -28,7 +28,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """XPlane: a cloud-neutral control plane on Temporal."""

@@ -29,7 +29,7 @@ def register(root: typer.Typer) -> None:
         db_url = db or up.get("db_url") or f"sqlite:///{data_dir.resolve() / 'xplane.db'}"
         address = temporal or up.get("temporal_address")
 
-        def collect():  # type: ignore[no-untyped-def]
+        def collect():
             report = store_report(db_url)
             if address:
                 try:

@@ -18,6 +18,7 @@ def register(root: typer.Typer) -> None:
         db: str = typer.Option(None, "--db", envvar="XPLANE_DB_URL", help="database URL"),
     ) -> None:
         """Run the XPlane worker (all workflows and activities) until interrupted."""
+        from xplane.observability.logging import configure_logging_from_env
         from xplane.runtime import run_worker_forever
         from xplane.settings import Settings
 
@@ -27,4 +28,5 @@ def register(root: typer.Typer) -> None:
             task_queue=task_queue,
             db_url=db,
         )
+        configure_logging_from_env()
         asyncio.run(run_worker_forever(settings))

@@ -59,7 +59,9 @@ class DesiredService(BaseModel):
     regions: list[DesiredRegion] = Field(default_factory=list)
 
     def addresses(self) -> set[str]:
-        return {e.address for r in self.regions if r.weight > 0 for e in r.endpoints if e.weight > 0}
+        return {
+            e.address for r in self.regions if r.weight > 0 for e in r.endpoints if e.weight > 0
+        }
 
 
 # ------------------------------------------------------------------------ plan

@@ -273,6 +273,8 @@ class HeartbeatResult:
     state: str
     status: NodeStatus
     action: HeartbeatAction
+    service: str = ""
+    region: str = ""
 
 
 def apply_heartbeats(
@@ -325,6 +327,8 @@ def apply_heartbeats(
                 state=row.state,
                 status=derive_status(view, beat.at, timeout),
                 action=heartbeat_action(row.state, row.drain_requested),
+                service=row.service,
+                region=row.region,
             )
         )
         metrics = {

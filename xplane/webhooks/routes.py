@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from xplane.api.context import get_ctx
 from xplane.api.errors import ApiError
+from xplane.observability import metrics
 from xplane.store.config_store import service_regions
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
@@ -88,6 +89,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
             raise ApiError(401, "bad signature", [(SIGNATURE_HEADER, "does not match the body")])
         delivery = request.headers.get(DELIVERY_HEADER)
         if not delivery:
+            metrics.webhook_delivery("terraform", "invalid")
             raise ApiError(400, "missing delivery id", [(DELIVERY_HEADER, "header is required")])
         try:
             hook = TerraformWebhook.model_validate(json.loads(body))
@@ -97,15 +99,19 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
                 if isinstance(err, ValidationError)
                 else [("body", f"malformed JSON: {err}")]
             )
+            metrics.webhook_delivery("terraform", "invalid")
             raise ApiError(422, "invalid terraform webhook", fields) from None
         age = abs(utcnow() - hook.timestamp.astimezone(UTC))
         if age > window:
+            metrics.webhook_delivery("terraform", "stale")
             raise ApiError(
                 401, "stale webhook", [("timestamp", f"{age.total_seconds():.0f}s from now")]
             )
         ctx = get_ctx(request)
         with transaction(ctx.factory) as session:
             known = service_regions(session)
+            if hook.service not in known or hook.region not in known[hook.service]:
+                metrics.webhook_delivery("terraform", "invalid")
             if hook.service not in known:
                 raise ApiError(
                     422, "unknown service", [("service", f"{hook.service!r} is not configured")]
@@ -117,6 +123,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
                     [("region", f"{hook.region!r} is not a region of {hook.service}")],
                 )
             if not claim_delivery(session, delivery, "terraform"):
+                metrics.webhook_delivery("terraform", "duplicate")
                 return JSONResponse({"status": "duplicate", "delivery": delivery}, status_code=200)
             record_event(
                 session,
@@ -131,6 +138,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         if notifier is None:
             raise ApiError(503, "no workflow client configured: delivery recorded, not signalled")
         await notifier.terraform_finished(hook)
+        metrics.webhook_delivery("terraform", "accepted")
         return JSONResponse({"status": "accepted", "delivery": delivery}, status_code=202)
 
     @router.post("/git", status_code=202)
@@ -140,6 +148,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         github = request.headers.get("X-Hub-Signature-256")
         gitlab = request.headers.get("X-Gitlab-Token")
         if not (verify(secret, body, github) or token_matches(secret, gitlab)):
+            metrics.webhook_delivery("git", "bad_signature")
             raise ApiError(
                 401, "bad signature", [("X-Hub-Signature-256", "or X-Gitlab-Token invalid")]
             )
@@ -150,6 +159,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         if notifier is None:
             raise ApiError(503, "no workflow client configured")
         await notifier.sync_now()
+        metrics.webhook_delivery("git", "accepted")
         return JSONResponse({"status": "accepted"}, status_code=202)
 
     return router
