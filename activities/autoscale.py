@@ -170,8 +170,12 @@ class AutoscaleActivities:
             )
             for r in rows
         ]
+        if pool is None:
+            # The region lifecycle bootstraps the pool (its first commit); until then
+            # there is no tfvars to edit and nothing to decide.
+            return DecideResult(exists=True, decision=None)
         metrics: RegionMetrics = aggregate(samples, now, window)
-        current = pool.node_count if pool is not None else len(nodes)
+        current = pool.node_count
         decision = desired(
             metrics,
             region_policy,

@@ -10,7 +10,12 @@ from temporalio import activity
 from temporalio.client import Client
 
 from workflows import ids
-from workflows.node_lifecycle import HeartbeatChange, NodeLifecycleParams, NodeStateRecord
+from workflows.node_lifecycle import (
+    HeartbeatChange,
+    NodeLifecycleParams,
+    NodeStateRecord,
+    NodeTimings,
+)
 from xplane.domain import NodeState, NodeStatus
 from xplane.observability import metrics
 from xplane.store import nodes as node_store
@@ -102,7 +107,10 @@ class NodeActivities:
                 workflow_type=ids.NODE_LIFECYCLE,
                 workflow_id=ids.node_id(t.node_id),
                 start_arg=NodeLifecycleParams(
-                    node_id=t.node_id, service=t.service, region=t.region
+                    node_id=t.node_id,
+                    service=t.service,
+                    region=t.region,
+                    timings=NodeTimings.from_env(),
                 ),
                 signal="heartbeat_state_changed",
                 signal_arg=HeartbeatChange(

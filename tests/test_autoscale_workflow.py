@@ -32,6 +32,7 @@ from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.events import list_events
+from xplane.store.pools import set_pool
 
 TQ = "autoscale-tests"
 CONFIG = {
@@ -130,6 +131,7 @@ async def rig(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Ri
     sessions = make_sessionmaker(engine)
     with transaction(sessions) as session:
         save_revision(session, "b" * 40, load_config_from_mapping(CONFIG), "test")
+        set_pool(session, "svc", "jp", 1, scaled=False)  # bootstrapped by the region lifecycle
     _hot_node(sessions, "jp-0", cpu=0.9, now=await time_env.get_current_time())
     config = time_env.client.config()
     config["data_converter"] = pydantic_data_converter

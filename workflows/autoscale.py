@@ -113,8 +113,11 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DB,
         )
-        if not result.exists or result.decision is None:
+        if not result.exists:
             return {"exists": False}
+        if result.decision is None:
+            self.p.last_reason = "waiting for the region's node pool to be bootstrapped"
+            return {"bootstrapped": False}
         self._interval = timedelta(seconds=result.interval_seconds)
         self.settings.jitter_seconds = result.jitter_seconds
         decision = result.decision

@@ -37,6 +37,22 @@ class NodeTimings(BaseModel):
     dns_ttl_seconds: float = 30.0  # clients may cache the record this long
     drain_timeout_seconds: float = 30.0  # extra time for connections to finish
 
+    @classmethod
+    def from_env(cls) -> NodeTimings:
+        """Defaults, overridden by XPLANE_NODE_WARMUP / _DOWN_GRACE / _DRAIN_TIMEOUT (seconds).
+
+        Read by whoever starts the workflow (API, world-state activity), never in
+        workflow code, so the values are fixed in the run's input.
+        """
+        import os
+
+        names = {
+            "warmup_seconds": "XPLANE_NODE_WARMUP",
+            "down_grace_seconds": "XPLANE_NODE_DOWN_GRACE",
+            "drain_timeout_seconds": "XPLANE_NODE_DRAIN_TIMEOUT",
+        }
+        return cls(**{k: float(os.environ[v]) for k, v in names.items() if os.environ.get(v)})
+
 
 class HeartbeatChange(BaseModel):
     """From the world-state loop: the node's observed status changed."""

@@ -13,7 +13,7 @@ from temporalio.service import RPCError
 from activities.autoscale import TerraformOutcome
 from workflows import ids
 from workflows.autoscale import AutoscaleParams
-from workflows.node_lifecycle import NodeLifecycleParams
+from workflows.node_lifecycle import NodeLifecycleParams, NodeTimings
 from xplane.temporal_client import connect, signal_with_start
 from xplane.webhooks.routes import TerraformWebhook
 
@@ -44,7 +44,9 @@ class TemporalNotifier:
             self._client,
             workflow_type=ids.NODE_LIFECYCLE,
             workflow_id=ids.node_id(node_id),
-            start_arg=NodeLifecycleParams(node_id=node_id, service=service, region=region),
+            start_arg=NodeLifecycleParams(
+                node_id=node_id, service=service, region=region, timings=NodeTimings.from_env()
+            ),
             signal="registered",
             signal_arg="",
             task_queue=self._task_queue,

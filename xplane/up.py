@@ -1,22 +1,40 @@
 """``xplane up``: the whole control plane on one machine, with no cloud account.
 
 Starts, in order, and stops in reverse order (every child by PID):
-the Temporal dev server (web UI), the store (SQLite, migrated), a local config
-repo seeded from ``example/gitops-config`` (unless ``--repo``), the worker, and
-the ``gitops-sync`` loop; then waits for the first sync and prints what it
-understood. ``up.json`` in the data directory records addresses and PIDs for
-``xplane status`` and for tests.
+
+1. the store (SQLite, migrated) and local secrets (``<data>/secrets``, mode 600);
+2. a config repo seeded from ``example/gitops-config`` (unless ``--repo``) and a
+   bare infra repo seeded with the shared Terraform modules, whose
+   ``post-receive`` hook is the local CI runner (terraform apply + signed webhook);
+3. PowerDNS (when ``pdns_server`` is installed) with the example zone;
+4. the Temporal dev server with its web UI and XPlane's search attributes;
+5. the API (registrations, heartbeats, CI webhooks, ``/metrics``) and the worker;
+6. the ``gitops-sync`` and ``world-state`` loops. The first sync starts every
+   region's lifecycle, which commits its node pool (``local`` module: real
+   ``xplane agent`` processes on loopback addresses); agents register, warm up,
+   become active, and the GTM loop publishes them to PowerDNS by weight.
+
+``up.json`` in the data directory records addresses and PIDs for ``xplane
+status``, ``xplane demo`` and tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import git
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
@@ -24,11 +42,15 @@ from temporalio.common import WorkflowIDConflictPolicy
 from workflows import ids
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
-from xplane.localrepo import example_dir, seed_repo
+from workflows.world_state import WorldStateParams, WorldStateWorkflow
+from xplane.localrepo import AUTHOR, example_dir, seed_repo
 from xplane.runtime import install_stop_signals
 from xplane.settings import Settings
 from xplane.temporal_client import connect
 from xplane.temporal_dev import TemporalDevServer
+
+HEARTBEAT_INTERVAL = 2.0  # seconds: fast failover for the local demo
+HEARTBEAT_TIMEOUT = 3 * HEARTBEAT_INTERVAL
 
 
 class UpOptions(BaseModel):
@@ -36,7 +58,11 @@ class UpOptions(BaseModel):
     repo: str | None = None  # config repo; default: a local repo seeded from the example
     temporal_port: int = 7233  # 0 = pick a free port
     ui_port: int = 8233  # 0 = pick a free port
+    api_port: int = 8080  # 0 = pick a free port
+    pdns_api_port: int = 8081  # the example's gtm/svc-plus.yaml names 127.0.0.1:8081
+    dns_port: int = 5354
     sync_interval_seconds: float = 15.0
+    wait_dns_seconds: float = 120.0  # how long to show progress until DNS answers
 
 
 class UpInfo(BaseModel):
@@ -46,11 +72,26 @@ class UpInfo(BaseModel):
     temporal_address: str
     temporal_ui: str
     temporal_pid: int | None
+    api_url: str
     db_url: str
     config_repo: str
+    infra_repo: str
+    dns_port: int | None
+    pdns_api_url: str | None
+    pool_state_dir: str
 
 
 Say = Callable[[str], None]
+
+
+def _secret(directory: Path, name: str) -> tuple[str, Path]:
+    """A random secret kept in a 0600 file (created once)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / name
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip(), path
 
 
 def _prepare_config_repo(options: UpOptions, say: Say) -> str:
@@ -59,9 +100,80 @@ def _prepare_config_repo(options: UpOptions, say: Say) -> str:
     path = options.data_dir / "config-repo"
     fresh = not (path / ".git").exists()
     sha = seed_repo(path, example_dir("gitops-config"), "chore: seed from example/gitops-config")
-    say(f"config repo: {path} ({'seeded from example/gitops-config' if fresh else 'existing'}, "
-        f"HEAD {sha[:8]})")  # fmt: skip
+    say(f"      config repo {path} ({'seeded from example/gitops-config' if fresh else 'kept'}, "
+        f"HEAD {sha[:8]}); edit, commit, and XPlane syncs it")  # fmt: skip
     return str(path.resolve())
+
+
+def _prepare_infra_repo(data_dir: Path) -> Path:
+    """A bare infra repo holding the shared modules; pools are committed by XPlane."""
+    from xplane.infra.skeleton import skeleton_files
+
+    bare = data_dir / "infra.git"
+    if (bare / "HEAD").exists():
+        return bare
+    seed = data_dir / "infra-seed"
+    shutil.rmtree(seed, ignore_errors=True)
+    repo = git.Repo.init(seed, initial_branch="main")
+    for rel, text in skeleton_files().items():
+        target = seed / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        if rel.endswith(".sh"):
+            target.chmod(0o755)
+    repo.git.add(A=True)
+    repo.index.commit("chore: shared node-pool modules", author=AUTHOR, committer=AUTHOR)
+    git.Repo.init(bare, bare=True, initial_branch="main")
+    repo.git.push(str(bare), "main:main")
+    shutil.rmtree(seed, ignore_errors=True)
+    return bare
+
+
+def stop_pool_agents(state_dir: Path) -> int:
+    """SIGTERM every agent the local node pool started (PID files), SIGKILL stragglers."""
+    pids: list[int] = []
+    for pid_file in state_dir.glob("*.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pids.append(int(pid_file.read_text().strip()))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                os.kill(pid, 0)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            except ProcessLookupError:
+                alive.discard(pid)
+        time.sleep(0.1)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid_file in state_dir.glob("*.pid"):
+        pid_file.unlink(missing_ok=True)
+    return len(pids)
+
+
+def _reapply_pools(runner_dir: Path, bare: Path) -> None:
+    """After a restart the agents are gone: apply every pool at HEAD again, from scratch."""
+    from xplane.infra.changes import ZERO_SHA
+    from xplane.infra.local_runner import enqueue, load_settings
+
+    shutil.rmtree(runner_dir / "state", ignore_errors=True)
+    head = git.Repo(bare).commit("main").hexsha
+    enqueue(runner_dir, [f"{ZERO_SHA} {head} refs/heads/main"])
+    settings = load_settings(runner_dir)
+    with (runner_dir / "runner.log").open("ab") as log:
+        subprocess.Popen(
+            [settings.python, "-m", "xplane.infra.local_runner", "run", "--dir", str(runner_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 async def _wait_first_sync(handle: WorkflowHandle, timeout: float = 60.0) -> LoopStatus:
@@ -75,11 +187,62 @@ async def _wait_first_sync(handle: WorkflowHandle, timeout: float = 60.0) -> Loo
         await asyncio.sleep(0.2)
 
 
+def _dns_answers(name: str, port: int) -> list[str]:
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = ["127.0.0.1"]
+    resolver.port = port
+    resolver.lifetime = 1.0
+    try:
+        return sorted(str(r) for r in resolver.resolve(name, "A"))
+    except Exception:
+        return []
+
+
+async def _show_progress(
+    stop: asyncio.Event, options: UpOptions, say: Say, db_url: str, domain: str | None, dns: bool
+) -> None:
+    """Long steps show progress: nodes by state until the service resolves."""
+    from xplane.status import store_report
+
+    deadline = time.monotonic() + options.wait_dns_seconds
+    last = ""
+    while not stop.is_set() and time.monotonic() < deadline:
+        report = await asyncio.to_thread(store_report, db_url, HEARTBEAT_TIMEOUT)
+        states: dict[str, int] = {}
+        for node in report.nodes:
+            states[node.state] = states.get(node.state, 0) + 1
+        answers = (
+            await asyncio.to_thread(_dns_answers, domain, options.dns_port)
+            if dns and domain
+            else []
+        )
+        line = f"      nodes: {states or 'none yet'}" + (f"; {domain} -> {answers}" if dns else "")
+        if line != last:
+            say(line)
+            last = line
+        if answers:
+            say(f"      {domain} resolves: dig @127.0.0.1 -p {options.dns_port} {domain}")
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=2)
+    if not stop.is_set():
+        say("      still converging; watch it with `xplane status --watch`")
+
+
 async def run_up(options: UpOptions, say: Say = print) -> None:
     """Bring everything up, wait for Ctrl-C/SIGTERM, bring everything down."""
     from workers.main import build_worker
+    from xplane.api.app import create_app
+    from xplane.api.serve import serve_in_thread
+    from xplane.api.settings import ApiSettings
+    from xplane.dns.pdns_server import PdnsServer, pdns_available
+    from xplane.infra.local_runner import install_hook, wait_idle
+    from xplane.netutil import free_port
     from xplane.store.db import make_engine, make_sessionmaker
     from xplane.store.migrate import upgrade
+    from xplane.temporal_notifier import TemporalNotifier
 
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,61 +250,196 @@ async def run_up(options: UpOptions, say: Say = print) -> None:
     db_url = f"sqlite:///{data_dir / 'xplane.db'}"
     stop = asyncio.Event()
     install_stop_signals(stop)
+    api_port = options.api_port or free_port()
+    api_url = f"http://127.0.0.1:{api_port}"
 
-    say("[1/4] store: migrating " + db_url)
+    say("[1/6] store and secrets: " + db_url)
     upgrade(db_url)
     engine = make_engine(db_url)
-    repo = _prepare_config_repo(options, say)
+    secret_dir = data_dir / "secrets"
+    boot, boot_file = _secret(secret_dir, "bootstrap.token")
+    admin, _ = _secret(secret_dir, "admin.token")
+    hook_secret, _ = _secret(secret_dir, "webhook.secret")
+    pdns_key, _ = _secret(secret_dir, "pdns-api.key")
+    # Fast lifecycles for the local demo (a killed agent is replaced within a minute).
+    os.environ.setdefault("XPLANE_NODE_WARMUP", "5")
+    os.environ.setdefault("XPLANE_NODE_DOWN_GRACE", "20")
+    os.environ.setdefault("XPLANE_NODE_DRAIN_TIMEOUT", "5")
+    os.environ.update(
+        XPLANE_BOOTSTRAP_TOKEN=boot,
+        XPLANE_ADMIN_TOKEN=admin,
+        XPLANE_WEBHOOK_SECRET=hook_secret,
+        PDNS_API_KEY=pdns_key,
+    )
 
-    say("[2/4] temporal: starting the dev server")
+    say("[2/6] repos: config and infra (local CI runner as the infra repo's post-receive hook)")
+    repo = _prepare_config_repo(options, say)
+    bare = _prepare_infra_repo(data_dir)
+    pool_dir = data_dir / "pool"
+    pool_dir.mkdir(exist_ok=True)
+    stop_pool_agents(pool_dir)  # leftovers of a run that was killed
+    empty_rc = data_dir / "terraformrc"
+    empty_rc.touch()
+    runner_dir = install_hook(
+        bare,
+        {
+            "TF_VAR_api_url": api_url,
+            "TF_VAR_token_file": str(boot_file),
+            "TF_VAR_state_dir": str(pool_dir),
+            "TF_VAR_agent_command": str(Path(sys.executable).parent / "xplane"),
+            "XPLANE_WEBHOOK_URL": f"{api_url}/webhooks/terraform",
+            "XPLANE_WEBHOOK_SECRET": hook_secret,
+            "TF_CLI_CONFIG_FILE": str(empty_rc),
+            "TF_IN_AUTOMATION": "1",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        },
+        work_dir=data_dir / "runner",
+    )
+
+    pdns = None
+    if pdns_available():
+        say(f"[3/6] dns: PowerDNS on 127.0.0.1:{options.dns_port} (API :{options.pdns_api_port})")
+        pdns = PdnsServer(
+            data_dir / "pdns",
+            api_key=pdns_key,
+            api_port=options.pdns_api_port,
+            dns_port=options.dns_port,
+        )
+        pdns.start()
+    else:
+        say("[3/6] dns: pdns_server not installed (apt-get install pdns-server "
+            "pdns-backend-sqlite3): weights are computed and shown by `xplane status`, "
+            "DNS applies fail and are reported")  # fmt: skip
+
     server = TemporalDevServer(
         data_dir / "temporal",
         port=options.temporal_port or None,
         ui_port=options.ui_port or None,
     )
-    server.start()
     info_path = data_dir / "up.json"
     try:
+        if pdns is not None:
+            for zone in _zones(repo, data_dir):
+                pdns.ensure_zone(zone)
+        say("[4/6] temporal: starting the dev server")
+        server.start()
+        say(f"      Temporal {server.address}, web UI {server.ui_url}")
         settings = Settings.from_env(
-            temporal_address=server.address, db_url=db_url, data_dir=data_dir, config_repo=repo
+            temporal_address=server.address,
+            db_url=db_url,
+            data_dir=data_dir,
+            config_repo=repo,
+            infra_repo=str(bare),
         )
         client: Client = await connect(server.address)
-        say(f"      Temporal {server.address}, web UI {server.ui_url}")
-        say("[3/4] worker: starting")
-        async with build_worker(client, settings, make_sessionmaker(engine)):
-            say("[4/4] gitops-sync: starting the loop")
-            handle = await client.start_workflow(
-                GitOpsSyncWorkflow.run,
-                GitOpsSyncParams(
-                    source=repo,
-                    settings=LoopSettings(interval_seconds=options.sync_interval_seconds),
-                ),
-                id=ids.GITOPS_SYNC_ID,
-                task_queue=settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                run_timeout=None,
-                task_timeout=timedelta(seconds=10),
+        notifier = TemporalNotifier(None, settings.task_queue, address=server.address)
+        api_settings = ApiSettings.from_env(
+            db_url=db_url, port=api_port, heartbeat_interval_seconds=HEARTBEAT_INTERVAL
+        )
+        app = create_app(api_settings, notifier=notifier, webhook_notifier=notifier)
+        say(f"[5/6] api {api_url} and worker")
+        with serve_in_thread(app, port=api_port):
+            worker = build_worker(
+                client, settings, make_sessionmaker(engine), pool_provider_override="local"
             )
-            await handle.signal(GitOpsSyncWorkflow.sync_now)
-            status = await _wait_first_sync(handle)
-            last = status.details.get("last_sync", {})
-            say(f"      synced {str(last.get('sha', '?'))[:8]}: {last.get('status')} "
-                f"({last.get('message', '')})")  # fmt: skip
-            info = UpInfo(
-                pid=os.getpid(),
-                temporal_address=server.address,
-                temporal_ui=server.ui_url,
-                temporal_pid=server.process.pid if server.process else None,
-                db_url=db_url,
-                config_repo=repo,
-            )
-            info_path.write_text(json.dumps(info.model_dump(mode="json"), indent=2))
-            say(f"XPlane is up. Temporal UI: {server.ui_url}  (Ctrl-C stops everything)")
-            await stop.wait()
-            say("stopping: worker")
+            async with worker:
+                if git.Repo(bare).commit("main").tree.join("infra/node-pool").trees:
+                    _reapply_pools(runner_dir, bare)  # a restart: bring the agents back
+                say("[6/6] loops: gitops-sync, world-state")
+                handle = await _start_loops(client, settings, repo, options)
+                status = await _wait_first_sync(handle)
+                last = status.details.get("last_sync", {})
+                say(f"      synced {str(last.get('sha', '?'))[:8]}: {last.get('status')} "
+                    f"({last.get('message', '')})")  # fmt: skip
+                info = UpInfo(
+                    pid=os.getpid(),
+                    temporal_address=server.address,
+                    temporal_ui=server.ui_url,
+                    temporal_pid=server.process.pid if server.process else None,
+                    api_url=api_url,
+                    db_url=db_url,
+                    config_repo=repo,
+                    infra_repo=str(bare),
+                    dns_port=options.dns_port if pdns else None,
+                    pdns_api_url=pdns.api_url if pdns else None,
+                    pool_state_dir=str(pool_dir),
+                )
+                info_path.write_text(json.dumps(info.model_dump(mode="json"), indent=2))
+                say(f"XPlane is up. Temporal UI: {server.ui_url}  API: {api_url}  "
+                    "(Ctrl-C stops everything)")  # fmt: skip
+                domain = _first_domain(db_url)
+                progress = asyncio.create_task(
+                    _show_progress(stop, options, say, db_url, domain, pdns is not None)
+                )
+                await stop.wait()
+                progress.cancel()
+                say("stopping: worker and api")
     finally:
         info_path.unlink(missing_ok=True)
-        say("stopping: temporal dev server")
+        with contextlib.suppress(Exception):
+            wait_idle(runner_dir, timeout=10)
+        stopped = stop_pool_agents(pool_dir)
+        say(f"stopping: {stopped} node agent(s), temporal, dns")
         server.stop()
+        if pdns is not None:
+            pdns.stop()
         engine.dispose()
         say("stopped")
+
+
+async def _start_loops(
+    client: Client, settings: Settings, repo: str, options: UpOptions
+) -> WorkflowHandle:
+    handle = await client.start_workflow(
+        GitOpsSyncWorkflow.run,
+        GitOpsSyncParams(
+            source=repo, settings=LoopSettings(interval_seconds=options.sync_interval_seconds)
+        ),
+        id=ids.GITOPS_SYNC_ID,
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        task_timeout=timedelta(seconds=10),
+    )
+    await client.start_workflow(
+        WorldStateWorkflow.run,
+        WorldStateParams(
+            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT,
+            settings=LoopSettings(interval_seconds=1),
+        ),
+        id=ids.WORLD_STATE_ID,
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    await handle.signal(GitOpsSyncWorkflow.sync_now)
+    return handle
+
+
+def _zones(repo: str, data_dir: Path) -> list[str]:
+    """Zones the config's DNS providers publish into (PowerDNS needs them to exist)."""
+    from xplane.config.errors import ConfigError
+    from xplane.config.loader import load_config
+    from xplane.gitops.repo import fetch_repo
+
+    try:
+        fetched = fetch_repo(repo, "main", data_dir / "checkouts")
+        config = load_config(fetched.path)
+    except (ConfigError, Exception):
+        return []
+    return sorted(
+        {p.zone for policy in config.gtm.values() for p in policy.dns_providers() if p.zone}
+    )
+
+
+def _first_domain(db_url: str) -> str | None:
+    from xplane.store.config_store import current_config
+    from xplane.store.db import make_engine, make_sessionmaker
+
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            config = current_config(session)
+    finally:
+        engine.dispose()
+    if config is None or not config.gtm:
+        return None
+    return next(iter(config.gtm.values())).domain

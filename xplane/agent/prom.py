@@ -156,6 +156,8 @@ class LocalMetrics(StrictModel):
 
     error_rate: float = Field(default=0.0, ge=0, le=1)
     qps: float | None = Field(default=None, ge=0)
+    # The workload's own CPU share (e.g. its cgroup's); when given it replaces /proc/stat.
+    cpu: float | None = Field(default=None, ge=0, le=1)
 
 
 def _increase(prev: float, cur: float) -> float:

@@ -220,7 +220,7 @@ class Agent:
             local = LocalMetrics()
         return HeartbeatRequest(
             node_id=self.node_id,
-            cpu=cpu.sample() if cpu else 0.0,
+            cpu=local.cpu if local.cpu is not None else (cpu.sample() if cpu else 0.0),
             rtt_ms=summarise_rtt(probes, self.config.probe_timeout_s),
             error_rate=local.error_rate,
             qps=local.qps,

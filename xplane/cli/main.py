@@ -9,6 +9,7 @@ from xplane.cli import (
     api_cmd,
     autoscale_cmd,
     config_cmd,
+    demo_cmd,
     events_cmd,
     gtm_cmd,
     infra_cmd,
@@ -46,6 +47,7 @@ for module in (
     worker_cmd,
     up_cmd,
     status_cmd,
+    demo_cmd,
 ):
     module.register(app)
 

@@ -17,6 +17,9 @@ def register(root: typer.Typer) -> None:
         ),
         temporal_port: int = typer.Option(7233, help="Temporal frontend port (0 = any free)"),
         ui_port: int = typer.Option(8233, help="Temporal web UI port (0 = any free)"),
+        api_port: int = typer.Option(8080, help="XPlane API port (0 = any free)"),
+        pdns_api_port: int = typer.Option(8081, help="PowerDNS API port (the example's)"),
+        dns_port: int = typer.Option(5354, help="PowerDNS DNS port (UDP and TCP)"),
         sync_interval: float = typer.Option(15.0, help="seconds between GitOps syncs"),
     ) -> None:
         """Start Temporal, the worker and the loops locally; Ctrl-C stops them all."""
@@ -27,10 +30,19 @@ def register(root: typer.Typer) -> None:
             repo=repo,
             temporal_port=temporal_port,
             ui_port=ui_port,
+            api_port=api_port,
+            pdns_api_port=pdns_api_port,
+            dns_port=dns_port,
             sync_interval_seconds=sync_interval,
         )
 
         def say(line: str) -> None:
             typer.echo(line, err=False)
+
+        from xplane.observability.logging import configure_logging_from_env
+
+        # Logs (JSON) go to a file: the terminal shows progress lines.
+        data_dir.mkdir(parents=True, exist_ok=True)
+        configure_logging_from_env(stream=open(data_dir / "xplane.log", "a"))  # noqa: SIM115
 
         asyncio.run(run_up(options, say))

@@ -192,10 +192,12 @@ def configure_logging(
     return handler
 
 
-def configure_logging_from_env(environ: Mapping[str, str] | None = None) -> logging.Handler:
+def configure_logging_from_env(
+    environ: Mapping[str, str] | None = None, *, stream: TextIO | None = None
+) -> logging.Handler:
     """``XPLANE_LOG_LEVEL`` (INFO) and ``XPLANE_LOG_FORMAT`` (json | text, default json)."""
     env = os.environ if environ is None else environ
     fmt = env.get("XPLANE_LOG_FORMAT", "json").strip().lower()
     if fmt not in ("json", "text"):
         raise ValueError(f"XPLANE_LOG_FORMAT must be json or text, not {fmt!r}")
-    return configure_logging(env.get("XPLANE_LOG_LEVEL", "INFO"), json=fmt == "json")
+    return configure_logging(env.get("XPLANE_LOG_LEVEL", "INFO"), json=fmt == "json", stream=stream)

@@ -32,6 +32,7 @@ from xplane.observability import metrics
 from xplane.store.config_store import service_regions
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
+from xplane.store.pools import finish_commit
 from xplane.webhooks.deliveries import claim_delivery
 from xplane.webhooks.signature import token_matches, verify
 
@@ -125,6 +126,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
             if not claim_delivery(session, delivery, "terraform"):
                 metrics.webhook_delivery("terraform", "duplicate")
                 return JSONResponse({"status": "duplicate", "delivery": delivery}, status_code=200)
+            finish_commit(session, hook.service, hook.region, hook.commit, hook.status)
             record_event(
                 session,
                 "webhook.terraform",

@@ -17,6 +17,9 @@ if [ ! -r "$TOKEN_FILE" ]; then
 fi
 
 log="$STATE_DIR/$NODE_ID.log"
+# The region's local metrics file: `xplane demo load REGION` writes {"cpu": ...} here.
+metrics="$STATE_DIR/$REGION.metrics.json"
+[ -e "$metrics" ] || echo '{}' >"$metrics"
 # stdin/stdout/stderr detached from terraform's pipes, or terraform would wait for them;
 # setsid: its own session, so it outlives terraform and the CI job's process group.
 nohup setsid "$AGENT_COMMAND" agent \
@@ -28,6 +31,7 @@ nohup setsid "$AGENT_COMMAND" agent \
   --serve-health "$ADDRESS:$HEALTH_PORT" \
   --node-id "$NODE_ID" \
   --state-file "$STATE_DIR/$NODE_ID.state.json" \
+  --metrics-file "$metrics" \
   </dev/null >>"$log" 2>&1 &
 echo "$!" >"$PID_FILE"
 
