@@ -74,6 +74,7 @@ class RegionLifecycleWorkflow:
         self.terraform: dict[str, TerraformOutcome] = {}
         self.config_changes = 0
         self.retry_requested = False
+        self.retire_requested = False
 
     # ------------------------------------------------------------------ signals
     @workflow.signal(name=ids.ON_REGION_CONFIG_CHANGED)
@@ -83,6 +84,11 @@ class RegionLifecycleWorkflow:
     @workflow.signal
     def retry(self) -> None:
         self.retry_requested = True
+
+    @workflow.signal
+    def retire(self, reason: str = "operator") -> None:
+        """Retire now (``xplane regions retire``), as if config said ``retired: true``."""
+        self.retire_requested = True
 
     @workflow.signal
     def terraform_finished(self, outcome: TerraformOutcome) -> None:
@@ -107,7 +113,7 @@ class RegionLifecycleWorkflow:
             self.retry_requested = False
             view: RegionView = await self._act("describe_region", params.region, RegionView)
             self.service = view.service or self.service
-            if not view.exists or view.retired:
+            if not view.exists or view.retired or self.retire_requested:
                 if self.phase in ("pending",) and not view.exists:
                     self._step("pending", "region not in config: nothing to do")
                     return self.status()

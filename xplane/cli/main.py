@@ -14,6 +14,7 @@ from xplane.cli import (
     gtm_cmd,
     infra_cmd,
     nodes_cmd,
+    regions_cmd,
     status_cmd,
     sync_cmd,
     up_cmd,
@@ -48,6 +49,7 @@ for module in (
     up_cmd,
     status_cmd,
     demo_cmd,
+    regions_cmd,
 ):
     module.register(app)
 
