@@ -122,7 +122,9 @@ class RegionLifecycleWorkflow:
             if self.phase in ("pending", "failed"):
                 await self._bootstrap(view)
             # Serving (or failed): sleep until config changes or an operator says retry.
-            await workflow.wait_condition(lambda: self.config_changes > 0 or self.retry_requested)
+            await workflow.wait_condition(
+                lambda: self.config_changes > 0 or self.retry_requested or self.retire_requested
+            )
             if workflow.info().is_continue_as_new_suggested():
                 workflow.continue_as_new(params)
 
