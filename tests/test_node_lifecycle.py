@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.nodes import NodeActivities
+from tests.support.histories import keep
 from tests.support.recorder import RecorderWorkflow
 from workflows.node_lifecycle import (
     DrainRequest,
@@ -171,6 +172,7 @@ async def test_up_warm_active_down_recover_within_grace(harness: Harness) -> Non
     with harness.sessions() as session:
         kinds = [e.kind for e in reversed(list_events(session, node_id=node_id))]
     assert kinds == ["node.warm", "node.active", "node.idle", "node.warm", "node.active"]
+    await keep(handle, "node_lifecycle_down_and_recover")
 
 
 async def test_down_past_grace_is_deleted_and_node_lost_sent_once(harness: Harness) -> None:
@@ -188,6 +190,7 @@ async def test_down_past_grace_is_deleted_and_node_lost_sent_once(harness: Harne
     assert "grace period" in result.reason
     assert harness.stored_state(node_id) == "delete"
     assert await harness.autoscale.query(RecorderWorkflow.signals) == [f"node_lost:{node_id}"]
+    await keep(handle, "node_lifecycle_lost")
 
 
 async def test_drain_waits_ttl_plus_timeout_then_deletes(harness: Harness) -> None:
@@ -207,6 +210,7 @@ async def test_drain_waits_ttl_plus_timeout_then_deletes(harness: Harness) -> No
     await harness.env.sleep(4)
     assert (await handle.result()).state is NodeState.DELETE
     assert await harness.autoscale.query(RecorderWorkflow.signals) == []
+    await keep(handle, "node_lifecycle_drain")
 
 
 async def test_illegal_events_are_refused_not_fatal(harness: Harness) -> None:
@@ -225,3 +229,4 @@ async def test_illegal_events_are_refused_not_fatal(harness: Harness) -> None:
     assert "'drain' is not allowed in state 'drain'" in status.refused[1]
     await handle.signal(NodeLifecycleWorkflow.deregistered, "operator removed it")
     assert (await handle.result()).state is NodeState.DELETE
+    await keep(handle, "node_lifecycle_refused")

@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 from activities.autoscale import TerraformOutcome
 from activities.regions import RegionActivities
+from tests.support.histories import keep
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
 from workflows.region_lifecycle import (
     RegionLifecycleWorkflow,
@@ -177,6 +178,7 @@ async def test_bootstrap_then_retire_through_git(
             "feat(xplane-region): remove jp node pool"
         )
         assert not [p for p in _files(bare) if p.startswith("infra/node-pool/jp")]
+        await keep(handle, "region_lifecycle_bootstrap_retire")
         for h in (gtm, node):
             with contextlib.suppress(Exception):
                 await h.terminate()
