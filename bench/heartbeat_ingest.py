@@ -19,6 +19,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -109,45 +110,78 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
-    parser.add_argument("--nodes", type=int, default=200)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration", type=int, default=10)
-    args = parser.parse_args()
+def measure(db_url: str | None, nodes: int, connections: int, duration: int) -> dict[str, Any]:
+    """Drive the XPlane API and then the bare endpoint with the same wrk script."""
     with tempfile.TemporaryDirectory() as tmp:
-        db_url = args.db or f"sqlite:///{tmp}/bench.db"
+        db_url = db_url or f"sqlite:///{tmp}/bench.db"
         seed(db_url)
         settings = ApiSettings(db_url=db_url, bootstrap_token=BOOT, admin_token=ADMIN)
         app = create_app(settings)
         with serve_in_thread(app) as api:
-            nodes = register(api.url, args.nodes)
+            registered = register(api.url, nodes)
             script = Path(tmp) / "heartbeat.lua"
-            script.write_text(LUA % _lua_table(nodes))
-            xplane = run_wrk(api.url, script, args.connections, args.duration)
+            script.write_text(LUA % _lua_table(registered))
+            xplane = run_wrk(api.url, script, connections, duration)
             stats = app.state.ctx.writer.stats
         engine = make_engine(db_url)
         with make_sessionmaker(engine)() as session:
             stored = count_samples(session)
         engine.dispose()
         with serve_in_thread(bare_app()) as bare_api:
-            bare = run_wrk(bare_api.url, script, args.connections, args.duration)
-    backend = db_url.split(":", 1)[0]
-    print(
-        f"xplane api ({backend}): {xplane['rps']:.0f} req/s, p50 {xplane['p50']:.1f} ms, "
-        f"p99 {xplane['p99']:.1f} ms, non-2xx {xplane['non_2xx']:.0f}, samples stored {stored}, "
-        f"{stats.batches} transactions (mean batch {stats.heartbeats / max(stats.batches, 1):.1f}, "
-        f"largest {stats.largest_batch})"
+            bare = run_wrk(bare_api.url, script, connections, duration)
+    return {
+        "backend": db_url.split(":", 1)[0].split("+")[0],
+        "nodes": nodes,
+        "connections": connections,
+        "duration_s": duration,
+        "xplane": xplane,
+        "bare": bare,
+        "ratio": round(xplane["rps"] / bare["rps"], 3) if bare["rps"] else 0.0,
+        "samples_stored": stored,
+        "transactions": stats.batches,
+        "mean_batch": round(stats.heartbeats / max(stats.batches, 1), 1),
+        "largest_batch": stats.largest_batch,
+    }
+
+
+def describe(r: dict[str, Any]) -> str:
+    x, b = r["xplane"], r["bare"]
+    return (
+        f"| {r['backend']} | {x['rps']:.0f} | {x['p50']:.1f} / {x['p99']:.1f} | "
+        f"{b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | {r['ratio']:.0%} | "
+        f"{r['samples_stored']} in {r['transactions']} tx (mean batch {r['mean_batch']}) |"
     )
-    print(
-        f"bare fastapi validate-only: {bare['rps']:.0f} req/s, p50 {bare['p50']:.1f} ms, "
-        f"p99 {bare['p99']:.1f} ms"
-    )
-    print(
-        f"setup: {args.nodes} nodes, wrk -t2 -c{args.connections} -d{args.duration}s, "
-        "one uvicorn worker"
-    )
+
+
+HEADER = (
+    "| store | XPlane req/s | XPlane p50 / p99 ms | bare req/s | bare p50 / p99 ms | "
+    "XPlane / bare | heartbeats stored |\n| --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def run(
+    pg_url: str | None = None, nodes: int = 1000, connections: int = 64, duration: int = 10
+) -> list[dict[str, Any]]:
+    """SQLite, then PostgreSQL when ``pg_url`` is given (a fresh, empty database)."""
+    results = [measure(None, nodes, connections, duration)]
+    if pg_url:
+        results.append(measure(pg_url, nodes, connections, duration))
+    print(HEADER)
+    for result in results:
+        print(describe(result))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=10)
+    args = parser.parse_args()
+    result = measure(args.db, args.nodes, args.connections, args.duration)
+    print(HEADER)
+    print(describe(result))
 
 
 def _lua_table(nodes: list[dict[str, str]]) -> str:
