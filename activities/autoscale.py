@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 from workflows import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate
-from xplane.domain import NodeState, NodeStatus
+from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_node_count
 from xplane.observability import metrics as prom
 from xplane.store import config_store
@@ -153,12 +153,7 @@ class AutoscaleActivities:
                 None,
             )
             timeout = timedelta(seconds=30)
-            ready = sum(
-                1
-                for n in nodes
-                if n.state == NodeState.ACTIVE.value
-                and node_store.derive_status(n, now, timeout) is NodeStatus.UP
-            )
+            ready = sum(1 for n in nodes if node_store.is_serving(n, now, timeout))
         samples = [
             Sample(
                 node_id=r.node_id,
@@ -276,13 +271,8 @@ class AutoscaleActivities:
     def count_ready_nodes(self, request: DecideRequest) -> int:
         now = request.now or utcnow()
         with self._sessions() as session:
-            return sum(
-                1
-                for n in node_store.list_nodes(session, service=request.service)
-                if n.region == request.region
-                and n.state == NodeState.ACTIVE.value
-                and node_store.derive_status(n, now, timedelta(seconds=30)) is NodeStatus.UP
-            )
+            rows = node_store.list_nodes(session, service=request.service, region=request.region)
+        return sum(1 for n in rows if node_store.is_serving(n, now, timedelta(seconds=30)))
 
     @activity.defn(name="drain_nodes")
     async def drain_nodes(self, request: DrainRequestIn) -> list[str]:

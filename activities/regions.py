@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from workflows import ids
 from xplane.config.models import Region
-from xplane.domain import NodeState, NodeStatus
+from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_files
 from xplane.infra.render import render_region
 from xplane.store import config_store
@@ -178,12 +178,7 @@ class RegionActivities:
         with self._sessions() as session:
             rows = [n for n in node_store.list_nodes(session) if n.region == region]
         live = [r for r in rows if r.state != NodeState.DELETE.value]
-        active = [
-            r
-            for r in live
-            if r.state == NodeState.ACTIVE.value
-            and node_store.derive_status(r, now, timedelta(seconds=30)) is NodeStatus.UP
-        ]
+        active = [r for r in live if node_store.is_serving(r, now, timedelta(seconds=30))]
         return RegionNodes(active=len(active), live=len(live), ids=[r.id for r in live])
 
     @activity.defn(name="drain_region_nodes")

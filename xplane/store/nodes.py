@@ -176,6 +176,13 @@ def heartbeat_action(state: str, drain_requested: bool) -> HeartbeatAction:
     return "none"
 
 
+def is_serving(node: NodeRow, now: datetime, timeout: timedelta) -> bool:
+    """Lifecycle ``active`` and status ``up``: what the autoscaler and regions count as ready."""
+    return (
+        node.state == NodeState.ACTIVE.value and derive_status(node, now, timeout) is NodeStatus.UP
+    )
+
+
 def is_live(node: NodeRow, now: datetime, timeout: timedelta) -> bool:
     """May the node still be running at its address? (Another address for its id is a 409.)
 
