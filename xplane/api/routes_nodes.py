@@ -137,7 +137,9 @@ async def heartbeat(
     body: HeartbeatRequest, ctx: ApiContext = Depends(get_ctx), token: str = Depends(bearer)
 ) -> HeartbeatResponse:
     token_hash = hash_token(token)
-    await _authorise(ctx, token_hash, body.node_id)
+    cached_owner = ctx.tokens.get(token_hash)
+    if cached_owner is not None and cached_owner != body.node_id:
+        await _reject(ctx, token_hash, body.node_id)
     beat = store.Heartbeat(
         node_id=body.node_id,
         token_hash=token_hash,
@@ -150,15 +152,19 @@ async def heartbeat(
         probes_total=len(body.probes),
         reported_status=body.status,
     )
+    # No lookup before the write: the batched UPDATE itself checks the token hash
+    # against the node's row, so the hot path is one trip to the store per batch.
     try:
         result = await ctx.writer.submit(beat)
     except WriterBusy:
         raise ApiError(503, "too many heartbeats queued", headers={"Retry-After": "1"}) from None
     except StoreUnavailable:
         raise ApiError(503, "store unavailable", headers={"Retry-After": "1"}) from None
-    if result is None:  # re-registered since the cache entry: this token is dead
+    if result is None:  # wrong, unknown or replaced token: find out which, nothing stored
         ctx.tokens.forget(token_hash)
-        raise _bad_token()
+        await _reject(ctx, token_hash, body.node_id)
+    ctx.tokens.put(token_hash, body.node_id)
+    assert result is not None
     return HeartbeatResponse(
         state=NodeState(result.state),
         status=result.status,
@@ -167,17 +173,14 @@ async def heartbeat(
     )
 
 
-async def _authorise(ctx: ApiContext, token_hash: str, node_id: str) -> None:
-    owner = ctx.tokens.get(token_hash)
-    if owner is None:
-        owner = await run_in_threadpool(_lookup_token, ctx, token_hash)
-        if owner is None:
-            raise _bad_token()
-        ctx.tokens.put(token_hash, owner)
-    if owner != node_id:
-        if await run_in_threadpool(_node_exists, ctx, node_id):
-            raise ApiError(403, "token belongs to another node", [("node_id", "not your node")])
-        raise ApiError(404, "unknown node", [("node_id", f"node {node_id!r} is not registered")])
+async def _reject(ctx: ApiContext, token_hash: str, node_id: str) -> None:
+    """Raise the right error for a token that may not beat for ``node_id`` (slow path)."""
+    owner = await run_in_threadpool(_lookup_token, ctx, token_hash)
+    if owner is None or owner == node_id:
+        raise _bad_token()
+    if await run_in_threadpool(_node_exists, ctx, node_id):
+        raise ApiError(403, "token belongs to another node", [("node_id", "not your node")])
+    raise ApiError(404, "unknown node", [("node_id", f"node {node_id!r} is not registered")])
 
 
 def _lookup_token(ctx: ApiContext, token_hash: str) -> str | None:
