@@ -6,6 +6,7 @@ addresses; DNS answers are read from the PowerDNS API after each apply.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import uuid
@@ -27,6 +28,7 @@ from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gtm_loop import GtmLoopParams, GtmLoopWorkflow
 from xplane.config.loader import load_config_from_mapping
 from xplane.dns.pdns_server import PdnsServer, pdns_available
+from xplane.dns.powerdns import parse_lua
 from xplane.domain import NodeState
 from xplane.netutil import free_port
 from xplane.store import nodes as node_store
@@ -210,3 +212,124 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
         with contextlib.suppress(Exception):
             await handle.terminate()
     engine.dispose()
+
+
+class _Flippable(BaseHTTPRequestHandler):
+    healthy = True
+
+    def do_GET(self) -> None:
+        self.send_response(200 if type(self).healthy else 500)
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+async def test_active_check_failures_leave_dns_only_after_the_threshold(
+    time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A node that keeps heartbeating while its health endpoint fails (a real server)."""
+    import xplane.store.tables  # noqa: F401
+
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    port = free_port()
+    handler = type("Handler", (_Flippable,), {"healthy": True})
+    servers = [ThreadingHTTPServer((a, port), handler) for a in ("127.0.11.1", "127.0.11.2")]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = {
+        "regions/jp.yaml": "provider: local\n",
+        "gtm/chk.yaml": f"""
+service: chk
+domain: chk.svc.plus
+regions: [{{name: jp, weight: 100, health_threshold: 0.1}}]
+health: {{type: http, path: /healthz, port: {port}, interval: 5s, timeout: 1s,
+          healthy_threshold: 2, unhealthy_threshold: 3}}
+dns: {{provider: powerdns, api_url: "{pdns.api_url}", zone: svc.plus}}
+slow_start: 0s
+""",
+    }
+    engine = make_engine(f"sqlite:///{tmp_path}/chk.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        save_revision(session, "e" * 40, load_config_from_mapping(config), "test")
+        for i, address in enumerate(("127.0.11.1", "127.0.11.2")):
+            node_store.register_node(
+                session,
+                node_store.Registration(
+                    node_id=f"chk-{i}", service="chk", region="jp", address=address,
+                    token_hash=f"chk-{i}", port=port,
+                ),
+                utcnow(),
+                timedelta(seconds=30),
+            )  # fmt: skip
+            node_store.set_lifecycle_state(session, f"chk-{i}", NodeState.ACTIVE, "t", utcnow())
+
+    def beat() -> None:
+        for i in range(2):
+            _beat(sessions, f"chk-{i}")
+
+    def published() -> set[str]:
+        zone = httpx.get(
+            f"{pdns.api_url}/api/v1/servers/localhost/zones/svc.plus.", headers=pdns.headers
+        ).json()
+        for rrset in zone["rrsets"]:
+            if rrset["name"] == "chk.svc.plus." and rrset["type"] == "LUA":
+                parsed = parse_lua(rrset["records"][0]["content"])
+                return set(parsed[1]) if parsed else set()
+        return set()
+
+    client_config = time_env.client.config()
+    client_config["data_converter"] = pydantic_data_converter
+    client = Client(**client_config)
+    acts = GtmActivities(sessions)
+    queue = f"chk-{uuid.uuid4().hex[:6]}"
+    try:
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[GtmLoopWorkflow],
+            activities=[acts.observe_gtm, acts.apply_dns],
+            activity_executor=ThreadPoolExecutor(4),
+        ):
+            handle = await client.start_workflow(
+                GtmLoopWorkflow.run,
+                GtmLoopParams(service="chk", settings=LoopSettings(interval_seconds=3600)),
+                id=f"gtm-chk-{uuid.uuid4().hex[:6]}",
+                task_queue=queue,
+            )
+
+            async def tick() -> None:
+                beat()
+                await handle.signal(GtmLoopWorkflow.world_changed, "tick")
+                await asyncio.sleep(1.5)  # real time: the probes are real
+
+            await tick()
+            await tick()  # two successes: healthy
+            assert published() == {"127.0.11.1", "127.0.11.2"}
+
+            # Every node keeps heartbeating; the service port starts failing (both servers
+            # share the handler class, so flip only by address: stop answering on .2).
+            servers[1].shutdown()
+            servers[1].server_close()
+            await tick()
+            await tick()
+            assert published() == {"127.0.11.1", "127.0.11.2"}  # 2 failures < threshold 3
+            await tick()
+            assert published() == {"127.0.11.1"}  # the third failure takes it out
+
+            # It comes back after two consecutive successes, not one.
+            servers[1] = ThreadingHTTPServer(("127.0.11.2", port), handler)
+            threading.Thread(target=servers[1].serve_forever, daemon=True).start()
+            await tick()
+            assert published() == {"127.0.11.1"}
+            await tick()
+            assert published() == {"127.0.11.1", "127.0.11.2"}
+            with contextlib.suppress(Exception):
+                await handle.terminate()
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        engine.dispose()
