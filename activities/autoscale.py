@@ -8,6 +8,7 @@ machine: it changes ``infra/node-pool/<region>.tfvars`` and waits for CI.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from workflows import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate
+from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_node_count
 from xplane.observability import metrics as prom
@@ -170,6 +172,8 @@ class AutoscaleActivities:
             # there is no tfvars to edit and nothing to decide.
             return DecideResult(exists=True, decision=None)
         metrics: RegionMetrics = aggregate(samples, now, window)
+        if region_policy.prometheus_url:
+            metrics = _with_prometheus(metrics, region_policy.prometheus_url, request, window)
         current = pool.node_count
         decision = desired(
             metrics,
@@ -290,3 +294,27 @@ class AutoscaleActivities:
                 handle = self._client.get_workflow_handle(ids.node_id(node))
                 await handle.signal("drain", {"by": "autoscaler", "reason": request.reason})
         return chosen
+
+
+def _with_prometheus(
+    heartbeats: RegionMetrics, url: str, request: DecideRequest, window: timedelta
+) -> RegionMetrics:
+    """Node exporter / blackbox data from Prometheus fills what heartbeats did not report.
+
+    An unreachable Prometheus is not fatal: the heartbeat metrics still decide
+    (and missing data never scales down).
+    """
+    try:
+        prom_metrics = asyncio.run(
+            prometheus_region_metrics(url, request.service, request.region, window)
+        )
+    except PrometheusError as err:
+        activity.logger.warning("prometheus %s: %s", url, err)
+        return heartbeats
+    if prom_metrics is None:
+        return heartbeats
+    merged = heartbeats.model_dump()
+    for field, value in prom_metrics.model_dump().items():
+        if merged.get(field) in (None, 0) and value not in (None, 0):
+            merged[field] = value
+    return RegionMetrics.model_validate(merged)

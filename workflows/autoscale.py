@@ -127,7 +127,12 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             self.p.history = decision.history  # keeps the stabilisation clock (low_since)
             return {"desired": decision.desired, "reason": decision.reason}
 
-        incident = f"{workflow.info().workflow_id}@{workflow.now().isoformat()}"
+        # A replacement carries the lost node's id, so `xplane events` links the incident:
+        # node down -> node deleted -> this commit -> terraform -> the new node.
+        lost = [r.split(":", 1)[1] for r in reasons if r.startswith("node_lost:")]
+        incident = (
+            lost[0] if lost else f"{workflow.info().workflow_id}@{workflow.now().isoformat()}"
+        )
         if decision.desired < decision.current:
             await workflow.execute_activity(
                 "drain_nodes",
