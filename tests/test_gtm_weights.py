@@ -385,7 +385,8 @@ def test_a_node_going_down_never_raises_its_region_weight(
     case: tuple[GtmPolicy, list[NodeSnapshot], dict[str, int]], data: st.DataObject
 ) -> None:
     """With latency fixed per region. (Losing a node slower than the median can lower the
-    median RTT and so legitimately raise the latency factor.)"""
+    median RTT and so legitimately raise the latency factor.) Entering fail open is the
+    documented exception."""
     pol, world, pools = case
     up = [i for i, n in enumerate(world) if n.status == NodeStatus.UP]
     if not up:
@@ -394,6 +395,11 @@ def test_a_node_going_down_never_raises_its_region_weight(
     region = world[i].region
     after = [*world]
     after[i] = world[i].model_copy(update={"status": NodeStatus.DOWN})
-    before_w = compute(pol, world, pools).weights().get(region, 0.0)
-    after_w = compute(pol, after, pools).weights().get(region, 0.0)
+    before, later = compute(pol, world, pools), compute(pol, after, pools)
+    if later.fail_open and not before.fail_open:
+        # Fail open publishes base weights by design (never an empty answer), which can
+        # exceed the damaged weight it replaces: that is the one allowed rise.
+        return
+    before_w = before.weights().get(region, 0.0)
+    after_w = later.weights().get(region, 0.0)
     assert after_w <= before_w + 1e-9

@@ -156,8 +156,10 @@ class _Tally:
     ready: list[_Ident] = field(default_factory=list)
     rtts: list[float] = field(default_factory=list)  # of ready nodes that report one
     registered: int = 0
+    alive: int = 0  # not deleted
+    # Filled only when fail open needs them (a second pass): the common path stays lean.
     up: list[_Ident] = field(default_factory=list)  # up, not draining: fail open's pick
-    alive: list[_Ident] = field(default_factory=list)  # not deleted: fail open's last resort
+    alive_nodes: list[_Ident] = field(default_factory=list)  # fail open's last resort
 
 
 _ACTIVE, _DRAIN, _DELETE = NodeState.ACTIVE, NodeState.DRAIN, NodeState.DELETE
@@ -181,25 +183,36 @@ def _tally_nodes(
         state = node.state
         if tally is None or state == _DELETE:
             continue
-        ident = (node.id, node.address)
-        tally.alive.append(ident)
+        tally.alive += 1
         status = node.status
         if state == _DRAIN or status == _STATUS_DRAIN:
             continue
         tally.registered += 1
-        if status != _UP:
-            continue
-        tally.up.append(ident)
-        if state != _ACTIVE or node.health_check_ok is False:
+        if status != _UP or state != _ACTIVE or node.health_check_ok is False:
             continue
         age, err = node.heartbeat_age_seconds, node.error_rate
         if age is None or age > heartbeat_timeout_s:
             continue
         if err is None or err <= max_error_rate:
-            tally.ready.append(ident)
+            tally.ready.append((node.id, node.address))
             if node.rtt_ms is not None:
                 tally.rtts.append(node.rtt_ms)
     return tallies
+
+
+def _collect_fail_open_nodes(
+    service: str, tallies: dict[str, _Tally], nodes: Iterable[NodeSnapshot]
+) -> None:
+    """Second pass, only on fail open: the up and the alive nodes of each region."""
+    for node in nodes:
+        tally = tallies.get(node.region)
+        if node.service != service or tally is None or node.state == _DELETE:
+            continue
+        ident = (node.id, node.address)
+        tally.alive_nodes.append(ident)
+        draining = node.state == _DRAIN or node.status == _STATUS_DRAIN
+        if not draining and node.status == _UP:
+            tally.up.append(ident)
 
 
 def _region_weight(
@@ -246,11 +259,12 @@ def _region_weight(
 
 
 def _split(region: str, weight: float, nodes: list[_Ident]) -> list[WeightedRecord]:
-    """The region's weight split evenly across ``nodes``, ordered by node id."""
+    """The region's weight split evenly across ``nodes``, in their input order (the store
+    lists nodes by id; providers sort what they publish)."""
     if not nodes:
         return []
     share = weight / len(nodes)
-    return [WeightedRecord(address, region, node_id, share) for node_id, address in sorted(nodes)]
+    return [WeightedRecord(address, region, node_id, share) for node_id, address in nodes]
 
 
 def _fail_open(
@@ -268,7 +282,7 @@ def _fail_open(
     if not records:
         # The fallback regions have no address at all: any address beats an empty answer.
         anywhere = [s for s in live if tallies[s.name].up] or [
-            s for s in live if tallies[s.name].alive
+            s for s in live if tallies[s.name].alive_nodes
         ]
         if anywhere:
             chosen = anywhere
@@ -292,7 +306,7 @@ def _fail_open_records(
     for spec in chosen:
         tally = tallies[spec.name]
         weight = spec.base_weight if weights is None else weights[spec.name]
-        records += _split(spec.name, weight, tally.up or tally.alive)
+        records += _split(spec.name, weight, tally.up or tally.alive_nodes)
     return records
 
 
@@ -311,6 +325,8 @@ def compute_service_weights(
     """
     specs = [resolve_region(r, regions.get(r.name)) for r in policy.regions]
     service = policy.service
+    if not isinstance(nodes, list | tuple):
+        nodes = list(nodes)  # fail open may need a second pass
     tallies = _tally_nodes(
         service, (s.name for s in specs), nodes, heartbeat_timeout_s, policy.max_error_rate
     )
@@ -330,6 +346,7 @@ def compute_service_weights(
         # would double the cost of the call.
         return ServiceWeights.model_construct(service=service, regions=result, records=records)
 
+    _collect_fail_open_nodes(service, tallies, nodes)
     reason, published, records = _fail_open(specs, tallies)
     for name, region in result.items():
         region.effective_weight = published.get(name, 0.0)
