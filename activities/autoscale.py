@@ -50,6 +50,7 @@ class DecideResult(BaseModel):
     decision: Decision | None = None
     metrics: dict[str, float | int] = Field(default_factory=dict)
     ready_nodes: int = 0
+    unready_nodes: list[str] = Field(default_factory=list)  # registered, not serving
     interval_seconds: float = 30.0
     jitter_seconds: float = 0.0
     terraform_timeout_seconds: float = 900.0
@@ -155,7 +156,9 @@ class AutoscaleActivities:
                 None,
             )
             timeout = timedelta(seconds=30)
-            ready = sum(1 for n in nodes if node_store.is_serving(n, now, timeout))
+            serving = {n.id for n in nodes if node_store.is_serving(n, now, timeout)}
+            ready = len(serving)
+            unready = sorted(n.id for n in nodes if n.id not in serving)
         samples = [
             Sample(
                 node_id=r.node_id,
@@ -192,6 +195,7 @@ class AutoscaleActivities:
             decision=decision,
             metrics=metrics.summary(),
             ready_nodes=ready,
+            unready_nodes=unready,
             interval_seconds=policy.interval.total_seconds(),
             jitter_seconds=policy.jitter.total_seconds(),
             terraform_timeout_seconds=policy.terraform_timeout.total_seconds(),

@@ -130,6 +130,8 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         # A replacement carries the lost node's id, so `xplane events` links the incident:
         # node down -> node deleted -> this commit -> terraform -> the new node.
         lost = [r.split(":", 1)[1] for r in reasons if r.startswith("node_lost:")]
+        if not lost and decision.desired > decision.current:
+            lost = result.unready_nodes  # a replacement for nodes that went down
         incident = (
             lost[0] if lost else f"{workflow.info().workflow_id}@{workflow.now().isoformat()}"
         )
