@@ -116,6 +116,15 @@ def test_up_resolves_fails_over_replaces_and_stops_clean(stack: Stack) -> None:
     stack.mark(f"replacement {new_address} active")
     wait_for("the replacement in DNS", lambda: new_address in stack.published_weights(), 120)
     stack.mark("replacement in DNS")
+
+    # The apply of that commit also revived the dead agent in its slot: back through warm.
+    def revived() -> bool:
+        return any(
+            n["id"] == jp["id"] and n["state"] == "active" for n in stack.status().get("nodes", [])
+        )
+
+    wait_for(f"{jp['id']} revived and active again", revived, 90, every=2)
+    stack.mark(f"{jp['id']} revived")
     commits = [str(c.message).splitlines()[0] for c in git.Repo(info["infra_repo"]).iter_commits()]
     assert "feat(xplane-autoscaler): scale jp pool to 2 nodes" in commits
 

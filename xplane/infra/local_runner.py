@@ -255,14 +255,14 @@ class Runner:
             root = Path(tmp) / NODE_POOL_DIR / region
             tfvars = root.parent / f"{region}.tfvars"
             service = service_of(tfvars.read_text()) if tfvars.is_file() else None
-            ok = self._terraform(root, state / "terraform.tfstate", region, action)
+            ok = self._terraform(root, state / "terraform.tfstate", region, action, commit)
         status: Literal["succeeded", "failed"] = "succeeded" if ok else "failed"
         self.log(f"{region}: terraform {action} {status} at {commit[:12]}")
         run = RegionRun(commit=commit, region=region, service=service, action=action, status=status)
         run.notified = self._notify(run)
         return run
 
-    def _terraform(self, root: Path, state: Path, region: str, action: str) -> bool:
+    def _terraform(self, root: Path, state: Path, region: str, action: str, commit: str) -> bool:
         tf = self.settings.env.get("TERRAFORM", shutil.which("terraform") or "terraform")
         var_file = f"-var-file=../{region}.tfvars"
         steps = [
@@ -273,7 +273,8 @@ class Runner:
                 else ["destroy", "-auto-approve", "-input=false", "-no-color", var_file]
             ),
         ]
-        env = _clean_env(self.settings.env)
+        # The commit as a variable: the local module revives dead agents on a new revision.
+        env = _clean_env({**self.settings.env, "TF_VAR_revision": commit})
         with (self.dir / "runner.log").open("ab") as out:
             for step in steps:
                 self.log(f"{region}: terraform {step[0]}")

@@ -65,6 +65,9 @@ PROVIDER_VARS: dict[str, tuple[Var, ...]] = {
         Var("agent_command", "string", "The xplane executable (TF_VAR_agent_command).", "xplane"),
         Var("address_prefix", "string", "Loopback /24 of the nodes: node i is <prefix>.<i+10>."),
         Var("health_port", "number", "Port of each agent's /healthz on its own address.", 18080),
+        Var(
+            "revision", "string", "Commit being applied (TF_VAR_revision): revives dead agents.", ""
+        ),
     ),
     "aws": (
         *_COMMON,

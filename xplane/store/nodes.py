@@ -234,6 +234,8 @@ def register_node(
         if is_live(row, now, timeout):
             raise AddressConflict(reg.node_id, row.address)
         _reset(row, now)
+    elif row.state == NodeState.DELETE.value:
+        _reset(row, now)  # a node given up that came back (revived in its slot): a new life
     row.service, row.region, row.address = reg.service, reg.region, reg.address
     row.port, row.hostname, row.agent_version = reg.port, reg.hostname, reg.agent_version
     row.labels = dict(reg.labels or {})

@@ -60,3 +60,29 @@ resource "terraform_data" "node" {
     }
   }
 }
+
+# Every new revision CI applies (the runner passes the commit as var.revision) also
+# restarts any agent of the pool that died: a crashed node's slot is filled again in
+# place, like a cloud's auto-recovery. start.sh leaves live agents alone, and the same
+# revision applied twice changes nothing.
+resource "terraform_data" "revive" {
+  count            = var.node_count
+  triggers_replace = [var.revision]
+  depends_on       = [terraform_data.node]
+
+  provisioner "local-exec" {
+    command = "sh '${path.module}/start.sh'"
+    environment = {
+      AGENT_COMMAND = var.agent_command
+      API_URL       = var.api_url
+      SERVICE       = var.service
+      REGION        = var.region_name
+      NODE_ID       = local.nodes[count.index].node_id
+      ADDRESS       = local.nodes[count.index].address
+      HEALTH_PORT   = tostring(var.health_port)
+      TOKEN_FILE    = var.token_file
+      STATE_DIR     = var.state_dir
+      PID_FILE      = "${var.state_dir}/${local.nodes[count.index].node_id}.pid"
+    }
+  }
+}

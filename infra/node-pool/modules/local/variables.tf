@@ -61,3 +61,9 @@ variable "health_port" {
   type        = number
   default     = 18080
 }
+
+variable "revision" {
+  description = "The infra repo commit being applied; a new one revives dead agents."
+  type        = string
+  default     = ""
+}
