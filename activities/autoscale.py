@@ -262,6 +262,7 @@ class AutoscaleActivities:
 
     @activity.defn(name="record_terraform_result")
     def record_terraform_result(self, record: TerraformRecord) -> None:
+        prom.terraform_result(record.service, record.region, record.status)
         with transaction(self._sessions) as session:
             finish_commit(session, record.service, record.region, record.commit, record.status)
             record_event(

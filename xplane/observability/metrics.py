@@ -163,6 +163,19 @@ def autoscale_commit(service: str, region: str) -> None:
     AUTOSCALE_COMMITS.labels(service=service, region=region).inc()
 
 
+TERRAFORM_RESULTS = Counter(
+    "xplane_terraform_results",
+    "Terraform outcomes the autoscaler waited for (succeeded | failed | timeout): alert on "
+    "failed and timeout.",
+    ["service", "region", "status"],
+    registry=REGISTRY,
+)
+
+
+def terraform_result(service: str, region: str, status: str) -> None:
+    TERRAFORM_RESULTS.labels(service=service, region=region, status=status).inc()
+
+
 def webhook_delivery(kind: str, result: str) -> None:
     _check("kind", kind, WEBHOOK_KINDS)
     _check("result", result, WEBHOOK_RESULTS)
