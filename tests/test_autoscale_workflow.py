@@ -28,6 +28,7 @@ from workflows.autoscale import AutoscaleParams, AutoscaleWorkflow
 from workflows.control_loop import LoopSettings, LoopStatus
 from xplane.config.loader import load_config_from_mapping
 from xplane.domain import NodeState
+from xplane.observability.metrics import REGISTRY
 from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
@@ -241,6 +242,8 @@ async def test_terraform_timeout_is_recorded_and_not_retried_before_cooldown(
             assert [e.kind for e in list_events(session, kind_prefix="terraform.")] == [
                 "terraform.timeout"
             ]
+        labels = {"service": "svc", "region": "jp", "status": "timeout"}
+        assert (REGISTRY.get_sample_value("xplane_terraform_results_total", labels) or 0) >= 1
         await rig.env.sleep(120)  # ticks inside the cooldown: no second commit
         assert len(rig.commits()) == 2
         with contextlib.suppress(Exception):
