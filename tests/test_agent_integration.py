@@ -34,18 +34,9 @@ XPLANE = str(ROOT / ".venv" / "bin" / "xplane")
 BOOTSTRAP = "bootstrap-d41d8cd98f00"
 ADMIN = "admin-9e107d9d372b"
 
+
 # `xplane api` has no flag for the heartbeat interval yet (10 s default): this launcher does
 # exactly what `xplane api` does, with a short interval so the scenario runs in seconds.
-API_LAUNCHER = """
-import sys
-from xplane.api import ApiSettings, create_app
-from xplane.api.serve import serve_forever
-settings = ApiSettings.from_env(db_url=sys.argv[1], port=int(sys.argv[2]),
-                                heartbeat_interval_seconds=0.3)
-serve_forever(create_app(settings), "127.0.0.1", settings.port)
-"""
-
-
 class ProbeTarget:
     """A local HTTP server the agent probes (its blackbox target)."""
 
@@ -192,7 +183,10 @@ def test_agent_against_real_api(tmp_path: Path, processes: Processes) -> None:
         timeout=120,
     )
     assert seeded.returncode == 0, seeded.stdout + seeded.stderr
-    api_cmd = [sys.executable, "-c", API_LAUNCHER, db_url, str(api_port)]
+    api_cmd = [
+        str(Path(sys.executable).parent / "xplane"), "api", "--db", db_url,
+        "--host", "127.0.0.1", "--port", str(api_port), "--heartbeat-interval", "0.3",
+    ]  # fmt: skip
     api_proc = processes.start(api_cmd, env, tmp_path / "api.log")
     try:
         # Registers, then heartbeats with real CPU and probe figures.

@@ -72,6 +72,14 @@ def test_up_resolves_fails_over_replaces_and_stops_clean(stack: Stack) -> None:
     weights = stack.published_weights()  # still ramping? compare with what was published
     for address, weight in weights.items():
         assert abs(counts[address] / total_n - weight / total_w) < 0.08, (counts, weights)
+    # Custom search attributes: the region's workflows are found by XplaneRegion.
+    jp_flows = subprocess.run(
+        [str(BIN / "temporal"), "workflow", "list", "--address", info["temporal_address"],
+         "--query", 'XplaneRegion="jp"'],
+        capture_output=True, text=True, env=env, timeout=60,
+    ).stdout  # fmt: skip
+    assert "region-jp" in jp_flows and "autoscale-svc-plus-jp" in jp_flows
+    assert "region-sg" not in jp_flows
     by_region = {n["address"]: n for n in stack.status()["nodes"]}
     assert set(weights) <= set(by_region)
 
