@@ -47,6 +47,12 @@ def matches_any(token: str, accepted: Iterable[str]) -> bool:
     return found
 
 
+async def bearer_token(request: Request) -> str:
+    """FastAPI dependency form of :func:`bearer`: async, so it runs inline on the event
+    loop (a sync dependency costs a thread-pool round trip per request)."""
+    return bearer(request)
+
+
 def require_admin(request: Request) -> None:
     """FastAPI dependency: the XPLANE_ADMIN_TOKEN bearer, or 401."""
     admin = request.app.state.settings.admin_token

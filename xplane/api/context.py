@@ -36,3 +36,8 @@ class ApiContext:
 def get_ctx(request: Request) -> ApiContext:
     ctx: ApiContext = request.app.state.ctx
     return ctx
+
+
+async def current_ctx(request: Request) -> ApiContext:
+    """FastAPI dependency form of :func:`get_ctx`, async so it runs inline (hot path)."""
+    return get_ctx(request)

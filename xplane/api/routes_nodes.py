@@ -15,8 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from xplane.api.auth import UNAUTHORIZED, bearer, hash_token, matches_any, new_token
-from xplane.api.context import ApiContext, get_ctx
+from xplane.api.auth import UNAUTHORIZED, bearer_token, hash_token, matches_any, new_token
+from xplane.api.context import ApiContext, current_ctx
 from xplane.api.errors import ApiError
 from xplane.api.schemas import (
     ErrorBody,
@@ -41,7 +41,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 @router.post("/nodes/register", response_model=RegisterResponse, responses=_ERRORS)
 async def register(
-    body: RegisterRequest, ctx: ApiContext = Depends(get_ctx), token: str = Depends(bearer)
+    body: RegisterRequest,
+    ctx: ApiContext = Depends(current_ctx),
+    token: str = Depends(bearer_token),
 ) -> RegisterResponse:
     if not matches_any(token, ctx.settings.bootstrap_tokens_for(body.region)):
         message = f"not a bootstrap token for region {body.region!r}"
@@ -134,7 +136,9 @@ async def _notify(ctx: ApiContext, node_id: str, service: str, region: str) -> N
 
 @router.post("/nodes/heartbeat", response_model=HeartbeatResponse, responses=_ERRORS)
 async def heartbeat(
-    body: HeartbeatRequest, ctx: ApiContext = Depends(get_ctx), token: str = Depends(bearer)
+    body: HeartbeatRequest,
+    ctx: ApiContext = Depends(current_ctx),
+    token: str = Depends(bearer_token),
 ) -> HeartbeatResponse:
     token_hash = hash_token(token)
     cached_owner = ctx.tokens.get(token_hash)
