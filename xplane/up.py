@@ -418,12 +418,13 @@ def _zones(repo: str, data_dir: Path) -> list[str]:
     """Zones the config's DNS providers publish into (PowerDNS needs them to exist)."""
     from xplane.config.errors import ConfigError
     from xplane.config.loader import load_config
-    from xplane.gitops.repo import fetch_repo
+    from xplane.gitops.repo import RepoError, fetch_repo
 
     try:
         fetched = fetch_repo(repo, "main", data_dir / "checkouts")
         config = load_config(fetched.path)
-    except (ConfigError, Exception):
+    except (ConfigError, RepoError):
+        # The sync reports these properly; without zones, DNS applies fail visibly.
         return []
     return sorted(
         {p.zone for policy in config.gtm.values() for p in policy.dns_providers() if p.zone}
