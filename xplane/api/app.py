@@ -10,12 +10,14 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from fastapi import APIRouter, FastAPI
+from starlette.routing import Route
 
 from xplane.api.auth import TokenCache
 from xplane.api.context import ApiContext, NodeNotifier
 from xplane.api.errors import BodyLimitMiddleware, install_error_handlers
 from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
+from xplane.api.routes_nodes import heartbeat_fast_path
 from xplane.api.routes_nodes import router as nodes_router
 from xplane.api.settings import ApiSettings
 from xplane.api.writer import HeartbeatWriter
@@ -78,6 +80,8 @@ def create_app(
     app.state.webhook_notifier = webhook_notifier
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # The heartbeat hot path first: it shadows the documented FastAPI route (same behaviour).
+    app.router.routes.append(Route("/nodes/heartbeat", heartbeat_fast_path, methods=["POST"]))
     routers = (health_router, nodes_router, admin_router, make_webhook_router())
     for router in (*routers, metrics_router(factory), *extra_routers):
         app.include_router(router)
