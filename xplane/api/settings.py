@@ -42,7 +42,9 @@ class ApiSettings(BaseModel):
     token_cache_ttl: timedelta = timedelta(seconds=5)
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     batch_max_size: int = Field(default=256, ge=1)
-    batch_max_wait: timedelta = timedelta(milliseconds=2)
+    # How long the writer waits for more heartbeats to join a batch: short, because under
+    # load batches fill at once and every waiting request pays this delay.
+    batch_max_wait: timedelta = timedelta(milliseconds=0.5)
     queue_size: int = Field(default=10_000, ge=1)
     notifier_timeout: timedelta = timedelta(seconds=5)
 
