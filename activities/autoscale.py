@@ -30,7 +30,7 @@ from xplane.store import config_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
-from xplane.store.pools import finish_commit, list_pools, set_pool
+from xplane.store.pools import NodePoolRow, finish_commit, set_pool
 
 GONE = (NodeState.DELETE.value,)
 
@@ -148,13 +148,12 @@ class AutoscaleActivities:
             rows = node_store.metric_samples(session, request.service, request.region, now - window)
             nodes = [
                 n
-                for n in node_store.list_nodes(session, service=request.service)
-                if n.region == request.region and n.state not in GONE
+                for n in node_store.list_nodes(
+                    session, service=request.service, region=request.region
+                )
+                if n.state not in GONE
             ]
-            pool = next(
-                (p for p in list_pools(session, request.service) if p.region == request.region),
-                None,
-            )
+            pool = session.get(NodePoolRow, (request.service, request.region))
             timeout = timedelta(seconds=30)
             serving = {n.id for n in nodes if node_store.is_serving(n, now, timeout)}
             ready = len(serving)
@@ -288,11 +287,7 @@ class AutoscaleActivities:
         """Choose the nodes a scale-down removes and tell their lifecycle workflows."""
         now = utcnow()
         with self._sessions() as session:
-            rows = [
-                n
-                for n in node_store.list_nodes(session, service=request.service)
-                if n.region == request.region
-            ]
+            rows = node_store.list_nodes(session, service=request.service, region=request.region)
             chosen = pick_nodes_to_drain(rows, request.count, now)
         if self._client is not None:
             for node in chosen:

@@ -176,7 +176,7 @@ class RegionActivities:
     def region_nodes(self, region: str) -> RegionNodes:
         now = utcnow()
         with self._sessions() as session:
-            rows = [n for n in node_store.list_nodes(session) if n.region == region]
+            rows = node_store.list_nodes(session, region=region)
         live = [r for r in rows if r.state != NodeState.DELETE.value]
         active = [r for r in live if node_store.is_serving(r, now, timedelta(seconds=30))]
         return RegionNodes(active=len(active), live=len(live), ids=[r.id for r in live])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import git
 import httpx
 import pytest
 
+from tests.test_infra_support import seed_config
 from xplane.netutil import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -105,15 +104,6 @@ def _until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
         time.sleep(0.1)
 
 
-def _config_repo(tmp_path: Path) -> Path:
-    path = tmp_path / "config-repo"
-    shutil.copytree(ROOT / "example" / "gitops-config", path)
-    repo = git.Repo.init(path, initial_branch="main")
-    repo.git.add(A=True)
-    repo.index.commit("config", author=git.Actor("t", "t@example.com"))
-    return path
-
-
 def _node(api: str) -> dict[str, Any] | None:
     try:
         nodes = httpx.get(f"{api}/nodes", headers={"Authorization": f"Bearer {ADMIN}"}).json()
@@ -165,24 +155,7 @@ def test_agent_against_real_api(tmp_path: Path, processes: Processes) -> None:
         agent_env,
         agent_log,
     )
-    seeded = subprocess.run(
-        [
-            XPLANE,
-            "sync",
-            "--once",
-            "--repo",
-            str(_config_repo(tmp_path)),
-            "--db",
-            db_url,
-            "--workdir",
-            str(tmp_path / "gitops"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    seed_config(tmp_path, db_url, env)
     api_cmd = [
         str(Path(sys.executable).parent / "xplane"), "api", "--db", db_url,
         "--host", "127.0.0.1", "--port", str(api_port), "--heartbeat-interval", "0.3",

@@ -19,11 +19,11 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.autoscale import AutoscaleActivities, CommitRequest, PoolCommit, TerraformOutcome
+from tests.support.temporal import pydantic_client
 from workflows.autoscale import AutoscaleParams, AutoscaleWorkflow
 from workflows.control_loop import LoopSettings, LoopStatus
 from xplane.config.loader import load_config_from_mapping
@@ -134,9 +134,7 @@ async def rig(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Ri
         save_revision(session, "b" * 40, load_config_from_mapping(CONFIG), "test")
         set_pool(session, "svc", "jp", 1, scaled=False)  # bootstrapped by the region lifecycle
     _hot_node(sessions, "jp-0", cpu=0.9, now=await time_env.get_current_time())
-    config = time_env.client.config()
-    config["data_converter"] = pydantic_data_converter
-    client = Client(**config)
+    client = pydantic_client(time_env)
     yield Rig(time_env, client, sessions, bare)
     engine.dispose()
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.support.loop_workflows import CounterLoopWorkflow, CounterParams, count_reconcile
+from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopSettings, LoopStatus
 
 TQ = "loop-tests"
-
-
-def _client(env: WorkflowEnvironment) -> Client:
-    config = env.client.config()
-    config["data_converter"] = pydantic_data_converter
-    return Client(**config)
 
 
 async def _status(handle) -> LoopStatus:  # type: ignore[no-untyped-def]
@@ -26,7 +20,7 @@ async def _status(handle) -> LoopStatus:  # type: ignore[no-untyped-def]
 
 
 async def test_ticks_wakes_pause_resume_and_status(time_env: WorkflowEnvironment) -> None:
-    client = _client(time_env)
+    client = pydantic_client(time_env)
     async with Worker(
         client, task_queue=TQ, workflows=[CounterLoopWorkflow], activities=[count_reconcile]
     ):
@@ -73,7 +67,7 @@ async def test_ticks_wakes_pause_resume_and_status(time_env: WorkflowEnvironment
 
 
 async def test_errors_are_recorded_and_the_loop_goes_on(time_env: WorkflowEnvironment) -> None:
-    client = _client(time_env)
+    client = pydantic_client(time_env)
     async with Worker(
         client, task_queue=TQ, workflows=[CounterLoopWorkflow], activities=[count_reconcile]
     ):
@@ -94,7 +88,7 @@ async def test_errors_are_recorded_and_the_loop_goes_on(time_env: WorkflowEnviro
 
 
 async def test_continue_as_new_keeps_state(time_env: WorkflowEnvironment) -> None:
-    client = _client(time_env)
+    client = pydantic_client(time_env)
     async with Worker(
         client, task_queue=TQ, workflows=[CounterLoopWorkflow], activities=[count_reconcile]
     ):

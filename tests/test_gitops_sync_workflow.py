@@ -10,13 +10,13 @@ from pathlib import Path
 
 import git
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.gitops import GitOpsActivities
 from activities.publish import PublishActivities
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
+from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
 from xplane.store.config_store import current_revision, last_revision
@@ -54,9 +54,7 @@ async def test_sync_loop_publishes_only_what_changed(
     engine = make_engine(f"sqlite:///{tmp_path}/sync.db")
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
-    config = time_env.client.config()
-    config["data_converter"] = pydantic_data_converter
-    client = Client(**config)
+    client = pydantic_client(time_env)
     gitops = GitOpsActivities(sessions, tmp_path / "work")
     # A fresh task queue per test: the dynamic recorder must not serve other tests' types.
     queue = f"{TQ}-{uuid.uuid4().hex[:6]}"

@@ -18,12 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.gtm import GtmActivities
+from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gtm_loop import GtmLoopParams, GtmLoopWorkflow
 from xplane.config.loader import load_config_from_mapping
@@ -144,9 +143,7 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
     for node_id in NODES:
         _beat(sessions, node_id)
 
-    config = time_env.client.config()
-    config["data_converter"] = pydantic_data_converter
-    client = Client(**config)
+    client = pydantic_client(time_env)
     acts = GtmActivities(sessions)
     async with Worker(
         client,
@@ -280,9 +277,7 @@ slow_start: 0s
                 return set(parsed[1]) if parsed else set()
         return set()
 
-    client_config = time_env.client.config()
-    client_config["data_converter"] = pydantic_data_converter
-    client = Client(**client_config)
+    client = pydantic_client(time_env)
     acts = GtmActivities(sessions)
     queue = f"chk-{uuid.uuid4().hex[:6]}"
     try:

@@ -21,7 +21,7 @@ from tests.test_infra_support import (
     start_control_plane,
     tf_env,
 )
-from xplane.webhooks.routes import TerraformWebhook
+from xplane.api.routes_webhooks import TerraformWebhook
 from xplane.webhooks.signature import verify
 
 CI = ROOT / "infra" / "ci"
@@ -75,7 +75,7 @@ def test_notify_fails_when_refused_and_checks_its_arguments() -> None:
 
 @pytest.mark.slow
 def test_notify_is_accepted_by_the_real_api(tmp_path: Path) -> None:
-    plane = start_control_plane(tmp_path, webhooks=True)
+    plane = start_control_plane(tmp_path)
     try:
         # No workflow client here: the API records the delivery, answers 503; the retry
         # (same delivery id) is then a 200 duplicate, so the script succeeds.

@@ -9,13 +9,11 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +23,7 @@ import git
 import httpx
 
 from xplane.netutil import free_port, wait_for_port
+from xplane.up import stop_pool_agents
 
 ROOT = Path(__file__).resolve().parents[1]
 XPLANE = str(ROOT / ".venv" / "bin" / "xplane")
@@ -75,11 +74,8 @@ def agent_pids(state_dir: Path) -> dict[str, int]:
 
 
 def kill_agents(state_dir: Path) -> None:
-    """Teardown: SIGKILL every agent still named by a pid file (by PID, never by name)."""
-    for pid in agent_pids(state_dir).values():
-        if pid_running(pid):
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    """Teardown: stop every agent still named by a pid file (by PID, never by name)."""
+    stop_pool_agents(state_dir)
 
 
 @dataclass
@@ -115,25 +111,8 @@ def _config_repo(tmp_path: Path) -> Path:
     return path
 
 
-# `xplane api` does not mount /webhooks yet: this launcher is `xplane api` plus the router.
-WEBHOOK_API = """
-import sys
-from xplane.api import ApiSettings, create_app
-from xplane.api.serve import serve_forever
-from xplane.webhooks.routes import make_router
-settings = ApiSettings.from_env(db_url=sys.argv[1], port=int(sys.argv[2]))
-serve_forever(create_app(settings, extra_routers=[make_router()]), "127.0.0.1", settings.port)
-"""
-
-
-def start_control_plane(tmp_path: Path, *, webhooks: bool = False) -> ControlPlane:
-    db_url = f"sqlite:///{tmp_path}/xplane.db"
-    env = {
-        **os.environ,
-        "XPLANE_BOOTSTRAP_TOKEN": BOOTSTRAP,
-        "XPLANE_ADMIN_TOKEN": ADMIN,
-        "XPLANE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-    }
+def seed_config(tmp_path: Path, db_url: str, env: dict[str, str]) -> None:
+    """`xplane sync --once` of a git repo made from example/gitops-config into ``db_url``."""
     seeded = subprocess.run(
         [
             XPLANE,
@@ -152,11 +131,21 @@ def start_control_plane(tmp_path: Path, *, webhooks: bool = False) -> ControlPla
         timeout=120,
     )
     assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+
+
+def start_control_plane(tmp_path: Path) -> ControlPlane:
+    """`xplane api` (registration, heartbeats, webhooks) over a seeded SQLite store."""
+    db_url = f"sqlite:///{tmp_path}/xplane.db"
+    env = {
+        **os.environ,
+        "XPLANE_BOOTSTRAP_TOKEN": BOOTSTRAP,
+        "XPLANE_ADMIN_TOKEN": ADMIN,
+        "XPLANE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+    seed_config(tmp_path, db_url, env)
     port = free_port()
     with (tmp_path / "api.log").open("ab") as log:
         api = [XPLANE, "api", "--db", db_url, "--host", "127.0.0.1", "--port", str(port)]
-        if webhooks:
-            api = [sys.executable, "-c", WEBHOOK_API, db_url, str(port)]
         proc = subprocess.Popen(
             api,
             env=env,

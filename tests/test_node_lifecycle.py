@@ -12,7 +12,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -20,6 +19,7 @@ from temporalio.worker import Worker
 from activities.nodes import NodeActivities
 from tests.support.histories import keep
 from tests.support.recorder import RecorderWorkflow
+from tests.support.temporal import pydantic_client
 from workflows.node_lifecycle import (
     DrainRequest,
     HeartbeatChange,
@@ -112,9 +112,7 @@ async def harness(time_env: WorkflowEnvironment, tmp_path) -> AsyncIterator[Harn
     engine = make_engine(f"sqlite:///{tmp_path}/nodes.db")
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
-    config = time_env.client.config()
-    config["data_converter"] = pydantic_data_converter
-    client = Client(**config)
+    client = pydantic_client(time_env)
     acts = NodeActivities(sessions, client, TQ)
     service = f"svc-{uuid.uuid4().hex[:6]}"
     async with Worker(

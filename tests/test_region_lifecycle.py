@@ -16,8 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import git
-from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -25,6 +24,7 @@ from activities.autoscale import TerraformOutcome
 from activities.regions import RegionActivities
 from tests.support.histories import keep
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
+from tests.support.temporal import pydantic_client
 from workflows.region_lifecycle import (
     RegionLifecycleWorkflow,
     RegionParams,
@@ -40,9 +40,10 @@ from xplane.store.pools import list_pools
 
 CONFIG = {
     "regions/jp.yaml": "provider: aws\nlocation: ap-northeast-1\ninstance_type: t3.small\n",
-    "gtm/svc.yaml": "service: svc\ndomain: api.svc.plus\nregions:\n  - {name: jp}\n"
+    # A service name of its own: the session's test server also runs other tests' gtm-svc.
+    "gtm/svc.yaml": "service: regsvc\ndomain: api.svc.plus\nregions:\n  - {name: jp}\n"
     "dns: {provider: powerdns, ttl: 30}\n",
-    "autoscale/svc.yaml": "service: svc\nregions:\n  jp: {min_nodes: 2, max_nodes: 4}\n",
+    "autoscale/svc.yaml": "service: regsvc\nregions:\n  jp: {min_nodes: 2, max_nodes: 4}\n",
 }
 
 
@@ -90,9 +91,7 @@ async def test_bootstrap_then_retire_through_git(
     with transaction(sessions) as session:
         save_revision(session, "d" * 40, load_config_from_mapping(CONFIG), "test")
 
-    config = time_env.client.config()
-    config["data_converter"] = pydantic_data_converter
-    client = Client(**config)
+    client = pydantic_client(time_env)
     queue = f"region-{uuid.uuid4().hex[:6]}"
     acts = RegionActivities(
         sessions, client, str(bare), tmp_path / "work", provider_override="local"
@@ -110,7 +109,7 @@ async def test_bootstrap_then_retire_through_git(
         ],
         activity_executor=ThreadPoolExecutor(4),
     ):
-        gtm = await client.start_workflow("RecorderWorkflow", id="gtm-svc", task_queue=queue)
+        gtm = await client.start_workflow("RecorderWorkflow", id="gtm-regsvc", task_queue=queue)
         handle = await client.start_workflow(
             RegionLifecycleWorkflow.run,
             RegionParams(region="jp", timings=RegionTimings(terraform_timeout_seconds=600)),
@@ -118,7 +117,7 @@ async def test_bootstrap_then_retire_through_git(
             task_queue=queue,
         )
         status = await _until(handle, "waiting_terraform")
-        assert status.service == "svc"
+        assert status.service == "regsvc"
         tip = git.Repo(bare).commit("main")
         assert str(tip.message).startswith("feat(xplane-region): bootstrap jp node pool")
         files = _files(bare)
@@ -130,7 +129,7 @@ async def test_bootstrap_then_retire_through_git(
             if line.startswith("node_count")
         )  # fmt: skip
         with sessions() as session:
-            pool = list_pools(session, "svc")[0]
+            pool = list_pools(session, "regsvc")[0]
             assert (pool.node_count, pool.pending_commit) == (2, tip.hexsha)
 
         # CI reports the apply; no node yet: the region waits, and stays out of GTM.
@@ -147,7 +146,7 @@ async def test_bootstrap_then_retire_through_git(
             node_store.register_node(
                 session,
                 node_store.Registration(
-                    node_id="jp-0", service="svc", region="jp", address="127.0.40.1",
+                    node_id="jp-0", service="regsvc", region="jp", address="127.0.40.1",
                     token_hash="t",
                 ),
                 utcnow(),

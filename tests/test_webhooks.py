@@ -12,8 +12,8 @@ import pytest
 
 from tests.test_api_support import module_database, reset_database, settings_for
 from xplane.api import create_app
+from xplane.api.routes_webhooks import TerraformWebhook
 from xplane.api.serve import serve_in_thread
-from xplane.webhooks.routes import TerraformWebhook
 from xplane.webhooks.signature import sign, verify
 
 SECRET = "ci-secret"

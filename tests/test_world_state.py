@@ -9,12 +9,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.nodes import NodeActivities
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
+from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
 from xplane.store import nodes as node_store
@@ -62,9 +62,7 @@ async def test_down_once_then_up_and_silence_while_nothing_changes(
         )
     _beat(sessions, node, start)
 
-    config = time_env.client.config()
-    config["data_converter"] = pydantic_data_converter
-    client = Client(**config)
+    client = pydantic_client(time_env)
     queue = f"world-state-{uuid.uuid4().hex[:6]}"
     acts = NodeActivities(sessions, client, queue)
     async with Worker(

@@ -10,14 +10,8 @@ import git
 AUTHOR = git.Actor("xplane", "xplane@localhost")
 
 
-def seed_repo(
-    path: Path, source_dir: Path, message: str, *, bare_remote: Path | None = None
-) -> str:
-    """Create a git repo at ``path`` holding a copy of ``source_dir`` (once) and return HEAD.
-
-    With ``bare_remote`` the repo is also pushed to a bare repository there (origin),
-    which is what CI hooks and the autoscaler push to.
-    """
+def seed_repo(path: Path, source_dir: Path, message: str) -> str:
+    """Create a git repo at ``path`` holding a copy of ``source_dir`` (once) and return HEAD."""
     if (path / ".git").exists():
         return git.Repo(path).head.commit.hexsha
     path.mkdir(parents=True, exist_ok=True)
@@ -25,10 +19,6 @@ def seed_repo(
     repo = git.Repo.init(path, initial_branch="main")
     repo.git.add(A=True)
     repo.index.commit(message, author=AUTHOR, committer=AUTHOR)
-    if bare_remote is not None:
-        git.Repo.init(bare_remote, bare=True, initial_branch="main")
-        repo.create_remote("origin", str(bare_remote))
-        repo.git.push("origin", "main", set_upstream=True)
     return repo.head.commit.hexsha
 
 

@@ -14,8 +14,8 @@ from activities.autoscale import TerraformOutcome
 from workflows import ids
 from workflows.autoscale import AutoscaleParams
 from workflows.node_lifecycle import NodeLifecycleParams, NodeTimings
+from xplane.api.routes_webhooks import TerraformWebhook
 from xplane.temporal_client import connect, signal_with_start
-from xplane.webhooks.routes import TerraformWebhook
 
 
 class TemporalNotifier:

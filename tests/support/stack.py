@@ -7,7 +7,6 @@ API URL names the chosen port.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import httpx
 
 from xplane.dns.pdns_server import free_udp_tcp_port
 from xplane.netutil import free_port
+from xplane.up import stop_pool_agents
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
@@ -130,6 +130,5 @@ class Stack:
 
 
 def kill_leftover_agents(stack: Stack) -> None:
-    for pid_file in (stack.data / "pool").glob("*.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    """Teardown: stop the agents a failed run may have left (by their PID files)."""
+    stop_pool_agents(stack.data / "pool")

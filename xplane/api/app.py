@@ -19,13 +19,13 @@ from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
 from xplane.api.routes_nodes import heartbeat_fast_path
 from xplane.api.routes_nodes import router as nodes_router
+from xplane.api.routes_webhooks import WebhookNotifier
+from xplane.api.routes_webhooks import make_router as make_webhook_router
 from xplane.api.settings import ApiSettings
 from xplane.api.writer import HeartbeatWriter
 from xplane.observability.metrics import metrics_router
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.nodes import prune_samples
-from xplane.webhooks.routes import WebhookNotifier
-from xplane.webhooks.routes import make_router as make_webhook_router
 
 log = logging.getLogger(__name__)
 

@@ -111,18 +111,14 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         ctx = get_ctx(request)
         with transaction(ctx.factory) as session:
             known = service_regions(session)
-            if hook.service not in known or hook.region not in known[hook.service]:
-                metrics.webhook_delivery("terraform", "invalid")
+            unknown = None
             if hook.service not in known:
-                raise ApiError(
-                    422, "unknown service", [("service", f"{hook.service!r} is not configured")]
-                )
-            if hook.region not in known[hook.service]:
-                raise ApiError(
-                    422,
-                    "unknown region",
-                    [("region", f"{hook.region!r} is not a region of {hook.service}")],
-                )
+                unknown = ("service", f"{hook.service!r} is not configured")
+            elif hook.region not in known[hook.service]:
+                unknown = ("region", f"{hook.region!r} is not a region of {hook.service}")
+            if unknown is not None:
+                metrics.webhook_delivery("terraform", "invalid")
+                raise ApiError(422, f"unknown {unknown[0]}", [unknown])
             if not claim_delivery(session, delivery, "terraform"):
                 metrics.webhook_delivery("terraform", "duplicate")
                 return JSONResponse({"status": "duplicate", "delivery": delivery}, status_code=200)
