@@ -63,11 +63,16 @@ class NoStore(RuntimeError):
 
 
 def store_report(db_url: str, heartbeat_timeout: float = 15.0) -> StatusReport:
+    missing = f"no XPlane database at {db_url}: is `xplane up` running (or --db right)?"
+    url = sa.make_url(db_url)
+    on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if on_disk and not Path(str(url.database)).exists():
+        raise NoStore(missing)  # don't let a read create an empty database file
     engine = make_engine(db_url)
     now = utcnow()
     if not sa.inspect(engine).has_table("config_revisions"):
         engine.dispose()
-        raise NoStore(f"no XPlane database at {db_url}: is `xplane up` running (or --db right)?")
+        raise NoStore(missing)
     try:
         with make_sessionmaker(engine)() as session:
             revision = current_revision(session)

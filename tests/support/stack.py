@@ -115,7 +115,8 @@ class Stack:
             [str(BIN / "xplane"), "status", "--data-dir", str(self.data), "-o", "json"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        return json.loads(done.stdout) if done.returncode == 0 else {}
+        assert done.returncode == 0, f"xplane status failed ({done.returncode}): {done.stderr}"
+        return json.loads(done.stdout)
 
     def stop(self) -> int:
         if self.proc.poll() is None:

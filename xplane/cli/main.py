@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import typer
 
 from xplane.cli import (
@@ -63,7 +67,31 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        code = _exit_code(done.code)
+    if "temporalio.bridge.client" in sys.modules:
+        # A process that held a Temporal client can abort at interpreter teardown
+        # (Fatal Python error: PyGILState_Release, temporalio/sdk-python#300): the
+        # SDK's Rust threads outlive the interpreter. Everything is closed by now,
+        # so skip the teardown: flush what is buffered and leave with our own code.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _exit_code(code: object) -> int:
+    """SystemExit's code the way the interpreter maps it: None is 0, a message is 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
