@@ -66,8 +66,10 @@ def summary(results: dict[str, Any]) -> list[str]:
     for r in results.get("Heartbeat ingest", []):
         rows.append(
             f"| heartbeat ingest, {r['backend']} | {r['xplane']['rps']:.0f} req/s = "
-            f"{r['ratio']:.0%} of bare ({r['bare']['rps']:.0f}); p50/p99 "
-            f"{r['xplane']['p50']:.1f}/{r['xplane']['p99']:.1f} ms | >= 70% of bare |"
+            f"{r['ratio']:.0%} of bare ({r['bare']['rps']:.0f}); p50/p99 at "
+            f"{r['at_rate']['xplane']['rps']:.0f}/s {r['at_rate']['xplane']['p50']:.1f}/"
+            f"{r['at_rate']['xplane']['p99']:.1f} ms; {r['samples_stored']} of "
+            f"{r['answered_2xx']} answered beats stored | >= 70% of bare |"
         )
     for r in results.get("Weight computation", {}).get("results", []):
         rows.append(f"| weights, 100 regions x {r['nodes']} nodes | {r['best_ms']} ms | "
@@ -113,9 +115,12 @@ def main() -> None:
     try:
         section(
             "Heartbeat ingest",
-            "wrk, 1,000 registered nodes (one token each), 64 connections, 10 s per target; "
-            "the bare endpoint validates the same body and writes nothing. Goal: >= 70%.",
-            lambda: heartbeat_ingest.run(pg_url, nodes=1000, connections=64, duration=10),
+            "wrk, 1,000 registered nodes (one token each), 64 connections; three 6 s runs "
+            "per target, alternating, median shown; then 1,000/s paced (20 connections) for "
+            "latency. The bare endpoint is a default FastAPI route that validates the same "
+            "body and writes nothing; XPlane serves heartbeats in front of FastAPI, so it "
+            "can pass 100%. Goal: >= 70%.",
+            lambda: heartbeat_ingest.run(pg_url, nodes=1000, connections=64, duration=6),
         )
     finally:
         drop_pg()

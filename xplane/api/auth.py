@@ -30,7 +30,11 @@ def hash_token(token: str) -> str:
 
 def bearer(request: Request) -> str:
     """The request's bearer token, or 401."""
-    header = request.headers.get("authorization", "")
+    return parse_bearer(request.headers.get("authorization", ""))
+
+
+def parse_bearer(header: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header value, or 401."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(

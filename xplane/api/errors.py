@@ -68,23 +68,53 @@ def _validation_fields(exc: RequestValidationError) -> list[FieldError]:
     return fields
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+def render_error(exc: Exception, where: str = "") -> JSONResponse:
+    """The response for any exception a handler raised (also used off the framework)."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.error, exc.fields, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
         return error_response(422, "invalid request", _validation_fields(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    log.error("unhandled error on %s", where, exc_info=exc)
+    return error_response(500, "internal error")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error")
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def _render(request: Request, exc: Exception) -> JSONResponse:
+        return render_error(exc, f"{request.method} {request.url.path}")
+
+    for kind in (ApiError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, _render)
+
+
+def too_large(max_bytes: int) -> ApiError:
+    message = f"request body is larger than {max_bytes} bytes"
+    return ApiError(413, message, [("body", message)])
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | None:
+    """The whole request body, or None if the client went away; 413 past ``max_bytes``.
+
+    Content-Length is checked first, and the bytes actually received as well
+    (chunked bodies, or a client that lies).
+    """
+    declared = _content_length(scope)
+    if declared is not None and declared > max_bytes:
+        raise too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large(max_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 class BodyLimitMiddleware:
@@ -97,25 +127,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._too_large(scope, receive, send)
+        try:
+            body = await read_body(scope, receive, self.max_bytes)
+        except ApiError as exc:
+            await render_error(exc)(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        if body is None:
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -126,11 +144,6 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"request body is larger than {self.max_bytes} bytes"
-        response = error_response(413, message, [FieldError(field="body", message=message)])
-        await response(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -46,7 +46,15 @@ class ApiSettings(BaseModel):
     # load batches fill at once and every waiting request pays this delay.
     batch_max_wait: timedelta = timedelta(milliseconds=0.5)
     queue_size: int = Field(default=10_000, ge=1)
+    # Heartbeat batches written at once; default 1 on SQLite (a single writer), 4 otherwise.
+    batch_concurrency: int | None = Field(default=None, ge=1)
     notifier_timeout: timedelta = timedelta(seconds=5)
+
+    @property
+    def writer_concurrency(self) -> int:
+        if self.batch_concurrency is not None:
+            return self.batch_concurrency
+        return 1 if self.db_url.startswith("sqlite") else 4
 
     @property
     def timeout(self) -> timedelta:

@@ -54,12 +54,17 @@ class HeartbeatWriter:
         max_size: int = 256,
         max_wait: float = 0.002,
         queue_size: int = 10_000,
+        concurrency: int = 1,
     ) -> None:
         self.factory, self.timeout = factory, timeout
         self.max_size, self.max_wait = max_size, max_wait
         self.stats = WriterStats()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
+        # Batches in flight at once: 1 for SQLite (one writer anyway); a server
+        # database commits several in parallel while the next one fills.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._writes: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="heartbeat-writer")
@@ -84,26 +89,32 @@ class HeartbeatWriter:
 
     async def _run(self) -> None:
         while True:
+            await self._slots.acquire()
             batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self.max_wait
-            while len(batch) < self.max_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            self._drain_into(batch)
+            if len(batch) < self.max_size and self.max_wait > 0:
+                # One short sleep, not a wait per item: timers and tasks per heartbeat
+                # would cost the event loop more than the write saves.
+                await asyncio.sleep(self.max_wait)
+                self._drain_into(batch)
+            task = asyncio.create_task(self._write_and_release(batch))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write_and_release(self, batch: list[_Item]) -> None:
+        try:
+            await self._write(batch)
+        finally:
+            self._slots.release()
+            for _ in batch:
+                self._queue.task_done()
+
+    def _drain_into(self, batch: list[_Item]) -> None:
+        while len(batch) < self.max_size:
             try:
-                await self._write(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     async def _write(self, batch: list[_Item]) -> None:
         beats = [beat for beat, _ in batch]

@@ -29,6 +29,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from xplane.domain import NodeSnapshot, NodeState, NodeStatus, StrictModel, WorldSnapshot
 from xplane.store.db import Base, UTCDateTime, utcnow
+from xplane.store.driver_sql import DriverStatement
 from xplane.store.events import record_event
 
 HeartbeatAction = Literal["none", "drain", "deregister"]
@@ -89,7 +91,7 @@ class MetricSampleRow(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    node_id: Mapped[str] = mapped_column(String(128), index=True)
+    node_id: Mapped[str] = mapped_column(String(128))  # never searched by: no index to maintain
     service: Mapped[str] = mapped_column(String(128))
     region: Mapped[str] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
@@ -286,6 +288,28 @@ class HeartbeatResult:
     region: str = ""
 
 
+_METRICS = ("cpu", "rtt_ms", "error_rate", "qps", "probes_ok", "probes_total")
+_NODE = NodeRow.__table__.c
+_UPDATE_NODE = DriverStatement(
+    update(NodeRow)
+    .where(
+        _NODE.id == bindparam("b_id"),
+        _NODE.token_hash == bindparam("b_hash"),
+        # Concurrent batches (PostgreSQL) may commit out of order: never go back in time.
+        or_(
+            _NODE.last_heartbeat_at.is_(None),
+            _NODE.last_heartbeat_at <= bindparam("b_at", type_=UTCDateTime()),
+        ),
+    )
+    .values({name: bindparam(name) for name in ("last_heartbeat_at", "reported_status", *_METRICS)})
+)
+_INSERT_SAMPLE = DriverStatement(
+    insert(MetricSampleRow)
+    .values({name: bindparam(name) for name in ("node_id", "service", "region", "at", *_METRICS)})
+    .inline()  # no RETURNING of the new ids (PostgreSQL): nothing reads them
+)
+
+
 def apply_heartbeats(
     session: Session, beats: Sequence[Heartbeat], timeout: timedelta
 ) -> list[HeartbeatResult | None]:
@@ -299,20 +323,21 @@ def apply_heartbeats(
     """
     if not beats:
         return []
-    conn = session.connection()  # Core: the ORM's bookkeeping costs more than the SQL here
-    nodes = NodeRow.__table__.c
+    # Core for the read, the driver for the writes: the ORM's bookkeeping, and then
+    # SQLAlchemy's per-row parameter processing, cost more than the SQL itself.
+    conn = session.connection()
     query = (
         select(
-            nodes.id,
-            nodes.token_hash,
-            nodes.service,
-            nodes.region,
-            nodes.state,
-            nodes.drain_requested,
-            nodes.reported_status,
+            _NODE.id,
+            _NODE.token_hash,
+            _NODE.service,
+            _NODE.region,
+            _NODE.state,
+            _NODE.drain_requested,
+            _NODE.reported_status,
         )
-        .where(nodes.id.in_({b.node_id for b in beats}))
-        .order_by(nodes.id)
+        .where(_NODE.id.in_({b.node_id for b in beats}))
+        .order_by(_NODE.id)
         .with_for_update()
     )
     current = {row.id: row for row in conn.execute(query)}
@@ -352,6 +377,7 @@ def apply_heartbeats(
             {
                 "b_id": beat.node_id,
                 "b_hash": beat.token_hash,
+                "b_at": beat.at,
                 "last_heartbeat_at": beat.at,
                 "reported_status": reported[beat.node_id],
                 **metrics,
@@ -361,13 +387,9 @@ def apply_heartbeats(
             {"node_id": beat.node_id, "service": row.service, "region": row.region, "at": beat.at}
             | metrics
         )
-    if updates:
-        stmt = update(NodeRow).where(
-            nodes.id == bindparam("b_id"), nodes.token_hash == bindparam("b_hash")
-        )
-        # Stable sort: two beats of one node in one batch land in arrival order.
-        conn.execute(stmt, sorted(updates, key=lambda u: u["b_id"]))
-        conn.execute(insert(MetricSampleRow), samples)
+    # Stable sort: two beats of one node in one batch land in arrival order.
+    _UPDATE_NODE.executemany(conn, sorted(updates, key=lambda u: u["b_id"]))
+    _INSERT_SAMPLE.executemany(conn, samples)
     return results
 
 

@@ -1,0 +1,78 @@
+"""``POST /nodes/heartbeat`` served in front of the framework: the API's hot path.
+
+Every node beats every few seconds, so this one endpoint is most of the API's
+traffic. Through FastAPI, the middleware stack and routing cost about as much
+CPU per request as validating and storing the heartbeat (measured with
+``bench/heartbeat_ingest.py``); served here, a heartbeat is parsed, checked and
+stored by the same code with the same answers, and everything else still goes
+through FastAPI. The FastAPI route for heartbeats stays: it documents the
+endpoint in the OpenAPI schema and serves it if the hot path is switched off.
+
+Same behaviour as the route, in the same order: the body limit (413), then the
+bearer token (401), then the body (422 naming the field), then the store
+(403/404 for a token of another or an unknown node, 503 when the store cannot
+take it). Errors render through :func:`xplane.api.errors.render_error`, the
+function behind the app's exception handlers.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
+
+from xplane.api.auth import hash_token, parse_bearer
+from xplane.api.context import ApiContext
+from xplane.api.errors import read_body, render_error
+from xplane.api.routes_nodes import store_heartbeat
+from xplane.api.schemas import HeartbeatRequest
+
+PATH = "/nodes/heartbeat"
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class XPlaneApi(FastAPI):
+    """FastAPI, with heartbeats answered before the middleware stack."""
+
+    hot_path = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.hot_path
+            and scope["type"] == "http"
+            and scope["path"] == PATH
+            and scope["method"] == "POST"
+        ):
+            await serve_heartbeat(self.state.ctx, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def serve_heartbeat(ctx: ApiContext, scope: Scope, receive: Receive, send: Send) -> None:
+    try:
+        raw = await read_body(scope, receive, ctx.settings.max_body_bytes)
+        if raw is None:  # the agent hung up: nothing to answer, nothing stored
+            return
+        token_hash = hash_token(_bearer(scope))
+        if not raw:  # what FastAPI says of a missing body
+            raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "required"}])
+        try:
+            body = HeartbeatRequest.model_validate_json(raw)
+        except ValidationError as err:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in err.errors()]
+            ) from None
+        answer = (await store_heartbeat(ctx, token_hash, body)).model_dump_json().encode()
+    except Exception as exc:
+        await render_error(exc, f"POST {PATH}")(scope, receive, send)
+        return
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def _bearer(scope: Scope) -> str:
+    """The bearer token of the first Authorization header (as Starlette reads it), or 401."""
+    header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+    return parse_bearer(header.decode("latin-1"))
