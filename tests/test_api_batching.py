@@ -60,3 +60,43 @@ async def test_concurrent_heartbeats_are_all_stored_in_batches(api: Api) -> None
     assert len(per_node) == NODES
     batches = writer.stats.batches - batches_before
     assert writer.stats.largest_batch > 1 and batches < total  # coalesced
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_batches_in_flight_never_exceed_the_writer_concurrency(concurrency: int) -> None:
+    """SQLite gets one batch at a time; a server database several, and no more."""
+    import threading
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from xplane.api.writer import HeartbeatWriter
+
+    in_flight, peak, lock = 0, 0, threading.Lock()
+
+    def slow_write(beats: list[store.Heartbeat]) -> list[store.HeartbeatResult | None]:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.05)
+        with lock:
+            in_flight -= 1
+        return [
+            store.HeartbeatResult(b.node_id, "active", store.NodeStatus.UP, "none") for b in beats
+        ]
+
+    writer = HeartbeatWriter(
+        None,  # type: ignore[arg-type]  (never used: the write is replaced)
+        timedelta(seconds=30),
+        max_size=2,
+        max_wait=0,
+        concurrency=concurrency,
+    )
+    writer._write_sync = slow_write  # type: ignore[method-assign]
+    writer.start()
+    now = datetime.now(UTC)
+    beats = [store.Heartbeat(f"n{i}", "h", now, 0.1, 1.0, 0.0, None, 0, 0, None) for i in range(12)]
+    results = await asyncio.gather(*(writer.submit(b) for b in beats))
+    await writer.stop()
+    assert [r.node_id for r in results if r] == [b.node_id for b in beats]
+    assert peak == concurrency and writer.stats.heartbeats == 12

@@ -166,3 +166,22 @@ def test_region_summaries_count_known_regions_and_health() -> None:
     assert (jp.region, jp.nodes, jp.health) == ("jp", 4, 0.5)
     assert jp.by_status == {"up": 2, "down": 1, "drain": 1}
     assert (sg.region, sg.nodes, sg.health) == ("sg", 0, 0.0)
+
+
+def test_an_older_batch_committed_later_does_not_move_the_node_back(engine: Engine) -> None:
+    """Concurrent batches (PostgreSQL) can commit out of order: the node keeps its newest
+    heartbeat, and both samples are still kept for the aggregator."""
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as s:
+        store.register_node(s, reg(), T0, TIMEOUT)
+    newer, older = T0 + timedelta(seconds=2), T0 + timedelta(seconds=1)
+    with transaction(factory) as s:
+        store.apply_heartbeats(s, [beat(at=newer, cpu=0.9, reported_status="drain")], TIMEOUT)
+    with transaction(factory) as s:
+        [late] = store.apply_heartbeats(s, [beat(at=older, cpu=0.1, reported_status="up")], TIMEOUT)
+    assert late is not None  # accepted (and answered): only the node's latest state is kept
+    with factory() as s:
+        node = store.get_node(s, "jp-1")
+        assert (node.last_heartbeat_at, node.cpu, node.reported_status) == (newer, 0.9, "drain")
+        samples = store.metric_samples(s, "web", "jp", T0)
+        assert sorted(x.cpu for x in samples) == [0.1, 0.9]
