@@ -10,13 +10,19 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 
 async def connect(address: str, namespace: str = "default") -> Client:
+    """A client with XPlane's payload converter, tracing when configured, and TLS /
+    API key from ``XPLANE_TEMPORAL_*`` (see :mod:`xplane.temporal_security`)."""
     from xplane.observability.tracing import tracing_interceptors
+    from xplane.temporal_security import security_from_env
 
+    security = security_from_env()
     return await Client.connect(
         address,
         namespace=namespace,
         data_converter=pydantic_data_converter,
         interceptors=tracing_interceptors(),
+        tls=security.tls,
+        api_key=security.api_key,
     )
 
 
