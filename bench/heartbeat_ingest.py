@@ -14,6 +14,12 @@ serves on this machine.
     .venv/bin/python bench/heartbeat_ingest.py [--db URL] [--nodes 1000]
         [--connections 64] [--duration 6] [--rounds 3] [--rate 1000]
 
+Against any running XPlane API (registers --nodes bench nodes there, with the
+join token in XPLANE_BOOTSTRAP_TOKEN; prints saturated and paced figures):
+
+    XPLANE_BOOTSTRAP_TOKEN=... .venv/bin/python bench/heartbeat_ingest.py \
+        --url http://api:8080 --service web --region jp
+
 Prints a table row per store (``python -m bench`` assembles BENCHMARKS.md).
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -80,11 +87,13 @@ def seed(db_url: str) -> None:
     engine.dispose()
 
 
-def register(url: str, count: int) -> list[dict[str, str]]:
+def register(
+    url: str, count: int, token: str = BOOT, service: str = "web", region: str = "jp"
+) -> list[dict[str, str]]:
     nodes = []
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {BOOT}"}) as client:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
         for i in range(count):
-            body = {"service": "web", "region": "jp", "address": f"10.{i // 250}.{i % 250}.1"}
+            body = {"service": service, "region": region, "address": f"10.{i // 250}.{i % 250}.1"}
             data = client.post("/nodes/register", json=body).raise_for_status().json()
             nodes.append({"id": data["node_id"], "token": data["token"]})
     return nodes
@@ -236,8 +245,31 @@ def run(
     return results
 
 
+def measure_url(
+    url: str, service: str, region: str, nodes: int, connections: int, duration: int, rate: int
+) -> dict[str, Any]:
+    """Load a running XPlane API: register ``nodes`` bench nodes, saturate, then pace.
+
+    The bootstrap token comes from ``XPLANE_BOOTSTRAP_TOKEN``. The bench nodes stay
+    registered; they go down when the bench stops and their lifecycles remove them.
+    """
+    token = os.environ.get("XPLANE_BOOTSTRAP_TOKEN")
+    if not token:
+        raise SystemExit("--url needs XPLANE_BOOTSTRAP_TOKEN (a join token of that API)")
+    with tempfile.TemporaryDirectory() as tmp:
+        registered = register(url, nodes, token, service, region)
+        script = Path(tmp) / "heartbeat.lua"
+        script.write_text(LUA % _lua_table(registered))
+        saturated = run_wrk(url, script, connections, duration)
+        paced = run_paced(url, script, 20, rate, duration)
+    return {"url": url, "nodes": nodes, "saturated": saturated, "at_rate": paced}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="load this running API instead (see measure_url)")
+    parser.add_argument("--service", default="web", help="with --url: a configured service")
+    parser.add_argument("--region", default="jp", help="with --url: one of its regions")
     parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=64)
@@ -245,6 +277,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="saturating runs per target")
     parser.add_argument("--rate", type=int, default=1000, help="paced run: requests/s")
     args = parser.parse_args()
+    if args.url:
+        found = measure_url(
+            args.url, args.service, args.region, args.nodes, args.connections, args.duration,
+            args.rate,
+        )  # fmt: skip
+        print(json.dumps(found, indent=2))
+        return
     result = measure(args.db, args.nodes, args.connections, args.duration, args.rounds, args.rate)
     print(HEADER)
     print(describe(result))
