@@ -154,7 +154,7 @@ class AutoscaleActivities:
                 if n.state not in GONE
             ]
             pool = session.get(NodePoolRow, (request.service, request.region))
-            timeout = timedelta(seconds=30)
+            timeout = node_store.SERVING_HEARTBEAT_AGE
             serving = {n.id for n in nodes if node_store.is_serving(n, now, timeout)}
             ready = len(serving)
             unready = sorted(n.id for n in nodes if n.id not in serving)
@@ -280,7 +280,8 @@ class AutoscaleActivities:
         now = request.now or utcnow()
         with self._sessions() as session:
             rows = node_store.list_nodes(session, service=request.service, region=request.region)
-        return sum(1 for n in rows if node_store.is_serving(n, now, timedelta(seconds=30)))
+        age = node_store.SERVING_HEARTBEAT_AGE
+        return sum(1 for n in rows if node_store.is_serving(n, now, age))
 
     @activity.defn(name="drain_nodes")
     async def drain_nodes(self, request: DrainRequestIn) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -178,7 +177,8 @@ class RegionActivities:
         with self._sessions() as session:
             rows = node_store.list_nodes(session, region=region)
         live = [r for r in rows if r.state != NodeState.DELETE.value]
-        active = [r for r in live if node_store.is_serving(r, now, timedelta(seconds=30))]
+        age = node_store.SERVING_HEARTBEAT_AGE
+        active = [r for r in live if node_store.is_serving(r, now, age)]
         return RegionNodes(active=len(active), live=len(live), ids=[r.id for r in live])
 
     @activity.defn(name="drain_region_nodes")

@@ -13,8 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.waiting import until
 from tests.test_infra_support import seed_config
 from xplane.netutil import free_port, wait_for_port
 
@@ -93,17 +93,6 @@ def processes() -> Iterator[Processes]:
     procs.stop_all()
 
 
-def _until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def _node(api: str) -> dict[str, Any] | None:
     try:
         nodes = httpx.get(f"{api}/nodes", headers={"Authorization": f"Bearer {ADMIN}"}).json()
@@ -163,7 +152,7 @@ def test_agent_against_real_api(tmp_path: Path, processes: Processes) -> None:
     api_proc = processes.start(api_cmd, env, tmp_path / "api.log")
     try:
         # Registers, then heartbeats with real CPU and probe figures.
-        node = _until(
+        node = until(
             lambda: (n := _node(api)) and n["probes_total"] == 1 and n["probes_ok"] == 1 and n,
             "a heartbeat with a successful probe",
             timeout=60,
@@ -176,14 +165,14 @@ def test_agent_against_real_api(tmp_path: Path, processes: Processes) -> None:
 
         # The probe target dies: the next heartbeats say so.
         target.stop()
-        _until(lambda: (n := _node(api)) and n["probes_ok"] == 0, "a failed probe reported")
+        until(lambda: (n := _node(api)) and n["probes_ok"] == 0, "a failed probe reported")
 
         # The API goes away: the agent keeps running and retrying.
         retries = agent_log.read_text().count("control plane unavailable")
         api_proc.send_signal(signal.SIGTERM)
         api_proc.wait(timeout=15)
         down_since = datetime.now().astimezone()
-        _until(
+        until(
             lambda: agent_log.read_text().count("control plane unavailable") > retries + 2,
             "retries while the API is down",
         )
@@ -192,7 +181,7 @@ def test_agent_against_real_api(tmp_path: Path, processes: Processes) -> None:
         # Back on the same database: heartbeats resume, same node, same token.
         processes.start(api_cmd, env, tmp_path / "api.log")
         wait_for_port("127.0.0.1", api_port, timeout=60)
-        _until(
+        until(
             lambda: (at := _heartbeat_at(_node(api))) and at > down_since,
             "a heartbeat after the restart",
             timeout=30,
@@ -206,7 +195,7 @@ def test_agent_against_real_api(tmp_path: Path, processes: Processes) -> None:
             json={"reason": "agent test"},
         )
         assert drained.status_code == 200, drained.text
-        _until(lambda: (n := _node(api)) and n["reported_status"] == "drain", "status drain")
+        until(lambda: (n := _node(api)) and n["reported_status"] == "drain", "status drain")
         answer = httpx.get(f"{health}/healthz")
         assert (answer.status_code, answer.text) == (503, "draining\n")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import git
 import pytest
 
+from tests.support.waiting import until
 from tests.test_infra_support import (
     WEBHOOK_SECRET,
     XPLANE,
@@ -26,7 +27,6 @@ from tests.test_infra_support import (
     start_control_plane,
     tf_env,
     unique_prefix,
-    until,
 )
 from xplane.config.models import Region
 from xplane.infra.changes import service_of, touched_regions

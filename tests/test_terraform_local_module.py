@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.waiting import until
 from tests.test_infra_support import (
     XPLANE,
     ControlPlane,
@@ -23,7 +24,6 @@ from tests.test_infra_support import (
     start_control_plane,
     tf_env,
     unique_prefix,
-    until,
 )
 from xplane.config.models import Region
 from xplane.infra.render import render_region

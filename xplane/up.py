@@ -27,7 +27,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -160,20 +159,12 @@ def stop_pool_agents(state_dir: Path) -> int:
 def _reapply_pools(runner_dir: Path, bare: Path) -> None:
     """After a restart the agents are gone: apply every pool at HEAD again, from scratch."""
     from xplane.infra.changes import ZERO_SHA
-    from xplane.infra.local_runner import enqueue, load_settings
+    from xplane.infra.local_runner import enqueue, start_runner
 
     shutil.rmtree(runner_dir / "state", ignore_errors=True)
     head = git.Repo(bare).commit("main").hexsha
     enqueue(runner_dir, [f"{ZERO_SHA} {head} refs/heads/main"])
-    settings = load_settings(runner_dir)
-    with (runner_dir / "runner.log").open("ab") as log:
-        subprocess.Popen(
-            [settings.python, "-m", "xplane.infra.local_runner", "run", "--dir", str(runner_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    start_runner(runner_dir)
 
 
 async def _wait_first_sync(handle: WorkflowHandle, timeout: float = 60.0) -> LoopStatus:

@@ -22,6 +22,7 @@ import dns.resolver
 import git
 import httpx
 
+from tests.support.waiting import until
 from xplane.dns.pdns_server import free_udp_tcp_port
 from xplane.netutil import free_port
 from xplane.up import stop_pool_agents
@@ -32,13 +33,7 @@ DOMAIN = "api.svc.plus"
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return until(check, what, timeout, every)
 
 
 def alive(pid: int) -> bool:

@@ -319,9 +319,8 @@ class Runner:
 
 
 # ---------------------------------------------------------------------------- cli
-def _hook(directory: Path) -> int:
-    """post-receive: queue stdin's ref updates, start a detached worker, return at once."""
-    enqueue(directory, sys.stdin.read().splitlines())
+def start_runner(directory: Path) -> None:
+    """Start a detached worker on ``directory``'s queue (it logs to ``runner.log``)."""
     settings = load_settings(directory)
     with (directory / "runner.log").open("ab") as log:
         subprocess.Popen(
@@ -333,6 +332,12 @@ def _hook(directory: Path) -> int:
             env=_clean_env({}),
             cwd=directory,
         )
+
+
+def _hook(directory: Path) -> int:
+    """post-receive: queue stdin's ref updates, start a detached worker, return at once."""
+    enqueue(directory, sys.stdin.read().splitlines())
+    start_runner(directory)
     print("xplane: push queued for terraform (log: " + str(directory / "runner.log") + ")")
     return 0
 
