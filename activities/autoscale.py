@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from workflows import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
-from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate
+from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_node_count
@@ -50,7 +50,7 @@ class DecideResult(BaseModel):
     decision: Decision | None = None
     metrics: dict[str, float | int] = Field(default_factory=dict)
     ready_nodes: int = 0
-    unready_nodes: list[str] = Field(default_factory=list)  # registered, not serving
+    lost_nodes: list[str] = Field(default_factory=list)  # neither serving nor coming up
     interval_seconds: float = 30.0
     jitter_seconds: float = 0.0
     terraform_timeout_seconds: float = 900.0
@@ -156,8 +156,10 @@ class AutoscaleActivities:
             pool = session.get(NodePoolRow, (request.service, request.region))
             timeout = node_store.SERVING_HEARTBEAT_AGE
             serving = {n.id for n in nodes if node_store.is_serving(n, now, timeout)}
+            coming = {n.id for n in nodes if node_store.is_coming_up(n, now, timeout)}
             ready = len(serving)
-            unready = sorted(n.id for n in nodes if n.id not in serving)
+            # Lost: neither serving nor on its way (a warming node is not replaced).
+            lost = sorted(n.id for n in nodes if n.id not in serving | coming)
         samples = [
             Sample(
                 node_id=r.node_id,
@@ -177,6 +179,14 @@ class AutoscaleActivities:
         if region_policy.prometheus_url:
             metrics = _with_prometheus(metrics, region_policy.prometheus_url, request, window)
         current = pool.node_count
+        # Replacement is judged once nodes can be expected: some registered, a lost one
+        # signalled, or the pool applied long enough ago that its nodes should be up
+        # (level-triggered: a pool whose every node was deleted is refilled even if no
+        # node_lost signal arrived).
+        settled = pool.pending_commit is None and now - as_utc(pool.updated_at) > (
+            policy.node_ready_timeout
+        )
+        judge = bool(request.lost_nodes or nodes or (settled and current > 0))
         decision = desired(
             metrics,
             region_policy,
@@ -185,7 +195,7 @@ class AutoscaleActivities:
             current,
             request.history,
             now,
-            ready_nodes=ready if (request.lost_nodes or nodes) else None,
+            healthy_nodes=len(serving | coming) if judge else None,
         )
         prom.autoscale_decision(request.service, request.region, decision.direction)
         prom.observe_loop(ids.autoscale_id(request.service, request.region), utcnow())
@@ -194,7 +204,7 @@ class AutoscaleActivities:
             decision=decision,
             metrics=metrics.summary(),
             ready_nodes=ready,
-            unready_nodes=unready,
+            lost_nodes=lost,
             interval_seconds=policy.interval.total_seconds(),
             jitter_seconds=policy.jitter.total_seconds(),
             terraform_timeout_seconds=policy.terraform_timeout.total_seconds(),

@@ -108,3 +108,11 @@ async def time_env() -> AsyncIterator[object]:
     await register_search_attributes(env.client)
     yield env
     await env.shutdown()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Keep each phase's report on the item (``item.rep_call``) for fixtures' teardown."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -118,7 +118,7 @@ def test_plan_json_exact(config_dir: Path, tmp_path: Path) -> None:
                 "us": {
                     "current": 2,
                     "desired": 3,
-                    "reason": "1 ready < min_nodes 2: replace 1",
+                    "reason": "1 healthy < min_nodes 2: replace 1",
                 },
             }
         }

@@ -37,7 +37,7 @@ def run(
     **policy: Any,
 ) -> Decision:
     rules = AutoscaleRegion(**{"min_nodes": 1, "max_nodes": 10, **policy})
-    return desired(m, rules, COOLDOWN, WINDOW, current, history, NOW, ready_nodes=ready)
+    return desired(m, rules, COOLDOWN, WINDOW, current, history, NOW, healthy_nodes=ready)
 
 
 # (id, decision, desired, direction, blocked_by, text in reason)
@@ -64,7 +64,7 @@ CASES = [
         5,
         "up",
         None,
-        "1 ready < min_nodes 3: replace 2",
+        "1 healthy < min_nodes 3: replace 2",
     ),
     (
         "replacement within max",
@@ -123,7 +123,7 @@ CASES = [
         4,
         "up",
         None,
-        "0 ready",
+        "0 healthy",
     ),
     (
         "low signal just started",
@@ -373,7 +373,7 @@ def test_desired_stays_within_bounds(
         last_scaled_at=None if last is None else NOW - timedelta(seconds=last),
         low_since=None if low is None else NOW - timedelta(seconds=low),
     )
-    decision = desired(m, policy, COOLDOWN, WINDOW, current, history, NOW, ready_nodes=ready)
+    decision = desired(m, policy, COOLDOWN, WINDOW, current, history, NOW, healthy_nodes=ready)
 
     cap = policy.max_nodes if quota is None else min(policy.max_nodes, quota)
     floor = min(min_nodes, cap)  # the quota is a hard limit: it wins over min_nodes

@@ -246,3 +246,25 @@ async def test_terraform_timeout_is_recorded_and_not_retried_before_cooldown(
         assert len(rig.commits()) == 2
         with contextlib.suppress(Exception):
             await handle.terminate()
+
+
+async def test_a_node_lost_while_new_ones_are_awaited_ends_the_wait(
+    rig: Rig, tmp_path: Path
+) -> None:
+    async with _worker(rig, tmp_path):
+        handle = await rig.start()
+        await rig.env.sleep(2)
+        waiting = (await _status(handle)).details["waiting"]
+        await handle.signal(
+            AutoscaleWorkflow.terraform_finished,
+            TerraformOutcome(commit=waiting["commit"], status="succeeded"),
+        )
+        await rig.env.sleep(2)
+        assert (await _status(handle)).details["waiting"]["phase"] == "nodes"  # jp-1 never comes
+        await handle.signal(AutoscaleWorkflow.node_lost, "jp-0")
+        await rig.env.sleep(1)  # far less than node_ready_timeout (60s)
+        status = await _status(handle)
+        assert status.details["waiting"] is None
+        assert status.details["last_outcome"] == "1 of 2 nodes ready when a node was lost"
+        assert "node_lost:jp-0" in status.last_reasons  # decided again at once
+        await handle.terminate()

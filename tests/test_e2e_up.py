@@ -37,11 +37,14 @@ pytestmark = [
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
+def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    s = Stack(tmp_path, pin_cpu=0.5)  # inside every region's CPU band: no load scale-ups
     try:
         yield s
     finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is None or report.failed:  # explain the failure before stopping
+            print(s.diagnostics())
         s.stop()
         kill_leftover_agents(s)  # never leave agents behind
         print(s.output()[-3000:])
@@ -135,6 +138,8 @@ def test_up_resolves_fails_over_replaces_and_stops_clean(stack: Stack) -> None:
     stack.mark(f"{jp['id']} revived")
     commits = [str(c.message).splitlines()[0] for c in git.Repo(info["infra_repo"]).iter_commits()]
     assert "feat(xplane-autoscaler): scale jp pool to 2 nodes" in commits
+    scaled = stack.events("autoscale.committed", region="jp")
+    assert len(scaled) == 1 and "replace 1" in scaled[0]["message"], scaled  # for the loss only
 
     # Ctrl-C stops everything it started.
     pids = [int(p.read_text()) for p in (stack.data / "pool").glob("*.pid")]

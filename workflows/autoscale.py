@@ -9,11 +9,14 @@ for the new nodes to become ready. A failure or timeout is recorded in the
 event log, the pool stays where Git says, and the cooldown (from
 ``last_scaled_at``) stops a new commit before it has passed.
 
-Reacts to ``OnAutoscaleChanged`` (GitOps sync) and ``node_lost`` (node lifecycle).
+Reacts to ``OnAutoscaleChanged`` (GitOps sync) and ``node_lost`` (node lifecycle);
+a node lost while new ones are awaited ends that wait, so it is replaced without
+sitting out ``node_ready_timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -131,7 +134,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         # node down -> node deleted -> this commit -> terraform -> the new node.
         lost = [r.split(":", 1)[1] for r in reasons if r.startswith("node_lost:")]
         if not lost and decision.desired > decision.current:
-            lost = result.unready_nodes  # a replacement for nodes that went down
+            lost = result.lost_nodes  # a replacement for nodes that went down
         incident = (
             lost[0] if lost else f"{workflow.info().workflow_id}@{workflow.now().isoformat()}"
         )
@@ -204,7 +207,12 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
                 )
                 if ready >= desired:
                     return f"{ready} nodes ready"
-                await workflow.sleep(READY_POLL)
+                # A node lost meanwhile would keep `ready` short until the deadline:
+                # stop waiting and decide again (its node_lost request is pending).
+                with contextlib.suppress(TimeoutError):
+                    await workflow.wait_condition(lambda: self.p.lost_nodes > 0, timeout=READY_POLL)
+                if self.p.lost_nodes:
+                    return f"{ready} of {desired} nodes ready when a node was lost"
             return "nodes not ready in time"
         finally:
             self.waiting = None

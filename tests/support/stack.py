@@ -49,7 +49,9 @@ def alive(pid: int) -> bool:
 
 
 class Stack:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, pin_cpu: float | None = None) -> None:
+        """``pin_cpu``: the local agents report this CPU instead of the machine's, so a
+        busy machine cannot trigger scale-ups the test does not expect."""
         self.data = tmp / "data"
         self.pdns_api = free_port()
         self.dns_port = free_udp_tcp_port()
@@ -57,6 +59,13 @@ class Stack:
         shutil.copytree(ROOT / "example" / "gitops-config", self.config)
         gtm = self.config / "gtm" / "svc-plus.yaml"
         gtm.write_text(gtm.read_text().replace("127.0.0.1:8081", f"127.0.0.1:{self.pdns_api}"))
+        if pin_cpu is not None:
+            from xplane.config.loader import load_config
+
+            pool = self.data / "pool"  # `xplane up` keeps the files it finds there
+            pool.mkdir(parents=True)
+            for region in load_config(self.config).regions:
+                (pool / f"{region}.metrics.json").write_text(json.dumps({"cpu": pin_cpu}))
         repo = git.Repo.init(self.config, initial_branch="main")
         repo.git.add(A=True)
         repo.index.commit("config")
@@ -113,6 +122,16 @@ class Stack:
         assert done.returncode == 0, f"xplane status failed ({done.returncode}): {done.stderr}"
         return json.loads(done.stdout)
 
+    def events(self, kind: str = "", region: str = "") -> list[dict[str, Any]]:
+        """``xplane events`` (oldest first), filtered by kind prefix and region if given."""
+        argv = [str(BIN / "xplane"), "events", "--db", f"sqlite:///{self.data / 'xplane.db'}",
+                "--limit", "500", "-o", "json"]  # fmt: skip
+        argv += ["--kind", kind] if kind else []
+        argv += ["--region", region] if region else []
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"xplane events failed ({done.returncode}): {done.stderr}"
+        return list(json.loads(done.stdout))
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
@@ -123,6 +142,43 @@ class Stack:
                 self.proc.wait()
                 return -9
         return self.proc.returncode
+
+    def diagnostics(self) -> str:
+        """What a failed run needs to be explained from CI's output alone."""
+        parts: list[str] = []
+
+        def run(title: str, argv: list[str]) -> None:
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                parts.append(f"--- {title}\n{done.stdout}{done.stderr}")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                parts.append(f"--- {title}: {exc}")
+
+        try:
+            lines = [
+                f"{e['at'][11:23]} {e['kind']} {e['region'] or '-'} {e['node_id'] or '-'} "
+                f"{e['message']}"
+                for e in self.events("", region="")
+            ]
+            parts.append("--- events\n" + "\n".join(lines))
+        except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            parts.append(f"--- events: {exc}")
+        address = self.info().get("temporal_address")
+        if address:
+            for wf in ("autoscale-svc-plus-jp", "region-jp"):
+                run(f"{wf} status", [str(BIN / "temporal"), "workflow", "query", "--address",
+                                     address, "--workflow-id", wf, "--name", "status"])  # fmt: skip
+        runner = self.data / "runner" / "runner.log"
+        if runner.exists():
+            lines = [ln for ln in runner.read_text().splitlines() if ln.startswith("20")]
+            parts.append("--- runner.log (runner lines)\n" + "\n".join(lines[-60:]))
+        for log in sorted((self.data / "pool").glob("*.log")):
+            parts.append(f"--- {log.name} (tail)\n" + "\n".join(log.read_text().splitlines()[-15:]))
+        xlog = self.data / "xplane.log"
+        if xlog.exists():
+            bad = [ln for ln in xlog.read_text().splitlines() if '"level": "INFO"' not in ln]
+            parts.append("--- xplane.log (above INFO)\n" + "\n".join(bad[-80:]))
+        return "\n".join(parts)
 
 
 def kill_leftover_agents(stack: Stack) -> None:

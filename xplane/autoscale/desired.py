@@ -16,8 +16,9 @@
    * RTT (only with ``max_rtt_ms``): the window's **p90** RTT above it -> up one
      step (p90, not the median: the tail is what users feel first). Never down.
    * Error rate (only with ``max_error_rate``): the mean above it -> up one step.
-   * Lost nodes: ``ready_nodes < min_nodes`` -> ``current + (min_nodes - ready)``,
-     even with stale or no metrics (a dead region reports nothing).
+   * Lost nodes: ``healthy_nodes < min_nodes`` -> ``current + (min_nodes - healthy)``,
+     even with stale or no metrics (a dead region reports nothing). Healthy means
+     serving or on its way (warming up): a node still warming is not replaced.
 
 2. **Bounds**: clamp to ``[min_nodes, cap]`` where ``cap = min(max_nodes, quota)``.
    The quota is a hard account limit, so when ``min_nodes > cap`` the cap wins:
@@ -151,7 +152,7 @@ def desired(
     current: int,
     history: ScaleHistory,
     now: datetime,
-    ready_nodes: int | None = None,
+    healthy_nodes: int | None = None,
 ) -> Decision:
     """The node count ``current`` should move to now; see the module docstring."""
     now = as_utc(now)
@@ -160,9 +161,9 @@ def desired(
 
     fresh = metrics is not None and metrics.is_fresh(now, window)
     recs = _signals(metrics, policy, current, window) if fresh and metrics else []
-    if ready_nodes is not None and ready_nodes < policy.min_nodes:
-        lost = policy.min_nodes - ready_nodes
-        text = f"{ready_nodes} ready < min_nodes {policy.min_nodes}: replace {lost}"
+    if healthy_nodes is not None and healthy_nodes < policy.min_nodes:
+        lost = policy.min_nodes - healthy_nodes
+        text = f"{healthy_nodes} healthy < min_nodes {policy.min_nodes}: replace {lost}"
         recs.append(_Rec(count=current + lost, reason=text))
 
     if recs:

@@ -41,12 +41,11 @@ class AutoscalePlan(BaseModel):
     services: dict[str, dict[str, RegionPlan]]
 
 
-def _is_ready(node: NodeSnapshot) -> bool:
-    return (
-        node.state == NodeState.ACTIVE
-        and node.status == NodeStatus.UP
-        and node.health_check_ok is not False
-    )
+def _is_healthy(node: NodeSnapshot) -> bool:
+    """Serving, or warming up with good heartbeats: not a node to replace."""
+    if node.state == NodeState.ACTIVE:
+        return node.status == NodeStatus.UP and node.health_check_ok is not False
+    return node.state in (NodeState.IDLE, NodeState.WARM) and node.status == NodeStatus.UP
 
 
 def _effective_policy(config: ConfigTree, region: str, policy: AutoscaleRegion) -> AutoscaleRegion:
@@ -86,7 +85,7 @@ def plan_region(
         current,
         history,
         now,
-        ready_nodes=sum(_is_ready(n) for n in nodes) if nodes else None,
+        healthy_nodes=sum(_is_healthy(n) for n in nodes) if nodes else None,
     )
 
 

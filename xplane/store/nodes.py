@@ -190,6 +190,23 @@ def is_serving(node: NodeRow, now: datetime, timeout: timedelta) -> bool:
     )
 
 
+def is_coming_up(node: NodeRow, now: datetime, timeout: timedelta) -> bool:
+    """Not serving yet but healthy on its way: what the autoscaler must not replace.
+
+    ``warm`` (the lifecycle leaves warm as soon as the node is seen down), or
+    ``idle`` and live without having been seen down: just registered, or up
+    and about to be moved to warm. An ``idle`` node the world-state loop saw go
+    down is lost, not coming.
+    """
+    if node.state == NodeState.WARM.value:
+        return True
+    return (
+        node.state == NodeState.IDLE.value
+        and node.recorded_status != NodeStatus.DOWN.value
+        and is_live(node, now, timeout)
+    )
+
+
 def is_live(node: NodeRow, now: datetime, timeout: timedelta) -> bool:
     """May the node still be running at its address? (Another address for its id is a 409.)
 

@@ -1,0 +1,140 @@
+"""Lost-node replacement as ``decide_autoscale`` judges it, on a real SQLite store.
+
+A node still warming up is on its way and must not be replaced; a node the
+world-state loop saw go down is lost; a pool whose every node was deleted is
+refilled once it has had time to come up, even without a ``node_lost`` signal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from activities.autoscale import AutoscaleActivities, DecideRequest, DecideResult
+from xplane.config.loader import load_config_from_mapping
+from xplane.domain import NodeState, NodeStatus
+from xplane.store import nodes as node_store
+from xplane.store.config_store import save_revision
+from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
+from xplane.store.pools import NodePoolRow, set_pool
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+CONFIG = {
+    "regions/jp.yaml": "provider: aws\nlocation: ap-northeast-1\n",
+    "autoscale/svc.yaml": """
+service: svc
+global: {cpu_window: 60s}
+regions:
+  jp: {min_nodes: 2, max_nodes: 5, scale_up_cpu: 0.7, scale_down_cpu: 0.3}
+cooldown: {scale_up: 60s, scale_down: 300s}
+node_ready_timeout: 120s
+""",
+}
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    import xplane.store.tables  # noqa: F401
+
+    engine = make_engine(f"sqlite:///{tmp_path}/as.db")
+    Base.metadata.create_all(engine)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as session:
+        save_revision(session, "c" * 40, load_config_from_mapping(CONFIG), "test")
+        set_pool(session, "svc", "jp", 2, at=NOW - timedelta(minutes=10))
+    yield factory
+    engine.dispose()
+
+
+def _node(
+    sessions: sessionmaker[Session],
+    node_id: str,
+    state: NodeState,
+    *,
+    beat_age: float | None = 1.0,
+    seen: NodeStatus | None = None,
+) -> None:
+    """A node in ``state`` whose last heartbeat is ``beat_age`` s old (None: never)."""
+    with transaction(sessions) as session:
+        node_store.register_node(
+            session,
+            node_store.Registration(
+                node_id=node_id, service="svc", region="jp", address=f"10.0.0.{len(node_id)}",
+                token_hash=node_id,
+            ),
+            NOW - timedelta(seconds=5),
+            timedelta(seconds=30),
+        )  # fmt: skip
+        node_store.set_lifecycle_state(session, node_id, state, "test", NOW)
+        if seen is not None:
+            node_store.record_status(session, node_id, seen, NOW)
+    if beat_age is not None:
+        beat = node_store.Heartbeat(
+            node_id=node_id, token_hash=node_id, at=NOW - timedelta(seconds=beat_age), cpu=0.5,
+            rtt_ms=10.0, error_rate=0.0, qps=None, probes_ok=0, probes_total=0,
+            reported_status="up",
+        )  # fmt: skip
+        with transaction(sessions) as session:
+            node_store.apply_heartbeats(session, [beat], timedelta(seconds=30))
+
+
+def _decide(sessions: sessionmaker[Session], tmp_path: Path, lost: int = 0) -> DecideResult:
+    acts = AutoscaleActivities(sessions, None, None, tmp_path / "work")
+    return acts.decide_autoscale(
+        DecideRequest(service="svc", region="jp", lost_nodes=lost, now=NOW)
+    )
+
+
+def test_a_warming_node_is_not_replaced(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    _node(sessions, "jp-0", NodeState.ACTIVE)
+    _node(sessions, "jp-1", NodeState.WARM)
+    result = _decide(sessions, tmp_path)
+    assert result.decision is not None
+    assert result.decision.desired == 2, result.decision.reason
+    assert result.ready_nodes == 1 and result.lost_nodes == []
+
+
+def test_a_just_registered_node_is_not_replaced(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    _node(sessions, "jp-0", NodeState.ACTIVE)
+    _node(sessions, "jp-1", NodeState.IDLE, beat_age=None)  # no heartbeat yet, seconds old
+    result = _decide(sessions, tmp_path)
+    assert result.decision is not None and result.decision.desired == 2
+
+
+def test_a_node_seen_down_is_replaced_and_named(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    _node(sessions, "jp-0", NodeState.ACTIVE)
+    # Its heartbeat is still within the serving age, but the world-state loop saw it down.
+    _node(sessions, "jp-1", NodeState.IDLE, beat_age=8.0, seen=NodeStatus.DOWN)
+    result = _decide(sessions, tmp_path)
+    assert result.decision is not None
+    assert result.decision.desired == 3
+    assert result.decision.reason == "1 healthy < min_nodes 2: replace 1"
+    assert result.lost_nodes == ["jp-1"]
+
+
+def test_a_pool_whose_nodes_were_all_deleted_is_refilled_without_a_signal(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    for node in ("jp-0", "jp-1"):
+        _node(sessions, node, NodeState.DELETE, beat_age=200.0)
+    result = _decide(sessions, tmp_path)  # no node_lost signal pending
+    assert result.decision is not None
+    assert result.decision.desired == 4, result.decision.reason  # current 2 + 2 missing
+
+
+def test_a_fresh_pool_waits_for_its_nodes(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    with transaction(sessions) as session:
+        row = session.get(NodePoolRow, ("svc", "jp"))
+        assert row is not None
+        row.updated_at = NOW - timedelta(seconds=30)  # applied 30 s ago < node_ready_timeout
+    result = _decide(sessions, tmp_path)
+    assert result.decision is not None
+    assert result.decision.desired == 2, result.decision.reason  # nodes not due yet
