@@ -48,19 +48,24 @@ def _write(root: Path, files: dict[str, str]) -> None:
         (root / rel).write_text(text)
 
 
-def test_local_module_starts_scales_and_stops_agents(tmp_path: Path, plane: ControlPlane) -> None:
-    repo, state_dir = tmp_path / "infra-repo", tmp_path / "agents"
-    prefix, health_port = unique_prefix(), free_port()
-    extra = {"address_prefix": prefix, "health_port": health_port}
-    region = Region(name="jp", provider="local")
-    _write(repo, skeleton_files())
-    env = {
+def _pool_env(tmp_path: Path, plane: ControlPlane, state_dir: Path) -> dict[str, str]:
+    """What CI gives terraform: the API, the bootstrap token, where agents keep state."""
+    return {
         **tf_env(tmp_path),
         "TF_VAR_api_url": plane.url,
         "TF_VAR_token_file": str(plane.token_file),
         "TF_VAR_state_dir": str(state_dir),
         "TF_VAR_agent_command": XPLANE,
     }
+
+
+def test_local_module_starts_scales_and_stops_agents(tmp_path: Path, plane: ControlPlane) -> None:
+    repo, state_dir = tmp_path / "infra-repo", tmp_path / "agents"
+    prefix, health_port = unique_prefix(), free_port()
+    extra = {"address_prefix": prefix, "health_port": health_port}
+    region = Region(name="jp", provider="local")
+    _write(repo, skeleton_files())
+    env = _pool_env(tmp_path, plane, state_dir)
     root = repo / "infra/node-pool/jp"
 
     def terraform(*args: str) -> str:
@@ -106,4 +111,38 @@ def test_local_module_starts_scales_and_stops_agents(tmp_path: Path, plane: Cont
         assert agent_pids(state_dir) == {}
         assert not any(map(pid_running, pids.values()))
     finally:
+        kill_agents(state_dir)
+
+
+def test_an_agent_that_cannot_serve_health_fails_the_apply(
+    tmp_path: Path, plane: ControlPlane
+) -> None:
+    """A busy health port kills the agent a second or so after start: the apply waits
+    for it to serve /healthz, so the failure is terraform's, with the agent's words."""
+    import socket
+
+    repo, state_dir = tmp_path / "infra-repo", tmp_path / "agents"
+    prefix, health_port = unique_prefix(), free_port()
+    region = Region(name="jp", provider="local")
+    _write(repo, skeleton_files())
+    extra = {"address_prefix": prefix, "health_port": health_port}
+    _write(repo, render_region(region, service="svc-plus", node_count=1, extra_vars=extra))
+    env = _pool_env(tmp_path, plane, state_dir)
+    root = repo / "infra/node-pool/jp"
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        squatter.bind((f"{prefix}.10", health_port))
+        squatter.listen()
+        for args in (["init", "-input=false"], ["apply", "-auto-approve", "-input=false",
+                                                 "-var-file=../jp.tfvars"]):  # fmt: skip
+            done = subprocess.run(
+                ["terraform", f"-chdir={root}", *args], env=env, capture_output=True, text=True
+            )
+        assert done.returncode != 0
+        assert "node jp-0: agent exited at start" in done.stderr, done.stdout + done.stderr
+        assert "address already in use" in done.stderr.lower() or "in use" in done.stderr
+        assert agent_pids(state_dir) == {}  # nothing left that looks alive
+        assert plane.nodes() == []
+    finally:
+        squatter.close()
         kill_agents(state_dir)

@@ -60,6 +60,9 @@ class UpOptions(BaseModel):
     api_port: int = 8080  # 0 = pick a free port
     pdns_api_port: int = 8081  # the example's gtm/svc-plus.yaml names 127.0.0.1:8081
     dns_port: int = 5354
+    # Each local node serves /healthz on <its loopback address>:<this>; 0 = a port free
+    # on every address (two `xplane up` on one machine then never collide).
+    node_health_port: int = 18080
     sync_interval_seconds: float = 15.0
     wait_dns_seconds: float = 120.0  # how long to show progress until DNS answers
 
@@ -277,6 +280,7 @@ async def run_up(options: UpOptions, say: Say = print) -> None:
             "TF_VAR_api_url": api_url,
             "TF_VAR_token_file": str(boot_file),
             "TF_VAR_state_dir": str(pool_dir),
+            "TF_VAR_health_port": str(options.node_health_port or free_port("0.0.0.0")),
             "TF_VAR_agent_command": str(Path(sys.executable).parent / "xplane"),
             "XPLANE_WEBHOOK_URL": f"{api_url}/webhooks/terraform",
             "XPLANE_WEBHOOK_SECRET": hook_secret,

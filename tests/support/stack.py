@@ -1,8 +1,8 @@
 """A running ``xplane up`` as a subprocess, on free ports (shared by the e2e test and bench/).
 
-The only difference from a new user's run: free ports instead of the defaults
-(so suites never collide), hence a copy of the example config whose PowerDNS
-API URL names the chosen port.
+The only difference from a new user's run: free ports instead of the defaults,
+the nodes' health port included (so suites never collide), hence a copy of the
+example config whose PowerDNS API URL names the chosen port.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ class Stack:
         self.proc = subprocess.Popen(
             [str(BIN / "xplane"), "up", "--data-dir", str(self.data), "--repo", str(self.config),
              "--temporal-port", "0", "--ui-port", "0", "--api-port", "0",
-             "--pdns-api-port", str(self.pdns_api), "--dns-port", str(self.dns_port)],
+             "--pdns-api-port", str(self.pdns_api), "--dns-port", str(self.dns_port),
+             "--node-health-port", "0"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp,
         )  # fmt: skip
         self.times: dict[str, float] = {}

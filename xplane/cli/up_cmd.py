@@ -20,6 +20,9 @@ def register(root: typer.Typer) -> None:
         api_port: int = typer.Option(8080, help="XPlane API port (0 = any free)"),
         pdns_api_port: int = typer.Option(8081, help="PowerDNS API port (the example's)"),
         dns_port: int = typer.Option(5354, help="PowerDNS DNS port (UDP and TCP)"),
+        node_health_port: int = typer.Option(
+            18080, help="port of each local node's /healthz on its own address (0 = any free)"
+        ),
         sync_interval: float = typer.Option(15.0, help="seconds between GitOps syncs"),
     ) -> None:
         """Start Temporal, the worker and the loops locally; Ctrl-C stops them all."""
@@ -33,6 +36,7 @@ def register(root: typer.Typer) -> None:
             api_port=api_port,
             pdns_api_port=pdns_api_port,
             dns_port=dns_port,
+            node_health_port=node_health_port,
             sync_interval_seconds=sync_interval,
         )
 

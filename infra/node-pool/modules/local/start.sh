@@ -17,6 +17,8 @@ if [ ! -r "$TOKEN_FILE" ]; then
 fi
 
 log="$STATE_DIR/$NODE_ID.log"
+touch "$log"
+offset=$(($(wc -c <"$log") + 1)) # this start's lines begin here (the log is appended)
 # The region's local metrics file: `xplane demo load REGION` writes {"cpu": ...} here.
 metrics="$STATE_DIR/$REGION.metrics.json"
 [ -e "$metrics" ] || echo '{}' >"$metrics"
@@ -35,12 +37,23 @@ nohup setsid "$AGENT_COMMAND" agent \
   </dev/null >>"$log" 2>&1 &
 echo "$!" >"$PID_FILE"
 
-# A bad flag or a busy port kills the agent at once: fail the apply, not later.
-sleep 0.5
-if ! agent_alive "$PID_FILE" "$NODE_ID"; then
-  echo "node $NODE_ID: agent exited at start; last lines of $log:" >&2
-  tail -n 20 "$log" >&2
-  rm -f "$PID_FILE"
-  exit 1
-fi
+# A bad flag or a busy health port kills the agent within its first second or two:
+# wait until it serves /healthz (or exits), so the apply fails now, not silently later.
+waited=0
+until tail -c "+$offset" "$log" | grep -q '"serving health"'; do
+  if ! agent_alive "$PID_FILE" "$NODE_ID"; then
+    echo "node $NODE_ID: agent exited at start; last lines of $log:" >&2
+    tail -c "+$offset" "$log" | tail -n 20 >&2
+    rm -f "$PID_FILE"
+    exit 1
+  fi
+  if [ "$waited" -ge "${START_TIMEOUT_TENTHS:-300}" ]; then
+    echo "node $NODE_ID: agent not serving health after $((waited / 10))s; stopped. See $log" >&2
+    kill "$(cat "$PID_FILE")" 2>/dev/null || true
+    rm -f "$PID_FILE"
+    exit 1
+  fi
+  sleep 0.1
+  waited=$((waited + 1))
+done
 echo "node $NODE_ID: agent started at $ADDRESS (pid $(cat "$PID_FILE"))"
