@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from xplane.observability.logging import (
+    CHATTY_HTTP_LOGGERS,
     REDACTED,
     configure_logging,
     configure_logging_from_env,
@@ -26,13 +28,13 @@ ADMIN_SECRET = "adm-" + uuid.uuid4().hex
 REGION_SECRET = "boot-jp-" + uuid.uuid4().hex
 
 
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    """Root logging to a buffer as JSON; the root logger is restored afterwards."""
+@contextmanager
+def logging_to_buffer(level: str) -> Iterator[io.StringIO]:
+    """Root logging to a buffer as JSON at ``level``; restored afterwards."""
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     buffer = io.StringIO()
-    configure_logging("DEBUG", json=True, stream=buffer)
+    configure_logging(level, json=True, stream=buffer)
     try:
         yield buffer
     finally:
@@ -41,7 +43,15 @@ def captured() -> Iterator[io.StringIO]:
         for handler in saved_handlers:
             root.addHandler(handler)
         root.setLevel(saved_level)
+        for name in CHATTY_HTTP_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
         configure_logging_restore_temporal()
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    with logging_to_buffer("DEBUG") as buffer:
+        yield buffer
 
 
 def configure_logging_restore_temporal() -> None:
@@ -175,3 +185,14 @@ def test_tracing_is_off_by_default_and_without_the_packages(
 
         (interceptor,) = tracing_interceptors(env)
         assert isinstance(interceptor, TracingInterceptor)
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_http_request_lines_only_at_debug(level: str, shown: bool) -> None:
+    """Per-request INFO lines of httpx (health checks every few seconds) are noise."""
+    with logging_to_buffer(level) as buffer:
+        logging.getLogger("httpx").info("HTTP Request: GET http://10.0.0.1:18080/healthz")
+        logging.getLogger("httpx").warning("a retry the operator should see")
+    messages = [line["message"] for line in lines(buffer)]
+    assert ("HTTP Request: GET http://10.0.0.1:18080/healthz" in messages) is shown
+    assert "a retry the operator should see" in messages

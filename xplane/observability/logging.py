@@ -157,6 +157,9 @@ def _level(level: str) -> int:
     return value
 
 
+CHATTY_HTTP_LOGGERS = ("httpx", "httpcore")
+
+
 def configure_logging(
     level: str = "INFO",
     json: bool = True,
@@ -187,6 +190,12 @@ def configure_logging(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(_level(level))
+    # One INFO line per HTTP request (health checks, DNS API calls) buries what matters,
+    # and request URLs can carry signed query strings: request lines only at DEBUG.
+    for name in CHATTY_HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+        )
     temporalio.workflow.logger.workflow_info_on_message = not json
     temporalio.activity.logger.activity_info_on_message = not json
     return handler
