@@ -17,6 +17,7 @@ from workflows.node_lifecycle import (
     NodeTimings,
 )
 from xplane.domain import NodeState, NodeStatus
+from xplane.lifecycle.node_fsm import NodeEvent
 from xplane.observability import metrics
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
@@ -62,6 +63,11 @@ class NodeActivities:
                 node_store.request_drain(
                     session, record.node_id, by="lifecycle", reason=record.reason, at=record.at
                 )
+            if record.event is NodeEvent.GRACE_EXPIRED:
+                # Given up, not retired: should its agent come back (revived in its slot,
+                # a healed partition), it must register again and start a new life, not
+                # heartbeat into a deleted node and be told to deregister.
+                node_store.revoke_token(session, record.node_id)
             record_event(
                 session,
                 f"node.{record.state.value}",

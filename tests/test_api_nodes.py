@@ -189,6 +189,22 @@ def test_node_reported_drain_and_delete_action(api: Api) -> None:
     assert api.heartbeat(node_id, token).json()["action"] == "deregister"
 
 
+def test_a_node_given_up_that_comes_back_registers_again_for_a_new_life(api: Api) -> None:
+    """Given up (grace expired): its token is revoked, so the agent is not told to
+    deregister but refused (401), registers again and starts over from idle."""
+    node_id, token = api.registered(node_id="jp-back", address="10.0.0.7")
+    assert api.heartbeat(node_id, token).status_code == 200
+    with transaction(make_sessionmaker(api.engine)) as session:
+        store.set_lifecycle_state(session, node_id, NodeState.DELETE, "given up", utcnow())
+        store.revoke_token(session, node_id)
+    refused = api.heartbeat(node_id, token)
+    assert refused.status_code == 401, refused.text
+    again, new_token = api.registered(node_id="jp-back", address="10.0.0.7")
+    assert again == node_id and new_token != token
+    assert api.heartbeat(node_id, new_token).json()["action"] == "none"
+    assert api.admin("GET", f"/nodes/{node_id}").json()["state"] == "idle"
+
+
 def test_regions_counts_and_health(api: Api) -> None:
     up, token_up = api.registered(node_id="jp-up")
     api.heartbeat(up, token_up)

@@ -187,6 +187,8 @@ async def test_down_past_grace_is_deleted_and_node_lost_sent_once(harness: Harne
     assert result.state is NodeState.DELETE
     assert "grace period" in result.reason
     assert harness.stored_state(node_id) == "delete"
+    with harness.sessions() as session:  # given up: its token no longer works
+        assert node_store.get_node(session, node_id).token_hash.startswith("revoked-")
     assert await harness.autoscale.query(RecorderWorkflow.signals) == [f"node_lost:{node_id}"]
     await keep(handle, "node_lifecycle_lost")
 

@@ -11,6 +11,7 @@ so it can signal on transitions.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -277,6 +278,13 @@ def _reset(row: NodeRow, now: datetime) -> None:
     row.probes_ok = row.probes_total = None
     row.health_check_ok, row.health_checked_at = None, None
     row.recorded_status, row.recorded_status_at = None, None
+
+
+def revoke_token(session: Session, node_id: str) -> None:
+    """The node's token stops working: its next heartbeat is refused (401) and the agent
+    registers again, which gives a node that was given up a new life (see register_node)."""
+    row = get_node(session, node_id)
+    row.token_hash = f"revoked-{uuid.uuid4().hex}"  # unique, and no sha256 hex digest
 
 
 def node_for_token(session: Session, token_hash: str) -> str | None:
