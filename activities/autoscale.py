@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
-from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from workflows import ids
@@ -95,39 +94,44 @@ class TerraformRecord(BaseModel):
 class DrainRequestIn(BaseModel):
     service: str
     region: str
-    count: int
+    keep: int  # the pool's node_count after the scale-down
     reason: str
 
 
-def pick_nodes_to_drain(rows: list[node_store.NodeRow], count: int, now: datetime) -> list[str]:
-    """Which nodes a scale-down removes: the least healthy first, then the newest.
+def nodes_removed_by_scale_down(
+    rows: list[node_store.NodeRow], region: str, keep: int
+) -> list[str]:
+    """The nodes Terraform destroys when ``region``'s node_count drops to ``keep``.
 
-    Least healthy = not up, then failing the active check, then the highest
-    error rate; among equals the most recently registered goes first (it holds
-    the fewest long-lived connections and the least warm cache).
+    Every node-pool module names node *i* ``<region>-<i>`` and uses ``count``, so the
+    highest indexes go. Those are the nodes to drain: draining any other would leave a
+    drained node running while a serving one is destroyed without notice. Nodes already
+    deleted need nothing; nodes the pool does not name are not the pool's to remove.
     """
+    removed = [
+        (index, row.id)
+        for row in rows
+        if (index := _pool_index(row.id, region)) is not None
+        and index >= keep
+        and row.state not in GONE
+    ]
+    return [node for _, node in sorted(removed, reverse=True)]
 
-    def badness(row: node_store.NodeRow) -> tuple[int, int, float, float]:
-        not_active = row.state != NodeState.ACTIVE.value
-        failing = row.health_check_ok is False
-        registered = row.registered_at.timestamp() if row.registered_at else 0.0
-        return (-int(not_active), -int(failing), -(row.error_rate or 0.0), -registered)
 
-    candidates = [r for r in rows if r.state not in (NodeState.DRAIN.value, *GONE)]
-    return [r.id for r in sorted(candidates, key=badness)[:count]]
+def _pool_index(node_id: str, region: str) -> int | None:
+    suffix = node_id.removeprefix(f"{region}-")
+    return int(suffix) if suffix != node_id and suffix.isdigit() else None
 
 
 class AutoscaleActivities:
     def __init__(
         self,
         session_factory: sessionmaker[Session],
-        client: Client | None,
         infra_repo: str | None,
         workdir: Path,
         branch: str = "main",
     ) -> None:
         self._sessions = session_factory
-        self._client = client
         self._infra_repo = infra_repo
         self._workdir = workdir
         self._branch = branch
@@ -294,17 +298,28 @@ class AutoscaleActivities:
         return sum(1 for n in rows if node_store.is_serving(n, now, age))
 
     @activity.defn(name="drain_nodes")
-    async def drain_nodes(self, request: DrainRequestIn) -> list[str]:
-        """Choose the nodes a scale-down removes and tell their lifecycle workflows."""
-        now = utcnow()
-        with self._sessions() as session:
+    def drain_nodes(self, request: DrainRequestIn) -> list[str]:
+        """Request drain of the nodes the scale-down removes; returns their ids.
+
+        Through the store, as an operator's drain: the world-state loop moves each
+        node's lifecycle to drain (out of DNS, then deleted after TTL + drain timeout).
+        """
+        with transaction(self._sessions) as session:
             rows = node_store.list_nodes(session, service=request.service, region=request.region)
-            chosen = pick_nodes_to_drain(rows, request.count, now)
-        if self._client is not None:
-            for node in chosen:
-                handle = self._client.get_workflow_handle(ids.node_id(node))
-                await handle.signal("drain", {"by": "autoscaler", "reason": request.reason})
+            chosen = nodes_removed_by_scale_down(rows, request.region, request.keep)
+            for row in rows:
+                if row.id in chosen and not row.drain_requested:
+                    node_store.request_drain(
+                        session, row.id, by="autoscaler", reason=request.reason
+                    )
         return chosen
+
+    @activity.defn(name="nodes_not_yet_drained")
+    def nodes_not_yet_drained(self, node_ids: list[str]) -> list[str]:
+        """Which of ``node_ids`` have not reached ``delete`` yet (unknown ids have)."""
+        with self._sessions() as session:
+            rows = [session.get(node_store.NodeRow, node) for node in node_ids]
+        return [row.id for row in rows if row is not None and row.state not in GONE]
 
 
 def _with_prometheus(

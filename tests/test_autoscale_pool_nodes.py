@@ -1,8 +1,9 @@
-"""Lost-node replacement as ``decide_autoscale`` judges it, on a real SQLite store.
+"""Which nodes the autoscaler replaces and which it drains, on a real SQLite store.
 
 A node still warming up is on its way and must not be replaced; a node the
 world-state loop saw go down is lost; a pool whose every node was deleted is
 refilled once it has had time to come up, even without a ``node_lost`` signal.
+A scale-down drains the nodes Terraform's ``count`` will destroy: the highest indexes.
 """
 
 from __future__ import annotations
@@ -12,27 +13,35 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
-from activities.autoscale import AutoscaleActivities, DecideRequest, DecideResult
+from activities.autoscale import (
+    AutoscaleActivities,
+    DecideRequest,
+    DecideResult,
+    DrainRequestIn,
+    nodes_removed_by_scale_down,
+)
 from xplane.config.loader import load_config_from_mapping
 from xplane.domain import NodeState, NodeStatus
 from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
+from xplane.store.events import list_events
 from xplane.store.pools import NodePoolRow, set_pool
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+POLICY = {
+    "service": "svc",
+    "global": {"cpu_window": "60s"},
+    "regions": {"jp": {"min_nodes": 2, "max_nodes": 5, "scale_up_cpu": 0.7, "scale_down_cpu": 0.3}},
+    "cooldown": {"scale_up": "60s", "scale_down": "300s"},
+    "node_ready_timeout": "120s",
+}
 CONFIG = {
-    "regions/jp.yaml": "provider: aws\nlocation: ap-northeast-1\n",
-    "autoscale/svc.yaml": """
-service: svc
-global: {cpu_window: 60s}
-regions:
-  jp: {min_nodes: 2, max_nodes: 5, scale_up_cpu: 0.7, scale_down_cpu: 0.3}
-cooldown: {scale_up: 60s, scale_down: 300s}
-node_ready_timeout: 120s
-""",
+    "regions/jp.yaml": yaml.safe_dump({"provider": "aws", "location": "ap-northeast-1"}),
+    "autoscale/svc.yaml": yaml.safe_dump(POLICY),
 }
 
 
@@ -83,7 +92,7 @@ def _node(
 
 
 def _decide(sessions: sessionmaker[Session], tmp_path: Path, lost: int = 0) -> DecideResult:
-    acts = AutoscaleActivities(sessions, None, None, tmp_path / "work")
+    acts = AutoscaleActivities(sessions, None, tmp_path / "work")
     return acts.decide_autoscale(
         DecideRequest(service="svc", region="jp", lost_nodes=lost, now=NOW)
     )
@@ -138,3 +147,29 @@ def test_a_fresh_pool_waits_for_its_nodes(sessions: sessionmaker[Session], tmp_p
     result = _decide(sessions, tmp_path)
     assert result.decision is not None
     assert result.decision.desired == 2, result.decision.reason  # nodes not due yet
+
+
+def test_a_scale_down_drains_the_nodes_terraform_destroys(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    for node in ("jp-0", "jp-1", "jp-2", "jp-10"):
+        _node(sessions, node, NodeState.ACTIVE)
+    _node(sessions, "jp-3", NodeState.DELETE, beat_age=200.0)  # already gone
+    _node(sessions, "jp-east-4", NodeState.ACTIVE)  # another pool's name: not this pool's
+    _node(sessions, "jp-1x", NodeState.ACTIVE)  # not a pool index
+    with sessions() as session:
+        rows = node_store.list_nodes(session)
+    assert nodes_removed_by_scale_down(rows, "jp", keep=2) == ["jp-10", "jp-2"]
+    assert nodes_removed_by_scale_down(rows, "jp", keep=0) == ["jp-10", "jp-2", "jp-1", "jp-0"]
+
+    acts = AutoscaleActivities(sessions, None, tmp_path / "work")
+    request = DrainRequestIn(service="svc", region="jp", keep=2, reason="cpu low")
+    assert acts.drain_nodes(request) == ["jp-10", "jp-2"]
+    assert acts.drain_nodes(request) == ["jp-10", "jp-2"]  # a retried activity
+    with sessions() as session:
+        drained = {n.id: n.drain_requested_by for n in node_store.list_nodes(session)
+                   if n.drain_requested}  # fmt: skip
+        asked = [e for e in list_events(session, kind_prefix="node.drain_requested")]
+    assert drained == {"jp-10": "autoscaler", "jp-2": "autoscaler"}
+    assert len(asked) == 2  # once per node, not per attempt
+    assert acts.nodes_not_yet_drained(["jp-10", "jp-2", "jp-3", "nope"]) == ["jp-10", "jp-2"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import git
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
@@ -140,7 +141,7 @@ async def rig(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Ri
 
 
 def _worker(rig: Rig, tmp: Path, commit_activity=None) -> Worker:  # type: ignore[no-untyped-def]
-    acts = AutoscaleActivities(rig.sessions, rig.client, str(rig.bare), tmp / "work")
+    acts = AutoscaleActivities(rig.sessions, str(rig.bare), tmp / "work")
     return Worker(
         rig.client,
         task_queue=TQ,
@@ -151,6 +152,7 @@ def _worker(rig: Rig, tmp: Path, commit_activity=None) -> Worker:  # type: ignor
             acts.record_terraform_result,
             acts.count_ready_nodes,
             acts.drain_nodes,
+            acts.nodes_not_yet_drained,
         ],
         activity_executor=ThreadPoolExecutor(4),
     )
@@ -206,7 +208,7 @@ async def test_scale_up_commit_wait_webhook_then_cooldown(rig: Rig, tmp_path: Pa
 
 
 async def test_webhook_before_the_wait_is_not_lost(rig: Rig, tmp_path: Path) -> None:
-    acts = AutoscaleActivities(rig.sessions, rig.client, str(rig.bare), tmp_path / "work")
+    acts = AutoscaleActivities(rig.sessions, str(rig.bare), tmp_path / "work")
 
     @activity.defn(name="commit_node_pool")
     async def commit_and_fast_ci(request: CommitRequest) -> PoolCommit:
@@ -267,4 +269,38 @@ async def test_a_node_lost_while_new_ones_are_awaited_ends_the_wait(
         assert status.details["waiting"] is None
         assert status.details["last_outcome"] == "1 of 2 nodes ready when a node was lost"
         assert "node_lost:jp-0" in status.last_reasons  # decided again at once
+        await handle.terminate()
+
+
+async def test_scale_down_drains_the_highest_index_first_then_commits(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Terraform's count destroys jp-2: that node is drained, and the commit waits for it."""
+    with transaction(rig.sessions) as session:
+        set_pool(session, "svc", "jp", 3, scaled=False)
+        session.execute(sa.delete(node_store.MetricSampleRow))  # the rig's hot jp-0 samples
+    start = await rig.env.get_current_time()
+    for node in ("jp-0", "jp-1", "jp-2"):
+        _hot_node(rig.sessions, node, cpu=0.05, now=start)
+    async with _worker(rig, tmp_path):
+        handle = await rig.start()
+        for step in (1, 2, 3):  # low from the first tick; held for the window (60s) at 60s
+            await rig.env.sleep(22)
+            for node in ("jp-0", "jp-1", "jp-2"):
+                _hot_node(rig.sessions, node, cpu=0.05, now=start + timedelta(seconds=22 * step))
+        status = await _status(handle)
+        assert status.details["waiting"]["phase"] == "drain", status.details["reason"]
+        with rig.sessions() as session:
+            drained = {n.id for n in node_store.list_nodes(session) if n.drain_requested}
+            by = node_store.get_node(session, "jp-2").drain_requested_by
+        assert drained == {"jp-2"} and by == "autoscaler"
+        assert len(rig.commits()) == 1  # nothing committed while jp-2 drains
+
+        with transaction(rig.sessions) as session:  # its lifecycle finishes the drain
+            node_store.set_lifecycle_state(
+                session, "jp-2", NodeState.DELETE, "drained", await rig.env.get_current_time()
+            )
+        await rig.env.sleep(6)
+        assert rig.commits()[0] == "feat(xplane-autoscaler): scale jp pool to 2 nodes"
+        assert (await _status(handle)).details["waiting"]["phase"] == "terraform"
         await handle.terminate()

@@ -52,7 +52,7 @@ def activities_for(
     nodes = NodeActivities(session_factory, client, settings.task_queue)
     gtm = GtmActivities(session_factory)
     autoscale = AutoscaleActivities(
-        session_factory, client, settings.infra_repo, workdir, settings.infra_branch
+        session_factory, settings.infra_repo, workdir, settings.infra_branch
     )
     regions = RegionActivities(
         session_factory,
@@ -74,6 +74,7 @@ def activities_for(
         autoscale.record_terraform_result,
         autoscale.count_ready_nodes,
         autoscale.drain_nodes,
+        autoscale.nodes_not_yet_drained,
         regions.describe_region,
         regions.commit_region_pool,
         regions.region_nodes,

@@ -9,6 +9,9 @@ for the new nodes to become ready. A failure or timeout is recorded in the
 event log, the pool stays where Git says, and the cooldown (from
 ``last_scaled_at``) stops a new commit before it has passed.
 
+A scale-down first drains the nodes the smaller pool loses (the highest indexes,
+which Terraform's ``count`` destroys) and waits for their drain to finish.
+
 Reacts to ``OnAutoscaleChanged`` (GitOps sync) and ``node_lost`` (node lifecycle);
 a node lost while new ones are awaited ends that wait, so it is replaced without
 sitting out ``node_ready_timeout``.
@@ -39,13 +42,14 @@ with workflow.unsafe.imports_passed_through():
     from xplane.autoscale.desired import ScaleHistory
 
 READY_POLL = timedelta(seconds=5)
+DRAIN_BEFORE_COMMIT = "drain-before-commit"  # patch: runs started earlier commit at once
 
 
 class Waiting(BaseModel):
-    commit: str
+    commit: str | None = None
     desired: int
     since: str
-    phase: str  # "terraform" | "nodes"
+    phase: str  # "drain" | "terraform" | "nodes"
 
 
 class AutoscaleParams(BaseModel):
@@ -139,18 +143,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             lost[0] if lost else f"{workflow.info().workflow_id}@{workflow.now().isoformat()}"
         )
         if decision.desired < decision.current:
-            await workflow.execute_activity(
-                "drain_nodes",
-                DrainRequestIn(
-                    service=self.p.service,
-                    region=self.p.region,
-                    count=decision.current - decision.desired,
-                    reason=decision.reason,
-                ),
-                result_type=list[str],
-                start_to_close_timeout=policies.PUBLISH_TIMEOUT,
-                retry_policy=policies.PUBLISH,
-            )
+            await self._drain(decision.desired, decision.reason, result)
         commit: PoolCommit = await workflow.execute_activity(
             "commit_node_pool",
             CommitRequest(
@@ -174,6 +167,41 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             return {"desired": decision.desired, "commit": None}
         self.p.last_outcome = await self._wait_for_terraform(commit, result, decision.desired)
         return {"desired": decision.desired, "commit": commit.sha, "outcome": self.p.last_outcome}
+
+    async def _drain(self, keep: int, reason: str, result: DecideResult) -> None:
+        """Drain the nodes the smaller pool loses, and let them finish, before the commit.
+
+        Terraform destroys a node as soon as CI applies the commit; drained first, it
+        is out of DNS and past its TTL by then. A drain that does not finish within
+        ``node_ready_timeout`` does not hold the scale-down back for ever.
+        """
+        drained: list[str] = await workflow.execute_activity(
+            "drain_nodes",
+            DrainRequestIn(service=self.p.service, region=self.p.region, keep=keep, reason=reason),
+            result_type=list[str],
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DB,
+        )
+        if not drained or not workflow.patched(DRAIN_BEFORE_COMMIT):
+            return
+        now = workflow.now()
+        self.waiting = Waiting(desired=keep, since=now.isoformat(), phase="drain")
+        deadline = now + timedelta(seconds=result.node_ready_timeout_seconds)
+        try:
+            while workflow.now() < deadline:
+                left: list[str] = await workflow.execute_activity(
+                    "nodes_not_yet_drained",
+                    drained,
+                    result_type=list[str],
+                    start_to_close_timeout=policies.DB_TIMEOUT,
+                    retry_policy=policies.DB,
+                )
+                if not left:
+                    return
+                await workflow.sleep(READY_POLL)
+            workflow.logger.warning("drain of %s not finished in time: committing", drained)
+        finally:
+            self.waiting = None
 
     async def _wait_for_terraform(
         self, commit: PoolCommit, result: DecideResult, desired: int
