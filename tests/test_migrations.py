@@ -40,3 +40,17 @@ def test_check_names_the_missing_table(db_url: str) -> None:
 
     assert "config_revisions" in str(exc.value)
     assert "gtm_policies" in str(exc.value)
+
+
+def test_replicas_migrating_an_empty_database_at_once_all_succeed(db_url: str) -> None:
+    """API replicas and workers starting together on a new database, as real processes."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "xplane.store.migrate", "upgrade", "--db", db_url]
+    procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    failures = [
+        err for proc in procs if (err := proc.communicate(timeout=120)[1]) and proc.returncode
+    ]
+    assert failures == []
+    assert migrate.schema_diff(db_url) == []

@@ -18,21 +18,25 @@ Other commands: ``upgrade [--db URL]``, ``check [--db URL]``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
 
 import xplane.store.tables  # noqa: F401  (registers every table on Base.metadata)
 from xplane.store.db import Base, db_url_from_env, make_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK_KEY = 0x78706C616E65  # "xplane": the advisory lock id of schema migrations
 
 
 class SchemaMismatchError(RuntimeError):
@@ -56,9 +60,35 @@ def _alembic(url: str | None) -> Iterator[Config]:
 
 
 def upgrade(url: str | None = None) -> None:
-    """Migrate the database at ``url`` (default: XPLANE_DB_URL, then the local SQLite) to head."""
-    with _alembic(url) as cfg:
+    """Migrate the database at ``url`` (default: XPLANE_DB_URL, then the local SQLite) to head.
+
+    Replicas and workers starting together on a new database would each create the
+    tables and all but one would fail: one migrates at a time (a PostgreSQL advisory
+    lock held for the migration's transaction; a lock file beside a SQLite database),
+    and the others then find the schema at head.
+    """
+    url = db_url_from_env(url)
+    with _sqlite_migration_lock(url), _alembic(url) as cfg:
+        conn = cfg.attributes["connection"]
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _sqlite_migration_lock(url: str) -> Iterator[None]:
+    path = make_url(url).database if url.startswith("sqlite") else None
+    if not path or path == ":memory:":
+        yield
+        return
+    lock = Path(f"{path}.migrate.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def schema_diff(url: str | None = None) -> list[Any]:
