@@ -18,12 +18,10 @@ Errors are :class:`RepoError`; URLs in their text have credentials masked.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -31,6 +29,7 @@ import git
 from pydantic import BaseModel
 
 from xplane.config.errors import NAME_PATTERN
+from xplane.filelock import exclusive_lock
 from xplane.gitops.tfvars import TfvarsError, get_node_count, set_node_count
 
 Author = tuple[str, str]  # (name, email)
@@ -81,17 +80,6 @@ def _source_key(source: str) -> tuple[str, str]:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", target.rstrip("/").rsplit("/", 1)[-1])
     stem = stem.removesuffix(".git").strip("-.") or "repo"
     return target, f"{stem}-{hashlib.sha256(target.encode()).hexdigest()[:12]}"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _git_error(action: str, source: str, exc: git.GitCommandError) -> RepoError:
@@ -163,7 +151,7 @@ def _commit_loop(
     source: str, edit: Edit, workdir: Path, branch: str, author: Author, max_attempts: int
 ) -> FilesCommitResult:
     target, name = _source_key(source)
-    with _locked(workdir / f"{name}.lock"):
+    with exclusive_lock(workdir / f"{name}.lock"):
         try:
             return _attempts(target, workdir / name, edit, branch, author, max_attempts)
         except git.GitCommandError as exc:  # an unexpected git failure, named with its command

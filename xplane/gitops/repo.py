@@ -13,17 +13,16 @@ are removed from every message.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from git import GitCommandError, InvalidGitRepositoryError, Repo
 from pydantic import BaseModel
+
+from xplane.filelock import exclusive_lock
 
 GIT_TIMEOUT_SECONDS = 120
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
@@ -56,18 +55,6 @@ def cache_dir(source: str, workdir: Path) -> Path:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", url.rstrip("/").rsplit("/", 1)[-1]) or "repo"
     digest = hashlib.sha256(url.encode()).hexdigest()[:12]
     return workdir / f"{name.removesuffix('.git')}-{digest}"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise fetches of one cache (the worker's activity and a CLI sync may overlap)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _open_cache(path: Path, url: str) -> Repo:
@@ -108,7 +95,8 @@ def fetch_repo(source: str, branch: str, workdir: Path) -> FetchedRepo:
         "GIT_TERMINAL_PROMPT": "0",  # fail instead of asking for a password
         "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
     }
-    with _locked(path):
+    # Serialise fetches of one cache (the worker's activity and a CLI sync may overlap).
+    with exclusive_lock(path.with_name(path.name + ".lock")):
         repo = _open_cache(path, url)
         try:
             with repo.git.custom_environment(**env):

@@ -18,7 +18,6 @@ Other commands: ``upgrade [--db URL]``, ``check [--db URL]``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
 import xplane.store.tables  # noqa: F401  (registers every table on Base.metadata)
+from xplane.filelock import exclusive_lock
 from xplane.store.db import Base, db_url_from_env, make_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -81,14 +81,8 @@ def _sqlite_migration_lock(url: str) -> Iterator[None]:
     if not path or path == ":memory:":
         yield
         return
-    lock = Path(f"{path}.migrate.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(Path(f"{path}.migrate.lock")):
+        yield
 
 
 def schema_diff(url: str | None = None) -> list[Any]:
