@@ -160,10 +160,9 @@ class AutoscaleActivities:
             pool = session.get(NodePoolRow, (request.service, request.region))
             timeout = node_store.SERVING_HEARTBEAT_AGE
             serving = {n.id for n in nodes if node_store.is_serving(n, now, timeout)}
-            coming = {n.id for n in nodes if node_store.is_coming_up(n, now, timeout)}
-            ready = len(serving)
-            # Lost: neither serving nor on its way (a warming node is not replaced).
-            lost = sorted(n.id for n in nodes if n.id not in serving | coming)
+            # Healthy: serving or on its way; the rest are lost (a warming node is not).
+            healthy = serving | {n.id for n in nodes if node_store.is_coming_up(n, now, timeout)}
+            lost = sorted(n.id for n in nodes if n.id not in healthy)
         samples = [
             Sample(
                 node_id=r.node_id,
@@ -199,7 +198,7 @@ class AutoscaleActivities:
             current,
             request.history,
             now,
-            healthy_nodes=len(serving | coming) if judge else None,
+            healthy_nodes=len(healthy) if judge else None,
         )
         prom.autoscale_decision(request.service, request.region, decision.direction)
         prom.observe_loop(ids.autoscale_id(request.service, request.region), utcnow())
@@ -207,7 +206,7 @@ class AutoscaleActivities:
             exists=True,
             decision=decision,
             metrics=metrics.summary(),
-            ready_nodes=ready,
+            ready_nodes=len(serving),
             lost_nodes=lost,
             interval_seconds=policy.interval.total_seconds(),
             jitter_seconds=policy.jitter.total_seconds(),
@@ -307,11 +306,10 @@ class AutoscaleActivities:
         with transaction(self._sessions) as session:
             rows = node_store.list_nodes(session, service=request.service, region=request.region)
             chosen = nodes_removed_by_scale_down(rows, request.region, request.keep)
-            for row in rows:
-                if row.id in chosen and not row.drain_requested:
-                    node_store.request_drain(
-                        session, row.id, by="autoscaler", reason=request.reason
-                    )
+            asked = {row.id for row in rows if row.drain_requested}
+            for node in chosen:
+                if node not in asked:  # a retried attempt asks once
+                    node_store.request_drain(session, node, by="autoscaler", reason=request.reason)
         return chosen
 
     @activity.defn(name="nodes_not_yet_drained")

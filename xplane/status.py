@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from workflows import ids
 from xplane.store import nodes as node_store
 from xplane.store.config_store import current_config, current_revision
-from xplane.store.db import make_engine, make_sessionmaker, utcnow
+from xplane.store.db import make_engine, make_sessionmaker, sqlite_file, utcnow
 from xplane.store.events import list_events
 from xplane.store.pools import list_pools
 
@@ -64,9 +64,7 @@ class NoStore(RuntimeError):
 
 def store_report(db_url: str, heartbeat_timeout: float = 15.0) -> StatusReport:
     missing = f"no XPlane database at {db_url}: is `xplane up` running (or --db right)?"
-    url = sa.make_url(db_url)
-    on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-    if on_disk and not Path(str(url.database)).exists():
+    if (path := sqlite_file(db_url)) is not None and not path.exists():
         raise NoStore(missing)  # don't let a read create an empty database file
     engine = make_engine(db_url)
     now = utcnow()

@@ -159,7 +159,7 @@ class Stack:
             lines = [
                 f"{e['at'][11:23]} {e['kind']} {e['region'] or '-'} {e['node_id'] or '-'} "
                 f"{e['message']}"
-                for e in self.events("", region="")
+                for e in self.events()
             ]
             parts.append("--- events\n" + "\n".join(lines))
         except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired) as exc:

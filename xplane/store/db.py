@@ -10,9 +10,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -21,6 +22,14 @@ DEFAULT_DB_URL = "sqlite:///.xplane/xplane.db"
 
 def db_url_from_env(url: str | None = None) -> str:
     return url or os.environ.get("XPLANE_DB_URL") or DEFAULT_DB_URL
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL; None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -54,9 +63,8 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     """Create an engine; for SQLite, create the parent directory and enable WAL."""
     url = db_url_from_env(url)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if (path := sqlite_file(url)) is not None:
+            path.absolute().parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):

@@ -29,11 +29,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import make_url
 
 import xplane.store.tables  # noqa: F401  (registers every table on Base.metadata)
 from xplane.filelock import exclusive_lock
-from xplane.store.db import Base, db_url_from_env, make_engine
+from xplane.store.db import Base, db_url_from_env, make_engine, sqlite_file
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x78706C616E65  # "xplane": the advisory lock id of schema migrations
@@ -77,11 +76,11 @@ def upgrade(url: str | None = None) -> None:
 
 @contextmanager
 def _sqlite_migration_lock(url: str) -> Iterator[None]:
-    path = make_url(url).database if url.startswith("sqlite") else None
-    if not path or path == ":memory:":
+    path = sqlite_file(url)
+    if path is None:
         yield
         return
-    with exclusive_lock(Path(f"{path}.migrate.lock")):
+    with exclusive_lock(path.with_name(path.name + ".migrate.lock")):
         yield
 
 
