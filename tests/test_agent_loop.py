@@ -22,7 +22,7 @@ import pytest
 from xplane.agent.config import AgentConfig
 from xplane.agent.log import JsonFormatter, NodeIdHolder
 from xplane.agent.runner import Agent
-from xplane.agent.state import load_state
+from xplane.agent.state import AgentState, load_state, save_state
 from xplane.netutil import free_port
 
 BOOTSTRAP = "boot-secret-123"
@@ -236,6 +236,44 @@ async def test_restart_reuses_persisted_token_and_reports_prometheus_rates(
         await task
     assert stubs[0].paths().count("/nodes/register") == registrations  # token reused
     assert beats[-1]["node_id"] == "jp-7"
+
+
+@pytest.mark.parametrize("other", [{"region": "sg"}, {"service": "api"}])
+async def test_a_state_file_for_another_service_or_region_is_ignored(
+    tmp_path: Path, stubs: list[Stub], other: dict[str, str]
+) -> None:
+    """The agent never presents a node id (or token) saved for another service or region."""
+    port = free_port()
+    foreign = AgentState(
+        node_id="sg-9",
+        token="foreign-token",
+        server=f"http://127.0.0.1:{port}",
+        service="svc-plus",
+        region="jp",
+        address="127.0.0.1",
+    ).model_copy(update=other)
+    save_state(tmp_path / "state.json", foreign)
+    beats: list[dict[str, Any]] = []
+
+    def script(path: str, body: dict[str, Any], auth: str) -> Reply:
+        if path == "/nodes/register":
+            return _register_ok("jp-new")
+        beats.append(body)
+        return _beat()
+
+    stubs.append(Stub(port, script))
+    agent, out = _agent(tmp_path, port, address="127.0.0.1")
+    task = asyncio.create_task(agent.run())
+    await _until(lambda: len(beats) >= 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    path, body, auth = stubs[0].requests[0]
+    assert (path, body.get("node_id"), auth) == ("/nodes/register", None, f"Bearer {BOOTSTRAP}")
+    assert all("foreign-token" not in a and "sg-9" not in str(b) for _, b, a in stubs[0].requests)
+    assert "state file is for another service or region" in out.getvalue()
+    state = load_state(tmp_path / "state.json")
+    assert state is not None and (state.node_id, state.region) == ("jp-new", "jp")
 
 
 async def test_metrics_file_and_rejected_registration_keep_retrying(

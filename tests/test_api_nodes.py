@@ -109,6 +109,7 @@ def test_other_address_for_live_node_is_409_and_changes_nothing(api: Api) -> Non
     response = api.register(node_id="jp-n1", address="2001:db8::1")
     assert response.status_code == 409
     assert response.json()["detail"][0]["field"] == "address"
+    assert "10.0.0.1" not in response.text  # where the node lives is nobody else's business
     assert api.counts() == before
     assert api.admin("GET", f"/nodes/{node_id}").json()["address"] == "10.0.0.1"
     assert api.heartbeat(node_id, token).status_code == 200  # old token still valid
@@ -203,6 +204,67 @@ def test_a_node_given_up_that_comes_back_registers_again_for_a_new_life(api: Api
     assert again == node_id and new_token != token
     assert api.heartbeat(node_id, new_token).json()["action"] == "none"
     assert api.admin("GET", f"/nodes/{node_id}").json()["state"] == "idle"
+
+
+def test_a_region_token_cannot_take_over_another_regions_node(api: Api) -> None:
+    """jp's bootstrap token with an sg-east node's id and address: refused, whatever the
+    body claims and even once the node was given up; the node keeps its region and token."""
+    node_id, token = api.registered(node_id="edge-1", region="sg-east", address="10.0.1.1")
+    assert api.heartbeat(node_id, token).status_code == 200
+
+    def untouched() -> None:
+        node = api.admin("GET", f"/nodes/{node_id}").json()
+        assert (node["region"], node["address"]) == ("sg-east", "10.0.1.1")
+        assert api.heartbeat(node_id, token).status_code == 200
+
+    before = api.counts()
+    takeover = api.register(token=JP_BOOT, node_id=node_id, region="jp", address="10.0.1.1")
+    assert takeover.status_code == 403, takeover.text
+    assert takeover.json()["detail"][0]["field"] == "node_id"
+    claimed = api.register(token=JP_BOOT, node_id=node_id, region="sg-east", address="10.0.1.1")
+    assert claimed.status_code == 401
+    # A token good for both regions may re-register it, but never move it.
+    moved = api.register(node_id=node_id, region="jp", address="10.0.1.1")
+    assert moved.status_code == 409
+    assert moved.json()["detail"][0]["field"] == "region"
+    assert all("10.0.1.1" not in answer.text for answer in (takeover, claimed, moved))
+    assert "sg-east" not in takeover.text + moved.text
+    untouched()
+    assert api.counts()[::2] == before[::2]  # no node, no event (heartbeats add samples)
+
+    with transaction(make_sessionmaker(api.engine)) as session:
+        store.set_lifecycle_state(session, node_id, NodeState.DELETE, "given up", utcnow())
+        store.revoke_token(session, node_id)
+    assert api.register(token=JP_BOOT, node_id=node_id, region="jp").status_code == 403
+    # A bootstrap token for its own service and region still gives it a new life.
+    again, new_token = api.registered(node_id=node_id, region="sg-east", address="10.0.1.2")
+    assert again == node_id
+    assert api.heartbeat(node_id, new_token).status_code == 200
+    node = api.admin("GET", f"/nodes/{node_id}").json()
+    assert (node["region"], node["address"], node["state"]) == ("sg-east", "10.0.1.2", "idle")
+
+
+def test_a_node_registers_again_with_its_own_token(api: Api) -> None:
+    """An agent restarting (no bootstrap token at hand) re-registers with its node token:
+    same node, lifecycle kept, old token replaced. A node token opens nothing else."""
+    node_id, token = api.registered(token=JP_BOOT, node_id="jp-own", address="10.0.0.7")
+    other, other_token = api.registered(node_id="jp-other", address="10.0.0.8")
+    with transaction(make_sessionmaker(api.engine)) as session:
+        store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "warmed up", utcnow())
+    assert api.heartbeat(node_id, token).status_code == 200
+
+    again, new_token = api.registered(token=token, node_id=node_id, address="10.0.0.7")
+    assert again == node_id and new_token != token
+    assert api.heartbeat(node_id, token).status_code == 401
+    assert api.heartbeat(node_id, new_token).json()["state"] == "active"
+
+    for body in ({"node_id": other, "address": "10.0.0.8"}, {"node_id": "jp-new"}, {}):
+        refused = api.register(token=new_token, **body)
+        assert refused.status_code == 401, (body, refused.text)
+    assert api.heartbeat(other, other_token).status_code == 200
+    moved = api.register(token=new_token, node_id=node_id, address="10.0.0.7", region="sg-east")
+    assert moved.status_code == 409 and moved.json()["detail"][0]["field"] == "region"
+    assert api.counts()[0] == 2
 
 
 def test_regions_counts_and_health(api: Api) -> None:

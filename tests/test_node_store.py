@@ -57,6 +57,10 @@ def reg(node_id: str = "jp-1", address: str = "10.0.0.1", token: str = "h1") -> 
     )
 
 
+def YES(existing: store.NodeRow | None) -> bool:
+    return True
+
+
 def beat(
     node_id: str = "jp-1", token: str = "h1", at: datetime = T0, **kw: object
 ) -> store.Heartbeat:
@@ -102,11 +106,13 @@ def test_store_round_trip(engine: Engine) -> None:
         assert (node.cpu, node.reported_status, node.last_heartbeat_at) == (0.6, "drain", later)
 
     # Same id, other address: refused while live, taken over once silent.
-    with transaction(factory) as s, pytest.raises(store.AddressConflict):
-        store.register_node(s, reg(address="10.9.9.9", token="h9"), later, TIMEOUT)
+    with transaction(factory) as s, pytest.raises(store.RegistrationConflict):
+        store.register_node(s, reg(address="10.9.9.9", token="h9"), later, TIMEOUT, authorize=YES)
     silent = later + TIMEOUT + timedelta(seconds=1)
     with transaction(factory) as s:
-        row, created = store.register_node(s, reg(address="10.9.9.9", token="h9"), silent, TIMEOUT)
+        row, created = store.register_node(
+            s, reg(address="10.9.9.9", token="h9"), silent, TIMEOUT, authorize=YES
+        )
         assert not created and row.address == "10.9.9.9" and row.last_heartbeat_at is None
 
     # What the world-state loop uses.
@@ -185,3 +191,75 @@ def test_an_older_batch_committed_later_does_not_move_the_node_back(engine: Engi
         assert (node.last_heartbeat_at, node.cpu, node.reported_status) == (newer, 0.9, "drain")
         samples = store.metric_samples(s, "web", "jp", T0)
         assert sorted(x.cpu for x in samples) == [0.1, 0.9]
+
+
+def stored(node_id: str = "jp-1", **kw: object) -> store.NodeRow:
+    values: dict[str, object] = {
+        "id": node_id,
+        "service": "web",
+        "region": "jp",
+        "address": "10.0.0.1",
+        "state": "active",
+        "token_hash": "h1",
+        "registered_at": T0,
+        "last_heartbeat_at": T0,
+    }
+    values.update(kw)
+    return store.NodeRow(**values)
+
+
+@pytest.mark.parametrize(
+    ("existing", "request_", "field"),
+    [
+        (stored(), reg(), None),  # the same node again
+        (stored(), replace(reg(), service="api"), "service"),
+        (stored(), replace(reg(), region="sg"), "region"),
+        # Given up, silent, whatever: a node never moves to another region.
+        (stored(state="delete", last_heartbeat_at=None), replace(reg(), region="sg"), "region"),
+        (stored(), reg(address="10.9.9.9"), "address"),  # live elsewhere
+        # Silent for longer than the timeout: the id may start a new life elsewhere.
+        (stored(last_heartbeat_at=T0 - TIMEOUT * 2), reg(address="10.9.9.9"), None),
+    ],
+)
+def test_registration_conflict_names_only_the_field(
+    existing: store.NodeRow, request_: store.Registration, field: str | None
+) -> None:
+    conflict = store.registration_conflict(existing, request_, T0, TIMEOUT)
+    assert (conflict and conflict.field) == field
+    if conflict is not None:
+        assert existing.address not in str(conflict) and "sg" not in str(conflict)
+
+
+def test_register_node_asks_authorize_first_and_never_moves_a_node(engine: Engine) -> None:
+    factory = make_sessionmaker(engine)
+    seen: list[str | None] = []
+
+    def record(existing: store.NodeRow | None) -> bool:
+        seen.append(existing and existing.token_hash)
+        return True
+
+    with transaction(factory) as s:
+        store.register_node(s, reg(), T0, TIMEOUT, authorize=record)
+    assert seen == [None]  # asked about a new node too
+
+    # By default an existing node cannot be registered again, even the same way.
+    with transaction(factory) as s, pytest.raises(store.RegistrationRefused):
+        store.register_node(s, reg(token="h2"), T0, TIMEOUT)
+    # Refused before any conflict is looked at: an unauthorised caller learns no field.
+    moved = replace(reg(address="10.9.9.9", token="h2"), region="sg")
+    with transaction(factory) as s, pytest.raises(store.RegistrationRefused):
+        store.register_node(s, moved, T0, TIMEOUT, authorize=lambda _: False)
+    # Authorised, given up and silent: still never moved to another region.
+    with transaction(factory) as s:
+        store.set_lifecycle_state(s, "jp-1", NodeState.DELETE, "given up", T0)
+    later = T0 + TIMEOUT * 2
+    with transaction(factory) as s, pytest.raises(store.RegistrationConflict) as refused:
+        store.register_node(s, moved, later, TIMEOUT, authorize=record)
+    assert refused.value.field == "region" and seen[-1] == "h1"
+    with factory() as s:
+        node = store.get_node(s, "jp-1")
+        assert (node.region, node.address, node.token_hash) == ("jp", "10.0.0.1", "h1")
+    # In its own region it starts a new life.
+    with transaction(factory) as s:
+        row, created = store.register_node(s, reg(token="h3"), later, TIMEOUT, authorize=record)
+        assert not created and (row.state, row.token_hash) == ("idle", "h3")

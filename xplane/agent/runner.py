@@ -115,6 +115,14 @@ class Agent:
         state = load_state(path) if path else None
         if state is None:
             return
+        if (state.service, state.region) != (self.config.service, self.config.region):
+            # Written for another service or region: its node id is another node's, and
+            # presenting it would at best be refused.
+            self.log.info(
+                "state file is for another service or region; ignoring it",
+                extra={"fields": {"state_file": str(path)}},
+            )
+            return
         if self.config.node_id and state.node_id != self.config.node_id:
             self.log.info(
                 "state file is for another node id; ignoring it",

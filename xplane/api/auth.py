@@ -51,6 +51,11 @@ def matches_any(token: str, accepted: Iterable[str]) -> bool:
     return found
 
 
+def is_token_of(token: str, token_hash: str) -> bool:
+    """Whether ``token`` is the one stored as ``token_hash`` (constant-time)."""
+    return hmac.compare_digest(hash_token(token).encode(), token_hash.encode())
+
+
 async def bearer_token(request: Request) -> str:
     """FastAPI dependency form of :func:`bearer`: async, so it runs inline on the event
     loop (a sync dependency costs a thread-pool round trip per request)."""

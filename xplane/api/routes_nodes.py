@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
@@ -19,6 +20,7 @@ from xplane.api.auth import (
     UNAUTHORIZED,
     bearer_token,
     hash_token,
+    is_token_of,
     matches_any,
     new_token,
 )
@@ -51,11 +53,20 @@ async def register(
     ctx: ApiContext = Depends(current_ctx),
     token: str = Depends(bearer_token),
 ) -> RegisterResponse:
-    if not matches_any(token, ctx.settings.bootstrap_tokens_for(body.region)):
-        message = f"not a bootstrap token for region {body.region!r}"
-        raise ApiError(401, "invalid bootstrap token", [("authorization", message)], UNAUTHORIZED)
+    """Register a new node, or an existing one again (a restarted agent, a node given up
+    that comes back).
+
+    A new node needs a bootstrap token for its region. An existing node id needs that
+    node's own token, or a bootstrap token for the region it is registered in, and never
+    moves to another service or region: one region's token cannot take over another
+    region's node.
+    """
+    bootstrap = matches_any(token, ctx.settings.bootstrap_tokens_for(body.region))
+    if not bootstrap and body.node_id is None:
+        raise _bad_bootstrap(body.region)
     node_token = new_token()
-    row = await run_in_threadpool(_register, ctx, body, hash_token(node_token))
+    caller = _Caller(token, bootstrap)
+    row = await run_in_threadpool(_register, ctx, body, caller, hash_token(node_token))
     await _notify(ctx, row.id, row.service, row.region)
     return RegisterResponse(
         node_id=row.id,
@@ -65,15 +76,36 @@ async def register(
     )
 
 
-def _register(ctx: ApiContext, body: RegisterRequest, token_hash: str) -> store.NodeRow:
+@dataclass(frozen=True)
+class _Caller:
+    token: str
+    bootstrap: bool  # a bootstrap token for the region in the request body
+
+
+def _authorizer(ctx: ApiContext, caller: _Caller) -> store.Authorize:
+    def authorize(existing: store.NodeRow | None) -> bool:
+        if existing is None:
+            return caller.bootstrap
+        # Judged against the region the node is in now, not the one the body claims.
+        own = is_token_of(caller.token, existing.token_hash)
+        return own or matches_any(caller.token, ctx.settings.bootstrap_tokens_for(existing.region))
+
+    return authorize
+
+
+def _register(
+    ctx: ApiContext, body: RegisterRequest, caller: _Caller, token_hash: str
+) -> store.NodeRow:
     try:
-        return _register_once(ctx, body, token_hash)
+        return _register_once(ctx, body, caller, token_hash)
     except IntegrityError:
         # Two replicas inserted the same new node id at once: the loser sees it now.
-        return _register_once(ctx, body, token_hash)
+        return _register_once(ctx, body, caller, token_hash)
 
 
-def _register_once(ctx: ApiContext, body: RegisterRequest, token_hash: str) -> store.NodeRow:
+def _register_once(
+    ctx: ApiContext, body: RegisterRequest, caller: _Caller, token_hash: str
+) -> store.NodeRow:
     now = utcnow()
     with transaction(ctx.factory) as session:
         _check_known(session, body.service, body.region)
@@ -90,10 +122,17 @@ def _register_once(ctx: ApiContext, body: RegisterRequest, token_hash: str) -> s
             agent_version=body.agent_version,
         )
         try:
-            row, created = store.register_node(session, reg, now, ctx.settings.timeout)
-        except store.AddressConflict as exc:
-            message = f"node {node_id!r} is live at {exc.address}; not re-registering it"
-            raise ApiError(409, "node id in use", [("address", message)]) from None
+            row, created = store.register_node(
+                session, reg, now, ctx.settings.timeout, authorize=_authorizer(ctx, caller)
+            )
+        except store.RegistrationRefused:
+            if not caller.bootstrap:
+                raise _bad_bootstrap(body.region, node_id) from None
+            message = f"this token may not register node {node_id!r}"
+            raise ApiError(403, "node id not yours", [("node_id", message)]) from None
+        except store.RegistrationConflict as exc:
+            # Name the field only: the other node's address, region or service stay private.
+            raise ApiError(409, "node id in use", [(exc.field, _conflict_message(exc))]) from None
         if created:
             record_event(
                 session,
@@ -106,6 +145,19 @@ def _register_once(ctx: ApiContext, body: RegisterRequest, token_hash: str) -> s
                 at=now,
             )
         return row
+
+
+def _conflict_message(exc: store.RegistrationConflict) -> str:
+    if exc.field == "address":
+        return f"node {exc.node_id!r} is live at another address; not re-registering it"
+    return f"node {exc.node_id!r} is registered in another {exc.field}; a node never moves"
+
+
+def _bad_bootstrap(region: str, node_id: str | None = None) -> ApiError:
+    message = f"not a bootstrap token for region {region!r}"
+    if node_id is not None:
+        message += f", nor the token of node {node_id!r}"
+    return ApiError(401, "invalid bootstrap token", [("authorization", message)], UNAUTHORIZED)
 
 
 def _check_known(session: Session, service: str, region: str) -> None:

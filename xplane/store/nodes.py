@@ -12,7 +12,7 @@ so it can signal on transitions.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -235,32 +235,83 @@ class Registration:
     agent_version: str | None = None
 
 
-class AddressConflict(Exception):
-    def __init__(self, node_id: str, address: str) -> None:
-        self.node_id, self.address = node_id, address
-        super().__init__(f"node {node_id!r} is live at another address ({address})")
+ConflictField = Literal["service", "region", "address"]
+
+
+class RegistrationConflict(Exception):
+    """The node id is another node's: ``field`` names what differs, never its value."""
+
+    def __init__(self, node_id: str, field: ConflictField) -> None:
+        self.node_id, self.field = node_id, field
+        super().__init__(f"node {node_id!r} is registered with another {field}")
+
+
+class RegistrationRefused(Exception):
+    """The caller may not re-register (or create) this node id."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        super().__init__(f"not allowed to register node {node_id!r}")
+
+
+# Decides, with the node as stored (None: no such node yet), whether the caller may
+# register this id. The API's answer depends on the caller's token (routes_nodes).
+Authorize = Callable[[NodeRow | None], bool]
+
+
+def only_new_nodes(existing: NodeRow | None) -> bool:
+    """The default :data:`Authorize`: create new nodes, never re-register an existing one."""
+    return existing is None
+
+
+def registration_conflict(
+    existing: NodeRow, reg: Registration, now: datetime, timeout: timedelta
+) -> RegistrationConflict | None:
+    """Why ``reg`` may not re-register ``existing``, or None (pure).
+
+    A node never moves to another service or region, whatever its state: an id is
+    only ever re-registered where it lives. Another address is refused while the
+    node is live (the node at the old address is still running).
+    """
+    if existing.service != reg.service:
+        return RegistrationConflict(reg.node_id, "service")
+    if existing.region != reg.region:
+        return RegistrationConflict(reg.node_id, "region")
+    if existing.address != reg.address and is_live(existing, now, timeout):
+        return RegistrationConflict(reg.node_id, "address")
+    return None
 
 
 def register_node(
-    session: Session, reg: Registration, now: datetime, timeout: timedelta
+    session: Session,
+    reg: Registration,
+    now: datetime,
+    timeout: timedelta,
+    *,
+    authorize: Authorize = only_new_nodes,
 ) -> tuple[NodeRow, bool]:
     """Insert or refresh a node; return (row, created).
 
-    Same id and address: the same node again (fresh token, metadata refreshed,
-    lifecycle kept). Another address: :class:`AddressConflict` while the node is
-    live, else the id is taken over as a new node (lifecycle back to idle).
+    ``authorize`` is asked first, with the locked row (or None):
+    :class:`RegistrationRefused` when it says no. Then
+    :func:`registration_conflict` (:class:`RegistrationConflict`). Same id and
+    address: the same node again (fresh token, metadata refreshed, lifecycle
+    kept). Another address of a node no longer live, or a node given up: the id
+    starts a new life (lifecycle back to idle).
     """
     row = session.get(NodeRow, reg.node_id, with_for_update=True)
+    if not authorize(row):
+        raise RegistrationRefused(reg.node_id)
     created = row is None
     if row is None:
         row = NodeRow(id=reg.node_id, registered_at=now, state=NodeState.IDLE.value)
         session.add(row)
-    elif row.address != reg.address:
-        if is_live(row, now, timeout):
-            raise AddressConflict(reg.node_id, row.address)
-        _reset(row, now)
-    elif row.state == NodeState.DELETE.value:
-        _reset(row, now)  # a node given up that came back (revived in its slot): a new life
+    else:
+        conflict = registration_conflict(row, reg, now, timeout)
+        if conflict is not None:
+            raise conflict
+        if row.address != reg.address or row.state == NodeState.DELETE.value:
+            _reset(row, now)  # silent elsewhere, or given up and come back: a new life
     row.service, row.region, row.address = reg.service, reg.region, reg.address
     row.port, row.hostname, row.agent_version = reg.port, reg.hostname, reg.agent_version
     row.labels = dict(reg.labels or {})
