@@ -11,6 +11,10 @@ environment.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -73,13 +77,24 @@ def test_timeout_defaults_to_three_intervals_and_follows_the_environment() -> No
     ("env", "needle"),
     [
         ({"XPLANE_HEARTBEAT_INTERVAL": "10s", "XPLANE_HEARTBEAT_TIMEOUT": "10s"}, "longer than"),
-        ({"XPLANE_HEARTBEAT_INTERVAL": "0s"}, "must be positive"),
+        ({"XPLANE_HEARTBEAT_INTERVAL": "0s"}, "between 100ms and 1h"),
+        ({"XPLANE_HEARTBEAT_INTERVAL": "2h", "XPLANE_HEARTBEAT_TIMEOUT": "6h"}, "between"),
         ({"XPLANE_HEARTBEAT_INTERVAL": "ten"}, "invalid duration"),
     ],
 )
 def test_a_bad_setting_is_refused(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         HeartbeatSettings.from_env(env)
+
+
+def test_the_interval_range_is_the_one_agents_honour() -> None:
+    from xplane.agent.runner import MAX_INTERVAL_S, MIN_INTERVAL_S
+    from xplane.heartbeat import MAX_INTERVAL, MIN_INTERVAL
+
+    assert (MIN_INTERVAL.total_seconds(), MAX_INTERVAL.total_seconds()) == (
+        MIN_INTERVAL_S,
+        MAX_INTERVAL_S,
+    )
 
 
 def test_a_gtm_file_with_its_own_heartbeat_timeout_points_to_the_one_setting() -> None:
@@ -123,14 +138,47 @@ def _seed(sessions: sessionmaker[Session]) -> None:
             node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", utcnow())
 
 
-def _age(sessions: sessionmaker[Session]) -> None:
-    """Heartbeats exactly AGES old now: each reader is checked right after."""
+def _age(sessions: sessionmaker[Session], ages: dict[str, float] = AGES) -> None:
+    """Heartbeats exactly ``ages`` old now: each reader is checked right after."""
     now = utcnow()
     with transaction(sessions) as session:
-        for node_id, age in AGES.items():
+        for node_id, age in ages.items():
             row = node_store.get_node(session, node_id)
             row.last_heartbeat_at = now - timedelta(seconds=age)
             row.error_rate, row.rtt_ms = 0.0, 10.0
+
+
+def test_xplane_status_judges_with_the_setting_or_that_of_xplane_up(tmp_path: Path) -> None:
+    """The real command: ``XPLANE_HEARTBEAT_TIMEOUT``, or ``up.json``'s timeout under up."""
+    db_url = f"sqlite:///{tmp_path}/xplane.db"
+    engine = make_engine(db_url)
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    _seed(sessions)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XPLANE_")}
+    env |= {"XPLANE_HEARTBEAT_INTERVAL": "5s", "XPLANE_HEARTBEAT_TIMEOUT": "25s"}
+
+    def statuses() -> dict[str, str]:
+        # 16 s: down for the old 15 s; 27 s: up for the default 30 s.
+        _age(sessions, {"jp-recent": 16.0, "jp-silent": 27.0})
+        dead_temporal = f"127.0.0.1:{free_port()}"
+        args = ["status", "-o", "json", "--db", db_url, "--data-dir", str(tmp_path)]
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "xplane"), *args, "--temporal", dead_temporal],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        return {n["id"]: n["status"] for n in json.loads(done.stdout)["nodes"]}
+
+    assert statuses() == {"jp-recent": "up", "jp-silent": "down"}
+    (tmp_path / "up.json").write_text(
+        json.dumps({"db_url": db_url, "heartbeat_timeout_seconds": 60})
+    )
+    assert statuses() == {"jp-recent": "up", "jp-silent": "up"}
+    engine.dispose()
 
 
 def _by_name(acts: list[Any]) -> dict[str, Callable[..., Any]]:

@@ -28,6 +28,10 @@ from xplane.durations import Duration, format_duration, parse_duration
 INTERVAL_ENV = "XPLANE_HEARTBEAT_INTERVAL"
 TIMEOUT_ENV = "XPLANE_HEARTBEAT_TIMEOUT"
 DEFAULT_INTERVAL = timedelta(seconds=10)
+# The range the agent honours (xplane/agent/runner.py clamps to it): outside it agents
+# would beat at another pace than the one the timeout was derived from.
+MIN_INTERVAL = timedelta(milliseconds=100)
+MAX_INTERVAL = timedelta(hours=1)
 # Three missed heartbeats: one lost packet or a slow request never marks a node down.
 MISSED_BEATS = 3
 
@@ -51,8 +55,11 @@ class HeartbeatSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.interval <= timedelta(0):
-            raise ValueError(f"{INTERVAL_ENV}: the heartbeat interval must be positive")
+        if not MIN_INTERVAL <= self.interval <= MAX_INTERVAL:
+            raise ValueError(
+                f"{INTERVAL_ENV} ({format_duration(self.interval)}) must be between "
+                f"{format_duration(MIN_INTERVAL)} and {format_duration(MAX_INTERVAL)}"
+            )
         if self.timeout <= self.interval:
             # A timeout within one interval marks healthy nodes down between two beats.
             raise ValueError(
