@@ -31,8 +31,8 @@ def register(root: typer.Typer) -> None:
         address = temporal or up.get("temporal_address")
 
         def collect():
-            # `xplane up` runs with its own heartbeat setting: judge its nodes by it.
-            up_timeout = up.get("heartbeat_timeout_seconds")
+            # `xplane up` runs with its own heartbeat setting: judge its store by it.
+            up_timeout = up.get("heartbeat_timeout_seconds") if up.get("db_url") == db_url else None
             report = store_report(db_url, timedelta(seconds=up_timeout) if up_timeout else None)
             if address:
                 try:
