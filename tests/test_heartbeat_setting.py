@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 import xplane.store.tables  # noqa: F401  (registers every table)
-from activities.autoscale import DecideRequest
+from activities.autoscale import DecideRequest, DecideResult
 from activities.gtm import GtmTargets, ObserveRequest
 from activities.nodes import ScanRequest, ScanResult
 from activities.regions import RegionNodes
@@ -36,7 +36,14 @@ from xplane.api import ApiSettings, create_app
 from xplane.api.serve import serve_in_thread
 from xplane.config.errors import ConfigError
 from xplane.config.loader import load_config_from_mapping
-from xplane.config.models import ConfigTree, GtmPolicy, GtmRegion, Region
+from xplane.config.models import (
+    AutoscalePolicy,
+    AutoscaleRegion,
+    ConfigTree,
+    GtmPolicy,
+    GtmRegion,
+    Region,
+)
 from xplane.domain import NodeState
 from xplane.durations import parse_duration
 from xplane.heartbeat import HeartbeatSettings
@@ -46,6 +53,7 @@ from xplane.status import store_report
 from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
+from xplane.store.pools import set_pool
 
 BOOT, ADMIN = "boot-secret", "admin-secret"
 AGES = {"jp-recent": 17.0, "jp-silent": 25.0}  # seconds since the last heartbeat
@@ -117,10 +125,12 @@ def _seed(sessions: sessionmaker[Session]) -> None:
         gtm={
             "web": GtmPolicy(service="web", domain="web.svc.plus", regions=[GtmRegion(name="jp")])
         },
+        autoscale={"web": AutoscalePolicy(service="web", regions={"jp": AutoscaleRegion()})},
     )
     closed = free_port()  # the active health check is refused at once (and flips nothing yet)
     with transaction(sessions) as session:
         save_revision(session, "a" * 40, tree, "test")
+        set_pool(session, "web", "jp", len(AGES))
         for i, node_id in enumerate(AGES):
             node_store.register_node(
                 session,
@@ -222,7 +232,13 @@ async def test_every_reader_follows_the_heartbeat_setting(
     assert targets.weights is not None
     assert targets.weights.regions["jp"].ready_nodes == len(up)
 
-    # Autoscaler and region lifecycle: serving nodes.
+    # Autoscaler: ready nodes, and the lost ones it would replace; region lifecycle: serving.
+    _age(sessions)
+    decided: DecideResult = env.run(
+        acts["decide_autoscale"], DecideRequest(service="web", region="jp")
+    )
+    assert decided.ready_nodes == len(up)
+    assert decided.lost_nodes == sorted(set(AGES) - up)
     _age(sessions)
     ready: int = env.run(acts["count_ready_nodes"], DecideRequest(service="web", region="jp"))
     assert ready == len(up)
