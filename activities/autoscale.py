@@ -24,6 +24,7 @@ from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_node_count
+from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics as prom
 from xplane.store import config_store
 from xplane.store import nodes as node_store
@@ -130,11 +131,14 @@ class AutoscaleActivities:
         infra_repo: str | None,
         workdir: Path,
         branch: str = "main",
+        *,
+        heartbeat: HeartbeatSettings = HeartbeatSettings(),
     ) -> None:
         self._sessions = session_factory
         self._infra_repo = infra_repo
         self._workdir = workdir
         self._branch = branch
+        self._heartbeat = heartbeat  # serving = heartbeat younger than the one timeout
 
     @activity.defn(name="decide_autoscale")
     def decide_autoscale(self, request: DecideRequest) -> DecideResult:
@@ -158,7 +162,7 @@ class AutoscaleActivities:
                 if n.state not in GONE
             ]
             pool = session.get(NodePoolRow, (request.service, request.region))
-            timeout = node_store.SERVING_HEARTBEAT_AGE
+            timeout = self._heartbeat.timeout
             serving = {n.id for n in nodes if node_store.is_serving(n, now, timeout)}
             # Healthy: serving or on its way; the rest are lost (a warming node is not).
             healthy = serving | {n.id for n in nodes if node_store.is_coming_up(n, now, timeout)}
@@ -293,8 +297,8 @@ class AutoscaleActivities:
         now = request.now or utcnow()
         with self._sessions() as session:
             rows = node_store.list_nodes(session, service=request.service, region=request.region)
-        age = node_store.SERVING_HEARTBEAT_AGE
-        return sum(1 for n in rows if node_store.is_serving(n, now, age))
+        timeout = self._heartbeat.timeout
+        return sum(1 for n in rows if node_store.is_serving(n, now, timeout))
 
     @activity.defn(name="drain_nodes")
     def drain_nodes(self, request: DrainRequestIn) -> list[str]:

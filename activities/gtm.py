@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -20,7 +20,8 @@ from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
 from xplane.dns.base import ApplyResult, DesiredEndpoint, DesiredRegion, DesiredService, DnsError
 from xplane.dns.factory import make_provider
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
-from xplane.gtm.weights import ServiceWeights, compute_service_weights, heartbeat_timeout_seconds
+from xplane.gtm.weights import ServiceWeights, compute_service_weights
+from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
 from xplane.store import config_store
 from xplane.store import nodes as node_store
@@ -102,8 +103,13 @@ def digest(desired: DesiredService) -> str:
 
 
 class GtmActivities:
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        heartbeat: HeartbeatSettings = HeartbeatSettings(),
+    ) -> None:
         self._sessions = session_factory
+        self._heartbeat = heartbeat  # ready = heartbeat younger than the one timeout
 
     @activity.defn(name="observe_gtm")
     async def observe_gtm(self, request: ObserveRequest) -> GtmTargets:
@@ -121,10 +127,10 @@ class GtmActivities:
             HealthCheckRequest(service=request.service, check=policy.health, states=request.health)
         )
         now = utcnow()
-        timeout = heartbeat_timeout_seconds(policy)
+        timeout = self._heartbeat.timeout_seconds
         with self._sessions() as session:
             world = node_store.world_snapshot(
-                session, now, timedelta(seconds=timeout), service=request.service
+                session, now, self._heartbeat.timeout, service=request.service
             )
             pools = {p.region: p.node_count for p in list_pools(session, request.service)}
         weights = compute_service_weights(policy, config.regions, world.nodes, pools, timeout)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +17,7 @@ from workflows.node_lifecycle import (
     NodeTimings,
 )
 from xplane.domain import NodeState, NodeStatus
+from xplane.heartbeat import HeartbeatSettings
 from xplane.lifecycle.node_fsm import NodeEvent
 from xplane.observability import metrics
 from xplane.store import nodes as node_store
@@ -26,7 +27,8 @@ from xplane.temporal_client import signal_with_start
 
 
 class ScanRequest(BaseModel):
-    heartbeat_timeout_seconds: float = 15.0
+    # The timeout is the worker's (XPLANE_HEARTBEAT_*), not the workflow's: one notion of
+    # down for every reader. A field still sent by an older workflow is ignored.
     now: datetime | None = None  # the workflow's clock; None: the wall clock
 
 
@@ -40,17 +42,23 @@ class NodeTransition(BaseModel):
 
 class ScanResult(BaseModel):
     nodes: int
+    heartbeat_timeout_seconds: float | None = None  # the timeout this scan judged with
     transitions: list[NodeTransition] = Field(default_factory=list)
     services_signalled: list[str] = Field(default_factory=list)
 
 
 class NodeActivities:
     def __init__(
-        self, session_factory: sessionmaker[Session], client: Client, task_queue: str
+        self,
+        session_factory: sessionmaker[Session],
+        client: Client,
+        task_queue: str,
+        heartbeat: HeartbeatSettings = HeartbeatSettings(),
     ) -> None:
         self._sessions = session_factory
         self._client = client
         self._task_queue = task_queue
+        self._heartbeat = heartbeat
 
     @activity.defn(name="record_node_state")
     def record_node_state(self, record: NodeStateRecord) -> None:
@@ -92,9 +100,8 @@ class NodeActivities:
         once) rather than losing one.
         """
         now = request.now or utcnow()
-        timeout = timedelta(seconds=request.heartbeat_timeout_seconds)
         with self._sessions() as session:
-            observations = node_store.scan_nodes(session, now, timeout)
+            observations = node_store.scan_nodes(session, now, self._heartbeat.timeout)
         transitions = [
             NodeTransition(
                 node_id=o.node_id,
@@ -149,7 +156,10 @@ class NodeActivities:
                         at=now,
                     )
         return ScanResult(
-            nodes=len(observations), transitions=transitions, services_signalled=services
+            nodes=len(observations),
+            heartbeat_timeout_seconds=self._heartbeat.timeout_seconds,
+            transitions=transitions,
+            services_signalled=services,
         )
 
     async def _wake_gtm(self, service: str) -> None:

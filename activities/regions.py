@@ -15,6 +15,7 @@ from workflows import ids
 from xplane.config.models import Region
 from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_files
+from xplane.heartbeat import HeartbeatSettings
 from xplane.infra.render import render_region
 from xplane.store import config_store
 from xplane.store import nodes as node_store
@@ -70,6 +71,7 @@ class RegionActivities:
         workdir: Path,
         branch: str = "main",
         provider_override: str | None = None,
+        heartbeat: HeartbeatSettings = HeartbeatSettings(),
     ) -> None:
         # `xplane up` renders every pool with the `local` module (no cloud account).
         self._provider_override = provider_override
@@ -78,6 +80,7 @@ class RegionActivities:
         self._infra_repo = infra_repo
         self._workdir = workdir
         self._branch = branch
+        self._heartbeat = heartbeat  # serving = heartbeat younger than the one timeout
 
     @activity.defn(name="describe_region")
     def describe_region(self, region: str) -> RegionView:
@@ -177,8 +180,8 @@ class RegionActivities:
         with self._sessions() as session:
             rows = node_store.list_nodes(session, region=region)
         live = [r for r in rows if r.state != NodeState.DELETE.value]
-        age = node_store.SERVING_HEARTBEAT_AGE
-        active = [r for r in live if node_store.is_serving(r, now, age)]
+        timeout = self._heartbeat.timeout
+        active = [r for r in live if node_store.is_serving(r, now, timeout)]
         return RegionNodes(active=len(active), live=len(live), ids=[r.id for r in live])
 
     @activity.defn(name="drain_region_nodes")

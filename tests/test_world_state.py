@@ -17,6 +17,7 @@ from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
 from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
+from xplane.heartbeat import HeartbeatSettings
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.events import list_events
@@ -64,7 +65,9 @@ async def test_down_once_then_up_and_silence_while_nothing_changes(
 
     client = pydantic_client(time_env)
     queue = f"world-state-{uuid.uuid4().hex[:6]}"
-    acts = NodeActivities(sessions, client, queue)
+    # The timeout is the worker's heartbeat setting, not a workflow parameter.
+    heartbeat = HeartbeatSettings(timeout=timedelta(seconds=TIMEOUT))
+    acts = NodeActivities(sessions, client, queue, heartbeat)
     async with Worker(
         client,
         task_queue=queue,
@@ -74,9 +77,7 @@ async def test_down_once_then_up_and_silence_while_nothing_changes(
     ):
         handle = await client.start_workflow(
             WorldStateWorkflow.run,
-            WorldStateParams(
-                heartbeat_timeout_seconds=TIMEOUT, settings=LoopSettings(interval_seconds=SCAN)
-            ),
+            WorldStateParams(settings=LoopSettings(interval_seconds=SCAN)),
             id=f"world-state-{uuid.uuid4().hex[:6]}",
             task_queue=queue,
         )
@@ -115,5 +116,6 @@ async def test_down_once_then_up_and_silence_while_nothing_changes(
         assert len(await _signals(client, "gtm-svc")) == 3
         status = await handle.query(WorldStateWorkflow.status, result_type=LoopStatus)
         assert status.details["transitions_total"] == 3
+        assert status.details["heartbeat_timeout_seconds"] == TIMEOUT
         await handle.terminate()
     engine.dispose()

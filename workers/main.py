@@ -49,10 +49,12 @@ def activities_for(
     workdir = settings.data_dir / "checkouts"
     gitops = GitOpsActivities(session_factory, workdir)
     publish = PublishActivities(client, settings.task_queue)
-    nodes = NodeActivities(session_factory, client, settings.task_queue)
-    gtm = GtmActivities(session_factory)
+    # One notion of down (XPLANE_HEARTBEAT_*) for every activity that judges liveness.
+    heartbeat = settings.heartbeat
+    nodes = NodeActivities(session_factory, client, settings.task_queue, heartbeat)
+    gtm = GtmActivities(session_factory, heartbeat)
     autoscale = AutoscaleActivities(
-        session_factory, settings.infra_repo, workdir, settings.infra_branch
+        session_factory, settings.infra_repo, workdir, settings.infra_branch, heartbeat=heartbeat
     )
     regions = RegionActivities(
         session_factory,
@@ -61,6 +63,7 @@ def activities_for(
         workdir,
         settings.infra_branch,
         provider_override=pool_provider_override,
+        heartbeat=heartbeat,
     )
     return [
         gitops.sync_config_repo,

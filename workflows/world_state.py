@@ -22,7 +22,8 @@ with workflow.unsafe.imports_passed_through():
 
 
 class WorldStateParams(BaseModel):
-    heartbeat_timeout_seconds: float = 15.0
+    # No heartbeat timeout here: the scan activity judges with the worker's setting
+    # (xplane/heartbeat.py), the one every reader uses. An old run's field is ignored.
     settings: LoopSettings = Field(default_factory=lambda: LoopSettings(interval_seconds=2))
     loop: LoopCarry | None = None
     transitions_total: int = 0
@@ -34,6 +35,7 @@ class WorldStateWorkflow(ControlLoopWorkflow):
         super().__init__()
         self.params = WorldStateParams()
         self.last_nodes = 0
+        self.heartbeat_timeout_seconds: float | None = None
 
     @workflow.run
     async def run(self, params: WorldStateParams) -> None:
@@ -43,15 +45,13 @@ class WorldStateWorkflow(ControlLoopWorkflow):
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
         result: ScanResult = await workflow.execute_activity(
             "scan_node_transitions",
-            ScanRequest(
-                heartbeat_timeout_seconds=self.params.heartbeat_timeout_seconds,
-                now=workflow.now(),
-            ),
+            ScanRequest(now=workflow.now()),
             result_type=ScanResult,
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DB,
         )
         self.last_nodes = result.nodes
+        self.heartbeat_timeout_seconds = result.heartbeat_timeout_seconds
         self.params.transitions_total += len(result.transitions)
         return {
             "nodes": result.nodes,
@@ -65,5 +65,5 @@ class WorldStateWorkflow(ControlLoopWorkflow):
         return {
             "nodes": self.last_nodes,
             "transitions_total": self.params.transitions_total,
-            "heartbeat_timeout_seconds": self.params.heartbeat_timeout_seconds,
+            "heartbeat_timeout_seconds": self.heartbeat_timeout_seconds,
         }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from xplane.heartbeat import HeartbeatSettings
 from xplane.store.db import db_url_from_env
 
 TASK_QUEUE = "xplane"
@@ -22,6 +23,8 @@ class Settings(BaseModel):
     config_branch: str = "main"
     infra_repo: str | None = None  # local path or URL of the infra (node-pool) repo
     infra_branch: str = "main"
+    # When a node is down, for every reader in this process (XPLANE_HEARTBEAT_*).
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -36,6 +39,7 @@ class Settings(BaseModel):
             "config_branch": env.get("XPLANE_CONFIG_BRANCH", "main"),
             "infra_repo": env.get("XPLANE_INFRA_REPO"),
             "infra_branch": env.get("XPLANE_INFRA_BRANCH", "main"),
+            "heartbeat": HeartbeatSettings.from_env(env),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from workflows import ids
+from xplane.heartbeat import HeartbeatSettings
 from xplane.store import nodes as node_store
 from xplane.store.config_store import current_config, current_revision
 from xplane.store.db import make_engine, make_sessionmaker, sqlite_file, utcnow
@@ -62,7 +63,9 @@ class NoStore(RuntimeError):
     pass
 
 
-def store_report(db_url: str, heartbeat_timeout: float = 15.0) -> StatusReport:
+def store_report(db_url: str, heartbeat_timeout: timedelta | None = None) -> StatusReport:
+    """The store's view; a node is down after ``heartbeat_timeout`` (None: XPLANE_HEARTBEAT_*)."""
+    timeout = heartbeat_timeout or HeartbeatSettings.from_env().timeout
     missing = f"no XPlane database at {db_url}: is `xplane up` running (or --db right)?"
     if (path := sqlite_file(db_url)) is not None and not path.exists():
         raise NoStore(missing)  # don't let a read create an empty database file
@@ -87,7 +90,7 @@ def store_report(db_url: str, heartbeat_timeout: float = 15.0) -> StatusReport:
             for region in policy.regions:
                 lines[(service, region.name)] = RegionLine(service=service, region=region.name)
     for row in rows:
-        status = node_store.derive_status(row, now, timedelta(seconds=heartbeat_timeout))
+        status = node_store.derive_status(row, now, timeout)
         report.nodes.append(
             NodeLine(
                 id=row.id,

@@ -42,14 +42,16 @@ from workflows import ids
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
+from xplane.heartbeat import INTERVAL_ENV, HeartbeatSettings
 from xplane.localrepo import AUTHOR, example_dir, seed_repo
 from xplane.runtime import install_stop_signals
 from xplane.settings import Settings
 from xplane.temporal_client import connect
 from xplane.temporal_dev import TemporalDevServer
 
-HEARTBEAT_INTERVAL = 2.0  # seconds: fast failover for the local demo
-HEARTBEAT_TIMEOUT = 3 * HEARTBEAT_INTERVAL
+# Fast failover for the local demo; XPLANE_HEARTBEAT_* still win. One setting for the
+# API, the worker and `xplane status`: every reader agrees when a node is down.
+HEARTBEAT_INTERVAL = "2s"
 
 
 class UpOptions(BaseModel):
@@ -81,6 +83,7 @@ class UpInfo(BaseModel):
     dns_port: int | None
     pdns_api_url: str | None
     pool_state_dir: str
+    heartbeat_timeout_seconds: float | None = None  # for `xplane status` in another shell
 
 
 Say = Callable[[str], None]
@@ -195,7 +198,12 @@ def _dns_answers(name: str, port: int) -> list[str]:
 
 
 async def _show_progress(
-    stop: asyncio.Event, options: UpOptions, say: Say, db_url: str, domain: str | None, dns: bool
+    stop: asyncio.Event,
+    options: UpOptions,
+    say: Say,
+    settings: Settings,
+    domain: str | None,
+    dns: bool,
 ) -> None:
     """Long steps show progress: nodes by state until the service resolves."""
     from xplane.status import store_report
@@ -203,7 +211,7 @@ async def _show_progress(
     deadline = time.monotonic() + options.wait_dns_seconds
     last = ""
     while not stop.is_set() and time.monotonic() < deadline:
-        report = await asyncio.to_thread(store_report, db_url, HEARTBEAT_TIMEOUT)
+        report = await asyncio.to_thread(store_report, settings.db_url, settings.heartbeat.timeout)
         states: dict[str, int] = {}
         for node in report.nodes:
             states[node.state] = states.get(node.state, 0) + 1
@@ -325,11 +333,14 @@ async def run_up(options: UpOptions, say: Say = print) -> None:
             data_dir=data_dir,
             config_repo=repo,
             infra_repo=str(bare),
+            heartbeat=HeartbeatSettings.from_env(
+                interval=os.environ.get(INTERVAL_ENV) or HEARTBEAT_INTERVAL
+            ),
         )
         client: Client = await connect(server.address)
         notifier = TemporalNotifier(None, settings.task_queue, address=server.address)
         api_settings = ApiSettings.from_env(
-            db_url=db_url, port=api_port, heartbeat_interval_seconds=HEARTBEAT_INTERVAL
+            db_url=db_url, port=api_port, heartbeat=settings.heartbeat
         )
         app = create_app(api_settings, notifier=notifier, webhook_notifier=notifier)
         say(f"[5/6] api {api_url} and worker")
@@ -358,13 +369,14 @@ async def run_up(options: UpOptions, say: Say = print) -> None:
                     dns_port=options.dns_port if pdns else None,
                     pdns_api_url=pdns.api_url if pdns else None,
                     pool_state_dir=str(pool_dir),
+                    heartbeat_timeout_seconds=settings.heartbeat.timeout_seconds,
                 )
                 info_path.write_text(json.dumps(info.model_dump(mode="json"), indent=2))
                 say(f"XPlane is up. Temporal UI: {server.ui_url}  API: {api_url}  "
                     "(Ctrl-C stops everything)")  # fmt: skip
                 domain = _first_domain(db_url)
                 progress = asyncio.create_task(
-                    _show_progress(stop, options, say, db_url, domain, pdns is not None)
+                    _show_progress(stop, options, say, settings, domain, pdns is not None)
                 )
                 await stop.wait()
                 progress.cancel()
@@ -397,10 +409,7 @@ async def _start_loops(
     )
     await client.start_workflow(
         WorldStateWorkflow.run,
-        WorldStateParams(
-            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT,
-            settings=LoopSettings(interval_seconds=1),
-        ),
+        WorldStateParams(settings=LoopSettings(interval_seconds=1)),
         id=ids.WORLD_STATE_ID,
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

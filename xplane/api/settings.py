@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from xplane.heartbeat import HeartbeatSettings
 from xplane.store.db import DEFAULT_DB_URL
 
 BOOTSTRAP_ENV = "XPLANE_BOOTSTRAP_TOKEN"
@@ -33,8 +34,8 @@ class ApiSettings(BaseModel):
     # Per-region bootstrap tokens, keyed by the env-var suffix (REGION upper, - -> _).
     region_bootstrap_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     admin_token: SecretStr | None = None
-    heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
-    heartbeat_timeout: timedelta | None = None  # default 3 x heartbeat interval
+    # The interval told to agents and the timeout of the API's views (XPLANE_HEARTBEAT_*).
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
     sample_retention: timedelta = timedelta(minutes=15)
     prune_interval: timedelta = timedelta(seconds=60)
     # How long a token hash -> node id lookup is trusted. Writes re-check the hash,
@@ -57,9 +58,14 @@ class ApiSettings(BaseModel):
         return 1 if self.db_url.startswith("sqlite") else 4
 
     @property
+    def heartbeat_interval_seconds(self) -> float:
+        """What agents are told at registration and on every heartbeat."""
+        return self.heartbeat.interval_seconds
+
+    @property
     def timeout(self) -> timedelta:
         """Heartbeat age after which a node is down."""
-        return self.heartbeat_timeout or timedelta(seconds=3 * self.heartbeat_interval_seconds)
+        return self.heartbeat.timeout
 
     def bootstrap_tokens_for(self, region: str) -> list[str]:
         """Tokens that may register a node in ``region``: its own (if set) and the global one."""
@@ -82,6 +88,7 @@ class ApiSettings(BaseModel):
             "region_bootstrap_tokens": {
                 k.removeprefix(prefix): v for k, v in env.items() if k.startswith(prefix) and v
             },
+            "heartbeat": HeartbeatSettings.from_env(env),
         }
         if env.get("XPLANE_API_HOST"):
             values["host"] = env["XPLANE_API_HOST"]

@@ -9,11 +9,11 @@ def api(
     db: str | None = typer.Option(None, "--db", help="Database URL [env XPLANE_DB_URL]"),
     host: str | None = typer.Option(None, "--host", help="Listen address [env XPLANE_API_HOST]"),
     port: int | None = typer.Option(None, "--port", help="Listen port [env XPLANE_API_PORT]"),
-    heartbeat_interval: float | None = typer.Option(
+    heartbeat_interval: str | None = typer.Option(
         None,
         "--heartbeat-interval",
-        envvar="XPLANE_HEARTBEAT_INTERVAL",
-        help="Seconds between a node's heartbeats (told to agents; down after 3x).",
+        help="Between a node's heartbeats, e.g. 10s or 0.5 (told to agents; down after "
+        "XPLANE_HEARTBEAT_TIMEOUT, default 3x) [env XPLANE_HEARTBEAT_INTERVAL]",
     ),
     temporal: str | None = typer.Option(
         None,
@@ -32,12 +32,14 @@ def api(
     from xplane.api.app import create_app
     from xplane.api.serve import serve_forever
     from xplane.api.settings import ApiSettings
+    from xplane.heartbeat import HeartbeatSettings
     from xplane.observability.logging import configure_logging_from_env
 
     try:
-        settings = ApiSettings.from_env(
-            db_url=db, host=host, port=port, heartbeat_interval_seconds=heartbeat_interval
-        )
+        # Wins over XPLANE_HEARTBEAT_INTERVAL in this process only: workers and the CLI
+        # read the environment, so a deployment sets that (docs/deploy.md).
+        heartbeat = HeartbeatSettings.from_env(interval=heartbeat_interval)
+        settings = ApiSettings.from_env(db_url=db, host=host, port=port, heartbeat=heartbeat)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     configure_logging_from_env()

@@ -21,6 +21,7 @@ from xplane.config.errors import ConfigError
 from xplane.config.loader import load_config
 from xplane.gtm.plan import PlanError, load_world, plan_services, plan_to_json
 from xplane.gtm.weights import ServiceWeights
+from xplane.heartbeat import HeartbeatSettings
 
 app = typer.Typer(help="Global traffic management: weights and DNS.", no_args_is_help=True)
 
@@ -60,7 +61,8 @@ def plan(
     except ConfigError as exc:
         raise _fail([str(issue) for issue in exc.issues]) from None
     try:
-        plans = plan_services(tree, load_world(world), service)
+        timeout_s = HeartbeatSettings.from_env().timeout_seconds
+        plans = plan_services(tree, load_world(world), service, heartbeat_timeout_s=timeout_s)
     except PlanError as exc:
         raise _fail(str(exc).splitlines()) from None
     if output is Output.json:
@@ -132,11 +134,12 @@ def apply(
     from xplane.gtm.live import live_inputs
 
     try:
+        timeout = HeartbeatSettings.from_env().timeout
         if config is not None and world is not None:
             tree, snapshot = load_config(config), load_world(world)
         else:
-            tree, snapshot = live_inputs(db)
-        plans = plan_services(tree, snapshot, service)
+            tree, snapshot = live_inputs(db, timeout)
+        plans = plan_services(tree, snapshot, service, heartbeat_timeout_s=timeout.total_seconds())
     except ConfigError as exc:
         raise _fail([str(issue) for issue in exc.issues]) from None
     except (PlanError, LookupError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import typer
@@ -30,7 +31,9 @@ def register(root: typer.Typer) -> None:
         address = temporal or up.get("temporal_address")
 
         def collect():
-            report = store_report(db_url)
+            # `xplane up` runs with its own heartbeat setting: judge its store by it.
+            up_timeout = up.get("heartbeat_timeout_seconds") if up.get("db_url") == db_url else None
+            report = store_report(db_url, timedelta(seconds=up_timeout) if up_timeout else None)
             if address:
                 try:
                     asyncio.run(add_temporal(report, address, up.get("temporal_ui")))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, AliasChoices, Field, model_validator
 
@@ -218,7 +218,20 @@ class GtmPolicy(StrictModel):
     interval: Duration = timedelta(seconds=10)  # GTM loop tick
     slow_start: Duration = timedelta(minutes=2)  # ramp for weight increases
     max_error_rate: Fraction = 0.5  # a node above this is not ready
-    heartbeat_timeout: Duration | None = None  # default 3 x heartbeat interval
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_heartbeat_timeout(cls, data: Any) -> Any:
+        """A per-service timeout would make GTM call a node ready that the world state,
+        autoscaler and API call down: there is one, a process setting (xplane/heartbeat.py)."""
+        if isinstance(data, dict) and "heartbeat_timeout" in data:
+            msg = (
+                "no longer set per service: when a node is down is one setting for every "
+                "reader, XPLANE_HEARTBEAT_TIMEOUT (default 3 x XPLANE_HEARTBEAT_INTERVAL) "
+                "on the API and worker processes; remove this key"
+            )
+            raise FieldErrors([(("heartbeat_timeout",), msg)])
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -20,9 +20,9 @@ from xplane.domain import WorldSnapshot
 from xplane.gtm.weights import (
     ServiceWeights,
     compute_service_weights,
-    heartbeat_timeout_seconds,
     pools_of_service,
 )
+from xplane.heartbeat import DEFAULT as DEFAULT_HEARTBEAT
 
 # Keys of the JSON output (a contract: tests and scripts read them).
 REGION_KEYS = (
@@ -56,9 +56,16 @@ def load_world(path: Path) -> WorldSnapshot:
 
 
 def plan_services(
-    config: ConfigTree, world: WorldSnapshot, service: str | None = None
+    config: ConfigTree,
+    world: WorldSnapshot,
+    service: str | None = None,
+    *,
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT.timeout_seconds,
 ) -> dict[str, ServiceWeights]:
-    """Weights of every GTM service (or just ``service``) in ``world``, sorted by service."""
+    """Weights of every GTM service (or just ``service``) in ``world``, sorted by service.
+
+    ``heartbeat_timeout_s``: the deployment's (``HeartbeatSettings``), as the GTM loop uses.
+    """
     if service is not None and service not in config.gtm:
         known = ", ".join(sorted(config.gtm)) or "none"
         raise PlanError(f"service {service!r} has no gtm policy (gtm services: {known})")
@@ -71,7 +78,7 @@ def plan_services(
             config.regions,
             world.nodes,
             pools_of_service(name, world.pools),
-            heartbeat_timeout_seconds(policy),
+            heartbeat_timeout_s,
         )
     return result
 

@@ -37,8 +37,6 @@ from xplane.domain import NodeSnapshot, NodeState, NodeStatus, PoolSnapshot
 DEFAULT_BASE_WEIGHT = 100.0
 DEFAULT_MIN_READY_NODES = 1
 DEFAULT_HEALTH_THRESHOLD = 0.5
-# policy.heartbeat_timeout unset: 3 x the agent's default heartbeat interval (10 s).
-DEFAULT_HEARTBEAT_TIMEOUT_S = 30.0
 
 _GONE_STATES = (NodeState.DRAIN, NodeState.DELETE)
 
@@ -129,13 +127,6 @@ def resolve_region(entry: GtmRegion, region: Region | None) -> ResolvedRegion:
 
 def _first(*values: float | None) -> float:
     return float(next(v for v in values if v is not None))
-
-
-def heartbeat_timeout_seconds(policy: GtmPolicy) -> float:
-    """The policy's heartbeat timeout, or the built-in default."""
-    if policy.heartbeat_timeout is None:
-        return DEFAULT_HEARTBEAT_TIMEOUT_S
-    return policy.heartbeat_timeout.total_seconds()
 
 
 def pools_of_service(service: str, pools: Iterable[PoolSnapshot]) -> dict[str, int]:

@@ -179,11 +179,6 @@ def heartbeat_action(state: str, drain_requested: bool) -> HeartbeatAction:
     return "none"
 
 
-# Heartbeat age within which the autoscaler and region lifecycles count a node as
-# serving: the API's default heartbeat timeout (3 x the agents' 10 s interval).
-SERVING_HEARTBEAT_AGE = timedelta(seconds=30)
-
-
 def is_serving(node: NodeRow, now: datetime, timeout: timedelta) -> bool:
     """Lifecycle ``active`` and status ``up``: what the autoscaler and regions count as ready."""
     return (
