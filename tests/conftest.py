@@ -15,6 +15,9 @@ from sqlalchemy.engine import make_url
 
 from xplane.store.db import Base, make_engine
 
+# needs_tool(): skip without a tool, fail under CI; pytester: tests of that plugin.
+pytest_plugins = ["tests.support.tools", "pytester"]
+
 PG_ADMIN_URL = os.environ.get(
     "XPLANE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

@@ -23,10 +23,11 @@ from temporalio.worker import Worker
 
 from activities.gtm import GtmActivities
 from tests.support.temporal import pydantic_client
+from tests.support.tools import needs_tool
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gtm_loop import GtmLoopParams, GtmLoopWorkflow
 from xplane.config.loader import load_config_from_mapping
-from xplane.dns.pdns_server import PdnsServer, pdns_available
+from xplane.dns.pdns_server import PdnsServer
 from xplane.dns.powerdns import parse_lua
 from xplane.domain import NodeState
 from xplane.netutil import free_port
@@ -35,7 +36,7 @@ from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.events import list_events
 
-pytestmark = pytest.mark.skipif(not pdns_available(), reason="pdns_server not installed")
+pytestmark = needs_tool("pdns_server")
 
 TQ = "gtm-loop-tests"
 NODES = {"jp-1": "127.0.10.1", "jp-2": "127.0.10.2", "sg-1": "127.0.10.3"}
