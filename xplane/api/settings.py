@@ -13,7 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from xplane.durations import parse_duration
 from xplane.store.db import DEFAULT_DB_URL
+from xplane.webhooks.deliveries import DEFAULT_RETENTION, MIN_RETENTION
 
 BOOTSTRAP_ENV = "XPLANE_BOOTSTRAP_TOKEN"
 
@@ -49,6 +51,8 @@ class ApiSettings(BaseModel):
     # Heartbeat batches written at once; default 1 on SQLite (a single writer), 4 otherwise.
     batch_concurrency: int | None = Field(default=None, ge=1)
     notifier_timeout: timedelta = timedelta(seconds=5)
+    # Webhook delivery ids are remembered this long (replay protection), then pruned.
+    webhook_delivery_retention: timedelta = Field(default=DEFAULT_RETENTION, ge=MIN_RETENTION)
 
     @property
     def writer_concurrency(self) -> int:
@@ -87,5 +91,9 @@ class ApiSettings(BaseModel):
             values["host"] = env["XPLANE_API_HOST"]
         if env.get("XPLANE_API_PORT"):
             values["port"] = env["XPLANE_API_PORT"]
+        if env.get("XPLANE_WEBHOOK_DELIVERY_RETENTION"):
+            values["webhook_delivery_retention"] = parse_duration(
+                env["XPLANE_WEBHOOK_DELIVERY_RETENTION"]
+            )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
