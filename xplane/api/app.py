@@ -84,7 +84,8 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     routers = (health_router, nodes_router, admin_router, make_webhook_router())
-    for router in (*routers, metrics_router(factory), *extra_routers):
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    for router in (*routers, metrics_router(factory, token=metrics_token), *extra_routers):
         app.include_router(router)
     return app
 

@@ -35,6 +35,7 @@ class ApiSettings(BaseModel):
     # Per-region bootstrap tokens, keyed by the env-var suffix (REGION upper, - -> _).
     region_bootstrap_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     admin_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a bearer token
     heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
     heartbeat_timeout: timedelta | None = None  # default 3 x heartbeat interval
     sample_retention: timedelta = timedelta(minutes=15)
@@ -83,6 +84,7 @@ class ApiSettings(BaseModel):
             "db_url": env.get("XPLANE_DB_URL") or DEFAULT_DB_URL,
             "bootstrap_token": env.get(BOOTSTRAP_ENV) or None,
             "admin_token": env.get("XPLANE_ADMIN_TOKEN") or None,
+            "metrics_token": env.get("XPLANE_METRICS_TOKEN") or None,
             "region_bootstrap_tokens": {
                 k.removeprefix(prefix): v for k, v in env.items() if k.startswith(prefix) and v
             },
