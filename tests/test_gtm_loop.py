@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -114,8 +115,12 @@ def _beat(sessions: sessionmaker[Session], node_id: str) -> None:
 
 
 async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
-    time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, health_port: int, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    time_env: WorkflowEnvironment,
+    tmp_path: Path,
+    pdns: PdnsServer,
+    health_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import xplane.store.tables  # noqa: F401
 
     monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
@@ -180,7 +185,7 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
         await time_env.sleep(1)
         assert applies() == 2
         assert set(_answers(pdns)) == {"127.0.10.1", "127.0.10.2"}
-        status: LoopStatus = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status: LoopStatus = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"] == {"jp": 100.0, "sg": 0.0}
 
         # Recovery: sg comes back slowly (slow start 100s), not at once.
@@ -190,21 +195,21 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
             _beat(sessions, node_id)
         await handle.signal(GtmLoopWorkflow.world_changed, "node up")
         await time_env.sleep(1)
-        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"]["sg"] < 5  # just started ramping
         await time_env.sleep(50)
         for node_id in NODES:
             _beat(sessions, node_id)
         await handle.signal(GtmLoopWorkflow.world_changed, "tick")
         await time_env.sleep(1)
-        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GtmLoopWorkflow.status)
         assert 40 < status.details["weights"]["sg"] < 60  # halfway
         await time_env.sleep(60)
         for node_id in NODES:
             _beat(sessions, node_id)
         await handle.signal(GtmLoopWorkflow.world_changed, "tick")
         await time_env.sleep(1)
-        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
         assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
         with contextlib.suppress(Exception):
@@ -224,8 +229,8 @@ class _Flippable(BaseHTTPRequestHandler):
 
 
 async def test_active_check_failures_leave_dns_only_after_the_threshold(
-    time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    time_env: WorkflowEnvironment, tmp_path: Path, pdns: PdnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A node that keeps heartbeating while its health endpoint fails (a real server)."""
     import xplane.store.tables  # noqa: F401
 
