@@ -28,7 +28,9 @@ def test_present():
 """
 
 
-def _inner_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | None):
+def _inner_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | None
+) -> pytest.RunResult:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     if ci is None:
         monkeypatch.delenv("CI", raising=False)
