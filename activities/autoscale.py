@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import from_repo_error
 from workflows import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
@@ -242,7 +243,7 @@ class AutoscaleActivities:
                 **extra,
             )
         except RepoError as err:
-            raise ApplicationError(str(err), type="RepoError") from err
+            raise from_repo_error(err) from err
         now = utcnow()
         if result.status == "committed":
             prom.autoscale_commit(request.service, request.region)

@@ -13,7 +13,9 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 
+from activities.errors import from_repo_error
 from workflows.ids import GITOPS_SYNC_ID
+from xplane.gitops.repo import RepoError
 from xplane.gitops.sync import SyncResult, sync_once
 from xplane.observability import metrics
 from xplane.store.db import utcnow
@@ -33,7 +35,11 @@ class GitOpsActivities:
 
     @activity.defn(name="sync_config_repo")
     def sync_config_repo(self, req: SyncRequest) -> SyncResult:
-        """Raises RepoError (retried by Temporal) when the repo cannot be fetched."""
-        result = sync_once(self._session_factory, req.source, req.branch, self._workdir)
+        """An unreachable repo is retried by Temporal; an invalid branch name is not.
+        A config that does not load is no failure: it is recorded as rejected."""
+        try:
+            result = sync_once(self._session_factory, req.source, req.branch, self._workdir)
+        except RepoError as err:
+            raise from_repo_error(err) from err
         metrics.observe_loop(GITOPS_SYNC_ID, utcnow())
         return result

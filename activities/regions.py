@@ -11,12 +11,13 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import from_repo_error, permanent
 from workflows import ids
 from xplane.config.models import Region
 from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_files
 from xplane.heartbeat import HeartbeatSettings
-from xplane.infra.render import render_region
+from xplane.infra.render import RenderError, render_region
 from xplane.store import config_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
@@ -131,11 +132,14 @@ class RegionActivities:
         region = spec if spec is not None else _placeholder(request.region)
         if self._provider_override:
             region = region.model_copy(update={"provider": self._provider_override})
-        files = render_region(
-            region,
-            service=request.service,
-            node_count=request.node_count,
-        )
+        try:
+            files = render_region(
+                region,
+                service=request.service,
+                node_count=request.node_count,
+            )
+        except RenderError as err:  # the config cannot be rendered: no retry will change it
+            raise permanent(err) from err
         changes: dict[str, str | None]
         if request.action == "remove":
             changes = dict.fromkeys(files, None)
@@ -157,7 +161,7 @@ class RegionActivities:
                 branch=self._branch,
             )
         except RepoError as err:
-            raise ApplicationError(str(err), type="RepoError") from err
+            raise from_repo_error(err) from err
         with transaction(self._sessions) as session:
             pending = result.sha if result.status == "committed" else None
             set_pool(

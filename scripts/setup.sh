@@ -2,6 +2,7 @@
 # Installs everything XPlane and its tests need on a fresh Debian machine:
 # a virtualenv in .venv with XPlane and its dev extras, and, when running as
 # root with apt available, PowerDNS (pdns-server + SQLite backend), dig and wrk.
+# A package that cannot be installed fails the script (CI must not run without it).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +15,15 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need[*]}"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-      || echo "setup: could not install ${need[*]}; XPlane falls back to a dry-run DNS provider and tests needing PowerDNS are skipped"
+    # A failed install stops here: carrying on would leave CI without PowerDNS.
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
+      echo "setup: could not install ${need[*]} (apt-get install failed)" >&2
+      exit 1
+    fi
   fi
-else
-  command -v pdns_server >/dev/null 2>&1 || echo "setup: pdns_server not found and not root: install pdns-server pdns-backend-sqlite3 for real DNS"
+elif ! command -v pdns_server >/dev/null 2>&1; then
+  echo "setup: pdns_server not found and not root: install pdns-server pdns-backend-sqlite3 for real DNS" >&2
+  case "${CI:-}" in '' | 0 | false | no) ;; *) exit 1 ;; esac # CI must not run without it
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from xplane.store.db import Base, make_engine
+
+# needs_tool(): skip without a tool, fail under CI; pytester: tests of that plugin.
+pytest_plugins = ["tests.support.tools", "pytester"]
 
 PG_ADMIN_URL = os.environ.get(
     "XPLANE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -54,7 +57,7 @@ def _drop_pg_database(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database URL, once on SQLite and once on PostgreSQL (schema not created)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/xplane.db"
@@ -69,7 +72,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: 
 
 
 @pytest.fixture
-def engine(db_url: str):  # type: ignore[no-untyped-def]
+def engine(db_url: str) -> Iterator[sa.Engine]:
     """An engine on a fresh database with every table created."""
     import xplane.store.tables  # noqa: F401  (registers every table on Base.metadata)
 
@@ -111,7 +114,9 @@ async def time_env() -> AsyncIterator[object]:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Keep each phase's report on the item (``item.rep_call``) for fixtures' teardown."""
     report = yield
     setattr(item, f"rep_{report.when}", report)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy.orm import sessionmaker
 
 from tests.test_api_support import (
     DB_BACKENDS,
@@ -86,7 +87,7 @@ async def test_batches_in_flight_never_exceed_the_writer_concurrency(concurrency
         ]
 
     writer = HeartbeatWriter(
-        None,  # type: ignore[arg-type]  (never used: the write is replaced)
+        sessionmaker(),  # never used: the write is replaced
         timedelta(seconds=30),
         max_size=2,
         max_wait=0,

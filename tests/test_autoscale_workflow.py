@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import git
 import pytest
@@ -140,7 +141,7 @@ async def rig(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Ri
     engine.dispose()
 
 
-def _worker(rig: Rig, tmp: Path, commit_activity=None) -> Worker:  # type: ignore[no-untyped-def]
+def _worker(rig: Rig, tmp: Path, commit_activity: Callable[..., Any] | None = None) -> Worker:
     acts = AutoscaleActivities(rig.sessions, str(rig.bare), tmp / "work")
     return Worker(
         rig.client,
@@ -159,7 +160,7 @@ def _worker(rig: Rig, tmp: Path, commit_activity=None) -> Worker:  # type: ignor
 
 
 async def _status(handle: WorkflowHandle) -> LoopStatus:
-    return await handle.query(AutoscaleWorkflow.status, result_type=LoopStatus)
+    return await handle.query(AutoscaleWorkflow.status)
 
 
 async def test_scale_up_commit_wait_webhook_then_cooldown(rig: Rig, tmp_path: Path) -> None:
@@ -215,8 +216,9 @@ async def test_webhook_before_the_wait_is_not_lost(rig: Rig, tmp_path: Path) -> 
         """The real commit, then CI answers before the workflow even starts waiting."""
         result = acts.commit_node_pool(request)
         _hot_node(rig.sessions, "jp-1", cpu=0.9, now=await rig.env.get_current_time())
-        info = activity.info()
-        await rig.client.get_workflow_handle(info.workflow_id).signal(
+        workflow_id = activity.info().workflow_id
+        assert workflow_id is not None  # run by the workflow, not standalone
+        await rig.client.get_workflow_handle(workflow_id).signal(
             "terraform_finished", TerraformOutcome(commit=result.sha, status="succeeded")
         )
         return result

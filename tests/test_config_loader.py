@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -416,3 +417,44 @@ def test_all_errors_across_files_are_reported() -> None:
     assert all("unknown region 'jp'" not in i.message for i in info.value.issues)
     issue = next(i for i in info.value.issues if i.path == "regions[0].weight")
     assert (issue.line, issue.message) == (5, "must be >= 0, not -5")
+
+
+def _only_issue(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config_from_mapping({**BASE, "gtm/bomb.yaml": text})
+    (issue,) = info.value.issues
+    assert issue.file == "gtm/bomb.yaml"
+    return str(issue)
+
+
+def test_deeply_nested_yaml_is_a_config_error_not_a_crash() -> None:
+    depth = 10_000
+    assert "nested more than 64 levels deep" in _only_issue("a: " + "[" * depth + "]" * depth)
+    assert "nested more than 64 levels deep" in _only_issue(
+        "".join(f"{' ' * i}k{i}:\n" for i in range(200)) + " " * 200 + "k: 1\n"
+    )
+
+
+def test_alias_bombs_and_self_referencing_aliases_are_config_errors() -> None:
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    started = time.monotonic()
+    assert "more than 100000 values once aliases are expanded" in _only_issue("\n".join(lines))
+    assert time.monotonic() - started < 10  # 10**10 values if expanded
+    assert "levels deep (through aliases)" in _only_issue("a: &a [x, *a]\n")
+
+
+def test_ordinary_anchors_and_merge_keys_still_load() -> None:
+    files = dict(BASE)
+    files["autoscale/svc.yaml"] = _d("""
+        service: svc
+        regions:
+          jp: &pool
+            min_nodes: 1
+            max_nodes: 5
+          sg:
+            <<: *pool
+            min_nodes: 0
+        """)
+    policy = load_config_from_mapping(files).autoscale["svc"]
+    assert (policy.regions["sg"].min_nodes, policy.regions["sg"].max_nodes) == (0, 5)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -15,8 +16,8 @@ from workflows.control_loop import LoopSettings, LoopStatus
 TQ = "loop-tests"
 
 
-async def _status(handle) -> LoopStatus:  # type: ignore[no-untyped-def]
-    return await handle.query(CounterLoopWorkflow.status, result_type=LoopStatus)
+async def _status(handle: WorkflowHandle[Any, Any]) -> LoopStatus:
+    return await handle.query(CounterLoopWorkflow.status)
 
 
 async def test_ticks_wakes_pause_resume_and_status(time_env: WorkflowEnvironment) -> None:

@@ -16,6 +16,7 @@ import dns.rcode
 import httpx
 import pytest
 
+from tests.support.tools import needs_tool
 from xplane.config.models import PowerDnsProvider as PowerDnsConfig
 from xplane.dns.base import (
     DesiredEndpoint,
@@ -28,11 +29,11 @@ from xplane.dns.base import (
     DnsValidationError,
 )
 from xplane.dns.common import quantise
-from xplane.dns.pdns_server import PdnsServer, pdns_available
+from xplane.dns.pdns_server import PdnsServer
 from xplane.dns.powerdns import PowerDnsProvider, lua_content, parse_lua, validate_lua
 from xplane.netutil import free_port
 
-pytestmark = pytest.mark.skipif(not pdns_available(), reason="pdns_server not installed")
+pytestmark = needs_tool("pdns_server")
 
 ZONE = "svc.plus"
 _names = itertools.count(1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections import Counter
@@ -27,12 +26,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.stack import BIN, Stack, alive, kill_leftover_agents, wait_for
-from xplane.dns.pdns_server import pdns_available
+from tests.support.tools import needs_tool
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not pdns_available(), reason="pdns_server not installed"),
-    pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform not installed"),
+    needs_tool("pdns_server", "terraform"),
 ]
 
 

@@ -17,7 +17,7 @@ from activities.gitops import GitOpsActivities
 from activities.publish import PublishActivities
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
 from tests.support.temporal import pydantic_client
-from workflows.control_loop import LoopSettings, LoopStatus
+from workflows.control_loop import LoopSettings
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
 from xplane.store.config_store import current_revision, last_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker
@@ -92,7 +92,7 @@ async def test_sync_loop_publishes_only_what_changed(
         second = _push(clone, "raise a max")
         await handle.signal(GitOpsSyncWorkflow.sync_now)
         await time_env.sleep(1)
-        status = await handle.query(GitOpsSyncWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GitOpsSyncWorkflow.status)
         assert status.details["last_sync"]["sha"] == second
         assert status.last_reasons == ["sync_now"]
         autoscale_counts = [
@@ -107,7 +107,7 @@ async def test_sync_loop_publishes_only_what_changed(
         (tmp_path / "clone" / "gtm" / "svc-plus.yaml").write_text("service: [unclosed\n")
         bad = _push(clone, "break it")
         await time_env.sleep(61)
-        status = await handle.query(GitOpsSyncWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GitOpsSyncWorkflow.status)
         assert status.details["last_sync"]["status"] == "rejected"
         with sessions() as session:
             assert current_revision(session).sha == second  # type: ignore[union-attr]
@@ -118,7 +118,7 @@ async def test_sync_loop_publishes_only_what_changed(
         # Unchanged ticks publish nothing; status counts the runs.
         before = status.runs
         await time_env.sleep(121)
-        status = await handle.query(GitOpsSyncWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GitOpsSyncWorkflow.status)
         assert status.runs >= before + 2
         assert len(await _signals(client, "gtm-svc-plus")) == 1
         await handle.terminate()

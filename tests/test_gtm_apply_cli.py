@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
-from xplane.dns.pdns_server import PdnsServer, pdns_available
+from tests.support.tools import needs_tool
+from xplane.dns.pdns_server import PdnsServer
 
-pytestmark = pytest.mark.skipif(not pdns_available(), reason="pdns_server not installed")
+pytestmark = needs_tool("pdns_server")
 XPLANE = str(Path(sys.executable).parent / "xplane")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,10 +24,11 @@ from temporalio.worker import Worker
 
 from activities.gtm import GtmActivities
 from tests.support.temporal import pydantic_client
+from tests.support.tools import needs_tool
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gtm_loop import GtmLoopParams, GtmLoopWorkflow
 from xplane.config.loader import load_config_from_mapping
-from xplane.dns.pdns_server import PdnsServer, pdns_available
+from xplane.dns.pdns_server import PdnsServer
 from xplane.dns.powerdns import parse_lua
 from xplane.domain import NodeState
 from xplane.netutil import free_port
@@ -35,7 +37,7 @@ from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.events import list_events
 
-pytestmark = pytest.mark.skipif(not pdns_available(), reason="pdns_server not installed")
+pytestmark = needs_tool("pdns_server")
 
 TQ = "gtm-loop-tests"
 NODES = {"jp-1": "127.0.10.1", "jp-2": "127.0.10.2", "sg-1": "127.0.10.3"}
@@ -113,8 +115,12 @@ def _beat(sessions: sessionmaker[Session], node_id: str) -> None:
 
 
 async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
-    time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, health_port: int, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    time_env: WorkflowEnvironment,
+    tmp_path: Path,
+    pdns: PdnsServer,
+    health_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import xplane.store.tables  # noqa: F401
 
     monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
@@ -179,7 +185,7 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
         await time_env.sleep(1)
         assert applies() == 2
         assert set(_answers(pdns)) == {"127.0.10.1", "127.0.10.2"}
-        status: LoopStatus = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status: LoopStatus = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"] == {"jp": 100.0, "sg": 0.0}
 
         # Recovery: sg comes back slowly (slow start 100s), not at once.
@@ -189,21 +195,21 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
             _beat(sessions, node_id)
         await handle.signal(GtmLoopWorkflow.world_changed, "node up")
         await time_env.sleep(1)
-        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"]["sg"] < 5  # just started ramping
         await time_env.sleep(50)
         for node_id in NODES:
             _beat(sessions, node_id)
         await handle.signal(GtmLoopWorkflow.world_changed, "tick")
         await time_env.sleep(1)
-        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GtmLoopWorkflow.status)
         assert 40 < status.details["weights"]["sg"] < 60  # halfway
         await time_env.sleep(60)
         for node_id in NODES:
             _beat(sessions, node_id)
         await handle.signal(GtmLoopWorkflow.world_changed, "tick")
         await time_env.sleep(1)
-        status = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
         assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
         with contextlib.suppress(Exception):
@@ -223,8 +229,8 @@ class _Flippable(BaseHTTPRequestHandler):
 
 
 async def test_active_check_failures_leave_dns_only_after_the_threshold(
-    time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    time_env: WorkflowEnvironment, tmp_path: Path, pdns: PdnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A node that keeps heartbeating while its health endpoint fails (a real server)."""
     import xplane.store.tables  # noqa: F401
 

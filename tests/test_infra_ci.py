@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -58,6 +59,53 @@ def test_notify_signs_the_body_xplane_verifies() -> None:
     )
     assert hook.run_url == 'https://ci/run/1?a="b"'
     assert abs(hook.timestamp.timestamp() - time.time()) < 60
+
+
+NOTIFY_TOOLS = ("openssl", "curl", "od", "tr", "cut", "sed", "grep", "date")
+
+
+def _argv_recording_path(tmp_path: Path) -> tuple[str, Path]:
+    """A PATH holding only shims of the tools notify-xplane.sh runs; each shim appends
+    its argv to a log, then runs the real tool (an unshimmed tool is not found)."""
+    shims, log = tmp_path / "shims", tmp_path / "argv.log"
+    shims.mkdir()
+    for tool in NOTIFY_TOOLS:
+        real = shutil.which(tool)
+        assert real, f"{tool} is needed by notify-xplane.sh"
+        (shims / tool).write_text(
+            f"#!/bin/sh\nprintf '%s\\n' \"{tool} $*\" >> '{log}'\nexec '{real}' \"$@\"\n"
+        )
+        (shims / tool).chmod(0o755)
+    return str(shims), log
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        WEBHOOK_SECRET,
+        "k" * 64,  # exactly one block
+        "long-" + "x" * 200,  # longer than a block: hashed first
+        "späcial %s \\n 'quoted' \"too\" $HOME",
+    ],
+)
+def test_notify_keeps_the_secret_off_every_command_line(tmp_path: Path, secret: str) -> None:
+    path, log = _argv_recording_path(tmp_path)
+    with capture_server() as capture:
+        env = {
+            "PATH": path,
+            "XPLANE_WEBHOOK_URL": capture.url,
+            "XPLANE_WEBHOOK_SECRET": secret,
+        }
+        done = subprocess.run(
+            ["/bin/sh", str(NOTIFY), *ARGS], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        (request,) = capture.requests
+    assert verify(secret, request.body, request.headers["X-XPlane-Signature-256"])
+    argv = log.read_text()
+    assert "openssl" in argv and "curl" in argv  # the shims did record
+    assert secret not in argv
+    assert secret.encode().hex() not in argv.replace(" ", "")
 
 
 def test_notify_fails_when_refused_and_checks_its_arguments() -> None:

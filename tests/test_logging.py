@@ -102,6 +102,57 @@ def test_secrets_are_redacted_from_messages_and_tracebacks(
     assert "RuntimeError" in third["exception"]
 
 
+def test_temporal_api_key_and_database_url_passwords_are_redacted(
+    captured: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api_key = "tmprl-" + uuid.uuid4().hex
+    monkeypatch.setenv("XPLANE_TEMPORAL_API_KEY", api_key)
+    log = logging.getLogger("xplane.test")
+    log.info("connecting to Temporal Cloud with key %s", api_key)
+    log.warning("store at postgresql+psycopg://xplane:pg-pass-123@db.internal:5432/xplane")
+    try:
+        raise RuntimeError("cannot connect to postgresql://admin:s3cr%40t@10.0.0.5/x")
+    except RuntimeError:
+        log.exception("store down")
+    log.info("no password: postgresql://xplane@db/x and http://host:8080/a@b")
+    out = captured.getvalue()
+    assert api_key not in out and "pg-pass-123" not in out and "s3cr%40t" not in out
+    key, url, error, plain = lines(captured)
+    assert key["message"] == f"connecting to Temporal Cloud with key {REDACTED}"
+    assert url["message"] == "store at postgresql+psycopg://xplane:***@db.internal:5432/xplane"
+    assert "postgresql://admin:***@10.0.0.5/x" in error["exception"]
+    assert plain["message"] == "no password: postgresql://xplane@db/x and http://host:8080/a@b"
+
+
+def test_agent_log_lines_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xplane.agent.log import JsonFormatter, NodeIdHolder, remember_secret
+
+    node_token = "node-" + uuid.uuid4().hex
+    monkeypatch.setenv("XPLANE_BOOTSTRAP_TOKEN", REGION_SECRET)
+    remember_secret(node_token)
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(JsonFormatter(NodeIdHolder()))
+    log = logging.getLogger(f"xplane.agent.test-{uuid.uuid4().hex}")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.warning(f"heartbeat with {node_token} refused")
+    log.info(
+        "registered", extra={"fields": {"server": "https://u:pw-9@cp.example", "t": [node_token]}}
+    )
+    try:
+        raise RuntimeError(f"bootstrap {REGION_SECRET} rejected")
+    except RuntimeError:
+        log.exception("register failed")
+    out = buffer.getvalue()
+    assert node_token not in out and REGION_SECRET not in out and "pw-9" not in out
+    refused, registered, failed = lines(buffer)
+    assert refused["msg"] == f"heartbeat with {REDACTED} refused"
+    assert registered["server"] == "https://u:***@cp.example" and registered["t"] == [REDACTED]
+    assert f"bootstrap {REDACTED} rejected" in failed["error"]
+
+
 def test_level_and_format_are_checked() -> None:
     with pytest.raises(ValueError, match="invalid log level 'LOUD'"):
         configure_logging("LOUD", stream=io.StringIO())

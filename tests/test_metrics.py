@@ -6,8 +6,9 @@ name (or compares before/after) and never depends on what other tests counted.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -43,9 +44,14 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 @contextmanager
-def metrics_server(factory: sessionmaker[Session] | None) -> Iterator[str]:
+def metrics_server(
+    factory: Callable[[], Session] | None,
+    *,
+    token: str | None = None,
+    max_age: float = metrics.NODE_COUNT_MAX_AGE,
+) -> Iterator[str]:
     app = FastAPI()
-    app.include_router(metrics.metrics_router(factory))
+    app.include_router(metrics.metrics_router(factory, token=token, node_count_max_age=max_age))
     with serve_in_thread(app) as served:
         yield served.url
 
@@ -78,7 +84,7 @@ def service() -> str:
     return f"svc-{uuid.uuid4().hex[:8]}"
 
 
-def test_node_counts_come_from_the_store_on_each_scrape(engine: Engine, service: str) -> None:
+def test_node_counts_come_from_the_store(engine: Engine, service: str) -> None:
     factory = make_sessionmaker(engine)
     for region, state in [
         ("jp", NodeState.ACTIVE),
@@ -90,7 +96,7 @@ def test_node_counts_come_from_the_store_on_each_scrape(engine: Engine, service:
         add_node(factory, service, region, state)
     add_node(factory, "other", "jp", NodeState.ACTIVE)
 
-    with metrics_server(factory) as url:
+    with metrics_server(factory, max_age=0) as url:
         response, samples = scrape(url)
         assert response.headers["content-type"].startswith("text/plain")
         assert value(samples, "xplane_store_up") == 1
@@ -109,10 +115,66 @@ def test_node_counts_come_from_the_store_on_each_scrape(engine: Engine, service:
             assert got == n, (region, state_name, got)
         assert value(samples, "xplane_nodes", service="other", region="jp", state="active") == 1
 
-        # The next scrape sees the store as it is now, not a cached count.
+        # Once the answer is older than max_age (0 here), a scrape sees the store as it is.
         add_node(factory, service, "jp", NodeState.ACTIVE)
         _, samples = scrape(url)
         assert value(samples, "xplane_nodes", service=service, region="jp", state="active") == 3
+
+
+class CountingSessions:
+    """The real session factory, counting the sessions (node-count queries) it opens."""
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.factory, self.opened = factory, 0
+
+    def __call__(self) -> Session:
+        self.opened += 1
+        return self.factory()
+
+
+def test_scrapes_share_one_node_count_query_per_interval(engine: Engine, service: str) -> None:
+    factory = make_sessionmaker(engine)
+    add_node(factory, service, "jp", NodeState.ACTIVE)
+    counting = CountingSessions(factory)
+    with metrics_server(counting, max_age=1.5) as url:
+        for _ in range(10):
+            _, samples = scrape(url)
+        assert counting.opened == 1  # ten scrapes, one GROUP BY
+        add_node(factory, service, "jp", NodeState.ACTIVE)
+        _, samples = scrape(url)
+        assert value(samples, "xplane_nodes", service=service, region="jp", state="active") == 1
+        time.sleep(1.6)  # the answer is now too old: the next scrape asks the store
+        _, samples = scrape(url)
+        assert value(samples, "xplane_nodes", service=service, region="jp", state="active") == 2
+        assert counting.opened == 2
+
+
+def test_metrics_token_is_required_when_set(service: str) -> None:
+    token = f"scrape-{uuid.uuid4().hex}"
+    with metrics_server(None, token=token) as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            refused = httpx.get(f"{url}/metrics", headers=headers, timeout=10)
+            assert refused.status_code == 401, headers
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert "xplane_" not in refused.text
+        allowed = httpx.get(
+            f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert allowed.status_code == 200 and "xplane_heartbeat_batch_size" in allowed.text
+
+
+def test_api_reads_the_metrics_token_from_the_environment(tmp_path: Path) -> None:
+    from xplane.api import create_app
+    from xplane.api.settings import ApiSettings
+
+    token = f"scrape-{uuid.uuid4().hex}"
+    settings = ApiSettings.from_env(
+        {"XPLANE_METRICS_TOKEN": token}, db_url=f"sqlite:///{tmp_path}/x.db"
+    )
+    with serve_in_thread(create_app(settings)) as served:
+        assert httpx.get(f"{served.url}/metrics", timeout=10).status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{served.url}/metrics", headers=auth, timeout=10).status_code == 200
 
 
 def test_counters_histogram_and_gauges(service: str) -> None:

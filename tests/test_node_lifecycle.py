@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -102,11 +103,11 @@ class Harness:
 
 
 async def _status(handle: WorkflowHandle) -> NodeLifecycleStatus:
-    return await handle.query(NodeLifecycleWorkflow.status, result_type=NodeLifecycleStatus)
+    return await handle.query(NodeLifecycleWorkflow.status)
 
 
 @pytest.fixture
-async def harness(time_env: WorkflowEnvironment, tmp_path) -> AsyncIterator[Harness]:  # type: ignore[no-untyped-def]
+async def harness(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Harness]:
     import xplane.store.tables  # noqa: F401
 
     engine = make_engine(f"sqlite:///{tmp_path}/nodes.db")

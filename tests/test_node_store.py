@@ -235,7 +235,7 @@ def test_register_node_asks_authorize_first_and_never_moves_a_node(engine: Engin
     seen: list[str | None] = []
 
     def record(existing: store.NodeRow | None) -> bool:
-        seen.append(existing and existing.token_hash)
+        seen.append(existing.token_hash if existing is not None else None)
         return True
 
     with transaction(factory) as s:

@@ -50,14 +50,14 @@ CONFIG = {
 def _files(bare: Path) -> dict[str, str]:
     tree = git.Repo(bare).commit("main").tree
     return {
-        b.path: b.data_stream.read().decode()
+        str(b.path): b.data_stream.read().decode()
         for b in tree.traverse()
-        if b.type == "blob"  # type: ignore[union-attr]
+        if isinstance(b, git.Blob)
     }
 
 
 async def _status(handle: WorkflowHandle) -> RegionStatus:
-    return await handle.query(RegionLifecycleWorkflow.status, result_type=RegionStatus)
+    return await handle.query(RegionLifecycleWorkflow.status)
 
 
 async def _until(handle: WorkflowHandle, phase: str, timeout: float = 30) -> RegionStatus:

@@ -17,6 +17,7 @@ import yaml
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from typer.testing import CliRunner
 
@@ -405,6 +406,26 @@ def test_activity_runs_the_sync(
     converter = pydantic_data_converter.payload_converter
     payloads = converter.to_payloads([result])
     assert converter.from_payloads(payloads, [SyncResult]) == [result]
+
+
+def test_activity_fails_fast_only_when_a_retry_cannot_help(
+    sqlite_factory: sessionmaker[Session], repo: ConfigRepo, tmp_path: Path
+) -> None:
+    activities = GitOpsActivities(sqlite_factory, tmp_path / "cache")
+    run = ActivityEnvironment().run
+    repo.commit(BASE, "initial")
+    with pytest.raises(ApplicationError) as bad_branch:
+        run(activities.sync_config_repo, SyncRequest(source=str(repo.remote), branch="-x"))
+    assert bad_branch.value.non_retryable and "invalid branch name" in str(bad_branch.value)
+    with pytest.raises(ApplicationError) as unreachable:  # may come back: retried
+        run(activities.sync_config_repo, SyncRequest(source=str(tmp_path / "gone.git")))
+    assert not unreachable.value.non_retryable and unreachable.value.type == "RepoError"
+
+    # A config nested 10,000 deep is a rejected revision, not a crash retried 6 times.
+    sha = repo.commit({**BASE, "gtm/deep.yaml": "a: " + "[" * 10_000 + "]" * 10_000}, "deep")
+    result = run(activities.sync_config_repo, SyncRequest(source=str(repo.remote)))
+    assert (result.status, result.sha) == (SyncStatus.REJECTED, sha)
+    assert [i.file for i in result.issues] == ["gtm/deep.yaml"]
 
 
 def test_cli_migrates_syncs_and_exits_by_status(repo: ConfigRepo, tmp_path: Path) -> None:

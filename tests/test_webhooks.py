@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.test_api_support import module_database, reset_database, settings_for
 from xplane.api import create_app
 from xplane.api.routes_webhooks import TerraformWebhook
 from xplane.api.serve import serve_in_thread
+from xplane.api.settings import ApiSettings
+from xplane.store.db import make_sessionmaker, transaction, utcnow
+from xplane.webhooks.deliveries import WebhookDeliveryRow
 from xplane.webhooks.signature import sign, verify
 
 SECRET = "ci-secret"
@@ -24,11 +29,15 @@ class Recorder:
     def __init__(self) -> None:
         self.terraform: list[TerraformWebhook] = []
         self.syncs = 0
+        self.failing_syncs = 0  # the next N sync_now calls fail (Temporal unreachable)
 
     async def terraform_finished(self, hook: TerraformWebhook) -> None:
         self.terraform.append(hook)
 
     async def sync_now(self) -> None:
+        if self.failing_syncs:
+            self.failing_syncs -= 1
+            raise RuntimeError("temporal unreachable")
         self.syncs += 1
 
 
@@ -128,21 +137,84 @@ def test_invalid_deliveries_signal_nothing(
     assert _post(http, _body(), f"d-{case}").status_code == 202
 
 
+def _git_post(
+    http: httpx.Client,
+    sender: str,
+    delivery: str | None,
+    body: bytes = b'{"ref": "refs/heads/main"}',
+) -> httpx.Response:
+    if sender == "github":
+        headers = {"X-Hub-Signature-256": sign(GIT_SECRET, body), "X-GitHub-Event": "push"}
+        id_header = "X-GitHub-Delivery"
+    else:
+        headers = {"X-Gitlab-Token": GIT_SECRET, "X-Gitlab-Event": "Push Hook"}
+        id_header = "X-Gitlab-Event-UUID"
+    if delivery is not None:
+        headers[id_header] = delivery
+    return http.post("/webhooks/git", content=body, headers=headers)
+
+
 def test_git_push_webhooks_github_and_gitlab(api: tuple[httpx.Client, Recorder]) -> None:
     http, recorder = api
     body = b'{"ref": "refs/heads/main"}'
-    github = http.post(
-        "/webhooks/git",
-        content=body,
-        headers={"X-Hub-Signature-256": sign(GIT_SECRET, body), "X-GitHub-Event": "push"},
-    )
-    assert github.status_code == 202
-    gitlab = http.post(
-        "/webhooks/git",
-        content=body,
-        headers={"X-Gitlab-Token": GIT_SECRET, "X-Gitlab-Event": "Push Hook"},
-    )
-    assert gitlab.status_code == 202
+    assert _git_post(http, "github", "72d3162e-cc78-11e3-81ab-4c9367dc0958").status_code == 202
+    assert _git_post(http, "gitlab", "13ba1bb5-9cbd-4d4b-a3e5-5e4a0c3b2f11").status_code == 202
     bad = http.post("/webhooks/git", content=body, headers={"X-Gitlab-Token": "nope"})
     assert bad.status_code == 401
     assert recorder.syncs == 2
+
+
+@pytest.mark.parametrize("sender", ["github", "gitlab"])
+def test_git_webhook_replay_is_a_duplicate_and_its_id_is_required(
+    api: tuple[httpx.Client, Recorder], sender: str
+) -> None:
+    http, recorder = api
+    first = _git_post(http, sender, "d-1")
+    assert first.status_code == 202, first.text
+    replay = _git_post(http, sender, "d-1")
+    assert replay.status_code == 200 and replay.json()["status"] == "duplicate"
+    assert recorder.syncs == 1
+    header = "X-GitHub-Delivery" if sender == "github" else "X-Gitlab-Event-UUID"
+    missing = _git_post(http, sender, None)
+    assert missing.status_code == 400 and header in missing.text
+    assert recorder.syncs == 1
+    # The same id from the other sender is another delivery.
+    other = "gitlab" if sender == "github" else "github"
+    assert _git_post(http, other, "d-1").status_code == 202
+    assert recorder.syncs == 2
+
+
+def test_a_git_delivery_that_could_not_be_signalled_can_be_redelivered(
+    api: tuple[httpx.Client, Recorder],
+) -> None:
+    http, recorder = api
+    recorder.failing_syncs = 1
+    assert _git_post(http, "github", "d-retry").status_code == 503
+    assert _git_post(http, "github", "d-retry").status_code == 202
+    assert recorder.syncs == 1
+
+
+def test_old_deliveries_are_pruned(
+    database: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, engine = database
+    reset_database(engine)
+    monkeypatch.setenv("XPLANE_WEBHOOK_DELIVERY_RETENTION", "2h")
+    settings = ApiSettings.from_env(db_url=url, prune_interval=timedelta(milliseconds=50))
+    assert settings.webhook_delivery_retention == timedelta(hours=2)
+    now = utcnow()
+    with transaction(make_sessionmaker(engine)) as session:
+        for delivery, age in [("old", timedelta(hours=3)), ("recent", timedelta(hours=1))]:
+            session.add(WebhookDeliveryRow(delivery_id=delivery, kind="git", received_at=now - age))
+    with serve_in_thread(create_app(settings)):
+        deadline = time.monotonic() + 10
+        while _delivery_ids(engine) != ["recent"]:
+            assert time.monotonic() < deadline, _delivery_ids(engine)
+            time.sleep(0.05)
+    with pytest.raises(ValueError, match="greater than or equal to 1 hour"):
+        ApiSettings(db_url=url, webhook_delivery_retention=timedelta(minutes=5))
+
+
+def _delivery_ids(engine: Any) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.select(WebhookDeliveryRow.delivery_id)).scalars())

@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 from activities.nodes import NodeActivities
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
 from tests.support.temporal import pydantic_client
-from workflows.control_loop import LoopSettings, LoopStatus
+from workflows.control_loop import LoopSettings
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
 from xplane.heartbeat import HeartbeatSettings
 from xplane.store import nodes as node_store
@@ -114,7 +114,7 @@ async def test_down_once_then_up_and_silence_while_nothing_changes(
         signals = await _signals(client, f"node-{node}")
         assert len(signals) == 3 and "'status': 'up'" in signals[2]
         assert len(await _signals(client, "gtm-svc")) == 3
-        status = await handle.query(WorldStateWorkflow.status, result_type=LoopStatus)
+        status = await handle.query(WorldStateWorkflow.status)
         assert status.details["transitions_total"] == 3
         assert status.details["heartbeat_timeout_seconds"] == TIMEOUT
         await handle.terminate()

@@ -52,7 +52,36 @@ if [ -n "$run_url" ]; then
 fi
 body="$body,\"timestamp\":$(date +%s)}"
 
-signature=$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$XPLANE_WEBHOOK_SECRET" -r | cut -d' ' -f1)
+# HMAC-SHA256 (RFC 2104) built from plain SHA-256: `openssl dgst -hmac KEY` would put
+# the secret on a command line, which any user on the runner can read (ps,
+# /proc/*/cmdline). Here the key only passes through the shell's own printf
+# (a builtin) and pipes.
+sha256_hex() { openssl dgst -sha256 -r | cut -d' ' -f1; }
+
+# The key as hex bytes; longer than the 64-byte block: its SHA-256 instead.
+key_hex=$(printf '%s' "$XPLANE_WEBHOOK_SECRET" | od -An -v -tx1 | tr -d ' \n')
+if [ ${#key_hex} -gt 128 ]; then
+  key_hex=$(printf '%s' "$XPLANE_WEBHOOK_SECRET" | sha256_hex)
+fi
+# The key padded to 64 bytes and XORed with 0x36 (ipad) and 0x5c (opad), as printf escapes.
+ipad="" opad="" rest=$key_hex i=0
+while [ $i -lt 64 ]; do
+  byte=0
+  if [ -n "$rest" ]; then
+    byte=$((0x${rest%"${rest#??}"}))
+    rest=${rest#??}
+  fi
+  ipad="$ipad\\$(printf '%03o' $((byte ^ 54)))"
+  opad="$opad\\$(printf '%03o' $((byte ^ 92)))"
+  i=$((i + 1))
+done
+# shellcheck disable=SC2059 # the pads are printf escapes on purpose
+signature=$(
+  {
+    printf "$opad"
+    { printf "$ipad" && printf '%s' "$body"; } | openssl dgst -sha256 -binary
+  } | sha256_hex
+)
 delivery="$region-$(printf '%s' "$commit" | cut -c1-12)-$(openssl rand -hex 8)"
 
 # --fail-with-body: a refusal (401, 422) prints XPlane's reason and fails the job.

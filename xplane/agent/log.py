@@ -1,6 +1,9 @@
 """Agent logs: one JSON object per line on stderr (ts, level, msg, node_id, extra fields).
 
 Callers pass structured fields with ``extra={"fields": {...}}``; tokens are never among them.
+As a net under that rule the formatter redacts the tokens the agent holds (registered
+with :func:`remember_secret`), the control plane's secret environment variables and
+URL passwords, in the message, the fields and the traceback.
 """
 
 from __future__ import annotations
@@ -8,14 +11,45 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
+
+from xplane.observability.logging import redact, secret_values
 
 
 class NodeIdHolder:
     """Mutable: the node id is known only after registration."""
 
     value: str | None = None
+
+
+_secrets_lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def remember_secret(value: str) -> None:
+    """Redact ``value`` (a bootstrap or node token) from every later log line."""
+    if value:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def _known_secrets() -> list[str]:
+    with _secrets_lock:
+        held = set(_secrets)
+    # Longest first: a secret containing another is replaced whole.
+    return sorted(held | set(secret_values()), key=len, reverse=True)
+
+
+def _clean(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: _clean(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v, secrets) for v in value]
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,7 +69,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(_clean(entry, _known_secrets()), default=str)
 
 
 def setup_logging(node: NodeIdHolder, level: int = logging.INFO) -> logging.Logger:

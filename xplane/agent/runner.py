@@ -41,7 +41,7 @@ from xplane.agent.local_metrics import (
     NoSource,
     PrometheusSource,
 )
-from xplane.agent.log import NodeIdHolder
+from xplane.agent.log import NodeIdHolder, remember_secret
 from xplane.agent.probes import run_probes, summarise_rtt
 from xplane.agent.prom import LocalMetrics
 from xplane.agent.state import AgentState, forget_state, load_state, save_state
@@ -63,6 +63,7 @@ def read_token(path: Path) -> str:
         raise TokenFileError(f"token file {path}: {exc.strerror or exc}") from exc
     if not token:
         raise TokenFileError(f"token file {path}: empty")
+    remember_secret(token)
     return token
 
 
@@ -138,6 +139,7 @@ class Agent:
         )
         if same:
             self._token = state.token
+            remember_secret(state.token)
         self.log.info("restored identity", extra={"fields": {"reused_token": same}})
 
     def _persist(self, token: str) -> None:
@@ -199,6 +201,7 @@ class Agent:
             self._just_registered = True
             self._set_node_id(reply.node_id)
             self._token = reply.token
+            remember_secret(reply.token)
             self.interval_s = clamp_interval(reply.heartbeat_interval_seconds)
             self._persist(reply.token)
             self.log.info(

@@ -27,6 +27,7 @@ from xplane.observability.metrics import metrics_router
 from xplane.observability.tracing import tracing_requested
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.nodes import prune_samples
+from xplane.webhooks.deliveries import prune_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     routers = (health_router, nodes_router, admin_router, make_webhook_router())
-    for router in (*routers, metrics_router(factory), *extra_routers):
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    for router in (*routers, metrics_router(factory, token=metrics_token), *extra_routers):
         app.include_router(router)
     return app
 
@@ -101,18 +103,21 @@ def api_telemetry(environ: Mapping[str, str] | None = None) -> TelemetryConfig:
 
 
 async def _prune_forever(ctx: ApiContext) -> None:
-    """Drop samples older than the retention (every replica does it; that is harmless)."""
+    """Drop samples and webhook deliveries older than their retentions (every replica
+    does it; that is harmless)."""
     while True:
         try:
-            cutoff = utcnow() - ctx.settings.sample_retention
-            await asyncio.to_thread(_prune, ctx, cutoff)
+            await asyncio.to_thread(_prune, ctx, utcnow())
         except Exception as exc:
-            log.warning("pruning metric samples failed: %s", exc)
+            log.warning("pruning metric samples and webhook deliveries failed: %s", exc)
         await asyncio.sleep(ctx.settings.prune_interval.total_seconds())
 
 
-def _prune(ctx: ApiContext, cutoff: datetime) -> None:
+def _prune(ctx: ApiContext, now: datetime) -> None:
     with transaction(ctx.factory) as session:
-        removed = prune_samples(session, cutoff)
+        removed = prune_samples(session, now - ctx.settings.sample_retention)
+        deliveries = prune_deliveries(session, now - ctx.settings.webhook_delivery_retention)
     if removed:
         log.info("pruned %d metric samples", removed)
+    if deliveries:
+        log.info("pruned %d webhook deliveries", deliveries)

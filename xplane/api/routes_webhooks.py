@@ -11,7 +11,9 @@ workflow) and to ``region-<region>`` when that workflow is running.
 
 Git: GitHub push events (``X-Hub-Signature-256``) and GitLab's
 (``X-Gitlab-Token``) with ``XPLANE_GIT_WEBHOOK_SECRET`` send ``sync_now`` to
-``gitops-sync``.
+``gitops-sync``. Their delivery ids (GitHub's ``X-GitHub-Delivery``, GitLab's
+``X-Gitlab-Event-UUID``) are required and recorded: a replayed request answers
+200 ``duplicate`` and triggers nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from xplane.store.config_store import service_regions
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
 from xplane.store.pools import finish_commit
-from xplane.webhooks.deliveries import claim_delivery
+from xplane.webhooks.deliveries import MAX_ID_LENGTH, claim_delivery, release_delivery
 from xplane.webhooks.signature import token_matches, verify
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-XPlane-Signature-256"
 DELIVERY_HEADER = "X-XPlane-Delivery"
 DEFAULT_WINDOW = timedelta(minutes=5)
+GITHUB_DELIVERY_HEADER = "X-GitHub-Delivery"
+GITLAB_DELIVERY_HEADER = "X-Gitlab-Event-UUID"
 
 
 class TerraformWebhook(BaseModel):
@@ -145,19 +149,48 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         secret = _secret("XPLANE_GIT_WEBHOOK_SECRET")
         github = request.headers.get("X-Hub-Signature-256")
         gitlab = request.headers.get("X-Gitlab-Token")
-        if not (verify(secret, body, github) or token_matches(secret, gitlab)):
+        from_github = verify(secret, body, github)
+        if not (from_github or token_matches(secret, gitlab)):
             metrics.webhook_delivery("git", "bad_signature")
             raise ApiError(
                 401, "bad signature", [("X-Hub-Signature-256", "or X-Gitlab-Token invalid")]
             )
+        # The id of whichever sender's credential matched: a replay is not acted on twice.
+        header, sender = (
+            (GITHUB_DELIVERY_HEADER, "github")
+            if from_github
+            else (GITLAB_DELIVERY_HEADER, "gitlab")
+        )
+        delivery = request.headers.get(header, "")
+        if not delivery or len(delivery) > MAX_ID_LENGTH - len(sender) - 1:
+            metrics.webhook_delivery("git", "invalid")
+            if not delivery:
+                raise ApiError(400, "missing delivery id", [(header, "header is required")])
+            raise ApiError(400, "invalid delivery id", [(header, "too long")])
         event = request.headers.get("X-GitHub-Event") or request.headers.get("X-Gitlab-Event", "")
         if event not in ("push", "Push Hook", ""):
             return JSONResponse({"status": "ignored", "event": event}, status_code=200)
         notifier = _notifier(request)
         if notifier is None:
             raise ApiError(503, "no workflow client configured")
-        await notifier.sync_now()
+        key = f"{sender}:{delivery}"
+        factory = get_ctx(request).factory
+        with transaction(factory) as session:
+            claimed = claim_delivery(session, key, "git")
+        if not claimed:
+            metrics.webhook_delivery("git", "duplicate")
+            return JSONResponse({"status": "duplicate", "delivery": delivery}, status_code=200)
+        try:
+            await notifier.sync_now()
+        except BaseException as err:
+            # Not signalled: the sender's redelivery of this id must be able to try again.
+            with transaction(factory) as session:
+                release_delivery(session, key)
+            if not isinstance(err, Exception):
+                raise
+            log.warning("git webhook %s: signalling gitops-sync failed: %s", key, err)
+            raise ApiError(503, "could not signal gitops-sync: redeliver later") from err
         metrics.webhook_delivery("git", "accepted")
-        return JSONResponse({"status": "accepted"}, status_code=202)
+        return JSONResponse({"status": "accepted", "delivery": delivery}, status_code=202)
 
     return router

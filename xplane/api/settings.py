@@ -13,8 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from xplane.durations import parse_duration
 from xplane.heartbeat import HeartbeatSettings
 from xplane.store.db import DEFAULT_DB_URL
+from xplane.webhooks.deliveries import DEFAULT_RETENTION, MIN_RETENTION
 
 BOOTSTRAP_ENV = "XPLANE_BOOTSTRAP_TOKEN"
 
@@ -34,6 +36,7 @@ class ApiSettings(BaseModel):
     # Per-region bootstrap tokens, keyed by the env-var suffix (REGION upper, - -> _).
     region_bootstrap_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     admin_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a bearer token
     # The interval told to agents and the timeout of the API's views (XPLANE_HEARTBEAT_*).
     heartbeat: HeartbeatSettings = HeartbeatSettings()
     sample_retention: timedelta = timedelta(minutes=15)
@@ -50,6 +53,8 @@ class ApiSettings(BaseModel):
     # Heartbeat batches written at once; default 1 on SQLite (a single writer), 4 otherwise.
     batch_concurrency: int | None = Field(default=None, ge=1)
     notifier_timeout: timedelta = timedelta(seconds=5)
+    # Webhook delivery ids are remembered this long (replay protection), then pruned.
+    webhook_delivery_retention: timedelta = Field(default=DEFAULT_RETENTION, ge=MIN_RETENTION)
 
     @property
     def writer_concurrency(self) -> int:
@@ -85,6 +90,7 @@ class ApiSettings(BaseModel):
             "db_url": env.get("XPLANE_DB_URL") or DEFAULT_DB_URL,
             "bootstrap_token": env.get(BOOTSTRAP_ENV) or None,
             "admin_token": env.get("XPLANE_ADMIN_TOKEN") or None,
+            "metrics_token": env.get("XPLANE_METRICS_TOKEN") or None,
             "region_bootstrap_tokens": {
                 k.removeprefix(prefix): v for k, v in env.items() if k.startswith(prefix) and v
             },
@@ -94,5 +100,9 @@ class ApiSettings(BaseModel):
             values["host"] = env["XPLANE_API_HOST"]
         if env.get("XPLANE_API_PORT"):
             values["port"] = env["XPLANE_API_PORT"]
+        if env.get("XPLANE_WEBHOOK_DELIVERY_RETENTION"):
+            values["webhook_delivery_retention"] = parse_duration(
+                env["XPLANE_WEBHOOK_DELIVERY_RETENTION"]
+            )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)

@@ -108,14 +108,50 @@ class _Issues:
             return None
 
 
+# Limits on one file's shape. A config is a few levels deep and a few hundred values;
+# without limits a file nested thousands deep crashes the parser (RecursionError)
+# and a few lines of aliases ("billion laughs") expand to billions of values.
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+class _TooComplex(Exception):
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting deeper than MAX_DEPTH while composing (the
+    composer recurses once per level, so a deep file would exhaust the stack)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _TooComplex(
+                    f"nested more than {MAX_DEPTH} levels deep", mark.line + 1 if mark else None
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _parse(file: str, text: str, issues: _Issues) -> _Doc | None:
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()
         doc = _Doc(file, None)
         if node is not None:
-            _index_lines(node, (), doc, issues)
+            # Before constructing: aliases are followed here, within the limits.
+            _index_lines(node, (), doc, issues, _Budget())
             doc.data = loader.construct_document(node)
+    except _TooComplex as exc:
+        issues.items.append(ConfigIssue(file=file, message=f"invalid YAML: {exc}", line=exc.line))
+        return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = ": ".join(x for x in (exc.context, exc.problem) if x)
@@ -138,9 +174,23 @@ def _parse(file: str, text: str, issues: _Issues) -> _Doc | None:
     return doc
 
 
-def _index_lines(node: yaml.Node, loc: Loc, doc: _Doc, issues: _Issues) -> None:
+@dataclass
+class _Budget:
+    """Values left to visit in one file, aliases expanded (MAX_NODES)."""
+
+    left: int = MAX_NODES
+
+
+def _index_lines(node: yaml.Node, loc: Loc, doc: _Doc, issues: _Issues, budget: _Budget) -> None:
     """Record the line of every key and list item; report duplicate keys (PyYAML
-    silently keeps the last one, which would hide a mistake)."""
+    silently keeps the last one, which would hide a mistake). Raises _TooComplex past
+    MAX_DEPTH (an alias inside its own anchor never ends) or MAX_NODES."""
+    budget.left -= 1
+    line = node.start_mark.line + 1
+    if budget.left < 0:
+        raise _TooComplex(f"more than {MAX_NODES} values once aliases are expanded", line)
+    if len(loc) > MAX_DEPTH:
+        raise _TooComplex(f"nested more than {MAX_DEPTH} levels deep (through aliases)", line)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -155,11 +205,11 @@ def _index_lines(node: yaml.Node, loc: Loc, doc: _Doc, issues: _Issues) -> None:
                 )
             seen.add(key)
             doc.lines.setdefault(sub, key_node.start_mark.line + 1)
-            _index_lines(value_node, sub, doc, issues)
+            _index_lines(value_node, sub, doc, issues, budget)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             doc.lines[(*loc, i)] = item.start_mark.line + 1
-            _index_lines(item, (*loc, i), doc, issues)
+            _index_lines(item, (*loc, i), doc, issues, budget)
 
 
 # ---------------------------------------------------------------- per-file models

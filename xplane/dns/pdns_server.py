@@ -8,6 +8,7 @@ is stopped by PID (SIGTERM, then SIGKILL), never by name.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -25,13 +27,83 @@ import httpx
 from xplane.netutil import free_port
 
 PDNS_BINARY = "pdns_server"
-SCHEMA_PATH = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
 LOOPBACK = "127.0.0.1"
+SCHEMA_NAME = "schema.sqlite3.sql"
+SCHEMA_ENV = "XPLANE_PDNS_SCHEMA"
+# Where distributions put the SQLite backend's schema, relative to the file system root:
+# Debian/Ubuntu, older Debian, Fedora/RHEL/Alpine, Arch, source builds, Homebrew.
+SCHEMA_LOCATIONS = (
+    "usr/share/pdns-backend-sqlite3/schema",
+    "usr/share/doc/pdns-backend-sqlite3",
+    "usr/share/doc/pdns",
+    "usr/share/doc/powerdns",
+    "usr/local/share/doc/pdns",
+    "opt/homebrew/share/doc/pdns",
+)
+# Last resort, globbed under the root: any package's (schema) folder with the file.
+SCHEMA_GLOBS = (
+    "usr/share/*/schema",
+    "usr/share/doc/*",
+    "usr/local/share/*",
+    "usr/local/share/doc/*",
+)
+# Package managers that can list a package's files (name, command).
+_PACKAGE_LISTERS = (
+    ("dpkg", ("dpkg", "-L", "pdns-backend-sqlite3")),
+    ("rpm", ("rpm", "-ql", "pdns-backend-sqlite")),
+)
+
+
+def _packaged_schema() -> Path | None:
+    """The schema as the package manager lists it (a layout none of the above guessed)."""
+    for tool, command in _PACKAGE_LISTERS:
+        if shutil.which(tool) is None:
+            continue
+        try:
+            listed = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for line in listed.stdout.splitlines():
+            path = Path(line.strip())
+            if path.name == SCHEMA_NAME and path.is_file():
+                return path
+    return None
+
+
+def find_schema(
+    environ: Mapping[str, str] | None = None,
+    root: Path = Path("/"),
+    *,
+    ask_packages: bool = True,
+) -> Path | None:
+    """The PowerDNS SQLite schema: ``$XPLANE_PDNS_SCHEMA``, the distributions' known
+    locations, what ``dpkg``/``rpm`` list for the backend package, then a glob. None
+    when not installed (``pdns_server`` alone cannot serve the SQLite backend)."""
+    env = os.environ if environ is None else environ
+    if env.get(SCHEMA_ENV):
+        given = Path(env[SCHEMA_ENV])
+        return given if given.is_file() else None
+    for folder in SCHEMA_LOCATIONS:
+        if (root / folder / SCHEMA_NAME).is_file():
+            return root / folder / SCHEMA_NAME
+    if ask_packages and (packaged := _packaged_schema()) is not None:
+        return packaged
+    for pattern in SCHEMA_GLOBS:
+        for match in sorted(root.glob(pattern)):
+            if (match / SCHEMA_NAME).is_file():
+                return match / SCHEMA_NAME
+    return None
+
+
+@functools.cache
+def schema_path() -> Path | None:
+    """:func:`find_schema` for this machine, looked up once per process."""
+    return find_schema()
 
 
 def pdns_available() -> bool:
     """True when ``pdns_server`` and the SQLite backend's schema are installed."""
-    return shutil.which(PDNS_BINARY) is not None and SCHEMA_PATH.exists()
+    return shutil.which(PDNS_BINARY) is not None and schema_path() is not None
 
 
 def free_udp_tcp_port(host: str = LOOPBACK, attempts: int = 50) -> int:
@@ -129,7 +201,10 @@ class PdnsServer:
         if self._process is not None:
             return self
         if not pdns_available():
-            raise RuntimeError(f"{PDNS_BINARY} or {SCHEMA_PATH} not installed")
+            raise RuntimeError(
+                f"{PDNS_BINARY} or its SQLite schema ({SCHEMA_NAME}) not installed: "
+                f"install pdns-server and pdns-backend-sqlite3, or set {SCHEMA_ENV}"
+            )
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="xplane-pdns-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -163,8 +238,10 @@ class PdnsServer:
         db = self.data_dir / "pdns.sqlite3"
         if db.exists():
             return
+        schema = schema_path()
+        assert schema is not None  # checked by start()
         with sqlite3.connect(db) as conn:
-            conn.executescript(SCHEMA_PATH.read_text(encoding="utf-8"))
+            conn.executescript(schema.read_text(encoding="utf-8"))
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout

@@ -48,7 +48,15 @@ Edit = Callable[[Path], tuple[Mapping[str, str | None], str] | None]
 
 
 class RepoError(Exception):
-    """The infra repo could not be read, edited or pushed (the message says which and why)."""
+    """The infra repo could not be read, edited or pushed (the message says which and why).
+
+    ``permanent``: retrying cannot help (a malformed file, an invalid name), as opposed
+    to a network failure or a lost push race.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class FilesCommitResult(BaseModel):
@@ -127,7 +135,9 @@ def _checkout_tip(repo: git.Repo, target: str, branch: str) -> str:
 def _safe_path(root: Path, rel: str) -> Path:
     pure = PurePosixPath(rel)
     if pure.is_absolute() or ".." in pure.parts or not pure.parts or pure.parts[0] == ".git":
-        raise RepoError(f"refusing to write {rel!r}: paths must stay inside the repo")
+        raise RepoError(
+            f"refusing to write {rel!r}: paths must stay inside the repo", permanent=True
+        )
     return root / pure
 
 
@@ -249,9 +259,9 @@ def commit_node_count(
     A missing file is a RepoError unless ``create``.
     """
     if not _NAME.match(region):
-        raise RepoError(f"invalid region name {region!r}")
+        raise RepoError(f"invalid region name {region!r}", permanent=True)
     if count < 0:
-        raise RepoError(f"node count must be >= 0, not {count}")
+        raise RepoError(f"node count must be >= 0, not {count}", permanent=True)
     rel = path.format(region=region, count=count)
     seen: dict[str, int | None] = {}
 
@@ -260,13 +270,14 @@ def commit_node_count(
         exists = file.is_file()
         if not exists and not create:
             msg = f"{rel} not found in {source} ({branch}); pass create=True to create it"
-            raise RepoError(redact(msg))
+            raise RepoError(redact(msg), permanent=True)
         try:
             text = file.read_bytes().decode("utf-8") if exists else ""  # keep CRLF as is
             previous = get_node_count(text)
             updated = set_node_count(text, count)
         except (TfvarsError, UnicodeDecodeError) as exc:
-            raise RepoError(redact(f"{rel} in {source} ({branch}): {exc}")) from exc
+            msg = f"{rel} in {source} ({branch}): {exc}"
+            raise RepoError(redact(msg), permanent=True) from exc
         seen["previous"] = previous
         if exists and previous == count:
             return None

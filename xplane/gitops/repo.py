@@ -29,7 +29,14 @@ _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 class RepoError(Exception):
-    """The repo or branch cannot be fetched; the message says which and why."""
+    """The repo or branch cannot be fetched; the message says which and why.
+
+    ``permanent``: retrying cannot help (an invalid branch name).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class FetchedRepo(BaseModel):
@@ -88,7 +95,7 @@ def fetch_repo(source: str, branch: str, workdir: Path) -> FetchedRepo:
     Raises RepoError when the repo is unreachable or the branch is unknown.
     """
     if not branch or branch.startswith("-"):
-        raise RepoError(f"invalid branch name {branch!r}")
+        raise RepoError(f"invalid branch name {branch!r}", permanent=True)
     url = _remote_url(source)
     path = cache_dir(source, workdir)
     env = {

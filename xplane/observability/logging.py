@@ -8,8 +8,9 @@ carry Temporal's ``temporal_workflow`` / ``temporal_activity`` extras; they beco
 
 Secrets: the values of the environment variables in :data:`SECRET_ENV_VARS`
 (and every ``XPLANE_BOOTSTRAP_TOKEN_<REGION>``) are replaced by ``[REDACTED]``
-in messages and tracebacks before any handler writes them. This is a net under
-the rule that code never logs a secret, not a licence to.
+in messages and tracebacks before any handler writes them, and the password of
+every URL (``postgresql://user:pass@host`` -> ``postgresql://user:***@host``) is
+masked. This is a net under the rule that code never logs a secret, not a licence to.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json as _json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -27,6 +29,8 @@ SECRET_ENV_VARS = (
     "XPLANE_ADMIN_TOKEN",
     "XPLANE_WEBHOOK_SECRET",
     "XPLANE_GIT_WEBHOOK_SECRET",
+    "XPLANE_TEMPORAL_API_KEY",
+    "XPLANE_METRICS_TOKEN",
     "PDNS_API_KEY",
     "CLOUDFLARE_API_TOKEN",
     "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
@@ -35,6 +39,8 @@ SECRET_ENV_VARS = (
 )
 SECRET_ENV_PREFIXES = ("XPLANE_BOOTSTRAP_TOKEN_",)
 REDACTED = "[REDACTED]"
+# scheme://user:password@ -- userinfo cannot hold an unencoded / ? # @ or space (RFC 3986).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)[^@/?#\s]+@")
 
 # LogRecord attributes that are not user extras (everything else is passed through).
 _RESERVED = frozenset(
@@ -113,10 +119,11 @@ def secret_values(
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret value replaced and every URL's password masked."""
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    return _URL_PASSWORD.sub(r"\g<head>***@", text) if "://" in text else text
 
 
 class RedactSecrets(logging.Filter):
@@ -135,8 +142,6 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = secret_values(self._environ, self._names)
-        if not secrets:
-            return True
         message = record.getMessage()
         cleaned = redact(message, secrets)
         if cleaned != message:

@@ -8,14 +8,18 @@ call them from workflow code: a replayed workflow would count twice.
 
 Label values that come from code (directions, results, webhook kinds) are
 checked against closed sets, so a typo raises instead of creating a new series.
-Node counts are not kept in memory at all: :class:`StoreCollector` reads them
-from the store with one ``GROUP BY`` on every scrape, so every API replica
-reports the same truth.
+Node counts are read from the store by :class:`StoreCollector` (one ``GROUP BY``),
+so every API replica reports the same truth; the answer is reused for
+``NODE_COUNT_MAX_AGE`` (15 s) so scrapes, however frequent or many, cost the
+store at most one query per replica per interval.
+
+``/metrics`` on the API can require ``Authorization: Bearer <XPLANE_METRICS_TOKEN>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import threading
 import time
@@ -23,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Protocol
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -42,6 +46,8 @@ from xplane.domain import NodeState
 from xplane.store.nodes import NodeRow
 
 log = logging.getLogger(__name__)
+
+NODE_COUNT_MAX_AGE = 15.0  # seconds a node-count answer is reused
 
 REGISTRY = CollectorRegistry()
 
@@ -246,16 +252,34 @@ _STATES = frozenset(s.value for s in NodeState)
 
 
 class StoreCollector:
-    """``xplane_nodes{service,region,state}`` read from the store on every scrape.
+    """``xplane_nodes{service,region,state}`` read from the store, at most once per
+    ``max_age`` seconds (scrapes in between get the last answer).
 
     Every lifecycle state of a (service, region) that has nodes is reported, with
     0 for the empty ones, so ``xplane_nodes{state="active"} == 0`` alerts work.
     A store that fails the query yields ``xplane_store_up 0`` instead of failing
-    the whole scrape.
+    the whole scrape (a failure is not cached: the next scrape asks again).
     """
 
-    def __init__(self, session_factory: sessionmaker[Session] | _SessionFactory) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session] | _SessionFactory,
+        max_age: float = NODE_COUNT_MAX_AGE,
+    ) -> None:
         self._sessions = session_factory
+        self._max_age = max_age
+        # One query at a time: concurrent scrapes wait for it and share its answer.
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[tuple[str, str], dict[str, int]]] | None = None
+
+    def _fresh_counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self._max_age:
+                return self._cached[1]
+            counts = self._counts()
+            self._cached = (time.monotonic(), counts)
+            return counts
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         # Declared so registering never runs a query (auto-describe would call collect()).
@@ -269,7 +293,7 @@ class StoreCollector:
             labels=["service", "region", "state"],
         )
         try:
-            counts = self._counts()
+            counts = self._fresh_counts()
         except Exception as exc:  # a scrape must answer even when the store is down
             log.warning("metrics: node count query failed: %s", exc)
             up.add_metric([], 0)
@@ -309,6 +333,7 @@ class _Chain:
 
 def exposition_registry(
     session_factory: sessionmaker[Session] | _SessionFactory | None = None,
+    node_count_max_age: float = NODE_COUNT_MAX_AGE,
 ) -> CollectorRegistry:
     """A registry serving the module's metrics plus, given a session factory, node counts.
 
@@ -318,20 +343,43 @@ def exposition_registry(
     registry = CollectorRegistry()
     parts: list[Collector] = [REGISTRY]
     if session_factory is not None:
-        parts.append(StoreCollector(session_factory))
+        parts.append(StoreCollector(session_factory, node_count_max_age))
     registry.register(_Chain(*parts))  # type: ignore[arg-type]
     return registry
 
 
+def bearer_matches(header: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>``, compared in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
 def metrics_router(
     session_factory: sessionmaker[Session] | _SessionFactory | None = None,
+    *,
+    token: str | None = None,
+    node_count_max_age: float = NODE_COUNT_MAX_AGE,
 ) -> APIRouter:
-    """``GET /metrics`` in the Prometheus text format (mount on the API app)."""
-    registry = exposition_registry(session_factory)
+    """``GET /metrics`` in the Prometheus text format (mount on the API app).
+
+    With ``token`` (``XPLANE_METRICS_TOKEN``) a scrape must send it as a bearer token:
+    the metrics name every service and region, which is not for anyone who can reach
+    the port.
+    """
+    registry = exposition_registry(session_factory, node_count_max_age)
     router = APIRouter(tags=["observability"])
 
     @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if token and not bearer_matches(request.headers.get("authorization"), token):
+            return Response(
+                content="metrics token required\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         # The node-count query is blocking I/O: keep it off the event loop.
         body = await asyncio.to_thread(generate_latest, registry)
         return Response(content=body, media_type=CONTENT_TYPE_LATEST)
