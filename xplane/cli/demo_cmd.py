@@ -41,8 +41,14 @@ def fail_node(
     if not pid_files:
         typer.echo("error: no running node agent found", err=True)
         raise typer.Exit(1)
-    target = pid_files[0]
-    pid = int(target.read_text().strip())
+    from xplane.procs import read_pid_file
+
+    running = [(p, ref) for p in pid_files if (ref := read_pid_file(p)) is not None]
+    if not running:
+        typer.echo("error: no running node agent found", err=True)
+        raise typer.Exit(1)
+    target, ref = running[0]
+    pid = ref.pid
     os.kill(pid, signal.SIGKILL)
     typer.echo(f"killed node {target.stem} (pid {pid}). Watch: xplane status --watch; "
                f"xplane events --node {target.stem}")  # fmt: skip
