@@ -140,7 +140,7 @@ def holder(tmp: Path, name: str, proto: str = "tcp") -> Iterator[tuple[subproces
         proc.wait()
 
 
-def up(data_dir: Path, *flags: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def up(data_dir: Path, *flags: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`xplane up` expected to refuse to start (so it returns by itself)."""
     ports = {"--temporal-port": "0", "--ui-port": "0", "--api-port": "0",
              "--pdns-api-port": str(free_port()), "--dns-port": str(free_port()),
