@@ -23,12 +23,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import git
 import pytest
 
 from tests.support.stack import BIN, Stack, kill_leftover_agents, wait_for
 from tests.support.waiting import until
 from tests.test_infra_support import ControlPlane, start_control_plane, unique_prefix
 from xplane.dns.pdns_server import pdns_available
+from xplane.infra.local_runner import install_hook
 from xplane.infra.skeleton import INFRA_ROOT
 from xplane.netutil import free_port
 
@@ -278,6 +280,54 @@ def kill_leftover_agents_in(state_dir: Path) -> None:
     from xplane.up import stop_pool_agents
 
     stop_pool_agents(state_dir)
+
+
+# ------------------------------------------------------------ CI worker lifeline
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+def test_a_ci_worker_ends_itself_and_its_terraform_once_up_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker a push starts (git hook, new session) is no child of `xplane up`: it
+    watches XPLANE_LIFELINE and takes its terraform down with it."""
+    bare = tmp_path / "infra.git"
+    git.Repo.init(bare, bare=True, initial_branch="main")
+    terraform = tmp_path / "terraform"
+    terraform.write_text("#!/bin/sh\nexec sleep 600\n")  # an apply that takes long
+    terraform.chmod(0o755)
+    refs: set[tuple[int, int]] = set()
+    with holder(tmp_path, "fake-up") as (fake_up, _):
+        lifeline = "{}:{}".format(*ref_of(fake_up.pid))
+        monkeypatch.setenv("XPLANE_LIFELINE", lifeline)  # as `xplane up` sets it
+        install_hook(bare, {"TERRAFORM": str(terraform)}, work_dir=tmp_path / "runner")
+        clone = git.Repo.clone_from(str(bare), tmp_path / "clone")
+        pool = Path(str(clone.working_tree_dir)) / "infra" / "node-pool"
+        (pool / "jp").mkdir(parents=True)
+        (pool / "jp" / "main.tf").write_text("")
+        (pool / "jp.tfvars").write_text('service = "svc-plus"\n')
+        clone.git.add(A=True)
+        clone.index.commit("jp pool")
+        clone.git.push("origin", "HEAD:refs/heads/main")
+        try:
+
+            def worker_and_terraform() -> set[int] | None:
+                lines = {pid: cmdline(pid) for pid in with_env("XPLANE_LIFELINE", lifeline)}
+                worker = {p for p, c in lines.items() if "local_runner run" in c}
+                tf = {p for p, c in lines.items() if c.startswith("sleep 600")}
+                return worker | tf if worker and tf else None
+
+            pids = until(worker_and_terraform, "the worker running terraform", 60)
+            refs = {ref_of(pid) for pid in pids if started(pid) is not None}
+            fake_up.kill()
+            fake_up.wait()
+            until(lambda: not any(map(running, refs)), "worker and terraform gone", 5, every=0.1)
+        finally:
+            for pid, _ in [ref for ref in refs if running(ref)]:
+                os.kill(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------- a real `xplane up`, killed
