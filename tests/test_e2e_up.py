@@ -140,7 +140,7 @@ def test_up_resolves_fails_over_replaces_and_stops_clean(stack: Stack) -> None:
     assert len(scaled) == 1 and "replace 1" in scaled[0]["message"], scaled  # for the loss only
 
     # Ctrl-C stops everything it started.
-    pids = [int(p.read_text()) for p in (stack.data / "pool").glob("*.pid")]
+    pids = [int(p.read_text().split()[0]) for p in (stack.data / "pool").glob("*.pid")]
     pids += [info["temporal_pid"], info["pid"]]
     assert stack.stop() == 0
     stack.mark("stopped")

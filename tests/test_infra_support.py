@@ -57,8 +57,8 @@ def pid_running(pid: int) -> bool:
 
 
 def agent_pids(state_dir: Path) -> dict[str, int]:
-    """node id -> pid of every pid file the local module wrote."""
-    return {p.stem: int(p.read_text().strip()) for p in state_dir.glob("*.pid")}
+    """node id -> pid of every pid file the local module wrote ("<pid> <start time>")."""
+    return {p.stem: int(p.read_text().split()[0]) for p in state_dir.glob("*.pid")}
 
 
 def kill_agents(state_dir: Path) -> None:

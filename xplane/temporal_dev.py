@@ -3,7 +3,8 @@
 Used by ``xplane up`` and the end-to-end tests. State lives in a SQLite file in
 WAL mode (measured: ~3x the workflow throughput of the default journal), the
 web UI is on ``ui_port``, XPlane's search attributes are registered at start,
-and :meth:`stop` ends the server by PID (its own process group).
+and :meth:`stop` ends the server by PID (its own process group). The server dies with
+the process that started it (parent-death signal) and is recorded in ``temporal.pid``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from xplane.netutil import free_port, wait_for_port
+from xplane.procs import spawn, without_secrets
 
 # Custom search attributes XPlane sets on its workflows (see README: Temporal).
 SEARCH_ATTRIBUTES = {
@@ -58,6 +60,10 @@ class TemporalDevServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "temporal.pid"
+
+    @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -89,12 +95,15 @@ class TemporalDevServer:
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "temporal.log", "ab")  # noqa: SIM115 (owned by the child)
-        self.process = subprocess.Popen(
+        # Own process group (stop() ends its children too); dies with this process even
+        # on SIGKILL; no secrets in its environment; the pid file lets the next
+        # `xplane up` stop a server an earlier, killed one left behind.
+        self.process = spawn(
             self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,  # own process group: stop() ends its children too
+            pid_file=self.pid_path,
         )
         log.close()
         try:
@@ -111,6 +120,7 @@ class TemporalDevServer:
                 [temporal_cli(), "operator", "namespace", "describe", "default",
                  "--address", self.address],
                 capture_output=True,
+                env=without_secrets(),
             )  # fmt: skip
             if check.returncode == 0:
                 return
@@ -123,6 +133,7 @@ class TemporalDevServer:
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
+            self.pid_path.unlink(missing_ok=True)
             return
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -132,6 +143,7 @@ class TemporalDevServer:
             proc.wait()
         except ProcessLookupError:
             pass
+        self.pid_path.unlink(missing_ok=True)
 
     def __enter__(self) -> TemporalDevServer:
         self.start()

@@ -1,5 +1,11 @@
 """``xplane up``: the whole control plane on one machine, with no cloud account.
 
+Before anything starts it refuses a second ``xplane up`` on the same data directory,
+stops what an earlier one that died left running (pid files with start times), and
+checks its ports (one-line error naming the holder and the flag). What it starts dies
+with it even on SIGKILL (parent-death signal; ``XPLANE_LIFELINE`` for the agents and
+CI workers started through git and terraform), and gets none of its secrets.
+
 Starts, in order, and stops in reverse order (every child by PID):
 
 1. the store (SQLite, migrated) and local secrets (``<data>/secrets``, mode 600);
@@ -26,7 +32,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +49,17 @@ from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
 from xplane.heartbeat import INTERVAL_ENV, HeartbeatSettings
 from xplane.localrepo import AUTHOR, example_dir, seed_repo
+from xplane.procs import (
+    PortNeed,
+    ProcRef,
+    check_ports,
+    describe,
+    lifeline_env,
+    read_pid_file,
+    stop,
+    stop_pid_file,
+    write_pid_file,
+)
 from xplane.runtime import install_stop_signals
 from xplane.settings import Settings
 from xplane.temporal_client import connect
@@ -134,32 +150,76 @@ def _prepare_infra_repo(data_dir: Path) -> Path:
     return bare
 
 
+def _pool_agent(pid_file: Path) -> ProcRef | None:
+    """The running agent a local pool's pid file names, if it is still that agent.
+
+    ``"<pid> <start time>"`` is checked by start time; an older ``"<pid>"`` file by the
+    agent's command line (``--node-id <node>``), so a recycled pid is never stopped."""
+    ref = read_pid_file(pid_file)
+    if ref is not None:
+        return ref
+    with contextlib.suppress(ValueError, OSError):
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        if f"--node-id {pid_file.stem} ".encode() in cmdline:
+            return ProcRef.of(pid)
+    return None
+
+
 def stop_pool_agents(state_dir: Path) -> int:
     """SIGTERM every agent the local node pool started (PID files), SIGKILL stragglers."""
-    pids: list[int] = []
-    for pid_file in state_dir.glob("*.pid"):
-        with contextlib.suppress(ValueError, OSError):
-            pids.append(int(pid_file.read_text().strip()))
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    alive = set(pids)
-    while alive and time.monotonic() < deadline:
-        for pid in list(alive):
-            try:
-                os.kill(pid, 0)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-            except ProcessLookupError:
-                alive.discard(pid)
-        time.sleep(0.1)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid_file in state_dir.glob("*.pid"):
+    pid_files = list(state_dir.glob("*.pid"))
+    count = stop([ref for path in pid_files if (ref := _pool_agent(path)) is not None])
+    for pid_file in pid_files:
         pid_file.unlink(missing_ok=True)
-    return len(pids)
+    return count
+
+
+class UpError(Exception):
+    """``xplane up`` cannot start; the message is one line for the user."""
+
+
+def _claim(data_dir: Path) -> Path:
+    """Record this ``xplane up`` in ``<data_dir>/up.pid``; refuse a second one on the same
+    data directory (a dead one's file is just replaced)."""
+    path = data_dir / "up.pid"
+    other = read_pid_file(path)
+    if other is not None and other.pid != os.getpid():
+        raise UpError(
+            f"xplane up is already running for {data_dir} ({describe(other.pid)}); "
+            "stop it (Ctrl-C) or choose another --data-dir"
+        )
+    write_pid_file(path, os.getpid())
+    return path
+
+
+def stop_leftovers(data_dir: Path) -> int:
+    """Stop what an earlier ``xplane up`` of ``data_dir`` that died left running, by its
+    pid files (each checked by start time): Temporal, PowerDNS, CI workers, node agents."""
+    from xplane.infra.local_runner import stop_workers
+
+    count = stop_pid_file(data_dir / "temporal" / "temporal.pid", group=True)
+    count += stop_pid_file(data_dir / "pdns" / "pdns_server.pid", group=True)
+    count += stop_workers(data_dir / "runner")
+    return count + stop_pool_agents(data_dir / "pool")
+
+
+def port_needs(options: UpOptions, dns: bool) -> list[PortNeed]:
+    """The fixed ports ``xplane up`` listens on (0 = any free: nothing to check)."""
+    needs = [
+        PortNeed(options.temporal_port, "Temporal", "--temporal-port"),
+        PortNeed(options.ui_port, "Temporal web UI", "--ui-port"),
+        PortNeed(options.api_port, "XPlane API", "--api-port"),
+        # The local nodes' addresses are loopback /24s: a holder on any address collides.
+        PortNeed(options.node_health_port, "local nodes' /healthz", "--node-health-port",
+                 host="0.0.0.0"),
+    ]  # fmt: skip
+    if dns:
+        needs += [
+            PortNeed(options.pdns_api_port, "PowerDNS API", "--pdns-api-port"),
+            PortNeed(options.dns_port, "PowerDNS DNS", "--dns-port", protos=("tcp", "udp")),
+        ]
+    return needs
 
 
 def _reapply_pools(runner_dir: Path, bare: Path) -> None:
@@ -234,21 +294,41 @@ async def _show_progress(
 
 
 async def run_up(options: UpOptions, say: Say = print) -> None:
-    """Bring everything up, wait for Ctrl-C/SIGTERM, bring everything down."""
+    """Bring everything up, wait for Ctrl-C/SIGTERM, bring everything down.
+
+    Raises :class:`UpError` or :class:`~xplane.procs.PortBusy` (one-line messages) when it
+    cannot start: another ``xplane up`` on the data directory, or a port in use."""
+    from xplane.dns.pdns_server import pdns_available
+
+    data_dir = options.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    claim = _claim(data_dir)
+    try:
+        # Descendants this process cannot signal (agents started through git, terraform and
+        # setsid) watch this and exit when it is gone, even after a SIGKILL.
+        os.environ.update(lifeline_env())
+        stopped = stop_leftovers(data_dir)
+        if stopped:
+            say(f"      stopped {stopped} process(es) left running by an earlier `xplane up`")
+        check_ports(port_needs(options, pdns_available()))
+        await _run_up(options.model_copy(update={"data_dir": data_dir}), say)
+    finally:
+        claim.unlink(missing_ok=True)
+
+
+async def _run_up(options: UpOptions, say: Say) -> None:
     from workers.main import build_worker
     from xplane.api.app import create_app
     from xplane.api.serve import serve_in_thread
     from xplane.api.settings import ApiSettings
     from xplane.dns.pdns_server import PdnsServer, pdns_available
-    from xplane.infra.local_runner import install_hook, wait_idle
+    from xplane.infra.local_runner import install_hook, stop_workers, wait_idle
     from xplane.netutil import free_port
     from xplane.store.db import make_engine, make_sessionmaker
     from xplane.store.migrate import upgrade
     from xplane.temporal_notifier import TemporalNotifier
 
-    data_dir = options.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    options = options.model_copy(update={"data_dir": data_dir})
+    data_dir = options.data_dir
     db_url = f"sqlite:///{data_dir / 'xplane.db'}"
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -279,7 +359,6 @@ async def run_up(options: UpOptions, say: Say = print) -> None:
     bare = _prepare_infra_repo(data_dir)
     pool_dir = data_dir / "pool"
     pool_dir.mkdir(exist_ok=True)
-    stop_pool_agents(pool_dir)  # leftovers of a run that was killed
     empty_rc = data_dir / "terraformrc"
     empty_rc.touch()
     runner_dir = install_hook(
@@ -385,6 +464,7 @@ async def run_up(options: UpOptions, say: Say = print) -> None:
         info_path.unlink(missing_ok=True)
         with contextlib.suppress(Exception):
             wait_idle(runner_dir, timeout=10)
+        stop_workers(runner_dir)  # still applying after 10 s: no agent may start after this
         stopped = stop_pool_agents(pool_dir)
         say(f"stopping: {stopped} node agent(s), temporal, dns")
         server.stop()

@@ -29,6 +29,8 @@ class AgentConfig(StrictModel):
     probe_timeout_s: float = Field(default=2.0, gt=0)
     metrics_url: str | None = None
     metrics_file: Path | None = None
+    # CPU share to report when the local source gives none (None: this machine's CPU).
+    cpu_default: float | None = Field(default=None, ge=0, le=1)
     counters: CounterSelector = Field(default_factory=CounterSelector)
     serve_health: str | None = None
     request_timeout_s: float = Field(default=5.0, gt=0)

@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -45,6 +46,7 @@ from xplane.agent.log import NodeIdHolder, remember_secret
 from xplane.agent.probes import run_probes, summarise_rtt
 from xplane.agent.prom import LocalMetrics
 from xplane.agent.state import AgentState, forget_state, load_state, save_state
+from xplane.procs import LIFELINE_ENV, lifeline
 
 # The server's interval is trusted within sane bounds only.
 MIN_INTERVAL_S = 0.1
@@ -231,13 +233,21 @@ class Agent:
             local = LocalMetrics()
         return HeartbeatRequest(
             node_id=self.node_id,
-            cpu=local.cpu if local.cpu is not None else (cpu.sample() if cpu else 0.0),
+            cpu=self._cpu(local, cpu),
             rtt_ms=summarise_rtt(probes, self.config.probe_timeout_s),
             error_rate=local.error_rate,
             qps=local.qps,
             probes=probes,
             status="drain" if self.draining else "up",
         )
+
+    def _cpu(self, local: LocalMetrics, cpu: CpuSampler | None) -> float:
+        """The workload's figure first, then the configured default, then this machine's."""
+        if local.cpu is not None:
+            return local.cpu
+        if self.config.cpu_default is not None:
+            return self.config.cpu_default
+        return cpu.sample() if cpu else 0.0
 
     def _start_draining(self, why: str) -> None:
         if not self.draining:
@@ -341,8 +351,22 @@ class Agent:
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
 
+async def watch_lifeline(on_gone: Callable[[], None], every: float = 0.5) -> None:
+    """Call ``on_gone`` once the process ``XPLANE_LIFELINE`` names has ended.
+
+    ``xplane up`` sets it: agents started for its local pool (through git, terraform and
+    ``setsid``) are not its children, so it cannot take them down when it is killed."""
+    ref = lifeline()
+    if ref is None:
+        return
+    while ref.alive():
+        await asyncio.sleep(every)
+    on_gone()
+
+
 async def run_until_signalled(agent: Agent) -> int:
-    """Run the agent; SIGTERM/SIGINT cancel it at once. Returns the exit code (0 either way)."""
+    """Run the agent; SIGTERM/SIGINT, or the end of its lifeline (``xplane up``), cancel it
+    at once. Returns the exit code (0 either way)."""
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(agent.run())
     signalled: list[str] = []
@@ -353,6 +377,7 @@ async def run_until_signalled(agent: Agent) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
+    watcher = asyncio.create_task(watch_lifeline(lambda: stop(LIFELINE_ENV)))
     try:
         await task
     except asyncio.CancelledError:
@@ -360,6 +385,7 @@ async def run_until_signalled(agent: Agent) -> int:
             raise
         agent.log.info("stopped", extra={"fields": {"signal": signalled[0]}})
     finally:
+        watcher.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0

@@ -53,6 +53,11 @@ def agent(
     metrics_file: Path | None = typer.Option(
         None, "--metrics-file", help='JSON file {"error_rate": .., "qps": ..}.'
     ),
+    cpu_default: float | None = typer.Option(
+        None,
+        "--cpu-default",
+        help="CPU share (0-1) to report when the metrics give none (default: this machine's).",
+    ),
     requests_metric: str = typer.Option(
         "http_requests_total", "--requests-metric", help="Counter of requests (--metrics-url)."
     ),
@@ -98,6 +103,7 @@ def agent(
                 "probe_timeout_s": probe_timeout,
                 "metrics_url": metrics_url,
                 "metrics_file": metrics_file,
+                "cpu_default": cpu_default,
                 "counters": {
                     "requests_metric": requests_metric,
                     "errors_metric": errors_metric,

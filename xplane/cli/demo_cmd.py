@@ -3,7 +3,8 @@
 ``fail-node`` kills one node agent (SIGKILL, as a crash would): watch its address
 leave DNS, the autoscaler commit a replacement, and the new node join.
 ``load REGION`` makes that region's local agents report high CPU: watch the
-autoscaler scale the pool up through Git and Terraform.
+autoscaler scale the pool up through Git and Terraform. ``--stop`` empties the file: the
+agents report the pool's default again (``--cpu-default`` in the local module's start.sh).
 """
 
 from __future__ import annotations
@@ -41,8 +42,14 @@ def fail_node(
     if not pid_files:
         typer.echo("error: no running node agent found", err=True)
         raise typer.Exit(1)
-    target = pid_files[0]
-    pid = int(target.read_text().strip())
+    from xplane.procs import read_pid_file
+
+    running = [(p, ref) for p in pid_files if (ref := read_pid_file(p)) is not None]
+    if not running:
+        typer.echo("error: no running node agent found", err=True)
+        raise typer.Exit(1)
+    target, ref = running[0]
+    pid = ref.pid
     os.kill(pid, signal.SIGKILL)
     typer.echo(f"killed node {target.stem} (pid {pid}). Watch: xplane status --watch; "
                f"xplane events --node {target.stem}")  # fmt: skip
@@ -59,7 +66,7 @@ def load(
     path = _pool_dir(data_dir) / f"{region}.metrics.json"
     path.write_text(json.dumps({} if stop else {"cpu": cpu}))
     if stop:
-        typer.echo(f"{region}: load stopped")
+        typer.echo(f"{region}: load stopped (agents report the pool's default CPU, 30%)")
     else:
         typer.echo(f"{region}: agents now report cpu {cpu}. Watch: xplane status --watch; "
                    f"xplane events --region {region}")  # fmt: skip

@@ -49,4 +49,11 @@ def register(root: typer.Typer) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         configure_logging_from_env(stream=open(data_dir / "xplane.log", "a"))  # noqa: SIM115
 
-        asyncio.run(run_up(options, say))
+        from xplane.procs import PortBusy
+        from xplane.up import UpError
+
+        try:
+            asyncio.run(run_up(options, say))
+        except (UpError, PortBusy) as exc:  # a one-line reason, not a traceback
+            typer.echo(f"xplane up: {exc}", err=True)
+            raise typer.Exit(1) from None

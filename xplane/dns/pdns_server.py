@@ -25,6 +25,7 @@ from types import TracebackType
 import httpx
 
 from xplane.netutil import free_port
+from xplane.procs import spawn
 
 PDNS_BINARY = "pdns_server"
 LOOPBACK = "127.0.0.1"
@@ -217,15 +218,16 @@ class PdnsServer:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(_config_text(self.data_dir, self.api_key, self.api_port, self.dns_port))
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
+            # Own process group (a Ctrl-C of the parent doesn't hit it), killed by the
+            # kernel if this process dies first; the pid file ("<pid> <start time>") lets
+            # tooling, and the next `xplane up`, stop a server this process no longer holds.
+            self._process = spawn(
                 [PDNS_BINARY, f"--config-dir={self.data_dir}"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: a Ctrl-C of the parent doesn't hit it
+                pid_file=self.pid_path,
             )
-        # For tooling that must stop a server this process no longer holds (stop by PID).
-        self.pid_path.write_text(f"{self._process.pid}\n")
         try:
             self._wait_ready()
         except BaseException:

@@ -12,20 +12,26 @@ Each result is reported to XPlane by ``infra/ci/notify-xplane.sh``, the script t
 templates use.
 
 Runner directory layout: ``runner.json`` (settings, 0600), ``queue``, ``runner.log``,
-``state/<region>/terraform.tfstate``, ``exports/``.
+``state/<region>/terraform.tfstate``, ``exports/``, ``pids/`` (running workers).
+
+Under ``xplane up`` the worker watches ``XPLANE_LIFELINE`` and ends itself and its
+terraform when ``xplane up`` is gone; terraform gets no secret (not even the webhook's).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +45,15 @@ from pydantic import BaseModel, Field
 from xplane.infra.changes import ZERO_SHA, regions_in_tree, service_of, touched_regions
 from xplane.infra.render import NODE_POOL_DIR
 from xplane.infra.skeleton import INFRA_ROOT
+from xplane.procs import (
+    die_with_parent,
+    lifeline,
+    lifeline_alive,
+    read_pid_file,
+    stop,
+    without_secrets,
+    write_pid_file,
+)
 
 NOTIFY_SCRIPT = INFRA_ROOT / "ci" / "notify-xplane.sh"
 SETTINGS_FILE = "runner.json"
@@ -165,7 +180,8 @@ def wait_idle(directory: Path, timeout: float = 60.0) -> None:
 # ---------------------------------------------------------------------- git & tf
 def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     # Hooks run with GIT_DIR & co. set for the receiving repo; the runner names it itself.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    # The pusher's secrets (admin token, DB URL, ...) are not passed on: only ``extra``'s.
+    env = {k: v for k, v in without_secrets().items() if not k.startswith("GIT_")}
     env.update(extra)
     env.setdefault("TF_IN_AUTOMATION", "1")
     env.setdefault("TF_INPUT", "0")
@@ -274,7 +290,9 @@ class Runner:
             ),
         ]
         # The commit as a variable: the local module revives dead agents on a new revision.
-        env = _clean_env({**self.settings.env, "TF_VAR_revision": commit})
+        # Terraform (and the agents it starts) never needs the webhook secret: only _notify.
+        tf_env = {k: v for k, v in self.settings.env.items() if k != "XPLANE_WEBHOOK_SECRET"}
+        env = _clean_env({**tf_env, "TF_VAR_revision": commit})
         with (self.dir / "runner.log").open("ab") as out:
             for step in steps:
                 self.log(f"{region}: terraform {step[0]}")
@@ -287,6 +305,7 @@ class Runner:
                         stdin=subprocess.DEVNULL,
                         env=env,
                         timeout=HOOK_TIMEOUT_S,
+                        preexec_fn=die_with_parent(),  # a killed runner leaves no terraform
                     )
                 except (OSError, subprocess.TimeoutExpired) as exc:
                     self.log(f"{region}: terraform {step[0]}: {exc}")
@@ -334,6 +353,46 @@ def start_runner(directory: Path) -> None:
         )
 
 
+def _watch_lifeline(directory: Path, every: float = 0.5) -> None:
+    """When the process in ``XPLANE_LIFELINE`` (``xplane up``) is gone, end this worker's
+    process group (it and its terraform) at once: the worker outlives the hook that
+    started it, so no parent-death signal can reach it."""
+    if lifeline() is None or os.getpgid(0) != os.getpid():
+        return
+
+    def watch() -> None:
+        while lifeline_alive():
+            time.sleep(every)
+        with contextlib.suppress(OSError), (directory / "runner.log").open("a") as out:
+            out.write(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} xplane up is gone: stopping\n")
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
+def _run(directory: Path) -> int:
+    """The worker: drain the queue, recorded in ``pids/<pid>.pid`` while it runs."""
+    _watch_lifeline(directory)
+    pid_file = directory / "pids" / f"{os.getpid()}.pid"
+    write_pid_file(pid_file, os.getpid())
+    try:
+        runs = Runner(directory).work()
+    finally:
+        pid_file.unlink(missing_ok=True)
+    print(json.dumps([run.model_dump() for run in runs]))
+    return 0 if all(run.status == "succeeded" for run in runs) else 1
+
+
+def stop_workers(directory: Path) -> int:
+    """Stop the workers (and their terraform) still running in ``directory``."""
+    pid_files = sorted((directory / "pids").glob("*.pid"))
+    refs = [ref for path in pid_files if (ref := read_pid_file(path)) is not None]
+    count = stop(refs, group=True)
+    for path in pid_files:
+        path.unlink(missing_ok=True)
+    return count
+
+
 def _hook(directory: Path) -> int:
     """post-receive: queue stdin's ref updates, start a detached worker, return at once."""
     enqueue(directory, sys.stdin.read().splitlines())
@@ -349,9 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "hook":
         return _hook(args.dir)
-    runs = Runner(args.dir).work()
-    print(json.dumps([run.model_dump() for run in runs]))
-    return 0 if all(run.status == "succeeded" for run in runs) else 1
+    return _run(args.dir)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ set -eu
 
 mkdir -p "$STATE_DIR"
 if agent_alive "$PID_FILE" "$NODE_ID"; then
-  echo "node $NODE_ID: agent already running (pid $(cat "$PID_FILE"))"
+  echo "node $NODE_ID: agent already running (pid $(pid_of "$PID_FILE"))"
   exit 0
 fi
 if [ ! -r "$TOKEN_FILE" ]; then
@@ -20,6 +20,8 @@ log="$STATE_DIR/$NODE_ID.log"
 touch "$log"
 offset=$(($(wc -c <"$log") + 1)) # this start's lines begin here (the log is appended)
 # The region's local metrics file: `xplane demo load REGION` writes {"cpu": ...} here.
+# Until it does, the agents report CPU_DEFAULT, never this machine's CPU: a busy laptop
+# must not make the autoscaler grow the local pools on its own.
 metrics="$STATE_DIR/$REGION.metrics.json"
 [ -e "$metrics" ] || echo '{}' >"$metrics"
 # stdin/stdout/stderr detached from terraform's pipes, or terraform would wait for them;
@@ -34,8 +36,9 @@ nohup setsid "$AGENT_COMMAND" agent \
   --node-id "$NODE_ID" \
   --state-file "$STATE_DIR/$NODE_ID.state.json" \
   --metrics-file "$metrics" \
+  --cpu-default "${CPU_DEFAULT:-0.3}" \
   </dev/null >>"$log" 2>&1 &
-echo "$!" >"$PID_FILE"
+write_pid_file "$PID_FILE" "$!"
 
 # A bad flag or a busy health port kills the agent within its first second or two:
 # wait until it serves /healthz (or exits), so the apply fails now, not silently later.
@@ -49,11 +52,11 @@ until tail -c "+$offset" "$log" | grep -q '"serving health"'; do
   fi
   if [ "$waited" -ge "${START_TIMEOUT_TENTHS:-300}" ]; then
     echo "node $NODE_ID: agent not serving health after $((waited / 10))s; stopped. See $log" >&2
-    kill "$(cat "$PID_FILE")" 2>/dev/null || true
+    kill "$(pid_of "$PID_FILE")" 2>/dev/null || true
     rm -f "$PID_FILE"
     exit 1
   fi
   sleep 0.1
   waited=$((waited + 1))
 done
-echo "node $NODE_ID: agent started at $ADDRESS (pid $(cat "$PID_FILE"))"
+echo "node $NODE_ID: agent started at $ADDRESS (pid $(pid_of "$PID_FILE"))"

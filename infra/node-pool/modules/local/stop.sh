@@ -6,7 +6,7 @@ set -eu
 . "$(dirname "$0")/agent-pid.sh"
 
 if agent_alive "$PID_FILE" "$NODE_ID"; then
-  pid=$(cat "$PID_FILE")
+  pid=$_pid # set by agent_alive
   kill -TERM "$pid" 2>/dev/null || true
   waited=0
   while pid_running "$pid" && [ "$waited" -lt 100 ]; do
