@@ -71,7 +71,8 @@ def children_of(pid: int) -> set[int]:
                 parents[int(proc.name)] = int(
                     (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
                 )
-    found, frontier = set(), {pid}
+    found: set[int] = set()
+    frontier = {pid}
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier

@@ -33,27 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from xplane.observability.logging import SECRET_ENV_PREFIXES, SECRET_ENV_VARS
+
 LIFELINE_ENV = "XPLANE_LIFELINE"
 PR_SET_PDEATHSIG = 1
 
-# XPlane's own secrets, by environment variable (the API and worker read them; no child
-# process needs them: agents read the bootstrap token from a file, PowerDNS its key from
-# its config, and the CI runner gets the webhook secret from its settings file).
-CHILD_SECRET_VARS = frozenset(
-    {
-        "XPLANE_BOOTSTRAP_TOKEN",
-        "XPLANE_ADMIN_TOKEN",
-        "XPLANE_WEBHOOK_SECRET",
-        "XPLANE_GIT_WEBHOOK_SECRET",
-        "PDNS_API_KEY",
-        "CLOUDFLARE_API_TOKEN",
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "XPLANE_DB_URL",  # may carry the database password
-    }
-)
-CHILD_SECRET_PREFIXES = ("XPLANE_BOOTSTRAP_TOKEN_",)
+# XPlane's secrets (the same list the log redaction uses) plus the database URL, which
+# may carry a password. The API and worker read them; no child process needs them:
+# agents read the bootstrap token from a file, PowerDNS its key from its config, and the
+# CI runner gets the webhook secret from its settings file.
+CHILD_SECRET_VARS = frozenset({*SECRET_ENV_VARS, "XPLANE_DB_URL"})
+CHILD_SECRET_PREFIXES = SECRET_ENV_PREFIXES
 
 
 def without_secrets(
