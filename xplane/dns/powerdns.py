@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from xplane.config.models import PowerDnsProvider as PowerDnsConfig
+from xplane.dns import ratelimit
 from xplane.dns.base import (
     ApplyResult,
     DesiredService,
@@ -194,6 +195,7 @@ class PowerDnsProvider(DnsProvider):
         self._owns_client = client is None
         self.create_zone = create_zone
         self._base = f"{config.api_url.rstrip('/')}/api/v1/servers/{config.server_id}"
+        self.bucket = ratelimit.limiter(KIND, ratelimit.account_key(self._base))
 
     def close(self) -> None:
         if self._owns_client:
@@ -201,12 +203,17 @@ class PowerDnsProvider(DnsProvider):
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         what = f"{method} {self._base}{path}"
+        self.bucket.acquire()
         try:
             response = self._client.request(
                 method, self._base + path, headers={"X-API-Key": self._api_key}, **kwargs
             )
         except httpx.TransportError as err:
             raise DnsRetryableError(f"{KIND}: {what}: {type(err).__name__}: {err}") from None
+        if response.status_code == 429:  # a rate-limiting proxy in front of the API
+            text = f"{KIND}: {what}: HTTP 429: {_error_text(response).strip()[:300]}"
+            retry_after = ratelimit.parse_retry_after(response.headers.get("retry-after"))
+            raise ratelimit.throttled(self.bucket, text, retry_after)
         if response.status_code >= 400 and response.status_code != 404:
             raise http_error(KIND, what, response.status_code, _error_text(response))
         return response
