@@ -328,7 +328,7 @@ def test_lb_mode_safety_threshold(lb_mode: CloudflareDns, state: CloudflareState
     lb_mode.sync(desired(four))
     three_off = {r: (0.0 if r != "a" else 1.0, nodes) for r, (_, nodes) in four.items()}
     writes = state.writes
-    with pytest.raises(DnsSafetyError, match="3 of 5"):  # 3 pools disabled of 4 pools + LB
+    with pytest.raises(DnsSafetyError, match="removes 3 of 4 published addresses"):
         lb_mode.sync(desired(three_off))
     assert state.writes == writes
     lb_mode.sync(desired(three_off), force=True)

@@ -166,7 +166,7 @@ def test_large_change_needs_force(aws: Any, moto_url: str) -> None:
     moved = {region: (w, ["198.51.100." + a[0][-1]]) for region, (w, a) in three.items()}
     plan = dns_provider.plan(service(moved))
     assert plan.owned_record_sets == 4 and len(plan.changes) == 3
-    with pytest.raises(DnsSafetyError, match="changes 3 of 4 owned record sets"):
+    with pytest.raises(DnsSafetyError, match="removes 3 of 3 published addresses"):
         dns_provider.apply(plan)
     assert published(aws)["A/api-jp"] == (255, ["192.0.2.1"])
     dns_provider.apply(plan, force=True)

@@ -369,6 +369,10 @@ class AliDns(DnsProvider):
             changes=changes,
             owned_record_sets=len(owned) if has_marker else 0,
             removes_all_addresses=live_before and not any(w.enabled for w in wanted),
+            addresses_before=sorted({r.value for r in owned if r.status == "ENABLE"})
+            if has_marker
+            else [],
+            addresses_after=sorted({w.value for w in wanted if w.enabled}),
             context={"zone": zone, "rr": rr, "line": cfg.line, "ttl": desired.ttl},
         )
 

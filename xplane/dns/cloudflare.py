@@ -417,6 +417,8 @@ class CloudflareDns(DnsProvider):
             changes=changes,
             owned_record_sets=len(owned),
             removes_all_addresses=bool(adopted) and not wanted,
+            addresses_before=sorted({r.content for r in owned}),
+            addresses_after=sorted({a for _, a in wanted}),
             context={"mode": "dns", "zone_id": zone_id},
         )
 
@@ -576,6 +578,18 @@ class CloudflareDns(DnsProvider):
             owned_record_sets=len(owned)
             + int(have_lb is not None and have_lb.description == marker),
             removes_all_addresses=live_before and not active,
+            addresses_before=sorted(
+                {o.address for p in owned if p.enabled for o in p.origins if o.enabled}
+            ),
+            addresses_after=sorted(
+                {
+                    e.address
+                    for r in desired.regions
+                    if prefix + r.region in active
+                    for e in r.endpoints
+                    if e.weight > 0
+                }
+            ),
             context={
                 "mode": "load_balancer",
                 "zone_id": zone_id,

@@ -131,6 +131,16 @@ def current_rrsets(zone_json: dict[str, Any], name: str) -> dict[str, RRSet]:
     return out
 
 
+def rrset_addresses(rrsets: dict[str, RRSet]) -> list[str]:
+    """Every address the name's address record sets publish (inside LUA records too)."""
+    found: set[str] = set()
+    for rtype in ADDRESS_TYPES:
+        for content in rrsets.get(rtype, (0, ()))[1]:
+            parsed = parse_lua(content) if rtype == "LUA" else None
+            found.update(parsed[1] if parsed else [content])
+    return sorted(found)
+
+
 def _rrset_view(rrset: RRSet | None) -> dict[str, Any] | None:
     return None if rrset is None else {"ttl": rrset[0], "records": list(rrset[1])}
 
@@ -253,6 +263,9 @@ class PowerDnsProvider(DnsProvider):
         plan.changes = changes
         plan.owned_record_sets = (len(present) + 1) if owned else 0
         plan.removes_all_addresses = bool(present) and not any(t in wanted for t in ADDRESS_TYPES)
+        if owned:
+            plan.addresses_before = rrset_addresses(current)
+            plan.addresses_after = rrset_addresses(wanted)
         plan.context = {"zone": zone, "rrsets": patch, "create_zone": zone_missing}
         return plan
 

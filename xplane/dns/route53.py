@@ -200,6 +200,10 @@ def _change_view(record_set: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in view.items() if v is not None}
 
 
+def _values(record_sets: Iterable[dict[str, Any]]) -> list[str]:
+    return sorted({str(v["Value"]) for rs in record_sets for v in rs.get("ResourceRecords") or []})
+
+
 def _key_text(key: RecordKey) -> str:
     return f"{key[0]}/{key[1]}" if key[1] else key[0]
 
@@ -391,6 +395,9 @@ class Route53Provider(DnsProvider):
         plan.removes_all_addresses = bool(present) and not any(
             k[0] in ADDRESS_TYPES for k in wanted
         )
+        if owned:
+            plan.addresses_before = _values(current[k] for k in present)
+            plan.addresses_after = _values(s for k, s in wanted.items() if k[0] in ADDRESS_TYPES)
         plan.context = {"zone_id": zone_id, "changes": batch}
         return plan
 
