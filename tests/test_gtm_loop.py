@@ -328,3 +328,71 @@ slow_start: 0s
             server.shutdown()
             server.server_close()
         engine.dispose()
+
+
+async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
+    time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, health_port: int, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """sg recovers while the loop ticks every 5 s over a 100 s slow start: the linear
+    ramp rewrote the record on each of ~20 ticks; stepped and deadbanded, ~10 writes."""
+    import xplane.store.tables  # noqa: F401
+
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    engine = make_engine(f"sqlite:///{tmp_path}/ramp.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    config = _config(pdns, health_port)
+    config["gtm/svc.yaml"] = config["gtm/svc.yaml"].replace("interval: 10s", "interval: 5s")
+    with transaction(sessions) as session:
+        save_revision(session, "b" * 40, load_config_from_mapping(config), "test")
+        for node_id, address in NODES.items():
+            node_store.register_node(
+                session,
+                node_store.Registration(
+                    node_id=node_id, service="svc", region=node_id[:2], address=address,
+                    token_hash=uuid.uuid4().hex, port=health_port,
+                ),
+                utcnow(),
+                timedelta(seconds=30),
+            )  # fmt: skip
+            state = NodeState.IDLE if node_id == "sg-1" else NodeState.ACTIVE
+            node_store.set_lifecycle_state(session, node_id, state, "test", utcnow())
+    for node_id in NODES:
+        _beat(sessions, node_id)
+
+    def applies() -> int:
+        with sessions() as session:
+            return len(list_events(session, kind_prefix="dns.applied"))
+
+    client = pydantic_client(time_env)
+    acts = GtmActivities(sessions)
+    queue = f"ramp-{uuid.uuid4().hex[:6]}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[GtmLoopWorkflow],
+        activities=[acts.observe_gtm, acts.apply_dns],
+        activity_executor=ThreadPoolExecutor(4),
+    ):
+        handle = await client.start_workflow(
+            GtmLoopWorkflow.run,
+            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=5)),
+            id=f"gtm-ramp-{uuid.uuid4().hex[:6]}",
+            task_queue=queue,
+        )
+        await time_env.sleep(6)
+        assert set(_answers(pdns)) == {"127.0.10.1", "127.0.10.2"} and applies() == 1
+        with transaction(sessions) as session:
+            node_store.set_lifecycle_state(session, "sg-1", NodeState.ACTIVE, "back", utcnow())
+        for _ in range(30):  # 150 s of 5 s ticks: the whole ramp and a steady stretch
+            for node_id in NODES:
+                _beat(sessions, node_id)
+            await time_env.sleep(5)
+        status: LoopStatus = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
+        assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
+        ramp_writes = applies() - 1
+        assert 5 <= ramp_writes <= 12, ramp_writes
+        with contextlib.suppress(Exception):
+            await handle.terminate()
+    engine.dispose()
