@@ -182,6 +182,9 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             "weights": self.p.weights,
             "fail_open": self.p.fail_open,
             "reason": self.p.reason,
-            "last_apply": {k: v.model_dump() for k, v in self.p.applied.items()},
+            # Without the per-address shares: one entry per node would swamp the status.
+            "last_apply": {
+                k: v.model_dump(exclude={"published"}) for k, v in self.p.applied.items()
+            },
             "removed": self.p.removed,
         }
