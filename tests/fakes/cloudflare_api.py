@@ -13,8 +13,9 @@ Every request needs ``Authorization: Bearer <token>`` (401 envelope otherwise).
 Validation answers 400 with Cloudflare's error codes (TTL, addresses, A/CNAME
 conflicts, pools and load balancers that reference unknown pools). Faults can be
 queued: ``fail_next(429)`` (with ``Retry-After: 1``, or ``retry_after=N``; ``None``
-sends none) or ``success_false_next("...")`` (HTTP 200 with ``success: false``, which
-the SDK turns into ``None`` without raising).
+sends none; like Cloudflare, every call before that time is answered 429 too and
+counted in ``early_calls``) or ``success_false_next("...")`` (HTTP 200 with
+``success: false``, which the SDK turns into ``None`` without raising).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -53,6 +56,8 @@ class CloudflareState:
     # queued (status, message, Retry-After header of a 429)
     faults: list[tuple[int, str, str | None]] = field(default_factory=list)
     max_per_page: int = 5000
+    blocked_until: float = 0.0  # monotonic time a 429's Retry-After runs out
+    early_calls: int = 0  # calls made before it did
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -164,8 +169,15 @@ class _Handler(BaseHTTPRequestHandler):
                 state.calls.append((method, url.path))
                 if self.headers.get("Authorization") != f"Bearer {state.token}":
                     raise ApiError(401, 10000, "Authentication error")
+                now = time.monotonic()
+                if now < state.blocked_until:
+                    state.early_calls += 1
+                    retry_after = f"{math.ceil(state.blocked_until - now)}"
+                    raise ApiError(429, 10429, "Rate limited: Retry-After not honoured")
                 if state.faults:
                     status, message, retry_after = state.faults.pop(0)
+                    if status == 429 and retry_after is not None:
+                        state.blocked_until = now + float(retry_after)
                     raise ApiError(status, 1000 if status == 200 else 10429, message)
                 body = json.loads(raw) if raw else {}
                 answer = _route(state, method, url.path.removeprefix(PREFIX), query, body)
