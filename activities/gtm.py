@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
 from xplane.dns.base import ApplyResult, DesiredEndpoint, DesiredRegion, DesiredService, DnsError
 from xplane.dns.factory import make_provider
+from xplane.dns.ratelimit import DnsThrottledError
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
 from xplane.gtm.weights import ServiceWeights, compute_service_weights
 from xplane.heartbeat import HeartbeatSettings
@@ -188,17 +189,22 @@ class GtmActivities:
 
     @activity.defn(name="apply_dns")
     def apply_dns(self, request: ApplyDnsRequest) -> ApplyResult:
-        """Plan and apply one provider; log the change. Auth/validation errors don't retry."""
+        """Plan and apply one provider; log the change. Auth/validation errors don't retry;
+        a throttled provider is retried no sooner than its ``Retry-After``."""
         provider = make_provider(request.provider)
         try:
             plan = provider.plan(request.desired)
             result = provider.apply(plan, force=request.force)
         except DnsError as err:
             metrics.dns_apply(request.provider_key, False)
+            delay = None
+            if isinstance(err, DnsThrottledError) and err.retry_after is not None:
+                delay = timedelta(seconds=max(1.0, err.retry_after))
             raise ApplicationError(
                 f"{request.provider_key}: {err}",
                 type=type(err).__name__,
                 non_retryable=not err.retryable,
+                next_retry_delay=delay,
             ) from err
         metrics.dns_apply(request.provider_key, True, result.write_calls)
         if result.applied:

@@ -31,6 +31,7 @@ from xplane.dns.base import (
     DnsValidationError,
     ownership_value,
 )
+from xplane.dns.ratelimit import DnsThrottledError
 
 KEY_ID, SECRET = "LTAI-test-key", "s3cr3t/+= ~*"
 ZONE, NAME, RR = "svc.plus", "api.svc.plus", "api"
@@ -341,3 +342,15 @@ def test_large_change_and_emptying_need_force(provider: AliDns, state: AliDnsSta
         provider.sync(desired(**gone), force=False)
     provider.sync(desired(**gone), force=True)
     assert {s for s, _ in live(state).values()} == {"DISABLE"}
+
+
+@pytest.mark.parametrize("status", [400, 429])
+def test_throttling_says_when_to_retry(provider: AliDns, state: AliDnsState, status: int) -> None:
+    state.throttle_next, state.throttle_status, state.throttle_retry_after = 1, status, "20"
+    with pytest.raises(DnsThrottledError, match=re.escape("Throttling.User")) as caught:
+        provider.sync(desired(**TWO_REGIONS))
+    assert caught.value.retry_after == 20 and caught.value.retryable
+    calls = len(state.calls)
+    with pytest.raises(DnsThrottledError):  # the account is paused: nothing is sent
+        provider.sync(desired(**TWO_REGIONS))
+    assert len(state.calls) == calls and state.writes == 0

@@ -5,6 +5,7 @@ The server is tests/fakes/cloudflare_api.py (documented envelope, pagination, fa
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from xplane.dns.base import (
     ownership_value,
 )
 from xplane.dns.cloudflare import CloudflareDns, normalise
+from xplane.dns.ratelimit import DnsThrottledError
 
 TOKEN, ZONE_ID, ZONE, NAME = (
     "cf-test-token",
@@ -326,7 +328,7 @@ def test_lb_mode_safety_threshold(lb_mode: CloudflareDns, state: CloudflareState
     lb_mode.sync(desired(four))
     three_off = {r: (0.0 if r != "a" else 1.0, nodes) for r, (_, nodes) in four.items()}
     writes = state.writes
-    with pytest.raises(DnsSafetyError, match="3 of 5"):  # 3 pools disabled of 4 pools + LB
+    with pytest.raises(DnsSafetyError, match="removes 3 of 4 published addresses"):
         lb_mode.sync(desired(three_off))
     assert state.writes == writes
     lb_mode.sync(desired(three_off), force=True)
@@ -369,3 +371,31 @@ def test_lb_mode_needs_an_account(base_url: str) -> None:
     provider = make(base_url, mode="load_balancer", zone_id=ZONE_ID)
     with pytest.raises(DnsValidationError, match="account_id"):
         provider.plan(desired(TWO_REGIONS))
+
+
+def test_429_retry_after_is_honoured_and_pauses_the_account(
+    dns_mode: CloudflareDns, state: CloudflareState
+) -> None:
+    """Cloudflare's 429 carries Retry-After: the error says when, and no call of this
+    account reaches Cloudflare before then (the bucket is paused, not hammered)."""
+    state.fail_next(429, retry_after=30)
+    with pytest.raises(DnsThrottledError, match="Retry-After 30") as caught:
+        dns_mode.sync(desired(TWO_REGIONS))
+    assert caught.value.retry_after == 30 and caught.value.retryable
+    calls = len(state.calls)
+    with pytest.raises(DnsThrottledError) as again:
+        dns_mode.sync(desired(TWO_REGIONS))
+    assert len(state.calls) == calls  # refused here, not sent
+    assert again.value.retry_after is not None and 28 < again.value.retry_after <= 30
+
+
+def test_a_short_retry_after_is_waited_out_in_process(
+    dns_mode: CloudflareDns, state: CloudflareState
+) -> None:
+    state.fail_next(429, retry_after=1)
+    with pytest.raises(DnsThrottledError):
+        dns_mode.sync(desired(TWO_REGIONS))
+    started = time.monotonic()
+    dns_mode.sync(desired(TWO_REGIONS))  # waits for the pause, then goes through
+    assert time.monotonic() - started >= 0.9
+    assert len(published(state)) == 3

@@ -341,3 +341,25 @@ def test_server_in_a_given_directory_keeps_its_records_across_restarts(tmp_path:
     with PdnsServer(tmp_path, api_key="fixed-key") as second:
         assert set(answers(second, name)) == {"192.0.2.1"}
         assert provider(second).plan(service(name, {"jp": (100, ["192.0.2.1"])})).empty
+
+
+def test_one_lua_record_holding_every_address_is_protected(pdns: PdnsServer) -> None:
+    """The threshold counts addresses: one LUA record set holds all four, and a plan
+    taking three of them away is refused (a record-set count would see 1 of 2 sets)."""
+    name, dns_provider = fresh_name(), provider(pdns)
+    four = {"jp": (50, ["192.0.2.1", "192.0.2.2"]), "us": (50, ["192.0.2.3", "192.0.2.4"])}
+    dns_provider.sync(service(name, four))
+    mostly_gone = service(name, {"jp": (50, ["192.0.2.1"]), "us": (0, ["192.0.2.3"])})
+    plan = dns_provider.plan(mostly_gone)
+    assert plan.addresses_before == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    with pytest.raises(DnsSafetyError, match="removes 3 of 4 published addresses"):
+        dns_provider.apply(plan)
+    assert set(answers(pdns, name, times=40)) == set(four["jp"][1]) | set(four["us"][1])
+    # Half of them is within max_change_fraction (0.5): a region failing over applies.
+    dns_provider.sync(service(name, {"jp": (50, ["192.0.2.1", "192.0.2.2"]), "us": (0, [])}))
+    assert set(answers(pdns, name, times=40)) == {"192.0.2.1", "192.0.2.2"}
+    # A name with at most two addresses is exempt (one of two is already 50%): it fails
+    # over without force, down to one address and on to a replacement.
+    dns_provider.sync(mostly_gone)
+    dns_provider.sync(service(name, {"jp": (50, ["192.0.2.9"])}))
+    assert set(answers(pdns, name, times=20)) == {"192.0.2.9"}

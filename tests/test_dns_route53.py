@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,7 @@ from xplane.dns.base import (
     DnsSafetyError,
     DnsValidationError,
 )
+from xplane.dns.ratelimit import DnsThrottledError
 from xplane.dns.route53 import Route53Provider, validate_change_batch
 from xplane.netutil import free_port, wait_for_port
 
@@ -164,7 +166,7 @@ def test_large_change_needs_force(aws: Any, moto_url: str) -> None:
     moved = {region: (w, ["198.51.100." + a[0][-1]]) for region, (w, a) in three.items()}
     plan = dns_provider.plan(service(moved))
     assert plan.owned_record_sets == 4 and len(plan.changes) == 3
-    with pytest.raises(DnsSafetyError, match="changes 3 of 4 owned record sets"):
+    with pytest.raises(DnsSafetyError, match="removes 3 of 3 published addresses"):
         dns_provider.apply(plan)
     assert published(aws)["A/api-jp"] == (255, ["192.0.2.1"])
     dns_provider.apply(plan, force=True)
@@ -330,3 +332,88 @@ def test_missing_credentials_are_an_auth_error(
     dns_provider = provider(moto_url, access_key_id_env="XPLANE_UNSET_ID", hosted_zone_id="Z1")
     with pytest.raises(DnsAuthError, match="Unable to locate credentials"):
         dns_provider.plan(service({"jp": (100, ["192.0.2.1"])}))
+
+
+# ------------------------------------------------------------- rate limits
+class _ThrottlingProxy(BaseHTTPRequestHandler):
+    """In front of moto_server: answers the next ``throttle`` requests as Route53 does when
+    an account exceeds its rate (400 ``Throttling``, XML error body, ``Retry-After``) and
+    forwards the rest; records when each request arrived."""
+
+    upstream = ""
+    throttle = 0
+    retry_after = "1"
+    arrivals: list[float]
+
+    def _serve(self) -> None:
+        cls = type(self)
+        cls.arrivals.append(time.monotonic())
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if cls.throttle > 0:
+            cls.throttle -= 1
+            data = (
+                b'<?xml version="1.0"?><ErrorResponse xmlns="https://route53.amazonaws.com/doc/'
+                b'2013-04-01/"><Error><Type>Sender</Type><Code>Throttling</Code>'
+                b"<Message>Rate exceeded</Message></Error><RequestId>r-2</RequestId>"
+                b"</ErrorResponse>"
+            )
+            self.send_response(400)
+            self.send_header("Retry-After", cls.retry_after)
+            self.send_header("Content-Type", "text/xml")
+        else:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            answer = httpx.request(
+                self.command, cls.upstream + self.path, headers=headers, content=body
+            )
+            data = answer.content
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("content-type", "text/xml"))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _serve
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def throttling(aws: Any, moto_url: str) -> Iterator[tuple[str, type[_ThrottlingProxy]]]:
+    handler = type("Proxy", (_ThrottlingProxy,), {"upstream": moto_url, "arrivals": []})
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", handler
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_throttling_says_when_to_retry_and_the_retry_writes(
+    aws: Any, throttling: tuple[str, type[_ThrottlingProxy]]
+) -> None:
+    url, proxy = throttling
+    proxy.throttle, proxy.retry_after = 1, "1"
+    dns_provider = provider(url)
+    with pytest.raises(DnsThrottledError, match="Throttling") as caught:
+        dns_provider.sync(service({"jp": (100, ["192.0.2.1"])}))
+    assert caught.value.retry_after == 1 and caught.value.retryable
+    started = time.monotonic()
+    dns_provider.sync(service({"jp": (100, ["192.0.2.1"])}))  # the activity's retry
+    assert time.monotonic() - started >= 0.9  # not before Retry-After
+    assert published(aws)["A/api-jp"][1] == ["192.0.2.1"]
+
+
+def test_calls_stay_within_five_a_second_per_account(
+    aws: Any, throttling: tuple[str, type[_ThrottlingProxy]]
+) -> None:
+    url, proxy = throttling
+    first = provider(url)
+    second = provider(url)  # another loop of the same account shares the budget
+    for i in range(12):
+        (first if i % 2 else second).plan(service({"jp": (100, ["192.0.2.1"])}))
+    arrivals = proxy.arrivals
+    assert len(arrivals) >= 12
+    busiest = max(sum(1 for t in arrivals if s <= t < s + 0.95) for s in arrivals)
+    assert busiest <= 5

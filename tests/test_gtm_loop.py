@@ -23,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.gtm import GtmActivities
+from tests.fakes.cloudflare_api import CloudflareState, start
 from tests.support.temporal import pydantic_client
 from tests.support.tools import needs_tool
 from workflows.control_loop import LoopSettings, LoopStatus
@@ -333,4 +334,147 @@ slow_start: 0s
         for server in servers:
             server.shutdown()
             server.server_close()
+        engine.dispose()
+
+
+async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
+    time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, health_port: int, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """sg recovers while the loop ticks every 5 s over a 100 s slow start: the linear
+    ramp rewrote the record on each of ~20 ticks; stepped and deadbanded, ~10 writes."""
+    import xplane.store.tables  # noqa: F401
+
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    engine = make_engine(f"sqlite:///{tmp_path}/ramp.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    config = _config(pdns, health_port)
+    config["gtm/svc.yaml"] = config["gtm/svc.yaml"].replace("interval: 10s", "interval: 5s")
+    with transaction(sessions) as session:
+        save_revision(session, "b" * 40, load_config_from_mapping(config), "test")
+        for node_id, address in NODES.items():
+            node_store.register_node(
+                session,
+                node_store.Registration(
+                    node_id=node_id, service="svc", region=node_id[:2], address=address,
+                    token_hash=uuid.uuid4().hex, port=health_port,
+                ),
+                utcnow(),
+                timedelta(seconds=30),
+            )  # fmt: skip
+            state = NodeState.IDLE if node_id == "sg-1" else NodeState.ACTIVE
+            node_store.set_lifecycle_state(session, node_id, state, "test", utcnow())
+    for node_id in NODES:
+        _beat(sessions, node_id)
+
+    def applies() -> int:
+        with sessions() as session:
+            return len(list_events(session, kind_prefix="dns.applied"))
+
+    client = pydantic_client(time_env)
+    acts = GtmActivities(sessions)
+    queue = f"ramp-{uuid.uuid4().hex[:6]}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[GtmLoopWorkflow],
+        activities=[acts.observe_gtm, acts.apply_dns],
+        activity_executor=ThreadPoolExecutor(4),
+    ):
+        handle = await client.start_workflow(
+            GtmLoopWorkflow.run,
+            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=5)),
+            id=f"gtm-ramp-{uuid.uuid4().hex[:6]}",
+            task_queue=queue,
+        )
+        await time_env.sleep(6)
+        assert set(_answers(pdns)) == {"127.0.10.1", "127.0.10.2"} and applies() == 1
+        with transaction(sessions) as session:
+            node_store.set_lifecycle_state(session, "sg-1", NodeState.ACTIVE, "back", utcnow())
+        for _ in range(30):  # 150 s of 5 s ticks: the whole ramp and a steady stretch
+            for node_id in NODES:
+                _beat(sessions, node_id)
+            await time_env.sleep(5)
+        status: LoopStatus = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
+        assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
+        ramp_writes = applies() - 1
+        assert 5 <= ramp_writes <= 12, ramp_writes
+        with contextlib.suppress(Exception):
+            await handle.terminate()
+    engine.dispose()
+
+
+async def test_a_throttled_provider_is_retried_after_retry_after_and_the_loop_carries_on(
+    time_env: WorkflowEnvironment, tmp_path, health_port: int, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Cloudflare (the loopback fake) answers 429 with Retry-After: 2 and keeps answering
+    429 until then. The apply waits it out (no call before Retry-After; the activity's
+    own backoff would retry after 1 s) and publishes within the same reconcile."""
+    import xplane.store.tables  # noqa: F401
+
+    state = CloudflareState(token="cf-t0k", zones={"z0000001": "svc.plus"})
+    server = start(state)
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "cf-t0k")
+    engine = make_engine(f"sqlite:///{tmp_path}/cf.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    config = {
+        "regions/global.yaml": "regions:\n  - name: jp\n  - name: sg\n",
+        "gtm/svc.yaml": f"""
+service: svc
+domain: api.svc.plus
+regions: [{{name: jp, weight: 100}}, {{name: sg, weight: 100}}]
+health: {{type: http, path: /healthz, port: {health_port}, interval: 5s, timeout: 1s,
+          healthy_threshold: 1, unhealthy_threshold: 1}}
+dns: {{provider: cloudflare, base_url: "http://127.0.0.1:{server.port}/client/v4",
+       zone: svc.plus}}
+""",
+    }
+    with transaction(sessions) as session:
+        save_revision(session, "c" * 40, load_config_from_mapping(config), "test")
+        for node_id, address in NODES.items():
+            node_store.register_node(
+                session,
+                node_store.Registration(
+                    node_id=node_id, service="svc", region=node_id[:2], address=address,
+                    token_hash=uuid.uuid4().hex, port=health_port,
+                ),
+                utcnow(),
+                timedelta(seconds=30),
+            )  # fmt: skip
+            node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", utcnow())
+    for node_id in NODES:
+        _beat(sessions, node_id)
+    state.fail_next(429, retry_after=2)
+
+    client = pydantic_client(time_env)
+    acts = GtmActivities(sessions)
+    queue = f"cf-{uuid.uuid4().hex[:6]}"
+    try:
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[GtmLoopWorkflow],
+            activities=[acts.observe_gtm, acts.apply_dns],
+            activity_executor=ThreadPoolExecutor(4),
+        ):
+            handle = await client.start_workflow(
+                GtmLoopWorkflow.run,
+                GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=3600)),
+                id=f"gtm-cf-{uuid.uuid4().hex[:6]}",
+                task_queue=queue,
+            )
+            for _ in range(40):
+                await asyncio.sleep(0.25)
+                if len(state.at("api.svc.plus")) == 3:
+                    break
+            status: LoopStatus = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+            assert {r["content"] for r in state.at("api.svc.plus")} == set(NODES.values())
+            assert not state.faults and state.early_calls == 0
+            assert status.errors == 0 and status.last_error is None
+            with contextlib.suppress(Exception):
+                await handle.terminate()
+    finally:
+        server.stop()
         engine.dispose()

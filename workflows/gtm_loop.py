@@ -6,9 +6,14 @@ on ``OnGtmPolicyChanged`` / ``policy_changed`` (GitOps sync). Each reconcile:
 1. in one activity (so an idle tick adds few history events): runs the policy's
    active health check against every node (flips reach the store only after N
    consecutive results), then observes the store and computes target weights;
-2. damps them here (drops at once, rises ramped over ``slow_start``; a region
-   that joins a running loop starts from 0);
-3. applies to each DNS provider only when its desired record set changed.
+2. damps them here (RTT smoothed over a minute; drops at once, rises ramped over
+   ``slow_start`` in steps; a region that joins a running loop starts from 0);
+3. applies to each DNS provider only when its desired record set changed past the
+   deadband (an address came or went, or a share moved by ``min_share_change``).
+
+Steps 2's smoothing and stepping and 3's deadband change which activities a tick
+schedules, so they run behind ``workflow.patched(QUIET_DNS_PATCH)``: histories
+recorded before them replay with the old behaviour.
 
 The ramp state, health-check trackers and last applied digests live in the
 workflow and are carried across continue-as-new, so an idle tick costs a timer,
@@ -36,8 +41,12 @@ with workflow.unsafe.imports_passed_through():
         summarize,
     )
     from xplane.dns.base import ApplyResult
+    from xplane.gtm.deadband import Published, needs_write, published
     from xplane.gtm.health_checks import CheckState
-    from xplane.gtm.ramp import RampState, ramp_service
+    from xplane.gtm.ramp import RAMP_STEPS, RampState, ramp_service
+    from xplane.gtm.smoothing import RttAverage, smooth_latency
+
+QUIET_DNS_PATCH = "gtm-quiet-dns-writes"
 
 
 class ProviderApply(BaseModel):
@@ -45,6 +54,8 @@ class ProviderApply(BaseModel):
     digest: str
     summary: str
     write_calls: int
+    # What was written, for the deadband (empty in carries from before it: write).
+    published: Published = Field(default_factory=Published)
 
 
 class GtmLoopParams(BaseModel):
@@ -52,6 +63,7 @@ class GtmLoopParams(BaseModel):
     settings: LoopSettings = Field(default_factory=lambda: LoopSettings(interval_seconds=10))
     loop: LoopCarry | None = None
     ramp: dict[str, RampState] = Field(default_factory=dict)
+    rtt: dict[str, RttAverage] = Field(default_factory=dict)  # region -> smoothed RTT
     health: dict[str, CheckState] = Field(default_factory=dict)
     applied: dict[str, ProviderApply] = Field(default_factory=dict)  # provider key -> last
     weights: dict[str, float] = Field(default_factory=dict)
@@ -109,11 +121,18 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         target_weights = targets.weights
         assert target_weights is not None
         now = workflow.now()
+        quiet = workflow.patched(QUIET_DNS_PATCH)
+        if quiet:
+            target_weights, self.p.rtt = smooth_latency(
+                target_weights, self.p.rtt, now, policy.latency
+            )
         previous = dict(self.p.ramp)
         if previous:  # a region joining a running loop slow-starts from 0
             for name in target_weights.regions:
                 previous.setdefault(name, RampState(from_weight=0, target=0, started_at=now))
-        weights, self.p.ramp = ramp_service(target_weights, previous, now, policy.slow_start)
+        weights, self.p.ramp = ramp_service(
+            target_weights, previous, now, policy.slow_start, RAMP_STEPS if quiet else None
+        )
         self.p.weights = summarize(weights)
         self.p.fail_open, self.p.reason = weights.fail_open, weights.reason
         if weights.fail_open:
@@ -127,6 +146,10 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             last = self.p.applied.get(key)
             if last is not None and last.digest == fingerprint:
                 continue
+            if quiet and not needs_write(
+                last.published if last else None, desired, policy.min_share_change
+            ):
+                continue  # inside the deadband: what DNS answers is close enough
             result: ApplyResult = await workflow.execute_activity(
                 "apply_dns",
                 ApplyDnsRequest(
@@ -146,6 +169,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 digest=fingerprint,
                 summary=f"{len(result.changes)} change(s)" if result.applied else "in sync",
                 write_calls=result.write_calls,
+                published=published(desired) if quiet else Published(),
             )
         return {"weights": self.p.weights, "fail_open": weights.fail_open, "writes": applied}
 
@@ -158,6 +182,9 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             "weights": self.p.weights,
             "fail_open": self.p.fail_open,
             "reason": self.p.reason,
-            "last_apply": {k: v.model_dump() for k, v in self.p.applied.items()},
+            # Without the per-address shares: one entry per node would swamp the status.
+            "last_apply": {
+                k: v.model_dump(exclude={"published"}) for k, v in self.p.applied.items()
+            },
             "removed": self.p.removed,
         }

@@ -56,6 +56,8 @@ class AliDnsState:
     calls: list[str] = field(default_factory=list)
     nonces: set[str] = field(default_factory=set)
     throttle_next: int = 0  # answer the next N calls with Throttling.User
+    throttle_status: int = 400  # what AliDNS sends with it (gateways in front may send 429)
+    throttle_retry_after: str | None = None  # a Retry-After header on throttled answers
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
@@ -110,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
         answer["RequestId"] = request_id
         data = json.dumps(answer).encode()
         self.send_response(status)
+        if answer.get("Code") == "Throttling.User" and state.throttle_retry_after is not None:
+            self.send_header("Retry-After", state.throttle_retry_after)
         self.send_header("Content-Type", "application/json;charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -163,7 +167,11 @@ def _dispatch(state: AliDnsState, method: str, p: dict[str, str]) -> dict[str, A
     state.calls.append(action)
     if state.throttle_next > 0:
         state.throttle_next -= 1
-        raise ApiError(400, "Throttling.User", "Request was denied due to user flow control.")
+        raise ApiError(
+            state.throttle_status,
+            "Throttling.User",
+            "Request was denied due to user flow control.",
+        )
     if action in WRITE_ACTIONS:
         state.writes += 1
     handler = _ACTIONS.get(action)

@@ -12,7 +12,9 @@ It speaks the documented envelope ``{"success", "errors", "messages", "result",
 Every request needs ``Authorization: Bearer <token>`` (401 envelope otherwise).
 Validation answers 400 with Cloudflare's error codes (TTL, addresses, A/CNAME
 conflicts, pools and load balancers that reference unknown pools). Faults can be
-queued: ``fail_next(429)`` or ``success_false_next("...")`` (HTTP 200 with
+queued: ``fail_next(429)`` (with ``Retry-After: 1``, or ``retry_after=N``; ``None``
+sends none; like Cloudflare, every call before that time is answered 429 too and
+counted in ``early_calls``) or ``success_false_next("...")`` (HTTP 200 with
 ``success: false``, which the SDK turns into ``None`` without raising).
 """
 
@@ -21,7 +23,9 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -49,19 +53,24 @@ class CloudflareState:
     load_balancers: dict[str, dict[str, Any]] = field(default_factory=dict)
     writes: int = 0
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
-    faults: list[tuple[int, str]] = field(default_factory=list)  # queued (status, message)
+    # queued (status, message, Retry-After header of a 429)
+    faults: list[tuple[int, str, str | None]] = field(default_factory=list)
     max_per_page: int = 5000
+    blocked_until: float = 0.0  # monotonic time a 429's Retry-After runs out
+    early_calls: int = 0  # calls made before it did
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def new_id(self) -> str:
         return f"{next(self._ids):032x}"
 
-    def fail_next(self, status: int = 429, message: str = "Rate limited") -> None:
-        self.faults.append((status, message))
+    def fail_next(
+        self, status: int = 429, message: str = "Rate limited", retry_after: float | None = 1
+    ) -> None:
+        self.faults.append((status, message, None if retry_after is None else f"{retry_after:g}"))
 
     def success_false_next(self, message: str = "Internal error") -> None:
-        self.faults.append((200, message))
+        self.faults.append((200, message, None))
 
     def add_record(self, zone_id: str, name: str, rtype: str, content: str, **extra: Any) -> str:
         """Seed a record directly (made by someone else)."""
@@ -154,13 +163,21 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         status = 200
+        retry_after: str | None = None
         try:
             with state.lock:
                 state.calls.append((method, url.path))
                 if self.headers.get("Authorization") != f"Bearer {state.token}":
                     raise ApiError(401, 10000, "Authentication error")
+                now = time.monotonic()
+                if now < state.blocked_until:
+                    state.early_calls += 1
+                    retry_after = f"{math.ceil(state.blocked_until - now)}"
+                    raise ApiError(429, 10429, "Rate limited: Retry-After not honoured")
                 if state.faults:
-                    status, message = state.faults.pop(0)
+                    status, message, retry_after = state.faults.pop(0)
+                    if status == 429 and retry_after is not None:
+                        state.blocked_until = now + float(retry_after)
                     raise ApiError(status, 1000 if status == 200 else 10429, message)
                 body = json.loads(raw) if raw else {}
                 answer = _route(state, method, url.path.removeprefix(PREFIX), query, body)
@@ -178,8 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        if status == 429:
-            self.send_header("Retry-After", "1")
+        if status == 429 and retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.end_headers()
         self.wfile.write(data)
 

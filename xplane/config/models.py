@@ -217,6 +217,9 @@ class GtmPolicy(StrictModel):
     providers: list[DnsProviderConfig] = Field(default_factory=list)
     interval: Duration = timedelta(seconds=10)  # GTM loop tick
     slow_start: Duration = timedelta(minutes=2)  # ramp for weight increases
+    # DNS deadband: rewrite when an address comes or goes, or a share of answers moves
+    # by at least this much (absolute: 0.02 = 2 percentage points).
+    min_share_change: Fraction = 0.02
     max_error_rate: Fraction = 0.5  # a node above this is not ready
 
     @model_validator(mode="before")

@@ -32,6 +32,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from xplane.config.models import AliDnsProvider
+from xplane.dns import ratelimit
 from xplane.dns.alidns_signing import signed_params
 from xplane.dns.base import (
     ApplyResult,
@@ -70,6 +71,7 @@ class AliDnsClient:
         self._key_id = access_key_id
         self._secret = access_key_secret
         self._http = httpx.Client(timeout=timeout)
+        self.bucket = ratelimit.limiter("alidns", ratelimit.account_key(endpoint, access_key_id))
 
     def close(self) -> None:
         self._http.close()
@@ -83,6 +85,7 @@ class AliDnsClient:
             self._secret,
             method="POST",
         )
+        self.bucket.acquire()
         try:
             response = self._http.post(self._endpoint, data=body)
         except httpx.TransportError as err:
@@ -94,7 +97,11 @@ class AliDnsClient:
         if not isinstance(answer, dict):
             answer = {}
         if response.status_code != 200:
-            raise classify_error(action, response.status_code, answer)
+            error = classify_error(action, response.status_code, answer)
+            if response.status_code == 429 or str(answer.get("Code", "")).startswith("Throttling"):
+                retry_after = ratelimit.parse_retry_after(response.headers.get("retry-after"))
+                raise ratelimit.throttled(self.bucket, str(error), retry_after)
+            raise error
         return answer
 
 
@@ -362,6 +369,10 @@ class AliDns(DnsProvider):
             changes=changes,
             owned_record_sets=len(owned) if has_marker else 0,
             removes_all_addresses=live_before and not any(w.enabled for w in wanted),
+            addresses_before=sorted({r.value for r in owned if r.status == "ENABLE"})
+            if has_marker
+            else [],
+            addresses_after=sorted({w.value for w in wanted if w.enabled}),
             context={"zone": zone, "rr": rr, "line": cfg.line, "ttl": desired.ttl},
         )
 

@@ -11,9 +11,10 @@ Rules every provider keeps:
   the way external-dns's TXT registry does it, with a TXT record at the same
   name whose value is :func:`ownership_value`. A name that exists without that
   marker is refused (:class:`DnsOwnershipError`) unless ``takeover=True``.
-* Safety: a plan that changes more than ``max_change_fraction`` of the record
-  sets XPlane owns for the service, or that removes every address of a name,
-  is refused (:class:`DnsSafetyError`) unless ``force=True``.
+* Safety: a plan that removes more than ``max_change_fraction`` of the addresses
+  XPlane publishes at a name, or that removes every address of a name, is refused
+  (:class:`DnsSafetyError`) unless ``force=True``. Addresses, not record sets, are
+  counted: one PowerDNS LUA record (or Cloudflare pool) holds many addresses.
 * Errors are classified: :class:`DnsRetryableError` (429, 5xx, timeouts) is
   retried by the activity's retry policy; :class:`DnsAuthError` and
   :class:`DnsValidationError` are not, and say what to fix.
@@ -82,6 +83,10 @@ class DnsPlan(BaseModel):
     changes: list[DnsChange] = Field(default_factory=list)
     owned_record_sets: int = 0  # how many record sets XPlane owned before the plan
     removes_all_addresses: bool = False  # the plan leaves the name with no address
+    # Addresses XPlane published at the name before the plan (empty when it did not own
+    # it yet) and after it: what the safety threshold counts.
+    addresses_before: list[str] = Field(default_factory=list)
+    addresses_after: list[str] = Field(default_factory=list)
     # provider-private data apply() needs (ids of existing records, etc.)
     context: dict[str, Any] = Field(default_factory=dict)
 
@@ -134,14 +139,36 @@ class DnsSafetyError(DnsError):
     pass
 
 
+# A name publishing this few addresses is exempt from the fraction: with two, losing one
+# node is already 50% and must fail over without --force. Emptying it is still refused.
+SMALL_NAME_ADDRESSES = 2
+
+
 def check_safety(plan: DnsPlan, max_change_fraction: float, force: bool) -> None:
-    """Refuse a plan that is too large or empties a name, unless forced (octoDNS-style)."""
+    """Refuse a plan that is too large or empties a name, unless forced (octoDNS-style).
+
+    Too large: it takes away more than ``max_change_fraction`` of the addresses published
+    before (additions and weight changes don't count) from a name with more than
+    :data:`SMALL_NAME_ADDRESSES`. A provider that reports no addresses is judged by
+    record sets, as before.
+    """
     if force or plan.empty:
         return
     if plan.removes_all_addresses:
         raise DnsSafetyError(
             f"{plan.provider}: plan for {plan.name} removes every address; use force to apply"
         )
+    before = set(plan.addresses_before)
+    if before:
+        removed = before - set(plan.addresses_after)
+        fraction = len(removed) / len(before)
+        if len(before) > SMALL_NAME_ADDRESSES and fraction > max_change_fraction:
+            raise DnsSafetyError(
+                f"{plan.provider}: plan for {plan.name} removes {len(removed)} of "
+                f"{len(before)} published addresses ({fraction:.0%} > "
+                f"{max_change_fraction:.0%}); use force to apply"
+            )
+        return
     if plan.owned_record_sets > 0:
         changed = sum(1 for c in plan.changes if c.action != "create" and not c.weight_only)
         fraction = changed / plan.owned_record_sets

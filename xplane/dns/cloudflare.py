@@ -40,6 +40,7 @@ from cloudflare import Cloudflare
 from pydantic import BaseModel
 
 from xplane.config.models import CloudflareProvider
+from xplane.dns import ratelimit
 from xplane.dns.base import (
     ApplyResult,
     DesiredRegion,
@@ -77,9 +78,14 @@ class CloudflareApi:
     def __init__(self, client: Cloudflare, per_page: int = 100) -> None:
         self.client = client
         self.per_page = per_page
+        # Cloudflare limits API calls per user/token: one bucket per token and endpoint.
+        self.bucket = ratelimit.limiter(
+            "cloudflare", ratelimit.account_key(str(client.base_url), client.api_token)
+        )
 
     def call(self, label: str, method: Callable[..., Any], **kwargs: Any) -> tuple[dict, Any]:
         """Run one ``with_raw_response`` SDK method; returns (envelope, parsed result)."""
+        self.bucket.acquire()
         try:
             raw = method(**kwargs)
             body = raw.http_response.json()
@@ -91,7 +97,10 @@ class CloudflareApi:
             ) from None
         except cloudflare.APIStatusError as err:
             text = f"cloudflare: {label}: HTTP {err.status_code} {_messages(err.body)}"
-            if err.status_code == 429 or err.status_code >= 500:
+            if err.status_code == 429:
+                retry_after = ratelimit.parse_retry_after(err.response.headers.get("retry-after"))
+                raise ratelimit.throttled(self.bucket, text, retry_after) from None
+            if err.status_code >= 500:
                 raise DnsRetryableError(text) from None
             raise DnsValidationError(text) from None
         except cloudflare.APIConnectionError as err:  # includes timeouts
@@ -408,6 +417,8 @@ class CloudflareDns(DnsProvider):
             changes=changes,
             owned_record_sets=len(owned),
             removes_all_addresses=bool(adopted) and not wanted,
+            addresses_before=sorted({r.content for r in owned}),
+            addresses_after=sorted({a for _, a in wanted}),
             context={"mode": "dns", "zone_id": zone_id},
         )
 
@@ -567,6 +578,18 @@ class CloudflareDns(DnsProvider):
             owned_record_sets=len(owned)
             + int(have_lb is not None and have_lb.description == marker),
             removes_all_addresses=live_before and not active,
+            addresses_before=sorted(
+                {o.address for p in owned if p.enabled for o in p.origins if o.enabled}
+            ),
+            addresses_after=sorted(
+                {
+                    e.address
+                    for r in desired.regions
+                    if prefix + r.region in active
+                    for e in r.endpoints
+                    if e.weight > 0
+                }
+            ),
             context={
                 "mode": "load_balancer",
                 "zone_id": zone_id,

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from xplane.config.models import PowerDnsProvider as PowerDnsConfig
+from xplane.dns import ratelimit
 from xplane.dns.base import (
     ApplyResult,
     DesiredService,
@@ -130,6 +131,16 @@ def current_rrsets(zone_json: dict[str, Any], name: str) -> dict[str, RRSet]:
     return out
 
 
+def rrset_addresses(rrsets: dict[str, RRSet]) -> list[str]:
+    """Every address the name's address record sets publish (inside LUA records too)."""
+    found: set[str] = set()
+    for rtype in ADDRESS_TYPES:
+        for content in rrsets.get(rtype, (0, ()))[1]:
+            parsed = parse_lua(content) if rtype == "LUA" else None
+            found.update(parsed[1] if parsed else [content])
+    return sorted(found)
+
+
 def _rrset_view(rrset: RRSet | None) -> dict[str, Any] | None:
     return None if rrset is None else {"ttl": rrset[0], "records": list(rrset[1])}
 
@@ -194,6 +205,7 @@ class PowerDnsProvider(DnsProvider):
         self._owns_client = client is None
         self.create_zone = create_zone
         self._base = f"{config.api_url.rstrip('/')}/api/v1/servers/{config.server_id}"
+        self.bucket = ratelimit.limiter(KIND, ratelimit.account_key(self._base))
 
     def close(self) -> None:
         if self._owns_client:
@@ -201,12 +213,17 @@ class PowerDnsProvider(DnsProvider):
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         what = f"{method} {self._base}{path}"
+        self.bucket.acquire()
         try:
             response = self._client.request(
                 method, self._base + path, headers={"X-API-Key": self._api_key}, **kwargs
             )
         except httpx.TransportError as err:
             raise DnsRetryableError(f"{KIND}: {what}: {type(err).__name__}: {err}") from None
+        if response.status_code == 429:  # a rate-limiting proxy in front of the API
+            text = f"{KIND}: {what}: HTTP 429: {_error_text(response).strip()[:300]}"
+            retry_after = ratelimit.parse_retry_after(response.headers.get("retry-after"))
+            raise ratelimit.throttled(self.bucket, text, retry_after)
         if response.status_code >= 400 and response.status_code != 404:
             raise http_error(KIND, what, response.status_code, _error_text(response))
         return response
@@ -246,6 +263,9 @@ class PowerDnsProvider(DnsProvider):
         plan.changes = changes
         plan.owned_record_sets = (len(present) + 1) if owned else 0
         plan.removes_all_addresses = bool(present) and not any(t in wanted for t in ADDRESS_TYPES)
+        if owned:
+            plan.addresses_before = rrset_addresses(current)
+            plan.addresses_after = rrset_addresses(wanted)
         plan.context = {"zone": zone, "rrsets": patch, "create_zone": zone_missing}
         return plan
 

@@ -38,6 +38,7 @@ from botocore.exceptions import (
 )
 
 from xplane.config.models import Route53Provider as Route53Config
+from xplane.dns import ratelimit
 from xplane.dns.base import (
     ApplyResult,
     DesiredService,
@@ -77,6 +78,7 @@ RETRYABLE_CODES = {
     "ServiceUnavailable",
     "InternalFailure",
 }
+THROTTLING_CODES = {"Throttling", "ThrottlingException", "RequestLimitExceeded"}
 AUTH_CODES = {
     "AccessDenied",
     "AccessDeniedException",
@@ -198,6 +200,10 @@ def _change_view(record_set: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in view.items() if v is not None}
 
 
+def _values(record_sets: Iterable[dict[str, Any]]) -> list[str]:
+    return sorted({str(v["Value"]) for rs in record_sets for v in rs.get("ResourceRecords") or []})
+
+
 def _key_text(key: RecordKey) -> str:
     return f"{key[0]}/{key[1]}" if key[1] else key[0]
 
@@ -216,6 +222,11 @@ class Route53Provider(DnsProvider):
         self.config = config
         self.client = client or self._make_client(config)
         self._zone_ids: dict[str, str] = {}
+        # Route53's 5 requests/s is per AWS account: one bucket per access key and endpoint.
+        key_id = os.environ.get(config.access_key_id_env) or "default-chain"
+        self.bucket = ratelimit.limiter(
+            KIND, ratelimit.account_key(config.endpoint_url or "aws", key_id)
+        )
 
     @staticmethod
     def _make_client(config: Route53Config) -> Any:
@@ -235,14 +246,20 @@ class Route53Provider(DnsProvider):
         )
 
     def _call(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Any:
+        self.bucket.acquire()
         try:
             return method(**kwargs)
         except ClientError as err:
             error = err.response.get("Error", {})
-            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            raise classify_client_error(
-                what, str(error.get("Code", "")), status, str(error.get("Message", ""))
-            ) from None
+            meta = err.response.get("ResponseMetadata", {})
+            status = int(meta.get("HTTPStatusCode", 0))
+            code = str(error.get("Code", ""))
+            classified = classify_client_error(what, code, status, str(error.get("Message", "")))
+            if code in THROTTLING_CODES or status == 429:
+                headers = meta.get("HTTPHeaders") or {}
+                retry_after = ratelimit.parse_retry_after(headers.get("retry-after"))
+                raise ratelimit.throttled(self.bucket, str(classified), retry_after) from None
+            raise classified from None
         except (NoCredentialsError, PartialCredentialsError) as err:
             raise DnsAuthError(f"{KIND}: {what}: {err}") from None
         except ParamValidationError as err:
@@ -378,6 +395,9 @@ class Route53Provider(DnsProvider):
         plan.removes_all_addresses = bool(present) and not any(
             k[0] in ADDRESS_TYPES for k in wanted
         )
+        if owned:
+            plan.addresses_before = _values(current[k] for k in present)
+            plan.addresses_after = _values(s for k, s in wanted.items() if k[0] in ADDRESS_TYPES)
         plan.context = {"zone_id": zone_id, "changes": batch}
         return plan
 

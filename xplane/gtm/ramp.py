@@ -5,16 +5,24 @@ one tick and be flooded while its caches are cold. Rises are therefore interpola
 linearly over the policy's ``slow_start`` from the weight applied before; drops skip
 the ramp, because sending traffic to a failing region is worse than a cold one.
 Pure: the GTM loop keeps one :class:`RampState` per region in its workflow state.
+
+With ``steps`` (the loop uses :data:`RAMP_STEPS`) a ramp advances in that many discrete
+steps instead of every tick, on a clock grid shared by every ramp (multiples of
+``slow_start / steps`` since the epoch): each step moves a share far enough to be
+worth a DNS write, and regions ramping together step together, in one write.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
 from xplane.gtm.weights import ServiceWeights, WeightedRecord
+
+RAMP_STEPS = 10  # ~10 DNS writes per ramp, each step 10% of the rise
 
 
 class RampState(BaseModel):
@@ -24,17 +32,29 @@ class RampState(BaseModel):
     target: float
     started_at: datetime
 
-    def weight_at(self, now: datetime, slow_start: timedelta) -> float:
-        """Linear interpolation from ``from_weight`` to ``target`` over ``slow_start``."""
+    def weight_at(self, now: datetime, slow_start: timedelta, steps: int | None = None) -> float:
+        """Linear interpolation from ``from_weight`` to ``target`` over ``slow_start``;
+        with ``steps``: the fraction of grid points (every ``slow_start / steps``) passed."""
         if slow_start <= timedelta(0) or self.target <= self.from_weight:
             return self.target
-        done = (now - self.started_at) / slow_start
+        if steps:
+            step = slow_start.total_seconds() / steps
+            passed = math.floor(now.timestamp() / step) - math.floor(
+                self.started_at.timestamp() / step
+            )
+            done = passed / steps
+        else:
+            done = (now - self.started_at) / slow_start
         done = min(1.0, max(0.0, done))  # a clock going back holds the ramp, never reverses it
         return self.from_weight + (self.target - self.from_weight) * done
 
 
 def ramp(
-    previous: RampState | None, target: float, now: datetime, slow_start: timedelta
+    previous: RampState | None,
+    target: float,
+    now: datetime,
+    slow_start: timedelta,
+    steps: int | None = None,
 ) -> tuple[float, RampState]:
     """The weight to apply now and the state to keep for the next tick.
 
@@ -46,13 +66,13 @@ def ramp(
     """
     if previous is None:
         return target, RampState(from_weight=target, target=target, started_at=now)
-    current = previous.weight_at(now, slow_start)
+    current = previous.weight_at(now, slow_start, steps)
     if target <= current:
         return target, RampState(from_weight=target, target=target, started_at=now)
     if target == previous.target:
         return current, previous
     state = RampState(from_weight=current, target=target, started_at=now)
-    return state.weight_at(now, slow_start), state
+    return state.weight_at(now, slow_start, steps), state
 
 
 def ramp_service(
@@ -60,6 +80,7 @@ def ramp_service(
     previous: Mapping[str, RampState],
     now: datetime,
     slow_start: timedelta,
+    steps: int | None = None,
 ) -> tuple[ServiceWeights, dict[str, RampState]]:
     """Damp every region of ``weights`` and scale its records to match.
 
@@ -73,7 +94,7 @@ def ramp_service(
     applied: dict[str, float] = {}
     states: dict[str, RampState] = {}
     for name, target in targets.items():
-        applied[name], states[name] = ramp(previous.get(name), target, now, slow_start)
+        applied[name], states[name] = ramp(previous.get(name), target, now, slow_start, steps)
     if not any(applied.values()) and any(targets.values()):
         return weights, _settled(targets, now)
     return _rescaled(weights, applied), states
