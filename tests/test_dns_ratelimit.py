@@ -113,7 +113,7 @@ def cloudflare() -> Iterator[tuple[str, CloudflareState]]:
 
 async def test_the_activity_retries_a_throttled_provider_after_retry_after(
     cloudflare: tuple[str, CloudflareState], tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     import xplane.store.tables  # noqa: F401
 
     base_url, state = cloudflare
@@ -140,7 +140,7 @@ async def test_the_activity_retries_a_throttled_provider_after_retry_after(
     )
     state.fail_next(429, retry_after=42)
     with pytest.raises(ApplicationError) as caught:
-        await ActivityEnvironment().run(acts.apply_dns, request)
+        ActivityEnvironment().run(acts.apply_dns, request)
     err = caught.value
     assert err.type == "DnsThrottledError" and not err.non_retryable
     assert err.next_retry_delay == timedelta(seconds=42)

@@ -339,7 +339,7 @@ slow_start: 0s
 
 async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
     time_env: WorkflowEnvironment, tmp_path, pdns: PdnsServer, health_port: int, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """sg recovers while the loop ticks every 5 s over a 100 s slow start: the linear
     ramp rewrote the record on each of ~20 ticks; stepped and deadbanded, ~10 writes."""
     import xplane.store.tables  # noqa: F401
@@ -395,7 +395,7 @@ async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
             for node_id in NODES:
                 _beat(sessions, node_id)
             await time_env.sleep(5)
-        status: LoopStatus = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+        status: LoopStatus = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
         assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
         ramp_writes = applies() - 1
@@ -407,7 +407,7 @@ async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
 
 async def test_a_throttled_provider_is_retried_after_retry_after_and_the_loop_carries_on(
     time_env: WorkflowEnvironment, tmp_path, health_port: int, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Cloudflare (the loopback fake) answers 429 with Retry-After: 2 and keeps answering
     429 until then. The apply waits it out (no call before Retry-After; the activity's
     own backoff would retry after 1 s) and publishes within the same reconcile."""
@@ -469,7 +469,7 @@ dns: {{provider: cloudflare, base_url: "http://127.0.0.1:{server.port}/client/v4
                 await asyncio.sleep(0.25)
                 if len(state.at("api.svc.plus")) == 3:
                     break
-            status: LoopStatus = await handle.query(GtmLoopWorkflow.status, result_type=LoopStatus)
+            status: LoopStatus = await handle.query(GtmLoopWorkflow.status)
             assert {r["content"] for r in state.at("api.svc.plus")} == set(NODES.values())
             assert not state.faults and state.early_calls == 0
             assert status.errors == 0 and status.last_error is None

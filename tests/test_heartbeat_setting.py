@@ -118,6 +118,16 @@ def test_a_gtm_file_with_its_own_heartbeat_timeout_points_to_the_one_setting() -
     assert "XPLANE_HEARTBEAT_TIMEOUT" in issue
 
 
+@pytest.mark.parametrize("stored", [None, 45.0])
+def test_a_policy_an_older_version_stored_still_decodes(stored: float | None) -> None:
+    """Workflow histories and the config table hold policies with the retired key: a
+    worker of this version must still read them (the key is dropped), or running loops
+    fail to decode their own input after an upgrade."""
+    old = {"service": "web", "domain": "web.svc.plus", "regions": [{"name": "jp"}]}
+    policy = GtmPolicy.model_validate({**old, "heartbeat_timeout": stored})
+    assert policy == GtmPolicy.model_validate(old)
+
+
 # ---------------------------------------------------------------- every reader
 def _seed(sessions: sessionmaker[Session]) -> None:
     tree = ConfigTree(

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from xplane.config.errors import ConfigError, ConfigIssue, Loc, format_path, validation_errors
 from xplane.config.models import (
+    CONFIG_FILE_CONTEXT,
     AutoscalePolicy,
     ConfigTree,
     GtmPolicy,
@@ -101,7 +102,7 @@ class _Issues:
 
     def validate(self, model: type[M], data: Any, doc: _Doc, prefix: Loc = ()) -> M | None:
         try:
-            return model.model_validate(data)
+            return model.model_validate(data, context={CONFIG_FILE_CONTEXT: True})
         except ValidationError as exc:
             for loc, message in validation_errors(exc, data):
                 self.add(doc, prefix + loc, message)

@@ -12,7 +12,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, AliasChoices, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, ValidationInfo, model_validator
 
 from xplane.config.errors import NAME_PATTERN, FieldErrors, Loc
 from xplane.domain import StrictModel
@@ -22,6 +22,10 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+# Validation context key: set when a model is read from a config file (strict about
+# retired keys), unset when decoding what an older version stored.
+CONFIG_FILE_CONTEXT = "config_file"
 
 
 def _hostname(value: str, min_labels: int) -> str:
@@ -224,16 +228,21 @@ class GtmPolicy(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_heartbeat_timeout(cls, data: Any) -> Any:
+    def _no_heartbeat_timeout(cls, data: Any, info: ValidationInfo) -> Any:
         """A per-service timeout would make GTM call a node ready that the world state,
-        autoscaler and API call down: there is one, a process setting (xplane/heartbeat.py)."""
+        autoscaler and API call down: there is one, a process setting (xplane/heartbeat.py).
+        A config file setting it is refused; a payload an older version stored (workflow
+        histories, the config table) still decodes, without the key."""
         if isinstance(data, dict) and "heartbeat_timeout" in data:
-            msg = (
-                "no longer set per service: when a node is down is one setting for every "
-                "reader, XPLANE_HEARTBEAT_TIMEOUT (default 3 x XPLANE_HEARTBEAT_INTERVAL) "
-                "on the API and worker processes; remove this key"
-            )
-            raise FieldErrors([(("heartbeat_timeout",), msg)])
+            from_config = bool((info.context or {}).get(CONFIG_FILE_CONTEXT))
+            if from_config and data["heartbeat_timeout"] is not None:
+                msg = (
+                    "no longer set per service: when a node is down is one setting for every "
+                    "reader, XPLANE_HEARTBEAT_TIMEOUT (default 3 x XPLANE_HEARTBEAT_INTERVAL) "
+                    "on the API and worker processes; remove this key"
+                )
+                raise FieldErrors([(("heartbeat_timeout",), msg)])
+            data = {k: v for k, v in data.items() if k != "heartbeat_timeout"}
         return data
 
     @model_validator(mode="after")
