@@ -330,7 +330,9 @@ def metrics_router(
     registry = exposition_registry(session_factory)
     router = APIRouter(tags=["observability"])
 
-    @router.get("/metrics", include_in_schema=False)
+    text = {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
+
+    @router.get("/metrics", response_class=Response, responses={200: text})
     async def metrics() -> Response:
         # The node-count query is blocking I/O: keep it off the event loop.
         body = await asyncio.to_thread(generate_latest, registry)
