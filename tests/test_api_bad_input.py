@@ -362,14 +362,14 @@ def test_requests_past_the_concurrency_limit_are_503(server: Api, logs: Lines) -
 
 
 # ------------------------------------------------------------------ webhooks and the document
-def test_git_webhook_without_a_gitops_sync_loop_is_503(server: Api, logs: Lines) -> None:
+def test_git_webhook_without_a_gitops_sync_loop_is_409(server: Api, logs: Lines) -> None:
     body = b'{"ref": "refs/heads/main"}'
     response = server.http.post(
         "/webhooks/git",
         content=body,
         headers={"X-Hub-Signature-256": sign(GIT_SECRET, body), "X-GitHub-Event": "push"},
     )
-    assert response.status_code == 503, response.text
+    assert response.status_code == 409, response.text
     assert "gitops-sync" in response.json()["error"]
     assert response.json()["detail"][0]["field"] == "workflow"
     logs.one_line()

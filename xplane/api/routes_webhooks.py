@@ -107,7 +107,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
     @router.post(
         "/terraform",
         status_code=202,
-        responses=_responses(200, 400, 401, 422, 503),
+        responses=_responses(200, 400, 401, 409, 422, 503),
         openapi_extra=_terraform_doc(),
     )
     async def terraform(request: Request) -> JSONResponse:
@@ -156,7 +156,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         return JSONResponse({"status": "accepted", "delivery": delivery}, status_code=202)
 
     @router.post(
-        "/git", status_code=202, responses=_responses(200, 401, 503), openapi_extra=_git_doc()
+        "/git", status_code=202, responses=_responses(200, 401, 409, 503), openapi_extra=_git_doc()
     )
     async def git(request: Request) -> JSONResponse:
         body = await request.body()
@@ -208,12 +208,13 @@ def _parse_terraform(body: bytes) -> TerraformWebhook:
 
 
 async def _signal(call: Awaitable[None], loop: str) -> None:
-    """Await a notifier call; a loop that is not running or an unreachable Temporal is a 503."""
+    """Await a notifier call. A loop that is not running is a 409 (the request is fine,
+    the system is not in a state to act on it); an unreachable Temporal is a 503."""
     try:
         await call
     except LoopNotRunning:
         message = f"the {loop} loop is not running: nothing was signalled (start it, then retry)"
-        raise ApiError(503, f"{loop} not running", [("workflow", message)], RETRY_LATER) from None
+        raise ApiError(409, f"{loop} not running", [("workflow", message)]) from None
     except Exception as exc:
         log.warning("signalling %s failed: %s: %s", loop, type(exc).__name__, exc)
         message = f"could not signal {loop}: {type(exc).__name__}"
