@@ -3,7 +3,8 @@
 
 Valid credentials for each route (bootstrap, node, admin token; webhook bodies
 signed after generation), a fixed seed and a bounded number of examples per
-operation. Fails on any 5xx, an undocumented status code or content type, or a
+operation, in both of its generation modes (valid and invalid input). Fails on any
+5xx, an undocumented status code or content type, or a
 response that does not match its schema.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from sqlalchemy import Engine
 
 from tests.conftest import POSTGRES_AVAILABLE, _create_pg_database, _drop_pg_database
@@ -38,6 +40,7 @@ from xplane.webhooks.signature import sign
 pytestmark = pytest.mark.slow
 
 schemathesis = pytest.importorskip("schemathesis")
+from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
@@ -171,6 +174,15 @@ def _steer(case: Any, api: RunningProcess) -> None:
         case.path_parameters["node_id"] = api.node_id
 
 
+def _raw(body: Any) -> bytes:
+    """The bytes the transport would send for a generated body (JSON, raw or none)."""
+    if isinstance(body, bytes):
+        return body
+    if type(body).__name__ == "NotSet":
+        return b""
+    return json.dumps(body).encode()
+
+
 def _exercise(case: Any, api: RunningProcess) -> None:
     """Send ``case`` with the credentials its route needs, then run every check."""
     _steer(case, api)
@@ -182,8 +194,7 @@ def _exercise(case: Any, api: RunningProcess) -> None:
         headers["Authorization"] = f"Bearer {token}"
     if path.startswith("/webhooks/"):
         # Sign the bytes actually sent, as CI and GitHub do.
-        body = b"" if case.body is None or type(case.body).__name__ == "NotSet" else None
-        body = body if body is not None else json.dumps(case.body).encode()
+        body = _raw(case.body)
         extra["data"] = body
         headers["Content-Type"] = "application/json"
         if path == "/webhooks/terraform":
@@ -198,7 +209,7 @@ def test_every_operation_against_a_real_api_process(api: RunningProcess) -> None
     operations = [result.ok() for result in schema.get_all_operations()]
     paths = {(op.method.upper(), op.path) for op in operations}
     assert ("POST", "/nodes/heartbeat") in paths and ("POST", "/webhooks/git") in paths
-    for operation in operations:
+    for operation, mode in itertools.product(operations, GenerationMode):
 
         @settings(
             max_examples=EXAMPLES_PER_OPERATION,
@@ -207,8 +218,16 @@ def test_every_operation_against_a_real_api_process(api: RunningProcess) -> None
             database=None,
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=operation.as_strategy())
+        @given(case=operation.as_strategy(generation_mode=mode))
         def run(case: Any) -> None:
             _exercise(case, api)
 
-        run()
+        try:
+            run()
+        except Unsatisfiable:
+            # No invalid input exists for an operation without parameters (/healthz).
+            assert (
+                mode is GenerationMode.NEGATIVE
+                and not operation.body
+                and not any(True for _ in operation.iter_parameters())
+            ), operation
