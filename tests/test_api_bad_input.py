@@ -322,6 +322,18 @@ def test_headers_over_16k_are_431(server: Api, logs: Lines) -> None:
         assert_refused(server, logs, response, before, 431, "headers")
 
 
+def test_unfinished_headers_over_16k_are_431_without_waiting_for_the_end(
+    server: Api, logs: Lines
+) -> None:
+    """A header still arriving is refused once it passes the limit: nothing is buffered
+    past it while waiting for a line end that may never come."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 17_000
+    answer, took = raw_exchange(server, head, wait=5)
+    assert answer.startswith(b"HTTP/1.1 431"), answer
+    assert took < 2
+    logs.one_line()
+
+
 @pytest.mark.parametrize("path", ["/nodes/heartbeat", "/nodes/register"])
 def test_stalled_body_is_408(server: Api, logs: Lines, node: tuple[str, str], path: str) -> None:
     before = stored(server)

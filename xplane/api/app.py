@@ -15,7 +15,7 @@ from fastapi.telemetry import TelemetryConfig
 from xplane.api.auth import TokenCache
 from xplane.api.context import ApiContext, NodeNotifier
 from xplane.api.errors import BodyLimitMiddleware, install_error_handlers
-from xplane.api.guards import InFlightLimit
+from xplane.api.guards import BodyDeadlines, InFlightLimit
 from xplane.api.hot_path import XPlaneApi
 from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
@@ -71,6 +71,8 @@ def create_app(
         notifier=notifier,
     )
 
+    deadlines = BodyDeadlines(settings.body_read_timeout.total_seconds())
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         writer.start()
@@ -82,6 +84,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await pruner
             await writer.stop()
+            await deadlines.stop()
             engine.dispose()
 
     app = XPlaneApi(
@@ -92,6 +95,7 @@ def create_app(
         responses=COMMON_RESPONSES,
     )
     app.in_flight = InFlightLimit(settings.max_concurrency)
+    app.body_deadlines = deadlines
     app.state.ctx = ctx
     app.state.settings = settings
     app.state.webhook_notifier = webhook_notifier
@@ -99,7 +103,7 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
-        timeout=settings.body_read_timeout.total_seconds(),
+        deadlines=deadlines,
     )
     routers = (health_router, nodes_router, admin_router, make_webhook_router())
     for router in (*routers, metrics_router(factory), *extra_routers):

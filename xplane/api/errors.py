@@ -2,7 +2,8 @@
 
 Also the body-size guard: a pure ASGI middleware that reads a request body up
 to the limit (Content-Length or not) before any handler sees it, so an
-oversized body is a 413 and never half-parsed, and a body that stalls is a 408.
+oversized body is a 413 and never half-parsed, and a body that stalls past its
+deadline is a 408.
 
 Every 4xx is logged as one line (route, status, error, the fields named; never
 the values); only an unexpected exception (a 500) is logged with its traceback.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -113,14 +115,21 @@ def too_slow(timeout: float) -> ApiError:
     return ApiError(408, "request timeout", [("body", message)], {"Connection": "close"})
 
 
-DEFAULT_BODY_TIMEOUT = 10.0
+class Deadlines(Protocol):
+    """What :func:`read_body` needs of :class:`xplane.api.guards.BodyDeadlines`."""
+
+    timeout: float
+
+    def watch(self) -> asyncio.Task[object] | None: ...
+    def unwatch(self, task: asyncio.Task[object] | None) -> None: ...
+    def expired(self, task: asyncio.Task[object] | None) -> bool: ...
 
 
 async def read_body(
-    scope: Scope, receive: Receive, max_bytes: int, timeout: float = DEFAULT_BODY_TIMEOUT
+    scope: Scope, receive: Receive, max_bytes: int, deadlines: Deadlines | None = None
 ) -> bytes | None:
     """The whole request body, or None if the client went away; 413 past ``max_bytes``,
-    408 when it has not all arrived within ``timeout`` seconds (a stalled client).
+    408 when ``deadlines`` ends the read first (a stalled client).
 
     Content-Length is checked first, and the bytes actually received as well
     (chunked bodies, or a client that lies).
@@ -130,35 +139,40 @@ async def read_body(
         raise too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
+    task = deadlines.watch() if deadlines is not None else None
     try:
-        async with asyncio.timeout(timeout):  # one timer for the whole body
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return None
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > max_bytes:
-                    raise too_large(max_bytes)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-    except TimeoutError:
-        raise too_slow(timeout) from None
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large(max_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    except asyncio.CancelledError:
+        if deadlines is not None and deadlines.expired(task):
+            raise too_slow(deadlines.timeout) from None
+        raise
+    finally:
+        if deadlines is not None:
+            deadlines.unwatch(task)
 
 
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with 413, whether or not Content-Length is sent."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
-        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+    def __init__(self, app: ASGIApp, max_bytes: int, deadlines: Deadlines | None = None) -> None:
+        self.app, self.max_bytes, self.deadlines = app, max_bytes, deadlines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         try:
-            body = await read_body(scope, receive, self.max_bytes, self.timeout)
+            body = await read_body(scope, receive, self.max_bytes, self.deadlines)
         except ApiError as exc:
             await render_error(exc, f"{scope['method']} {scope['path']}")(scope, receive, send)
             return

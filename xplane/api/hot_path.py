@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from xplane.api.auth import hash_token, parse_bearer
 from xplane.api.context import ApiContext
 from xplane.api.errors import ApiError, read_body, render_error
-from xplane.api.guards import InFlightLimit
+from xplane.api.guards import BodyDeadlines, InFlightLimit
 from xplane.api.routes_nodes import store_heartbeat
 from xplane.api.schemas import HeartbeatRequest
 
@@ -40,6 +40,7 @@ class XPlaneApi(FastAPI):
 
     hot_path = True
     in_flight: InFlightLimit | None = None
+    body_deadlines: BodyDeadlines | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.in_flight
@@ -62,17 +63,20 @@ class XPlaneApi(FastAPI):
             and scope["path"] == PATH
             and scope["method"] == "POST"
         ):
-            await serve_heartbeat(self.state.ctx, scope, receive, send)
+            await serve_heartbeat(self.state.ctx, scope, receive, send, self.body_deadlines)
             return
         await super().__call__(scope, receive, send)
 
 
-async def serve_heartbeat(ctx: ApiContext, scope: Scope, receive: Receive, send: Send) -> None:
-    settings = ctx.settings
+async def serve_heartbeat(
+    ctx: ApiContext,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    deadlines: BodyDeadlines | None = None,
+) -> None:
     try:
-        raw = await read_body(
-            scope, receive, settings.max_body_bytes, settings.body_read_timeout.total_seconds()
-        )
+        raw = await read_body(scope, receive, ctx.settings.max_body_bytes, deadlines)
         if raw is None:  # the agent hung up: nothing to answer, nothing stored
             return
         token_hash = hash_token(_bearer(scope))

@@ -2,8 +2,9 @@
 
 uvicorn's httptools protocol accepts headers of any size (llhttp sets no limit),
 so a client can make the server buffer megabytes before the app runs. This
-subclass counts the request line and headers as they arrive and answers 431
-and closes the connection past ``max_header_bytes``.
+subclass counts the bytes that arrive before the end of the headers and answers
+431 and closes the connection once the request line and headers pass
+``max_header_bytes`` (checked per packet, so nothing larger is ever buffered).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._in_head = True  # before the end of the current request's headers
         self._raw_head = 0  # bytes received while in the head
-        self._head_size = 0  # request target + header names and values, parsed
         self._rejected = False
 
     def data_received(self, data: bytes) -> None:
@@ -59,31 +59,20 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._raw_head > self.max_header_bytes:
             self._reject()
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_size = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._grow(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._in_head = False
+        # Only when more bytes than the limit came in during the head (a body may share
+        # the last packet) is the head measured exactly: most requests skip the sum.
+        if self._raw_head > self.max_header_bytes:
+            size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+            if size > self.max_header_bytes:
+                self._reject()
+                raise _HeadersTooLarge  # stops the parser: no request cycle starts
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head, self._raw_head = True, 0
-
-    def _grow(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self.max_header_bytes:
-            self._reject()
-            raise _HeadersTooLarge
 
     def _reject(self) -> None:
         self._rejected = True
