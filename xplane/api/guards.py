@@ -44,7 +44,7 @@ class BodyDeadlines:
 
     One sweeper task checks every watched read a few times per timeout, instead of
     a timer per request: arming and cancelling an ``asyncio.timeout`` per heartbeat
-    measured ~6 us, a tenth of a percent of which this costs. A read ends between
+    measured ~5.5 us, watching a read here ~1 us. A stalled read ends between
     ``timeout`` and ``timeout`` plus one sweep interval.
     """
 
