@@ -107,7 +107,7 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
     @router.post(
         "/terraform",
         status_code=202,
-        responses=_responses(200, 400, 401, 409, 422, 503),
+        responses=_responses(200, 400, 401, 422, 503),
         openapi_extra=_terraform_doc(),
     )
     async def terraform(request: Request) -> JSONResponse:
