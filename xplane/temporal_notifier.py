@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.autoscale import TerraformOutcome
 from workflows import ids
 from workflows.autoscale import AutoscaleParams
 from workflows.node_lifecycle import NodeLifecycleParams, NodeTimings
-from xplane.api.routes_webhooks import TerraformWebhook
+from xplane.api.routes_webhooks import LoopNotRunning, TerraformWebhook
 from xplane.temporal_client import connect, signal_with_start
 
 
@@ -76,4 +76,9 @@ class TemporalNotifier:
 
     async def sync_now(self) -> None:
         await self.connect()
-        await self._client.get_workflow_handle(ids.GITOPS_SYNC_ID).signal("sync_now")
+        try:
+            await self._client.get_workflow_handle(ids.GITOPS_SYNC_ID).signal("sync_now")
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:  # no `xplane sync` / `up` running
+                raise LoopNotRunning(ids.GITOPS_SYNC_ID) from None
+            raise

@@ -15,12 +15,14 @@ from fastapi.telemetry import TelemetryConfig
 from xplane.api.auth import TokenCache
 from xplane.api.context import ApiContext, NodeNotifier
 from xplane.api.errors import BodyLimitMiddleware, install_error_handlers
+from xplane.api.guards import BodyDeadlines, InFlightLimit
 from xplane.api.hot_path import XPlaneApi
 from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
 from xplane.api.routes_nodes import router as nodes_router
 from xplane.api.routes_webhooks import WebhookNotifier
 from xplane.api.routes_webhooks import make_router as make_webhook_router
+from xplane.api.schemas import ErrorBody
 from xplane.api.settings import ApiSettings
 from xplane.api.writer import HeartbeatWriter
 from xplane.observability.metrics import metrics_router
@@ -30,6 +32,12 @@ from xplane.store.nodes import prune_samples
 from xplane.webhooks.deliveries import prune_deliveries
 
 log = logging.getLogger(__name__)
+
+# What any route may answer before its handler runs: a stalled body (408), headers
+# over the limit (431, from the HTTP layer) and a saturated replica (503).
+COMMON_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (408, 431, 503)
+}
 
 
 def create_app(
@@ -64,6 +72,8 @@ def create_app(
         notifier=notifier,
     )
 
+    deadlines = BodyDeadlines(settings.body_read_timeout.total_seconds())
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         writer.start()
@@ -75,14 +85,27 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await pruner
             await writer.stop()
+            await deadlines.stop()
             engine.dispose()
 
-    app = XPlaneApi(title="XPlane API", version="1", lifespan=lifespan, telemetry=api_telemetry())
+    app = XPlaneApi(
+        title="XPlane API",
+        version="1",
+        lifespan=lifespan,
+        telemetry=api_telemetry(),
+        responses=COMMON_RESPONSES,
+    )
+    app.in_flight = InFlightLimit(settings.max_concurrency)
+    app.body_deadlines = deadlines
     app.state.ctx = ctx
     app.state.settings = settings
     app.state.webhook_notifier = webhook_notifier
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        deadlines=deadlines,
+    )
     routers = (health_router, nodes_router, admin_router, make_webhook_router())
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     for router in (*routers, metrics_router(factory, token=metrics_token), *extra_routers):

@@ -2,13 +2,19 @@
 
 Also the body-size guard: a pure ASGI middleware that reads a request body up
 to the limit (Content-Length or not) before any handler sees it, so an
-oversized body is a 413 and never half-parsed.
+oversized body is a 413 and never half-parsed, and a body that stalls past its
+deadline is a 408.
+
+Every 4xx is logged as one line (route, status, error, the fields named; never
+the values); only an unexpected exception (a 500) is logged with its traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -70,14 +76,24 @@ def _validation_fields(exc: RequestValidationError) -> list[FieldError]:
 
 def render_error(exc: Exception, where: str = "") -> JSONResponse:
     """The response for any exception a handler raised (also used off the framework)."""
+    if isinstance(exc, StarletteHTTPException) and isinstance(exc.__cause__, RecursionError):
+        # FastAPI's json.loads gave up on a deeply nested body: the body is the problem.
+        exc = ApiError(422, "invalid request", [("body", "malformed JSON: nested too deeply")])
+    headers: Mapping[str, str] | None
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.error, exc.fields, exc.headers)
-    if isinstance(exc, RequestValidationError):
-        return error_response(422, "invalid request", _validation_fields(exc))
-    if isinstance(exc, StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
-    log.error("unhandled error on %s", where, exc_info=exc)
-    return error_response(500, "internal error")
+        status, error, fields, headers = exc.status, exc.error, exc.fields, exc.headers
+    elif isinstance(exc, RequestValidationError):
+        status, error, fields, headers = 422, "invalid request", _validation_fields(exc), None
+    elif isinstance(exc, StarletteHTTPException):
+        status, error, fields, headers = exc.status_code, str(exc.detail), [], exc.headers
+    else:
+        log.error("unhandled error on %s", where, exc_info=exc)
+        return error_response(500, "internal error")
+    named = ", ".join(f.field for f in fields)
+    # repr keeps it one line whatever the client put in the path (%0A decodes to a newline).
+    route = repr(where[:200])[1:-1] or "request"
+    log.info("%s answered %d %s%s", route, status, error, f" ({named})" if named else "")
+    return error_response(status, error, fields, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -93,8 +109,27 @@ def too_large(max_bytes: int) -> ApiError:
     return ApiError(413, message, [("body", message)])
 
 
-async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | None:
-    """The whole request body, or None if the client went away; 413 past ``max_bytes``.
+def too_slow(timeout: float) -> ApiError:
+    message = f"request body not received within {timeout:g}s"
+    # Connection: close, so the server drops the connection the client is still sending on.
+    return ApiError(408, "request timeout", [("body", message)], {"Connection": "close"})
+
+
+class Deadlines(Protocol):
+    """What :func:`read_body` needs of :class:`xplane.api.guards.BodyDeadlines`."""
+
+    timeout: float
+
+    def watch(self) -> asyncio.Task[object] | None: ...
+    def unwatch(self, task: asyncio.Task[object] | None) -> None: ...
+    def expired(self, task: asyncio.Task[object] | None) -> bool: ...
+
+
+async def read_body(
+    scope: Scope, receive: Receive, max_bytes: int, deadlines: Deadlines | None = None
+) -> bytes | None:
+    """The whole request body, or None if the client went away; 413 past ``max_bytes``,
+    408 when ``deadlines`` ends the read first (a stalled client).
 
     Content-Length is checked first, and the bytes actually received as well
     (chunked bodies, or a client that lies).
@@ -104,33 +139,42 @@ async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | N
         raise too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large(max_bytes)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    task = deadlines.watch() if deadlines is not None else None
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large(max_bytes)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    except asyncio.CancelledError:
+        if deadlines is not None and deadlines.expired(task):
+            raise too_slow(deadlines.timeout) from None
+        raise
+    finally:
+        if deadlines is not None:
+            deadlines.unwatch(task)
 
 
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with 413, whether or not Content-Length is sent."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, deadlines: Deadlines | None = None) -> None:
+        self.app, self.max_bytes, self.deadlines = app, max_bytes, deadlines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         try:
-            body = await read_body(scope, receive, self.max_bytes)
+            body = await read_body(scope, receive, self.max_bytes, self.deadlines)
         except ApiError as exc:
-            await render_error(exc)(scope, receive, send)
+            await render_error(exc, f"{scope['method']} {scope['path']}")(scope, receive, send)
             return
         if body is None:
             return

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy import text
 
 from xplane.api.auth import require_admin
 from xplane.api.context import ApiContext, get_ctx
 from xplane.api.errors import ApiError
-from xplane.api.schemas import DrainRequest, ErrorBody, NodeOut
+from xplane.api.schemas import NO_NUL_PATTERN, DrainRequest, ErrorBody, NodeOut
 from xplane.domain import NodeState
 from xplane.store import config_store
 from xplane.store import nodes as store
 from xplane.store.db import transaction, utcnow
+from xplane.store.tables import column_length
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 health_router = APIRouter(tags=["health"])
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody} for code in (401, 404, 422)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422)
 }
+# Path and query strings reach SQL: no NUL (PostgreSQL refuses it), at most the column.
+NodeIdPath = Annotated[str, Path(max_length=column_length("nodes", "id"), pattern=NO_NUL_PATTERN)]
+ServiceQuery = Annotated[
+    str | None, Query(max_length=column_length("nodes", "service"), pattern=NO_NUL_PATTERN)
+]
+RegionQuery = Annotated[
+    str | None, Query(max_length=column_length("nodes", "region"), pattern=NO_NUL_PATTERN)
+]
 
 
 def node_out(row: store.NodeRow, ctx: ApiContext) -> NodeOut:
@@ -53,8 +64,8 @@ def node_out(row: store.NodeRow, ctx: ApiContext) -> NodeOut:
 
 @router.get("/nodes", response_model=list[NodeOut], responses=_ERRORS)
 def list_nodes(
-    service: str | None = None,
-    region: str | None = None,
+    service: ServiceQuery = None,
+    region: RegionQuery = None,
     state: NodeState | None = None,
     ctx: ApiContext = Depends(get_ctx),
 ) -> list[NodeOut]:
@@ -64,7 +75,7 @@ def list_nodes(
 
 
 @router.get("/nodes/{node_id}", response_model=NodeOut, responses=_ERRORS)
-def get_node(node_id: str, ctx: ApiContext = Depends(get_ctx)) -> NodeOut:
+def get_node(node_id: NodeIdPath, ctx: ApiContext = Depends(get_ctx)) -> NodeOut:
     with ctx.factory() as session:
         try:
             return node_out(store.get_node(session, node_id), ctx)
@@ -74,7 +85,7 @@ def get_node(node_id: str, ctx: ApiContext = Depends(get_ctx)) -> NodeOut:
 
 @router.post("/nodes/{node_id}/drain", response_model=NodeOut, responses=_ERRORS)
 def drain_node(
-    node_id: str, body: DrainRequest | None = None, ctx: ApiContext = Depends(get_ctx)
+    node_id: NodeIdPath, body: DrainRequest | None = None, ctx: ApiContext = Depends(get_ctx)
 ) -> NodeOut:
     reason = (body or DrainRequest()).reason
     try:
@@ -87,7 +98,7 @@ def drain_node(
 
 @router.get("/regions", response_model=list[store.RegionSummary], responses=_ERRORS)
 def regions(
-    service: str | None = None, ctx: ApiContext = Depends(get_ctx)
+    service: ServiceQuery = None, ctx: ApiContext = Depends(get_ctx)
 ) -> list[store.RegionSummary]:
     with ctx.factory() as session:
         known = config_store.service_regions(session)

@@ -11,7 +11,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -43,7 +43,7 @@ from xplane.store.events import record_event
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["nodes"])
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody} for code in (401, 403, 404, 409, 413, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
 }
 
 
@@ -192,11 +192,19 @@ async def _notify(ctx: ApiContext, node_id: str, service: str, region: str) -> N
         log.exception("notifier failed for node %s; the world-state loop will catch up", node_id)
 
 
+async def json_body(request: Request) -> None:
+    """415 unless the body is declared JSON (the hot path checks the same)."""
+    from xplane.api.hot_path import require_json  # hot_path imports this module
+
+    require_json(request.headers.get("content-type", "").encode("latin-1"))
+
+
 @router.post("/nodes/heartbeat", response_model=HeartbeatResponse, responses=_ERRORS)
 async def heartbeat(
     body: HeartbeatRequest,
     ctx: ApiContext = Depends(current_ctx),
     token: str = Depends(bearer_token),
+    _json: None = Depends(json_body),
 ) -> HeartbeatResponse:
     """Documents the endpoint in the OpenAPI schema; requests are served in front of
     FastAPI by :mod:`xplane.api.hot_path` (same code, same answers)."""

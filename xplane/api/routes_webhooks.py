@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -30,12 +32,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from xplane.api.context import get_ctx
 from xplane.api.errors import ApiError
+from xplane.api.schemas import NO_NUL_PATTERN, ErrorBody
 from xplane.observability import metrics
 from xplane.store.config_store import service_regions
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
 from xplane.store.pools import finish_commit
-from xplane.webhooks.deliveries import MAX_ID_LENGTH, claim_delivery, release_delivery
+from xplane.store.tables import column_length
+from xplane.webhooks.deliveries import claim_delivery, release_delivery
 from xplane.webhooks.signature import token_matches, verify
 
 log = logging.getLogger(__name__)
@@ -45,16 +49,19 @@ DELIVERY_HEADER = "X-XPlane-Delivery"
 DEFAULT_WINDOW = timedelta(minutes=5)
 GITHUB_DELIVERY_HEADER = "X-GitHub-Delivery"
 GITLAB_DELIVERY_HEADER = "X-Gitlab-Event-UUID"
+DELIVERY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII: GUIDs, CI run ids
+DELIVERY_MAX = column_length("webhook_deliveries", "delivery_id")
+RETRY_LATER = {"Retry-After": "5"}
 
 
 class TerraformWebhook(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     commit: str = Field(min_length=7, max_length=64, pattern=r"^[0-9a-f]+$")
-    service: str = Field(min_length=1, max_length=128)
-    region: str = Field(min_length=1, max_length=128)
+    service: str = Field(min_length=1, max_length=column_length("events", "service"))
+    region: str = Field(min_length=1, max_length=column_length("events", "region"))
     status: Literal["succeeded", "failed"]
-    run_url: str | None = Field(default=None, max_length=2048)
+    run_url: str | None = Field(default=None, max_length=2048, pattern=NO_NUL_PATTERN)
     outputs: dict[str, Any] = Field(default_factory=dict)
     timestamp: datetime
 
@@ -62,8 +69,24 @@ class TerraformWebhook(BaseModel):
     @classmethod
     def _unix_or_iso(cls, value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value, UTC)
+            try:
+                return datetime.fromtimestamp(value, UTC)
+            except (OverflowError, OSError, ValueError):
+                raise ValueError("unix seconds out of range") from None
         return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        # 0001-01-01T00:00:00+01:00 parses, but is before year 1 in UTC.
+        try:
+            return value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("out of range once converted to UTC") from None
+
+
+class LoopNotRunning(Exception):
+    """The long-running workflow a webhook signals is not running (nothing was signalled)."""
 
 
 class WebhookNotifier(Protocol):
@@ -85,28 +108,21 @@ def _notifier(request: Request) -> WebhookNotifier | None:
 def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
     router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
-    @router.post("/terraform", status_code=202)
+    @router.post(
+        "/terraform",
+        status_code=202,
+        responses=_responses(200, 400, 401, 422, 503),
+        openapi_extra=_terraform_doc(),
+    )
     async def terraform(request: Request) -> JSONResponse:
         body = await request.body()
         if not verify(
             _secret("XPLANE_WEBHOOK_SECRET"), body, request.headers.get(SIGNATURE_HEADER)
         ):
             raise ApiError(401, "bad signature", [(SIGNATURE_HEADER, "does not match the body")])
-        delivery = request.headers.get(DELIVERY_HEADER)
-        if not delivery:
-            metrics.webhook_delivery("terraform", "invalid")
-            raise ApiError(400, "missing delivery id", [(DELIVERY_HEADER, "header is required")])
-        try:
-            hook = TerraformWebhook.model_validate(json.loads(body))
-        except (ValueError, ValidationError) as err:
-            fields = (
-                [(".".join(map(str, e["loc"])), e["msg"]) for e in err.errors()]
-                if isinstance(err, ValidationError)
-                else [("body", f"malformed JSON: {err}")]
-            )
-            metrics.webhook_delivery("terraform", "invalid")
-            raise ApiError(422, "invalid terraform webhook", fields) from None
-        age = abs(utcnow() - hook.timestamp.astimezone(UTC))
+        delivery = _delivery_id(request.headers.get(DELIVERY_HEADER))
+        hook = _parse_terraform(body)
+        age = abs(utcnow() - hook.timestamp)
         if age > window:
             metrics.webhook_delivery("terraform", "stale")
             raise ApiError(
@@ -139,11 +155,16 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         notifier = _notifier(request)
         if notifier is None:
             raise ApiError(503, "no workflow client configured: delivery recorded, not signalled")
-        await notifier.terraform_finished(hook)
+        await _signal(notifier.terraform_finished(hook), "autoscale")
         metrics.webhook_delivery("terraform", "accepted")
         return JSONResponse({"status": "accepted", "delivery": delivery}, status_code=202)
 
-    @router.post("/git", status_code=202)
+    @router.post(
+        "/git",
+        status_code=202,
+        responses=_responses(200, 400, 401, 409, 503),
+        openapi_extra=_git_doc(),
+    )
     async def git(request: Request) -> JSONResponse:
         body = await request.body()
         secret = _secret("XPLANE_GIT_WEBHOOK_SECRET")
@@ -162,11 +183,13 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
             else (GITLAB_DELIVERY_HEADER, "gitlab")
         )
         delivery = request.headers.get(header, "")
-        if not delivery or len(delivery) > MAX_ID_LENGTH - len(sender) - 1:
+        longest = DELIVERY_MAX - len(sender) - 1  # stored as "<sender>:<id>"
+        if not delivery or len(delivery) > longest or not re.fullmatch(DELIVERY_PATTERN, delivery):
             metrics.webhook_delivery("git", "invalid")
             if not delivery:
                 raise ApiError(400, "missing delivery id", [(header, "header is required")])
-            raise ApiError(400, "invalid delivery id", [(header, "too long")])
+            message = f"must be 1 to {longest} visible ASCII characters"
+            raise ApiError(400, "invalid delivery id", [(header, message)])
         event = request.headers.get("X-GitHub-Event") or request.headers.get("X-Gitlab-Event", "")
         if event not in ("push", "Push Hook", ""):
             return JSONResponse({"status": "ignored", "event": event}, status_code=200)
@@ -181,16 +204,95 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
             metrics.webhook_delivery("git", "duplicate")
             return JSONResponse({"status": "duplicate", "delivery": delivery}, status_code=200)
         try:
-            await notifier.sync_now()
-        except BaseException as err:
+            await _signal(notifier.sync_now(), "gitops-sync")
+        except BaseException:
             # Not signalled: the sender's redelivery of this id must be able to try again.
             with transaction(factory) as session:
                 release_delivery(session, key)
-            if not isinstance(err, Exception):
-                raise
-            log.warning("git webhook %s: signalling gitops-sync failed: %s", key, err)
-            raise ApiError(503, "could not signal gitops-sync: redeliver later") from err
+            raise
         metrics.webhook_delivery("git", "accepted")
         return JSONResponse({"status": "accepted", "delivery": delivery}, status_code=202)
 
     return router
+
+
+def _delivery_id(value: str | None) -> str:
+    """The delivery header, or 400: it is stored, so it must fit its column."""
+    if not value:
+        metrics.webhook_delivery("terraform", "invalid")
+        raise ApiError(400, "missing delivery id", [(DELIVERY_HEADER, "header is required")])
+    if len(value) > DELIVERY_MAX or not re.fullmatch(DELIVERY_PATTERN, value):
+        metrics.webhook_delivery("terraform", "invalid")
+        message = f"must be 1 to {DELIVERY_MAX} visible ASCII characters"
+        raise ApiError(400, "invalid delivery id", [(DELIVERY_HEADER, message)])
+    return value
+
+
+def _parse_terraform(body: bytes) -> TerraformWebhook:
+    """The signed body as a :class:`TerraformWebhook`, or 422 naming the field."""
+    try:
+        return TerraformWebhook.model_validate(json.loads(body))
+    except ValidationError as err:
+        fields = [(".".join(map(str, e["loc"])) or "body", e["msg"]) for e in err.errors()]
+    except RecursionError:
+        fields = [("body", "malformed JSON: nested too deeply")]
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        fields = [("body", f"malformed JSON: {err}")]
+    metrics.webhook_delivery("terraform", "invalid")
+    raise ApiError(422, "invalid terraform webhook", fields)
+
+
+async def _signal(call: Awaitable[None], loop: str) -> None:
+    """Await a notifier call. A loop that is not running is a 409 (the request is fine,
+    the system is not in a state to act on it); an unreachable Temporal is a 503."""
+    try:
+        await call
+    except LoopNotRunning:
+        message = f"the {loop} loop is not running: nothing was signalled (start it, then retry)"
+        raise ApiError(409, f"{loop} not running", [("workflow", message)]) from None
+    except Exception as exc:
+        log.warning("signalling %s failed: %s: %s", loop, type(exc).__name__, exc)
+        message = f"could not signal {loop}: {type(exc).__name__}"
+        raise ApiError(
+            503, "workflow service unavailable", [("workflow", message)], RETRY_LATER
+        ) from None
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        code: {"description": "answered"} if code < 400 else {"model": ErrorBody} for code in codes
+    }
+
+
+def _header(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "schema": schema}
+
+
+def _terraform_doc() -> dict[str, Any]:
+    """The raw-body route's request, documented (the route reads and signs raw bytes)."""
+    schema = TerraformWebhook.model_json_schema()
+    schema["properties"]["timestamp"] = {
+        "anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
+        "description": "unix seconds or ISO 8601, within the replay window",
+    }
+    delivery = {"type": "string", "maxLength": DELIVERY_MAX, "pattern": DELIVERY_PATTERN}
+    return {
+        "parameters": [
+            _header(SIGNATURE_HEADER, {"type": "string"}, required=True),
+            _header(DELIVERY_HEADER, delivery, required=True),
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+    }
+
+
+def _git_doc() -> dict[str, Any]:
+    return {
+        "parameters": [
+            _header("X-Hub-Signature-256", {"type": "string"}),
+            _header("X-Gitlab-Token", {"type": "string"}),
+            _header("X-GitHub-Event", {"type": "string"}),
+            _header(GITHUB_DELIVERY_HEADER, {"type": "string"}),
+            _header(GITLAB_DELIVERY_HEADER, {"type": "string"}),
+        ],
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+    }

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from xplane.config.errors import NAME_PATTERN
 from xplane.domain import NodeState, NodeStatus
 from xplane.store.nodes import HeartbeatAction
+from xplane.store.tables import column_length
 
 NODE_ID_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$"
+# PostgreSQL refuses NUL in text (a 500 if it reached the store): every free-text
+# string of a request must match this.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+
+
+def text(max_length: int, min_length: int = 0) -> Any:
+    """Constraints of a free-text string: no NUL, at most ``max_length`` characters."""
+    return Field(min_length=min_length, max_length=max_length, pattern=NO_NUL_PATTERN)
 
 
 class RequestModel(BaseModel):
@@ -42,11 +51,11 @@ class RegisterRequest(RequestModel):
     service: Name
     region: Name
     address: IpAddress
-    hostname: Annotated[str, Field(min_length=1, max_length=255)] | None = None
-    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=255)]] = (
-        Field(default_factory=dict, max_length=64)
+    hostname: Annotated[str, text(column_length("nodes", "hostname"), 1)] | None = None
+    labels: dict[Annotated[str, text(63)], Annotated[str, text(255)]] = Field(
+        default_factory=dict, max_length=64
     )
-    agent_version: Annotated[str, Field(max_length=64)] | None = None
+    agent_version: Annotated[str, text(column_length("nodes", "agent_version"))] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
 
 
@@ -58,7 +67,7 @@ class RegisterResponse(BaseModel):
 
 
 class Probe(RequestModel):
-    target: Annotated[str, Field(min_length=1, max_length=255)]
+    target: Annotated[str, text(255, 1)]
     ok: bool
     rtt_ms: NonNegative | None = None
 
@@ -81,7 +90,7 @@ class HeartbeatResponse(BaseModel):
 
 
 class DrainRequest(RequestModel):
-    reason: Annotated[str, Field(max_length=512)] = "requested by operator"
+    reason: Annotated[str, text(column_length("nodes", "drain_reason"))] = "requested by operator"
 
 
 class NodeOut(BaseModel):

@@ -10,12 +10,22 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import FastAPI
 
+from xplane.api.http_limits import DEFAULT_MAX_HEADER_BYTES, header_limited_protocol
 from xplane.netutil import free_port, wait_for_port
 
 
 def uvicorn_config(app: FastAPI, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
     # No uvicorn access log: heartbeats would flood it; errors are logged by the app.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    settings = getattr(app.state, "settings", None)
+    max_header_bytes = getattr(settings, "max_header_bytes", DEFAULT_MAX_HEADER_BYTES)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=header_limited_protocol(max_header_bytes),
+    )
 
 
 def serve_forever(app: FastAPI, host: str, port: int) -> None:

@@ -45,6 +45,12 @@ class ApiSettings(BaseModel):
     # so a replaced token is refused at once; the TTL only bounds stale 403/404 answers.
     token_cache_ttl: timedelta = timedelta(seconds=5)
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    # Request line plus headers; past it the connection is answered 431 and closed.
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)
+    # A body not fully received by then is a 408 (a stalled or slowloris client).
+    body_read_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    # Requests handled at once by this replica; more are answered 503 at once.
+    max_concurrency: int = Field(default=512, ge=1)
     batch_max_size: int = Field(default=256, ge=1)
     # How long the writer waits for more heartbeats to join a batch: short, because under
     # load batches fill at once and every waiting request pays this delay.
@@ -104,5 +110,9 @@ class ApiSettings(BaseModel):
             values["webhook_delivery_retention"] = parse_duration(
                 env["XPLANE_WEBHOOK_DELIVERY_RETENTION"]
             )
+        if env.get("XPLANE_API_MAX_CONCURRENCY"):
+            values["max_concurrency"] = env["XPLANE_API_MAX_CONCURRENCY"]
+        if env.get("XPLANE_API_BODY_TIMEOUT"):
+            values["body_read_timeout"] = timedelta(seconds=float(env["XPLANE_API_BODY_TIMEOUT"]))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)

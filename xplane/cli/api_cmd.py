@@ -21,6 +21,12 @@ def api(
         envvar="XPLANE_TEMPORAL_ADDRESS",
         help="Temporal host:port: registrations and CI webhooks become workflow signals",
     ),
+    max_concurrency: int | None = typer.Option(
+        None,
+        "--max-concurrency",
+        min=1,
+        help="Requests in flight at once; more are answered 503 [env XPLANE_API_MAX_CONCURRENCY]",
+    ),
     task_queue: str = typer.Option("xplane", envvar="XPLANE_TASK_QUEUE"),
     migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="Alembic upgrade first"),
 ) -> None:
@@ -39,7 +45,13 @@ def api(
         # Wins over XPLANE_HEARTBEAT_INTERVAL in this process only: workers and the CLI
         # read the environment, so a deployment sets that (docs/deploy.md).
         heartbeat = HeartbeatSettings.from_env(interval=heartbeat_interval)
-        settings = ApiSettings.from_env(db_url=db, host=host, port=port, heartbeat=heartbeat)
+        settings = ApiSettings.from_env(
+            db_url=db,
+            host=host,
+            port=port,
+            heartbeat=heartbeat,
+            max_concurrency=max_concurrency,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     configure_logging_from_env()

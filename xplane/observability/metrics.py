@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -371,7 +371,12 @@ def metrics_router(
     registry = exposition_registry(session_factory, node_count_max_age)
     router = APIRouter(tags=["observability"])
 
-    @router.get("/metrics", include_in_schema=False)
+    text = {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
+    responses: dict[int | str, dict[str, Any]] = {200: text}
+    if token:
+        responses[401] = {"description": "metrics token required"}
+
+    @router.get("/metrics", response_class=Response, responses=responses)
     async def metrics(request: Request) -> Response:
         if token and not bearer_matches(request.headers.get("authorization"), token):
             return Response(
