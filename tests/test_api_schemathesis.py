@@ -42,6 +42,7 @@ pytestmark = pytest.mark.slow
 import schemathesis  # noqa: E402  (a dev dependency: a missing one fails, never skips)
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.core.result import Err  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
     response_headers_conformance,
@@ -206,7 +207,11 @@ def _exercise(case: Any, api: RunningProcess) -> None:
 
 def test_every_operation_against_a_real_api_process(api: RunningProcess) -> None:
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        if isinstance(result, Err):  # the document itself is invalid: that is a failure
+            raise result.err()
+        operations.append(result.ok())
     paths = {(op.method.upper(), op.path) for op in operations}
     assert ("POST", "/nodes/heartbeat") in paths and ("POST", "/webhooks/git") in paths
     for operation, mode in itertools.product(operations, GenerationMode):
