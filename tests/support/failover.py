@@ -136,6 +136,7 @@ def measure_failover(
     return {
         "interval_s": interval_s,
         "gap_s": round(gap, 3),
+        "failover_cost_s": round(gap - interval_s, 3),  # what the kill added to a beat
         # Beats that never arrived: the gap holds this many whole intervals beyond one.
         "heartbeats_lost": max(0, round(gap / interval_s) - 1),
         "max_gap_before_kill_s": round(max(steady), 3) if steady else None,
