@@ -210,3 +210,29 @@ async def test_a_worker_on_another_database_refuses_and_names_both_ids(
     finally:
         for proc in procs:
             _stop(proc)
+
+
+def test_an_api_replica_serves_while_temporal_is_unreachable(tmp_path: Path) -> None:
+    """The identity check never keeps the heartbeat path down: with Temporal unreachable
+    the replica serves within the check's timeout and checks again in the background."""
+    import httpx
+
+    port = free_port()
+    api = _spawn(
+        [str(BIN / "xplane"), "api", "--db", f"sqlite:///{tmp_path}/x.db", "--port", str(port),
+         "--temporal", f"127.0.0.1:{free_port()}"],
+        tmp_path / "api.log", {},
+    )  # fmt: skip
+
+    def ready() -> bool:
+        assert api.poll() is None, (tmp_path / "api.log").read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        until(ready, "the API to serve", timeout=45, every=0.2)
+        assert "cannot check the cluster id" in (tmp_path / "api.log").read_text()
+    finally:
+        _stop(api)
