@@ -24,6 +24,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 RAMP_WRITES = "DNS writes of the live GTM loop: slow-start ramps and steady minutes"
+FAILOVER = "Agent failover on an API replica kill"
 
 
 def machine() -> str:
@@ -99,6 +100,12 @@ def summary(results: dict[str, Any]) -> list[str]:
         per, at = history["events_per_idle_iteration"], history["continued_as_new_at_events"]
         rows.append(f"| history events per idle GTM iteration | {per} "
                     f"(continued-as-new at {at} events) | <= 12; < 4,096 |")  # fmt: skip
+    failover = results.get(FAILOVER, {})
+    if failover:
+        rows.append(f"| agent failover: API replica killed -> next heartbeat, "
+                    f"{failover['store']} | worst gap {failover['worst_gap_s']} s "
+                    f"(interval {failover['interval_s']} s), "
+                    f"{failover['heartbeats_lost']} heartbeats lost | < 2 s, 0 lost |")  # fmt: skip
     e2e = results.get("End-to-end: failover and scale-up (real `xplane up`)", {})
     if e2e:
         rows.append(f"| failover: agent killed -> gone from PowerDNS answers | "
@@ -111,6 +118,7 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     from bench import (
+        agent_failover,
         dns_writes,
         e2e_loop,
         gtm_ramp_writes,
@@ -166,6 +174,7 @@ def main() -> None:
         "real dev server, idle ticks. Goal: <= 12 events; continue-as-new before 4,096.",
         temporal_history.run,
     )
+    section(FAILOVER, agent_failover.NOTE, agent_failover.run)
     section(
         "End-to-end: failover and scale-up (real `xplane up`)",
         "Goal: failover <= heartbeat timeout + 3 s. For comparison: Route53's fastest health "

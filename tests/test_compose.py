@@ -30,6 +30,7 @@ SERVICES = {
     "xplane-api-2",
     "xplane-worker-1",
     "xplane-worker-2",
+    "xplane-lb",
 }
 APIS = ("xplane-api-1", "xplane-api-2")
 WORKERS = ("xplane-worker-1", "xplane-worker-2")
@@ -190,3 +191,51 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_build() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", ".env", ".xplane"} <= ignored
+
+
+def test_a_load_balancer_fronts_every_api_replica(compose: dict[str, Any]) -> None:
+    lb = services(compose)["xplane-lb"]
+    mounts = [str(v).split(":") for v in lb.get("volumes", [])]
+    configs = [ROOT / src for src, dst, *_ in mounts if dst.startswith("/etc/nginx/")]
+    assert configs and all(c.is_file() for c in configs), mounts
+    text = "\n".join(c.read_text() for c in configs)
+    upstreams = set(re.findall(r"^\s*server\s+([\w.-]+):8080\b", text, re.MULTILINE))
+    assert upstreams == set(APIS), upstreams
+    # A dead replica's request is retried on the next one (POSTs too: heartbeats).
+    assert re.search(r"proxy_next_upstream\s+error timeout.*non_idempotent", text)
+    assert all(lb["depends_on"][api]["condition"] == "service_healthy" for api in APIS), lb[
+        "depends_on"
+    ]
+    published = [str(p).rsplit(":", 1)[-1] for p in lb.get("ports", [])]
+    assert published == ["8080"], "the balancer is the one well-known API port"
+
+
+def test_agents_are_given_every_api_url(compose: dict[str, Any]) -> None:
+    agent = services(compose)["xplane-agent"]
+    assert agent["command"][:2] == ["xplane", "agent"]
+    urls = env(agent)["XPLANE_SERVER"].split(",")
+    assert {f"http://{api}:8080" for api in APIS} <= set(urls), urls
+    # The bootstrap token reaches it as a file, never inline.
+    assert "/run/secrets/bootstrap_token" in agent["command"]
+    assert compose["secrets"]["bootstrap_token"] == {"environment": "XPLANE_BOOTSTRAP_TOKEN"}
+
+
+def test_workers_start_the_loops_with_no_manual_step(compose: dict[str, Any]) -> None:
+    """Nothing in the file starts a workflow: each worker ensures gitops-sync and world-state
+    itself (``xplane worker`` does unless told not to), given the config repo."""
+    import typer.main
+
+    from xplane.cli.main import app
+
+    worker = typer.main.get_command(app).commands["worker"]  # type: ignore[attr-defined]
+    ensure = next(p for p in worker.params if p.name == "ensure_loops")
+    assert ensure.default is True
+    for name in WORKERS:
+        svc = services(compose)[name]
+        assert "--no-ensure-loops" not in svc["command"], name
+        values = env(svc)
+        assert values.get("XPLANE_CONFIG_REPO", "").startswith("${XPLANE_CONFIG_REPO:?"), name
+        assert values.get("XPLANE_ENSURE_LOOPS", "1") not in ("0", "false", "no"), name
+    for name, svc in services(compose).items():
+        command = " ".join(map(str, svc.get("command") or []))
+        assert "workflow start" not in command, f"{name} starts a workflow by hand"

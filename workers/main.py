@@ -21,6 +21,7 @@ from activities.nodes import NodeActivities
 from activities.publish import PublishActivities
 from activities.regions import RegionActivities
 from workflows.autoscale import AutoscaleWorkflow
+from workflows.cluster import ClusterWorkflow
 from workflows.gitops_sync import GitOpsSyncWorkflow
 from workflows.gtm_loop import GtmLoopWorkflow
 from workflows.node_lifecycle import NodeLifecycleWorkflow
@@ -35,6 +36,7 @@ WORKFLOWS: list[type] = [
     AutoscaleWorkflow,
     NodeLifecycleWorkflow,
     RegionLifecycleWorkflow,
+    ClusterWorkflow,
 ]
 
 

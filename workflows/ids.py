@@ -2,7 +2,8 @@
 
 IDs are derived from what a workflow owns, so signal-with-start always reaches
 the one owner: ``gtm-<service>``, ``autoscale-<service>-<region>``,
-``region-<region>``, ``node-<node_id>``, ``gitops-sync``, ``world-state``.
+``region-<region>``, ``node-<node_id>``, ``gitops-sync``, ``world-state``,
+``xplane-cluster`` (the cluster's identity, see :mod:`xplane.cluster`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 GITOPS_SYNC_ID = "gitops-sync"
 WORLD_STATE_ID = "world-state"
+CLUSTER_ID = "xplane-cluster"
 
 GITOPS_SYNC = "GitOpsSyncWorkflow"
 GTM_LOOP = "GtmLoopWorkflow"
@@ -18,6 +20,7 @@ AUTOSCALE = "AutoscaleWorkflow"
 REGION_LIFECYCLE = "RegionLifecycleWorkflow"
 NODE_LIFECYCLE = "NodeLifecycleWorkflow"
 WORLD_STATE = "WorldStateWorkflow"
+CLUSTER = "ClusterWorkflow"
 
 # The GitOps events (roadmap 0.2) are delivered as signals of these names.
 ON_GTM_POLICY_CHANGED = "OnGtmPolicyChanged"

@@ -18,18 +18,30 @@ def install_stop_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-async def run_worker_forever(settings: Settings) -> None:
+async def run_worker_forever(settings: Settings, *, ensure_loops: bool = True) -> None:
+    """Migrate, check the store's cluster id against Temporal's (raises
+    :class:`xplane.cluster.ClusterMismatch` before taking any task), ensure the
+    singleton loops, then poll until SIGINT/SIGTERM."""
+    from workers.loops import ensure_loops as ensure
     from workers.main import build_worker
+    from xplane.cluster import claim_cluster
+    from xplane.store.cluster import store_cluster_id
     from xplane.store.db import make_engine, make_sessionmaker
     from xplane.store.migrate import upgrade
     from xplane.temporal_client import connect
 
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
     client = await connect(settings.temporal_address, settings.temporal_namespace)
+    try:
+        await claim_cluster(client, store_cluster_id(sessions), settings.task_queue)
+    except BaseException:
+        engine.dispose()
+        raise
     stop = asyncio.Event()
     install_stop_signals(stop)
-    worker = build_worker(client, settings, make_sessionmaker(engine))
+    worker = build_worker(client, settings, sessions)
     stop_metrics = None
     if os.environ.get("XPLANE_METRICS_PORT"):
         from xplane.observability.metrics import start_metrics_server
@@ -37,6 +49,8 @@ async def run_worker_forever(settings: Settings) -> None:
         stop_metrics = start_metrics_server(int(os.environ["XPLANE_METRICS_PORT"]))
     try:
         async with worker:
+            if ensure_loops:
+                await ensure(client, settings)
             await stop.wait()
     finally:
         if stop_metrics is not None:

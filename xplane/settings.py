@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from xplane.durations import parse_duration
 from xplane.heartbeat import HeartbeatSettings
 from xplane.store.db import db_url_from_env
 
@@ -25,6 +26,9 @@ class Settings(BaseModel):
     infra_branch: str = "main"
     # When a node is down, for every reader in this process (XPLANE_HEARTBEAT_*).
     heartbeat: HeartbeatSettings = HeartbeatSettings()
+    # The singleton loops every worker ensures at start (workers/loops.py).
+    sync_interval_seconds: float = Field(default=30.0, gt=0)  # XPLANE_SYNC_INTERVAL
+    world_state_interval_seconds: float = Field(default=2.0, gt=0)  # XPLANE_WORLD_STATE_INTERVAL
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -41,5 +45,11 @@ class Settings(BaseModel):
             "infra_branch": env.get("XPLANE_INFRA_BRANCH", "main"),
             "heartbeat": HeartbeatSettings.from_env(env),
         }
+        for key, name in (
+            ("sync_interval_seconds", "XPLANE_SYNC_INTERVAL"),
+            ("world_state_interval_seconds", "XPLANE_WORLD_STATE_INTERVAL"),
+        ):
+            if env.get(name):
+                values[key] = parse_duration(env[name]).total_seconds()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)

@@ -2,11 +2,19 @@
 
 Every outcome the agent reacts to differently is its own exception, so the loop in
 :mod:`xplane.agent.runner` reads as policy, not status-code plumbing.
+
+Several API URLs (replicas of one control plane) are tried in turn within one
+request: a refused or timed-out connection, a dropped one or a 5xx/429 moves to
+the next URL at once, so an API replica's death costs the agent no heartbeat;
+the URL that answered is used first from then on.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -96,23 +104,62 @@ def _detail(response: httpx.Response) -> str:
 
 
 class ControlPlaneClient:
-    def __init__(self, client: httpx.AsyncClient, server: str, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        server: str | Sequence[str],
+        timeout_s: float = 5.0,
+        connect_timeout_s: float | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
         self.client = client
-        self.server = server.rstrip("/")
-        self.timeout_s = timeout_s
+        urls = [server] if isinstance(server, str) else list(server)
+        if not urls:
+            raise ValueError("no control plane URL")
+        self.servers = [u.rstrip("/") for u in urls]
+        self.timeout = httpx.Timeout(
+            timeout_s, connect=min(timeout_s, connect_timeout_s or timeout_s)
+        )
+        self.log = log
+        self._current = 0  # the URL that answered last
+
+    @property
+    def server(self) -> str:
+        return self.servers[self._current]
 
     async def _post(self, path: str, token: str, body: StrictModel) -> httpx.Response:
+        content = body.model_dump_json(exclude_none=True)
+        failures: list[str] = []
+        for step in range(len(self.servers)):
+            index = (self._current + step) % len(self.servers)
+            try:
+                response = await self._post_to(self.servers[index], path, token, content)
+            except ControlPlaneUnavailable as exc:
+                failures.append(str(exc))
+                continue
+            if index != self._current:
+                self._current = index
+                if self.log:
+                    after = {"fields": {"after": failures}}
+                    self.log.warning(f"failed over to {_where(self.server)}", extra=after)
+            return response
+        # All down: the next attempt (after the caller's backoff) starts with the next URL.
+        self._current = (self._current + 1) % len(self.servers)
+        raise ControlPlaneUnavailable("; ".join(failures))
+
+    async def _post_to(self, server: str, path: str, token: str, content: str) -> httpx.Response:
+        where = f"POST {path}" if len(self.servers) == 1 else f"POST {_where(server)}{path}"
         try:
             response = await self.client.post(
-                self.server + path,
-                content=body.model_dump_json(exclude_none=True),
+                server + path,
+                content=content,
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-                timeout=self.timeout_s,
+                timeout=self.timeout,
             )
         except httpx.HTTPError as exc:
-            raise ControlPlaneUnavailable(f"POST {path}: {type(exc).__name__}: {exc}") from exc
+            raise ControlPlaneUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 500 or response.status_code == 429:
-            raise ControlPlaneUnavailable(f"POST {path}: HTTP {response.status_code}")
+            raise ControlPlaneUnavailable(f"{where}: HTTP {response.status_code}")
         return response
 
     async def register(self, bootstrap_token: str, request: RegisterRequest) -> RegisterResponse:
@@ -140,3 +187,9 @@ def _parse(model: type[R], response: httpx.Response, path: str) -> R:
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
         )
         raise ControlPlaneUnavailable(f"POST {path}: unexpected reply: {problems}") from exc
+
+
+def _where(url: str) -> str:
+    """host:port of a URL, without any credentials it may carry."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)

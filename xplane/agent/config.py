@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,7 +16,9 @@ from xplane.domain import StrictModel
 
 
 class AgentConfig(StrictModel):
-    server: str
+    # API URLs in order of preference (--server repeated, or comma-separated): every
+    # replica of one control plane, or a load balancer and the replicas behind it.
+    servers: list[str] = Field(min_length=1)
     service: str
     region: str
     token_file: Path
@@ -34,14 +36,37 @@ class AgentConfig(StrictModel):
     counters: CounterSelector = Field(default_factory=CounterSelector)
     serve_health: str | None = None
     request_timeout_s: float = Field(default=5.0, gt=0)
+    # Short, so a dead host (no RST, packets dropped) costs this long before the next URL.
+    connect_timeout_s: float = Field(default=1.0, gt=0)
     backoff: Backoff = Field(default_factory=Backoff)
 
-    @field_validator("server")
+    @model_validator(mode="before")
     @classmethod
-    def _server(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"--server {value!r}: expected an http:// or https:// URL")
-        return value.rstrip("/")
+    def _one_server(cls, data: Any) -> Any:
+        """``server`` (one URL, or several comma-separated) is accepted for ``servers``."""
+        if isinstance(data, dict) and "server" in data:
+            data = dict(data)
+            data.setdefault("servers", data.pop("server"))
+        return data
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        return [u.strip() for item in items for u in str(item).split(",") if u.strip()]
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        urls: list[str] = []
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"--server {url!r}: expected an http:// or https:// URL")
+            if url.rstrip("/") not in urls:
+                urls.append(url.rstrip("/"))
+        return urls
 
     @field_validator("address")
     @classmethod
@@ -70,6 +95,11 @@ class AgentConfig(StrictModel):
         if self.metrics_url and self.metrics_file:
             raise ValueError("give --metrics-url or --metrics-file, not both")
         return self
+
+    @property
+    def server(self) -> str:
+        """The first URL: where the agent starts, and the one its state file names."""
+        return self.servers[0]
 
     @property
     def health_address(self) -> tuple[str, int] | None:

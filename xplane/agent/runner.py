@@ -287,7 +287,13 @@ class Agent:
             self.log.info("serving health", extra={"fields": {"listen": self.config.serve_health}})
         try:
             async with httpx.AsyncClient() as http, httpx.AsyncClient() as probe_http:
-                cp = ControlPlaneClient(http, self.config.server, self.config.request_timeout_s)
+                cp = ControlPlaneClient(
+                    http,
+                    self.config.servers,
+                    self.config.request_timeout_s,
+                    self.config.connect_timeout_s,
+                    log=self.log,
+                )
                 source: LocalSource = NoSource()
                 if self.config.metrics_url:
                     source = PrometheusSource(http, self.config.metrics_url, self.config.counters)

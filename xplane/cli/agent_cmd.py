@@ -26,7 +26,13 @@ def _labels(values: list[str]) -> dict[str, str]:
 
 
 def agent(
-    server: str = typer.Option(..., "--server", help="Control plane URL, e.g. http://cp:8080."),
+    server: list[str] = typer.Option(
+        ...,
+        "--server",
+        envvar="XPLANE_SERVER",
+        help="Control plane URL, e.g. http://cp:8080; repeat it (or separate with commas) "
+        "for every API replica: the agent fails over between them at once.",
+    ),
     service: str = typer.Option(..., "--service", help="Service this node serves."),
     region: str = typer.Option(..., "--region", help="Region this node is in."),
     token_file: Path = typer.Option(
@@ -90,7 +96,7 @@ def agent(
     try:
         config = AgentConfig.model_validate(
             {
-                "server": server,
+                "servers": server,
                 "service": service,
                 "region": region,
                 "token_file": token_file,

@@ -69,6 +69,7 @@ def api(
         upgrade(settings.db_url)
     notifier = None
     if temporal:
+        _check_cluster(settings.db_url, temporal, task_queue)
         from xplane.temporal_notifier import TemporalNotifier
 
         notifier = TemporalNotifier(None, task_queue, address=temporal)
@@ -78,6 +79,26 @@ def api(
         )
     app = create_app(settings, notifier=notifier, webhook_notifier=notifier)
     serve_forever(app, settings.host, settings.port)
+
+
+def _check_cluster(db_url: str, temporal: str, task_queue: str) -> None:
+    """Refuse to serve another cluster's database (exit 2, both cluster ids named)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from xplane.cluster import MISMATCH_EXIT_CODE, ClusterMismatch, check_api_replica
+
+    own_process = Path(sys.argv[0]).name == "xplane"
+    namespace = os.environ.get("XPLANE_TEMPORAL_NAMESPACE", "default")
+    try:
+        check_api_replica(db_url, temporal, namespace, task_queue, exit_now=own_process)
+    except ClusterMismatch as exc:
+        typer.echo(f"xplane api: {exc}", err=True)
+        if own_process:
+            sys.stderr.flush()
+            os._exit(MISMATCH_EXIT_CODE)  # no teardown: see xplane/cli/worker_cmd.py
+        raise typer.Exit(MISMATCH_EXIT_CODE) from None
 
 
 def register(root: typer.Typer) -> None:
