@@ -73,8 +73,10 @@ class RunningProcess:
     node_token: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
+    # One per database: a Temporal server belongs to one XPlane cluster (one store), and
+    # an API on another store refuses to serve it (workers/cluster identity).
     server = TemporalDevServer(tmp_path_factory.mktemp("temporal"), ui=False)
     server.start()
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,9 +26,9 @@ import git
 import pytest
 
 from tests.support.stack import BIN, Stack, kill_leftover_agents, wait_for
+from tests.support.tools import needs_tool
 from tests.support.waiting import until
 from tests.test_infra_support import ControlPlane, start_control_plane, unique_prefix
-from xplane.dns.pdns_server import pdns_available
 from xplane.infra.local_runner import install_hook
 from xplane.infra.skeleton import INFRA_ROOT
 from xplane.netutil import free_port
@@ -177,7 +176,7 @@ def test_a_busy_port_is_one_line_naming_the_port_its_holder_and_the_flag(
     assert not (tmp_path / "data" / "temporal").exists()  # refused before starting anything
 
 
-@pytest.mark.skipif(not pdns_available(), reason="pdns_server not installed")
+@needs_tool("pdns_server")
 def test_a_busy_udp_dns_port_names_the_dns_flag(tmp_path: Path) -> None:
     with holder(tmp_path, "dns-squatter", "udp") as (proc, port):
         done = up(tmp_path / "data", "--dns-port", str(port))
@@ -344,8 +343,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not pdns_available(), reason="pdns_server not installed")
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform not installed")
+@needs_tool("pdns_server", "terraform")
 def test_sigkill_of_up_leaves_nothing_running_and_children_had_no_secrets(
     stack: Stack,
 ) -> None:
