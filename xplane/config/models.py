@@ -225,6 +225,9 @@ class GtmPolicy(StrictModel):
     # by at least this much (absolute: 0.02 = 2 percentage points).
     min_share_change: Fraction = 0.02
     max_error_rate: Fraction = 0.5  # a node above this is not ready
+    # Envoy's panic threshold: when every region is at 0 and the service's healthy
+    # share is below this, fail open spreads over every registered node.
+    panic_threshold: Fraction = 0.5
 
     @model_validator(mode="before")
     @classmethod
