@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from xplane.config.models import GtmPolicy, Region
 from xplane.domain import NodeSnapshot, NodeState, NodeStatus
-from xplane.gtm.weights import ServiceWeights, compute_service_weights, hold_last_good
+from xplane.gtm.weights import ServiceWeights, compute_service_weights
 
 TIMEOUT = 30.0
 _counter = iter(range(1, 1_000_000))
@@ -461,42 +461,9 @@ def test_panic_threshold_is_configurable() -> None:
     assert not compute(policy(JP, panic_threshold=0), world).panic
 
 
-# -------------------------------------------------------------- last good answer
+# ------------------------------------------------------------------------ live
 def test_live_says_whether_any_node_is_up() -> None:
     assert compute(policy(JP), nodes("jp", 2)).live
     assert compute(policy(JP), nodes("jp", 2, status="down")).live is False
     assert compute(policy(JP), nodes("jp", 1, status="down") + nodes("jp", 1, state="warm")).live
     assert compute(policy(JP), []).live is False
-
-
-def test_hold_last_good_keeps_the_last_answer_with_a_live_node() -> None:
-    pol = policy(JP, SG)
-    healthy = nodes("jp", 3) + nodes("sg", 1)
-    good = compute(pol, healthy)
-    published, last = hold_last_good(good, None)
-    assert published is good and last is good
-
-    # Every node down, then deleted one by one, then none left: the last good answer.
-    down = [n.model_copy(update={"status": NodeStatus.DOWN}) for n in healthy]
-    for world in (down, down[1:], down[3:], []):
-        computed = compute(pol, world)
-        published, last = hold_last_good(computed, last)
-        assert last is good
-        assert [(r.address, r.weight) for r in published.records] == [
-            (r.address, r.weight) for r in good.records
-        ]
-        assert published.fail_open and not published.live
-        assert "no node is up: keeping the last good answer" in published.reason
-
-    # One node comes back (a new address): it is published, the dead ones go.
-    back = node("jp", state="warm")
-    published, last = hold_last_good(compute(pol, [back]), last)
-    assert [r.address for r in published.records] == [back.address]
-    assert last is published
-
-
-def test_hold_last_good_without_a_last_good_answer_publishes_what_there_is() -> None:
-    down = compute(policy(JP), nodes("jp", 2, status="down"))
-    published, last = hold_last_good(down, None)
-    assert published is down and last is None
-    assert len(published.records) == 2  # never empty while nodes are registered

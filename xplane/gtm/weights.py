@@ -28,9 +28,9 @@ Fail open: the answer is never empty. When every region comes to 0:
 
 Each region's weight is split evenly across its ready nodes' records (in fail open: its
 up nodes, else its non-deleted nodes; in panic: its registered nodes). ``live`` says
-whether any node of the service is up: an answer without one is what
-:func:`hold_last_good` replaces with the last answer that had one. No I/O, no Temporal:
-the GTM loop, the what-if CLI and the benchmark call it alike.
+whether any node of the service is up: an answer without one is not written over the
+last one that had one (:mod:`xplane.gtm.last_good`). No I/O, no Temporal: the GTM loop,
+the what-if CLI and the benchmark call it alike.
 """
 
 from __future__ import annotations
@@ -435,30 +435,3 @@ def _compute(
         regions=result,
         records=records,
     )
-
-
-def hold_last_good(
-    weights: ServiceWeights, last_good: ServiceWeights | None
-) -> tuple[ServiceWeights, ServiceWeights | None]:
-    """The answer to publish, and the last good one to keep for the next tick.
-
-    An answer with a live node (some node of the service up) is published and becomes
-    the last good one. An answer without one (every node down, or every node gone and
-    nothing left to publish) is replaced by the last good answer: DNS keeps addresses
-    that served until some node is up again, instead of shrinking to the nodes that
-    happen to be deleted last, or to nothing. The held answer is marked fail open (the
-    ramp publishes it as is); the first live answer after it replaces it whole.
-    """
-    if weights.live:
-        return weights, weights
-    if last_good is None or not last_good.records:
-        return weights, last_good
-    reason = f"no node is up: keeping the last good answer ({weights.reason})"
-    regions = {
-        name: region.model_copy(update={"reason": f"held: last good answer ({region.reason})"})
-        for name, region in last_good.regions.items()
-    }
-    held = last_good.model_copy(
-        update={"fail_open": True, "live": False, "reason": reason, "regions": regions}
-    )
-    return held, last_good
