@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from activities.gtm import desired_for_provider
-from xplane.config.models import GtmPolicy
+from xplane.config.models import DnsProviderConfig, GtmPolicy
 from xplane.dns.base import DesiredService, DnsChange, DnsPlan, DnsSafetyError, check_safety
-from xplane.domain import NodeSnapshot, NodeStatus
+from xplane.domain import NodeSnapshot, NodeState, NodeStatus
 from xplane.gtm.last_good import dns_action
 from xplane.gtm.weights import ServiceWeights, compute_service_weights
 
@@ -38,18 +38,19 @@ def node(n: int, region: str = "jp", **fields: Any) -> NodeSnapshot:
 class Dns:
     """One provider's published addresses, written the way the GTM loop writes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, provider: DnsProviderConfig = PROVIDER) -> None:
+        self.provider = provider
         self.addresses: set[str] = set()
         self.written = False
         self.holding = False
 
     def tick(self, world: list[NodeSnapshot]) -> str:
         weights = compute_service_weights(POLICY, {}, world, {}, 30.0)
-        desired = desired_for_provider(POLICY, PROVIDER, weights)
+        desired = desired_for_provider(POLICY, self.provider, weights)
         action = dns_action(weights, desired, self.written, self.holding)
         if action != "hold":
             self._write(desired, force=action == "force")
-        self.holding = action == "hold" and not weights.live
+        self.holding = action == "hold"
         return action
 
     def _write(self, desired: DesiredService, *, force: bool) -> None:
@@ -109,6 +110,25 @@ def test_one_node_back_while_the_dead_are_still_registered_is_spread_over_all() 
     # answer); forced, as every write after a hold is, though nothing is removed here.
     assert dns.tick(back) == "force"
     assert dns.addresses == {n.address for n in healthy}
+
+
+def test_a_provider_of_one_region_holds_while_that_region_is_gone_then_takes_the_new_node() -> None:
+    """jp stays live; the provider publishing sg alone keeps sg's last address while sg
+    has no node, and the first sg node ready replaces it."""
+    dns = Dns(PROVIDER.model_copy(update={"regions": ["sg"]}))
+    jp = [node(1)]
+    sg = [node(i, "sg") for i in range(11, 15)]
+    assert dns.tick(jp + sg) == "write"
+    assert dns.addresses == {n.address for n in sg}
+    for left in range(3, 0, -1):  # sg's nodes are deleted one by one: jp carries on
+        assert dns.tick(jp + sg[:left]) == "write"
+    assert dns.tick(jp) == "hold"  # the last one gone: nothing to publish, kept
+    assert dns.addresses == {sg[0].address}
+    warming = node(20, "sg", state="warm")
+    assert dns.tick([*jp, warming]) == "hold"  # not ready while jp serves: not published yet
+    ready = warming.model_copy(update={"state": NodeState.ACTIVE})
+    assert dns.tick([*jp, ready]) == "force"
+    assert dns.addresses == {ready.address}
 
 
 def test_a_fresh_loop_publishes_dead_nodes_rather_than_nothing() -> None:

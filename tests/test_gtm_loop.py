@@ -577,7 +577,7 @@ async def test_all_nodes_die_and_one_comes_back_dns_is_never_empty_nor_frozen_on
                 row.last_heartbeat_at = utcnow() - timedelta(minutes=2)
                 node_store.set_lifecycle_state(session, node_id, NodeState.IDLE, "down", utcnow())
         status = await tick("all down")
-        assert status.details["holding"] is True
+        assert status.details["holding"] == ["0:powerdns"]
         assert _addresses(pdns, name) == good
 
         # Given up one by one after the down grace: DNS keeps the last good set.
@@ -586,7 +586,7 @@ async def test_all_nodes_die_and_one_comes_back_dns_is_never_empty_nor_frozen_on
                 node_store.set_lifecycle_state(session, node_id, NodeState.DELETE, "gone", utcnow())
             status = await tick(f"{node_id} deleted")
             assert _addresses(pdns, name) == good, node_id
-        assert "DNS keeps the last good answer" in status.details["reason"]
+        assert "no node is up: 0:powerdns keep the last good answer" in status.details["reason"]
 
         # A new node comes back: in DNS at once; the dead leave now that a live one exists.
         back = _serve(["127.0.10.25"], port)
@@ -594,7 +594,7 @@ async def test_all_nodes_die_and_one_comes_back_dns_is_never_empty_nor_frozen_on
             register("jp-25", "127.0.10.25", NodeState.WARM)
             status = await tick("jp-25 registered")
             assert _addresses(pdns, name) == {"127.0.10.25"}
-            assert status.details["holding"] is False
+            assert status.details["holding"] == []
         finally:
             _stop(back)
         with contextlib.suppress(Exception):

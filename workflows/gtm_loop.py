@@ -75,7 +75,8 @@ class GtmLoopParams(BaseModel):
     fail_open: bool = False
     reason: str = ""
     removed: bool = False
-    holding: bool = False  # no node up: DNS keeps the last good answer (xplane.gtm.last_good)
+    # Providers whose DNS kept its last good answer on the last tick (xplane.gtm.last_good).
+    held: list[str] = Field(default_factory=list)
 
 
 @workflow.defn(name=ids.GTM_LOOP)
@@ -146,7 +147,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
 
         applied = 0
         last_good = workflow.patched(LAST_GOOD_PATCH)
-        holding = False
+        held: list[str] = []
         for index, provider in enumerate(policy.dns_providers()):
             key = f"{index}:{provider.provider}"
             desired = desired_for_provider(policy, provider, weights)
@@ -154,9 +155,9 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             last = self.p.applied.get(key)
             action = "write"
             if last_good:
-                action = dns_action(weights, desired, last is not None, self.p.holding)
+                action = dns_action(weights, desired, last is not None, key in self.p.held)
                 if action == "hold":
-                    holding = holding or not weights.live
+                    held.append(key)
                     continue
             if last is not None and last.digest == fingerprint:
                 continue
@@ -187,9 +188,12 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 published=published(desired) if quiet else Published(),
             )
         if last_good:  # only once every provider is done: a failed write is forced again
-            self.p.holding = holding
-            if holding:
-                self.p.reason = f"no node is up: DNS keeps the last good answer ({weights.reason})"
+            self.p.held = held
+            if held:
+                why = "no node is up" if not weights.live else "nothing to publish"
+                self.p.reason = (
+                    f"{why}: {', '.join(held)} keep the last good answer ({weights.reason})"
+                )
         return {"weights": self.p.weights, "fail_open": weights.fail_open, "writes": applied}
 
     def continue_as_new_args(self) -> list[Any]:
@@ -206,5 +210,5 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 k: v.model_dump(exclude={"published"}) for k, v in self.p.applied.items()
             },
             "removed": self.p.removed,
-            "holding": self.p.holding,
+            "holding": self.p.held,
         }

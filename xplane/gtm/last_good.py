@@ -12,10 +12,11 @@ The GTM loop asks :func:`dns_action` before it writes one provider's record set:
     one by one would end on whichever address was deleted last. If the nodes are in
     fact alive and only XPlane cannot hear them, the held set still serves;
 
-* ``force`` - write past the provider's safety threshold: some node is up again after
-  the loop held. What DNS holds are addresses of nodes that were all down; leaving them
-  (the threshold refuses removing most addresses of a name) would freeze DNS on dead
-  addresses while a live one exists;
+* ``force`` - write past the provider's safety threshold: the loop held this provider
+  on its last tick and now has something live to publish. What DNS holds are addresses
+  of nodes that were all down or gone; leaving them (the threshold refuses removing
+  most addresses of a name) would freeze DNS on dead addresses while a live one exists.
+  Held is per provider: one publishing only some regions holds when those are empty;
 
 * ``write`` - the ordinary case (the deadband still decides whether it is worth it).
 """
@@ -36,7 +37,7 @@ def dns_action(
     """What to do with ``desired`` (one provider's share of ``weights``).
 
     ``written_before``: the loop wrote this provider already (DNS holds an answer of
-    ours); ``holding``: the loop's previous tick held because no node was up.
+    ours); ``holding``: the loop's previous tick held this provider.
     """
     if not desired.addresses():
         return "hold"
