@@ -101,7 +101,7 @@ CASES = [
         3,
         "none",
         "stale_metrics",
-        "no metrics in the window",
+        "no metrics in the window; 2 down, held until their lifecycle gives them up",
     ),
     (
         "only the nodes given up are replaced",

@@ -342,6 +342,7 @@ async def test_silence_alone_replaces_nothing_and_nodes_given_up_are_replaced_wi
         status = await _status(handle)
         assert len(rig.commits()) == 1, rig.commits()
         assert status.details["desired"] == 4, status.details["reason"]
+        assert "4 down, held until their lifecycle gives them up" in status.details["reason"]
 
         given_up = ("jp-1", "jp-2", "jp-3")
         now = await rig.env.get_current_time()

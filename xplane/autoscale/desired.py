@@ -189,6 +189,7 @@ def desired(
 
     fresh = metrics is not None and metrics.is_fresh(now, window)
     recs = _signals(metrics, policy, current, window) if fresh and metrics else []
+    held_note = ""
     if healthy_nodes is not None and healthy_nodes + held_nodes < policy.min_nodes:
         lost = policy.min_nodes - healthy_nodes - held_nodes
         budget = replace_budget(max_replace, current)
@@ -198,6 +199,9 @@ def desired(
         if count < lost:
             text += f" of {lost} (max_replace {budget})"
         recs.append(_Rec(count=current + count, reason=text))
+    elif healthy_nodes is not None and healthy_nodes < policy.min_nodes:
+        # Say why nothing is replaced: the operator sees the nodes down in `xplane status`.
+        held_note = f"; {held_nodes} down, held until their lifecycle gives them up"
 
     if recs:
         best = max(recs, key=lambda r: r.count)
@@ -208,6 +212,7 @@ def desired(
         if metrics is not None and metrics.newest_at is not None and not fresh:
             age = _secs(now - as_utc(metrics.newest_at))
             reason = f"stale metrics: newest sample {age} old > window {_secs(window)}"
+    reason += held_note
 
     low_since: datetime | None = None
     if target < current:
