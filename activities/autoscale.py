@@ -23,7 +23,7 @@ from workflows import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
-from xplane.domain import NodeState
+from xplane.domain import NodeState, NodeStatus
 from xplane.gitops.infra_repo import RepoError, commit_node_count
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics as prom
@@ -34,6 +34,9 @@ from xplane.store.events import record_event
 from xplane.store.pools import NodePoolRow, finish_commit, set_pool
 
 GONE = (NodeState.DELETE.value,)
+# Lifecycle states of a node not given up: if it is silent, its lifecycle's down grace
+# decides (drain and delete are on their way out).
+HELD_STATES = (NodeState.IDLE.value, NodeState.WARM.value, NodeState.ACTIVE.value)
 
 
 class DecideRequest(BaseModel):
@@ -52,6 +55,7 @@ class DecideResult(BaseModel):
     metrics: dict[str, float | int] = Field(default_factory=dict)
     ready_nodes: int = 0
     lost_nodes: list[str] = Field(default_factory=list)  # neither serving nor coming up
+    held_nodes: list[str] = Field(default_factory=list)  # down, not given up: not replaced
     interval_seconds: float = 30.0
     jitter_seconds: float = 0.0
     terraform_timeout_seconds: float = 900.0
@@ -165,9 +169,20 @@ class AutoscaleActivities:
             pool = session.get(NodePoolRow, (request.service, request.region))
             timeout = self._heartbeat.timeout
             serving = {n.id for n in nodes if node_store.is_serving(n, now, timeout)}
-            # Healthy: serving or on its way; the rest are lost (a warming node is not).
+            # Healthy: serving or on its way (a warming node is not lost). Held: silent or
+            # seen down, but its lifecycle has not given it up (down grace): never replaced
+            # on silence alone. Lost: the rest, leaving on purpose (draining); the nodes
+            # given up are deleted, so they are simply missing from the pool.
             healthy = serving | {n.id for n in nodes if node_store.is_coming_up(n, now, timeout)}
-            lost = sorted(n.id for n in nodes if n.id not in healthy)
+            held = sorted(
+                n.id
+                for n in nodes
+                if n.id not in healthy
+                and n.state in HELD_STATES
+                and not n.drain_requested
+                and n.reported_status != NodeStatus.DRAIN.value
+            )
+            lost = sorted(n.id for n in nodes if n.id not in healthy and n.id not in held)
         samples = [
             Sample(
                 node_id=r.node_id,
@@ -204,6 +219,8 @@ class AutoscaleActivities:
             request.history,
             now,
             healthy_nodes=len(healthy) if judge else None,
+            held_nodes=len(held),
+            max_replace=policy.max_replace,
         )
         prom.autoscale_decision(request.service, request.region, decision.direction)
         prom.observe_loop(ids.autoscale_id(request.service, request.region), utcnow())
@@ -213,6 +230,7 @@ class AutoscaleActivities:
             metrics=metrics.summary(),
             ready_nodes=len(serving),
             lost_nodes=lost,
+            held_nodes=held,
             interval_seconds=policy.interval.total_seconds(),
             jitter_seconds=policy.jitter.total_seconds(),
             terraform_timeout_seconds=policy.terraform_timeout.total_seconds(),

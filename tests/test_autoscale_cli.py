@@ -64,7 +64,7 @@ WORLD: dict[str, Any] = {
         node("sg-1", "sg", cpu=0.1),
         node("sg-2", "sg", cpu=0.2),
         node("us-1", "us", cpu=0.5),
-        node("us-2", "us", cpu=0.5, status="down"),
+        node("us-2", "us", status="down", state="delete"),  # given up: replaced
         node("us-3", "us", state="delete"),
         node("eu-1", "eu", cpu=0.5, rtt_ms=100),
         node("eu-2", "eu", cpu=0.5, rtt_ms=400),
@@ -72,6 +72,7 @@ WORLD: dict[str, Any] = {
     "pools": [
         {"service": "svc-plus", "region": "jp", "node_count": 4},
         {"service": "svc-plus", "region": "sg", "node_count": 3},
+        {"service": "svc-plus", "region": "us", "node_count": 2},
         {
             "service": "svc-plus",
             "region": "eu",
@@ -123,6 +124,21 @@ def test_plan_json_exact(config_dir: Path, tmp_path: Path) -> None:
             }
         }
     }
+
+
+def test_plan_holds_a_down_node_its_lifecycle_has_not_given_up(
+    config_dir: Path, tmp_path: Path
+) -> None:
+    """Seen down but not deleted (inside the down grace): not replaced on silence alone."""
+    world = json.loads(json.dumps(WORLD))
+    for entry in world["nodes"]:
+        if entry["id"] == "us-2":
+            entry["state"] = "active"
+    args = ["--config", str(config_dir), "--world", str(_world(tmp_path, world))]
+    result = runner.invoke(app, ["autoscale", "plan", *args, "--output", "json"])
+    assert result.exit_code == 0, result.output
+    us = json.loads(result.stdout)["services"]["svc-plus"]["us"]
+    assert (us["current"], us["desired"]) == (2, 2), us["reason"]
 
 
 def test_plan_table(config_dir: Path, tmp_path: Path) -> None:

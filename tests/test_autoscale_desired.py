@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xplane.autoscale.desired import Decision, ScaleHistory, desired
+from xplane.autoscale.desired import Decision, ScaleHistory, desired, replace_budget
 from xplane.autoscale.metrics import RegionMetrics
 from xplane.config.models import AutoscaleRegion, Cooldown
 
@@ -34,10 +34,23 @@ def run(
     current: int,
     history: ScaleHistory = LOW_FOR_WINDOW,
     ready: int | None = None,
+    held: int = 0,
+    max_replace: int | str = "25%",
     **policy: Any,
 ) -> Decision:
     rules = AutoscaleRegion(**{"min_nodes": 1, "max_nodes": 10, **policy})
-    return desired(m, rules, COOLDOWN, WINDOW, current, history, NOW, healthy_nodes=ready)
+    return desired(
+        m,
+        rules,
+        COOLDOWN,
+        WINDOW,
+        current,
+        history,
+        NOW,
+        healthy_nodes=ready,
+        held_nodes=held,
+        max_replace=max_replace,
+    )
 
 
 # (id, decision, desired, direction, blocked_by, text in reason)
@@ -60,15 +73,55 @@ CASES = [
     ("down at min", run(metrics(cpu=0.1), 1), 1, "none", None, "at min_nodes 1"),
     (
         "replace lost nodes without metrics",
-        run(None, 3, ready=1, min_nodes=3),
+        run(None, 3, ready=1, max_replace=2, min_nodes=3),
         5,
         "up",
         None,
         "1 healthy < min_nodes 3: replace 2",
     ),
     (
+        "a small pool replaces 1 per decision by default",
+        run(None, 3, ready=1, min_nodes=3),
+        4,
+        "up",
+        None,
+        "1 healthy < min_nodes 3: replace 1 of 2 (max_replace 1)",
+    ),
+    (
+        "a pool of 8 replaces 25% per decision by default",
+        run(None, 8, ready=4, min_nodes=8, max_nodes=20),
+        10,
+        "up",
+        None,
+        "4 healthy < min_nodes 8: replace 2 of 4 (max_replace 2)",
+    ),
+    (
+        "down nodes not given up are not replaced",
+        run(None, 3, ready=1, held=2, max_replace=3, min_nodes=3),
+        3,
+        "none",
+        "stale_metrics",
+        "no metrics in the window; 2 down, held until their lifecycle gives them up",
+    ),
+    (
+        "only the nodes given up are replaced",
+        run(None, 4, ready=1, held=1, max_replace=4, min_nodes=4),
+        6,
+        "up",
+        None,
+        "1 healthy + 1 down, not given up < min_nodes 4: replace 2",
+    ),
+    (
+        "held nodes do not stop a load scale-up",
+        run(metrics(cpu=0.9), 3, ready=1, held=2, min_nodes=3),
+        4,
+        "up",
+        None,
+        "cpu 0.90 > 0.70",
+    ),
+    (
         "replacement within max",
-        run(metrics(cpu=0.5), 3, ready=1, min_nodes=3, max_nodes=4),
+        run(metrics(cpu=0.5), 3, ready=1, max_replace=2, min_nodes=3, max_nodes=4),
         4,
         "up",
         None,
@@ -119,7 +172,7 @@ CASES = [
     ("no metrics", run(None, 3), 3, "none", "stale_metrics", "no metrics in the window"),
     (
         "stale metrics still replace lost nodes",
-        run(metrics(age=120, cpu=0.1), 2, ready=0, min_nodes=2),
+        run(metrics(age=120, cpu=0.1), 2, ready=0, max_replace="100%", min_nodes=2),
         4,
         "up",
         None,
@@ -389,3 +442,36 @@ def test_desired_stays_within_bounds(
         assert current - decision.desired <= down_step
         if age > WINDOW.total_seconds():
             assert decision.desired >= current  # stale metrics never scale down
+
+
+@pytest.mark.parametrize(
+    ("max_replace", "pool", "budget"),
+    [
+        ("25%", 0, 1),  # an emptied pool still gets a node back
+        ("25%", 1, 1),
+        ("25%", 4, 1),  # 1 node or 25 %, whichever is larger
+        ("25%", 5, 2),  # rounded up, as Karpenter does
+        ("25%", 8, 2),
+        ("25%", 12, 3),
+        ("50%", 3, 2),
+        ("100%", 7, 7),
+        (3, 100, 3),  # a count is a count, whatever the pool
+        (1, 2, 1),
+    ],
+)
+def test_replace_budget(max_replace: int | str, pool: int, budget: int) -> None:
+    assert replace_budget(max_replace, pool) == budget
+
+
+@given(
+    pool=st.integers(min_value=1, max_value=200),
+    healthy=st.integers(min_value=0, max_value=200),
+    held=st.integers(min_value=0, max_value=200),
+)
+@settings(max_examples=200, deadline=None)
+def test_one_decision_never_replaces_more_than_the_budget_or_the_nodes_given_up(
+    pool: int, healthy: int, held: int
+) -> None:
+    decision = run(None, pool, ready=healthy, held=held, min_nodes=pool, max_nodes=1000)
+    given_up = max(0, pool - healthy - held)
+    assert decision.desired - pool == min(given_up, replace_budget("25%", pool))

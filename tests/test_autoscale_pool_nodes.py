@@ -1,7 +1,9 @@
 """Which nodes the autoscaler replaces and which it drains, on a real SQLite store.
 
 A node still warming up is on its way and must not be replaced; a node the
-world-state loop saw go down is lost; a pool whose every node was deleted is
+world-state loop saw go down is held until its lifecycle gives it up (deleted,
+after the down grace) and only then replaced, at most ``max_replace`` per
+decision; a pool whose every node was deleted is
 refilled once it has had time to come up, even without a ``node_lost`` signal.
 A scale-down drains the nodes Terraform's ``count`` will destroy: the highest indexes.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -32,7 +35,7 @@ from xplane.store.events import list_events
 from xplane.store.pools import NodePoolRow, set_pool
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-POLICY = {
+POLICY: dict[str, Any] = {
     "service": "svc",
     "global": {"cpu_window": "60s"},
     "regions": {"jp": {"min_nodes": 2, "max_nodes": 5, "scale_up_cpu": 0.7, "scale_down_cpu": 0.3}},
@@ -116,17 +119,36 @@ def test_a_just_registered_node_is_not_replaced(
     assert result.decision is not None and result.decision.desired == 2
 
 
-def test_a_node_seen_down_is_replaced_and_named(
+def test_a_node_seen_down_is_held_until_its_lifecycle_gives_it_up(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     _node(sessions, "jp-0", NodeState.ACTIVE)
-    # Its heartbeat is still within the serving age, but the world-state loop saw it down.
+    # Seen down by the world-state loop, but inside its down grace: not replaced yet.
     _node(sessions, "jp-1", NodeState.IDLE, beat_age=8.0, seen=NodeStatus.DOWN)
     result = _decide(sessions, tmp_path)
     assert result.decision is not None
+    assert result.decision.desired == 2, result.decision.reason
+    assert result.held_nodes == ["jp-1"] and result.lost_nodes == []
+
+
+def test_a_silent_node_not_yet_marked_down_is_not_replaced(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    _node(sessions, "jp-0", NodeState.ACTIVE)
+    _node(sessions, "jp-1", NodeState.ACTIVE, beat_age=200.0)  # silent, still active
+    result = _decide(sessions, tmp_path, lost=1)
+    assert result.decision is not None
+    assert result.decision.desired == 2, result.decision.reason
+    assert result.ready_nodes == 1 and result.held_nodes == ["jp-1"]
+
+
+def test_a_node_given_up_is_replaced(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    _node(sessions, "jp-0", NodeState.ACTIVE)
+    _node(sessions, "jp-1", NodeState.DELETE, beat_age=200.0)  # down past the grace
+    result = _decide(sessions, tmp_path, lost=1)
+    assert result.decision is not None
     assert result.decision.desired == 3
     assert result.decision.reason == "1 healthy < min_nodes 2: replace 1"
-    assert result.lost_nodes == ["jp-1"]
 
 
 def test_a_pool_whose_nodes_were_all_deleted_is_refilled_without_a_signal(
@@ -136,7 +158,25 @@ def test_a_pool_whose_nodes_were_all_deleted_is_refilled_without_a_signal(
         _node(sessions, node, NodeState.DELETE, beat_age=200.0)
     result = _decide(sessions, tmp_path)  # no node_lost signal pending
     assert result.decision is not None
-    assert result.decision.desired == 4, result.decision.reason  # current 2 + 2 missing
+    # current 2 + 1 of the 2 missing: max_replace (1 node or 25 %) per decision.
+    assert result.decision.desired == 3, result.decision.reason
+
+
+def test_max_replace_from_the_policy_bounds_one_decision(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    policy = {**POLICY, "max_replace": 2}
+    jp = {**POLICY["regions"]["jp"], "min_nodes": 4, "max_nodes": 8}
+    policy["regions"] = {"jp": jp}
+    config = {**CONFIG, "autoscale/svc.yaml": yaml.safe_dump(policy)}
+    with transaction(sessions) as session:
+        save_revision(session, "d" * 40, load_config_from_mapping(config), "test")
+        set_pool(session, "svc", "jp", 4, at=NOW - timedelta(minutes=10))
+    for node in ("jp-0", "jp-1", "jp-2", "jp-3"):
+        _node(sessions, node, NodeState.DELETE, beat_age=200.0)
+    result = _decide(sessions, tmp_path)
+    assert result.decision is not None
+    assert result.decision.desired == 6, result.decision.reason  # 4 + 2 of the 4 missing
 
 
 def test_a_fresh_pool_waits_for_its_nodes(sessions: sessionmaker[Session], tmp_path: Path) -> None:

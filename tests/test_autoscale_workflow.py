@@ -95,7 +95,7 @@ def _hot_node(sessions: sessionmaker[Session], node_id: str, cpu: float, now: da
             ),
             now,
             timedelta(seconds=30),
-            authorize=lambda _row: True,  # the node's own agent, registering again
+            authorize=lambda _row: True,  # the same node again: fresh samples
         )
         node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", now)
     beats = [
@@ -190,7 +190,15 @@ async def test_scale_up_commit_wait_webhook_then_cooldown(rig: Rig, tmp_path: Pa
         assert status.details["waiting"] is None
         assert status.details["last_outcome"] == "2 nodes ready"
         # Still hot, but inside the 300s scale-up cooldown: no new commit.
-        await rig.env.sleep(200)
+        await rig.env.sleep(170)
+        for node in ("jp-0", "jp-1"):
+            _hot_node(
+                rig.sessions,
+                node,
+                cpu=0.9,
+                now=await rig.env.get_current_time() + timedelta(seconds=30),
+            )
+        await rig.env.sleep(30)
         assert len(rig.commits()) == 2
         assert (await _status(handle)).details["reason"].startswith("cooldown")
         await rig.env.sleep(90)
@@ -306,4 +314,46 @@ async def test_scale_down_drains_the_highest_index_first_then_commits(
         await rig.env.sleep(6)
         assert rig.commits()[0] == "feat(xplane-autoscaler): scale jp pool to 2 nodes"
         assert (await _status(handle)).details["waiting"]["phase"] == "terraform"
+        await handle.terminate()
+
+
+async def test_silence_alone_replaces_nothing_and_nodes_given_up_are_replaced_within_budget(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Four nodes go silent (an API replica died, say): no commit while their lifecycles
+    hold them. Three are given up (deleted past the down grace): one decision replaces
+    one of them, max_replace's default (1 node or 25 % of a pool of 4)."""
+    config = {
+        **CONFIG,
+        "autoscale/svc.yaml": CONFIG["autoscale/svc.yaml"].replace(
+            "jp: {min_nodes: 1, max_nodes: 5", "jp: {min_nodes: 4, max_nodes: 10"
+        ),
+    }
+    start = await rig.env.get_current_time()
+    with transaction(rig.sessions) as session:
+        save_revision(session, "c" * 40, load_config_from_mapping(config), "test")
+        set_pool(session, "svc", "jp", 4, scaled=False)
+        session.execute(sa.delete(node_store.MetricSampleRow))  # the rig's hot jp-0 samples
+    for node in ("jp-1", "jp-2", "jp-3"):  # in the CPU band: no load signal (and jp-0's)
+        _hot_node(rig.sessions, node, cpu=0.5, now=start)
+    async with _worker(rig, tmp_path):
+        handle = await rig.start()
+        await rig.env.sleep(150)  # five ticks, every node silent for minutes, still active
+        status = await _status(handle)
+        assert len(rig.commits()) == 1, rig.commits()
+        assert status.details["desired"] == 4, status.details["reason"]
+        assert "4 down, held until their lifecycle gives them up" in status.details["reason"]
+
+        given_up = ("jp-1", "jp-2", "jp-3")
+        now = await rig.env.get_current_time()
+        with transaction(rig.sessions) as session:  # their lifecycles' down grace expired
+            for node in given_up:
+                node_store.set_lifecycle_state(session, node, NodeState.DELETE, "given up", now)
+        for node in given_up:
+            await handle.signal(AutoscaleWorkflow.node_lost, node)
+        await rig.env.sleep(2)
+        assert rig.commits()[0] == "feat(xplane-autoscaler): scale jp pool to 5 nodes"
+        assert len(rig.commits()) == 2
+        reason = (await _status(handle)).details["reason"]
+        assert "replace 1 of 3 (max_replace 1)" in reason, reason
         await handle.terminate()

@@ -257,6 +257,13 @@ INVALID = {
         {"autoscale/svc.yaml": BASE["autoscale/svc.yaml"].replace("min_nodes: 1", "min_nodes: 9")},
         ["autoscale/svc.yaml:4: regions.jp.min_nodes: must be <= max_nodes (5), not 9"],
     ),
+    "max_replace of no node": (
+        {"autoscale/svc.yaml": BASE["autoscale/svc.yaml"] + "max_replace: 0%\n"},
+        [
+            "autoscale/svc.yaml:9: max_replace: must be a node count or a percentage in "
+            "(0%, 100%], not '0%'"
+        ],
+    ),
     "region min above max": (
         {"regions/kr.yaml": "min_nodes: 3\nmax_nodes: 2\n"},
         ["regions/kr.yaml:1: min_nodes: must be <= max_nodes (2), not 3"],

@@ -478,3 +478,125 @@ dns: {{provider: cloudflare, base_url: "http://127.0.0.1:{server.port}/client/v4
     finally:
         server.stop()
         engine.dispose()
+
+
+def _serve(addresses: list[str], port: int) -> list[ThreadingHTTPServer]:
+    servers = [ThreadingHTTPServer((addr, port), _Ok) for addr in addresses]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    return servers
+
+
+def _stop(servers: list[ThreadingHTTPServer]) -> None:
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _addresses(pdns: PdnsServer, name: str) -> set[str]:
+    """The addresses PowerDNS answers for ``name`` (its LUA record)."""
+    zone = httpx.get(
+        f"{pdns.api_url}/api/v1/servers/localhost/zones/svc.plus.", headers=pdns.headers
+    ).json()
+    for rrset in zone["rrsets"]:
+        if rrset["name"] == f"{name}." and rrset["type"] == "LUA":
+            parsed = parse_lua(rrset["records"][0]["content"])
+            assert parsed is not None
+            return set(parsed[1])
+    return set()
+
+
+async def test_all_nodes_die_and_one_comes_back_dns_is_never_empty_nor_frozen_on_the_dead(
+    time_env: WorkflowEnvironment, tmp_path: Path, pdns: PdnsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every agent is killed: DNS keeps the last good set (never shrinks to the node
+    deleted last, never empty) while no node is up. A new node comes back: it is in DNS
+    at once and the dead addresses leave, past the safety threshold (4 of 4 removed)."""
+    import xplane.store.tables  # noqa: F401
+
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    port = free_port()
+    name = "last.svc.plus"
+    config = _config(pdns, port)
+    config["gtm/svc.yaml"] = config["gtm/svc.yaml"].replace("api.svc.plus", name)
+    dead = {f"jp-{i}": f"127.0.10.{i}" for i in range(21, 25)}
+    servers = _serve(list(dead.values()), port)
+    engine = make_engine(f"sqlite:///{tmp_path}/gtm.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+
+    def register(node_id: str, address: str, state: NodeState) -> None:
+        with transaction(sessions) as session:
+            node_store.register_node(
+                session,
+                node_store.Registration(node_id=node_id, service="svc", region="jp",
+                                        address=address, token_hash=uuid.uuid4().hex, port=port),
+                utcnow(),
+                timedelta(seconds=30),
+            )  # fmt: skip
+            node_store.set_lifecycle_state(session, node_id, state, "test", utcnow())
+        _beat(sessions, node_id)
+
+    with transaction(sessions) as session:
+        save_revision(session, "e" * 40, load_config_from_mapping(config), "test")
+    for node_id, address in dead.items():
+        register(node_id, address, NodeState.ACTIVE)
+
+    client = pydantic_client(time_env)
+    acts = GtmActivities(sessions)
+    async with Worker(
+        client,
+        task_queue=TQ,
+        workflows=[GtmLoopWorkflow],
+        activities=[acts.observe_gtm, acts.apply_dns],
+        activity_executor=ThreadPoolExecutor(4),
+    ):
+        handle = await client.start_workflow(
+            GtmLoopWorkflow.run,
+            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=3600)),
+            id=f"gtm-svc-{uuid.uuid4().hex[:6]}",
+            task_queue=TQ,
+        )
+
+        async def tick(reason: str) -> LoopStatus:
+            await handle.signal(GtmLoopWorkflow.world_changed, reason)
+            await time_env.sleep(1)
+            status: LoopStatus = await handle.query(GtmLoopWorkflow.status)
+            assert status.last_error is None, status.last_error
+            return status
+
+        await time_env.sleep(1)
+        good = set(dead.values())
+        assert _addresses(pdns, name) == good
+
+        # Every agent killed: silent, probes refused, marked down by the world state.
+        _stop(servers)
+        with transaction(sessions) as session:
+            for node_id in dead:
+                row = node_store.get_node(session, node_id)
+                row.last_heartbeat_at = utcnow() - timedelta(minutes=2)
+                node_store.set_lifecycle_state(session, node_id, NodeState.IDLE, "down", utcnow())
+        status = await tick("all down")
+        assert status.details["holding"] == ["0:powerdns"]
+        assert _addresses(pdns, name) == good
+
+        # Given up one by one after the down grace: DNS keeps the last good set.
+        for node_id in dead:
+            with transaction(sessions) as session:
+                node_store.set_lifecycle_state(session, node_id, NodeState.DELETE, "gone", utcnow())
+            status = await tick(f"{node_id} deleted")
+            assert _addresses(pdns, name) == good, node_id
+        assert "no node is up: 0:powerdns keep the last good answer" in status.details["reason"]
+
+        # A new node comes back: in DNS at once; the dead leave now that a live one exists.
+        back = _serve(["127.0.10.25"], port)
+        try:
+            register("jp-25", "127.0.10.25", NodeState.WARM)
+            status = await tick("jp-25 registered")
+            assert _addresses(pdns, name) == {"127.0.10.25"}
+            assert status.details["holding"] == []
+        finally:
+            _stop(back)
+        with contextlib.suppress(Exception):
+            await handle.terminate()
+    engine.dispose()

@@ -123,11 +123,11 @@ def test_all_down_fails_open(config_dir: Path, tmp_path: Path) -> None:
     out = _plan(config_dir, {"nodes": nodes, "pools": POOLS}, tmp_path)
     svc = out["services"]["svc-plus"]
     assert svc["fail_open"] is True
+    # Below the panic threshold (0 of 2 ready): every registered node is published.
+    assert "panic" in svc["reason"]
     assert svc["regions"]["jp"]["effective_weight"] == 100
-    assert svc["regions"]["sg"]["effective_weight"] == 0
-    assert svc["records"] == [
-        {"address": "10.0.0.1", "region": "jp", "weight": 100, "node_id": "jp-1"}
-    ]
+    assert svc["regions"]["sg"]["effective_weight"] == 10
+    assert [(r["node_id"], r["weight"]) for r in svc["records"]] == [("jp-1", 100), ("sg-1", 10)]
 
 
 def test_service_filter_and_unknown_service(config_dir: Path, tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ CASES: list[tuple[str, GtmPolicy, list[NodeSnapshot], dict[str, int], dict[str, 
     ),
     (
         "every region down: fallback regions with an up node",
-        policy(JP, SG),
+        policy(JP, SG, panic_threshold=0),
         nodes("jp", 2, heartbeat_age_seconds=300) + nodes("sg", 1, status="down"),
         {},
         {"jp": 100, "sg": 0},
@@ -120,7 +120,7 @@ CASES: list[tuple[str, GtmPolicy, list[NodeSnapshot], dict[str, int], dict[str, 
     ),
     (
         "no fallback region has an up node: all fallback regions",
-        policy(JP, SG, {"name": "us", "weight": 50}),
+        policy(JP, SG, {"name": "us", "weight": 50}, panic_threshold=0),
         nodes("jp", 2, status="down")
         + nodes("sg", 1, status="down")
         + nodes("us", 1, status="down"),
@@ -138,7 +138,7 @@ CASES: list[tuple[str, GtmPolicy, list[NodeSnapshot], dict[str, int], dict[str, 
     ),
     (
         "no region marked fallback: all count as fallback",
-        policy(JP | {"fallback": False}, SG | {"fallback": False}),
+        policy(JP | {"fallback": False}, SG | {"fallback": False}, panic_threshold=0),
         nodes("jp", 1, status="down") + nodes("sg", 1, error_rate=0.9),
         {},
         {"jp": 0, "sg": 10},
@@ -269,13 +269,14 @@ def test_fail_open_records_use_up_nodes_then_any_non_deleted() -> None:
     # jp: one up (stale heartbeat) + one down node -> only the up one is published.
     up = node("jp", heartbeat_age_seconds=999)
     down = node("jp", status="down")
-    result = compute(policy(JP, SG), [up, down, node("sg", status="down")])
+    no_panic = policy(JP, SG, panic_threshold=0)
+    result = compute(no_panic, [up, down, node("sg", status="down")])
     assert [(r.node_id, r.weight) for r in result.records] == [(up.id, 100.0)]
 
     # No up node anywhere: every non-deleted node of the fallback regions.
     a, b = node("jp", status="down"), node("jp", state="drain", status="down")
     gone = node("jp", state="delete")
-    result = compute(policy(JP, SG), [a, b, gone])
+    result = compute(no_panic, [a, b, gone])
     assert result.fail_open
     assert sorted(r.node_id for r in result.records) == sorted([a.id, b.id])
     assert sum(r.weight for r in result.records) == pytest.approx(100)
@@ -403,3 +404,66 @@ def test_a_node_going_down_never_raises_its_region_weight(
     before_w = before.weights().get(region, 0.0)
     after_w = later.weights().get(region, 0.0)
     assert after_w <= before_w + 1e-9
+
+
+# ------------------------------------------------------------- panic threshold
+def test_panic_spreads_over_every_registered_node_not_the_first_one_back() -> None:
+    """All of jp went down; one node is back (up, still warming): it must not take every
+    answer. Below the panic threshold every registered node shares them."""
+    back = node("jp", state="warm")
+    down = nodes("jp", 5, status="down")
+    draining = node("jp", state="drain")
+    result = compute(policy(JP), [back, *down, draining])
+    assert result.fail_open and result.panic and result.live
+    assert "panic: healthy share 0.00 < panic_threshold 0.5" in result.reason
+    assert sorted(r.node_id for r in result.records) == sorted(n.id for n in [back, *down])
+    assert [r.weight for r in result.records] == pytest.approx([100 / 6] * 6)
+
+
+def test_panic_gives_every_node_the_same_share_across_regions() -> None:
+    """One node back in sg, six registered in jp: the sg node gets 1/7, not half."""
+    world = [*nodes("jp", 6, status="down"), node("sg", state="warm")]
+    result = compute(policy(JP | {"weight": 100}, SG | {"weight": 100}), world)
+    assert result.panic
+    assert weights(result) == {"jp": 100, "sg": round(100 / 6, 4)}
+    assert {round(r.weight, 4) for r in result.records} == {round(100 / 6, 4)}
+
+
+def test_panic_respects_fallback_regions() -> None:
+    world = nodes("jp", 2, status="down") + nodes("sg", 2, status="down")
+    result = compute(policy(JP, SG | {"fallback": False}), world)
+    assert result.panic and not result.live
+    assert {r.region for r in result.records} == {"jp"}
+
+
+def test_no_panic_at_or_above_the_threshold() -> None:
+    """Every region at 0 for another reason (min_ready_nodes), the service healthy: the
+    ordinary fail open (up nodes of the fallback regions)."""
+    pol = policy(JP | {"min_ready_nodes": 3})
+    up, down = nodes("jp", 2), node("jp", status="down")
+    result = compute(pol, [*up, down])  # share 2/3 >= 0.5
+    assert result.fail_open and not result.panic
+    assert sorted(r.node_id for r in result.records) == sorted(n.id for n in up)
+
+
+def test_panic_never_overrides_a_region_that_still_serves() -> None:
+    """A dead region fails over to a healthy one at once, however low the service's
+    healthy share (2 of 8 here): panic is only for when nothing is left to fail over to."""
+    result = compute(policy(JP, SG), nodes("jp", 6, status="down") + nodes("sg", 2))
+    assert not result.fail_open and not result.panic
+    assert weights(result) == {"jp": 0, "sg": 10}
+    assert {r.region for r in result.records} == {"sg"}
+
+
+def test_panic_threshold_is_configurable() -> None:
+    world = nodes("jp", 1, state="warm") + nodes("jp", 3, status="down")
+    assert compute(policy(JP, panic_threshold=0.5), world).panic
+    assert not compute(policy(JP, panic_threshold=0), world).panic
+
+
+# ------------------------------------------------------------------------ live
+def test_live_says_whether_any_node_is_up() -> None:
+    assert compute(policy(JP), nodes("jp", 2)).live
+    assert compute(policy(JP), nodes("jp", 2, status="down")).live is False
+    assert compute(policy(JP), nodes("jp", 1, status="down") + nodes("jp", 1, state="warm")).live
+    assert compute(policy(JP), []).live is False

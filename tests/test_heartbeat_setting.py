@@ -242,13 +242,14 @@ async def test_every_reader_follows_the_heartbeat_setting(
     assert targets.weights is not None
     assert targets.weights.regions["jp"].ready_nodes == len(up)
 
-    # Autoscaler: ready nodes, and the lost ones it would replace; region lifecycle: serving.
+    # Autoscaler: ready nodes, and the silent ones it holds (not replaced until their
+    # lifecycle gives them up); region lifecycle: serving.
     _age(sessions)
     decided: DecideResult = env.run(
         acts["decide_autoscale"], DecideRequest(service="web", region="jp")
     )
     assert decided.ready_nodes == len(up)
-    assert decided.lost_nodes == sorted(set(AGES) - up)
+    assert decided.held_nodes == sorted(set(AGES) - up) and decided.lost_nodes == []
     _age(sessions)
     ready: int = env.run(acts["count_ready_nodes"], DecideRequest(service="web", region="jp"))
     assert ready == len(up)

@@ -13,7 +13,10 @@ on ``OnGtmPolicyChanged`` / ``policy_changed`` (GitOps sync). Each reconcile:
 
 Steps 2's smoothing and stepping and 3's deadband change which activities a tick
 schedules, so they run behind ``workflow.patched(QUIET_DNS_PATCH)``: histories
-recorded before them replay with the old behaviour.
+recorded before them replay with the old behaviour. So does the last-good rule
+(:mod:`xplane.gtm.last_good`, ``LAST_GOOD_PATCH``): while no node of the service is up,
+DNS keeps the last answer written while one was (never empty), and the first answer
+with an up node after that is written past the providers' safety threshold.
 
 The ramp state, health-check trackers and last applied digests live in the
 workflow and are carried across continue-as-new, so an idle tick costs a timer,
@@ -43,10 +46,12 @@ with workflow.unsafe.imports_passed_through():
     from xplane.dns.base import ApplyResult
     from xplane.gtm.deadband import Published, needs_write, published
     from xplane.gtm.health_checks import CheckState
+    from xplane.gtm.last_good import dns_action
     from xplane.gtm.ramp import RAMP_STEPS, RampState, ramp_service
     from xplane.gtm.smoothing import RttAverage, smooth_latency
 
 QUIET_DNS_PATCH = "gtm-quiet-dns-writes"
+LAST_GOOD_PATCH = "gtm-last-good-dns"
 
 
 class ProviderApply(BaseModel):
@@ -70,6 +75,8 @@ class GtmLoopParams(BaseModel):
     fail_open: bool = False
     reason: str = ""
     removed: bool = False
+    # Providers whose DNS kept its last good answer on the last tick (xplane.gtm.last_good).
+    held: list[str] = Field(default_factory=list)
 
 
 @workflow.defn(name=ids.GTM_LOOP)
@@ -139,11 +146,19 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             workflow.logger.warning("gtm %s: fail open: %s", service, weights.reason)
 
         applied = 0
+        last_good = workflow.patched(LAST_GOOD_PATCH)
+        held: list[str] = []
         for index, provider in enumerate(policy.dns_providers()):
             key = f"{index}:{provider.provider}"
             desired = desired_for_provider(policy, provider, weights)
             fingerprint = digest(desired)
             last = self.p.applied.get(key)
+            action = "write"
+            if last_good:
+                action = dns_action(weights, desired, last is not None, key in self.p.held)
+                if action == "hold":
+                    held.append(key)
+                    continue
             if last is not None and last.digest == fingerprint:
                 continue
             if quiet and not needs_write(
@@ -158,6 +173,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                     provider=provider,
                     desired=desired,
                     reason=", ".join(reasons),
+                    force=action == "force",
                 ),
                 result_type=ApplyResult,
                 start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
@@ -171,6 +187,13 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 write_calls=result.write_calls,
                 published=published(desired) if quiet else Published(),
             )
+        if last_good:  # only once every provider is done: a failed write is forced again
+            self.p.held = held
+            if held:
+                why = "no node is up" if not weights.live else "nothing to publish"
+                self.p.reason = (
+                    f"{why}: {', '.join(held)} keep the last good answer ({weights.reason})"
+                )
         return {"weights": self.p.weights, "fail_open": weights.fail_open, "writes": applied}
 
     def continue_as_new_args(self) -> list[Any]:
@@ -187,4 +210,5 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 k: v.model_dump(exclude={"published"}) for k, v in self.p.applied.items()
             },
             "removed": self.p.removed,
+            "holding": self.p.held,
         }

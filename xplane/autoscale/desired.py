@@ -16,9 +16,15 @@
    * RTT (only with ``max_rtt_ms``): the window's **p90** RTT above it -> up one
      step (p90, not the median: the tail is what users feel first). Never down.
    * Error rate (only with ``max_error_rate``): the mean above it -> up one step.
-   * Lost nodes: ``healthy_nodes < min_nodes`` -> ``current + (min_nodes - healthy)``,
-     even with stale or no metrics (a dead region reports nothing). Healthy means
-     serving or on its way (warming up): a node still warming is not replaced.
+   * Lost nodes: ``healthy_nodes + held_nodes < min_nodes`` -> ``current +
+     min(min_nodes - healthy - held, replace_budget)``, even with stale or no
+     metrics (a dead region reports nothing). Healthy means serving or on its way
+     (warming up): a node still warming is not replaced. Held means silent or seen
+     down but not yet given up by its lifecycle (the down grace has not expired):
+     silence alone is not a death (a sick control plane, a stalled heartbeat path
+     look the same), so only a node the lifecycle deleted leaves a gap to fill.
+     The budget (``max_replace``, :func:`replace_budget`) bounds how many one
+     decision replaces, as Karpenter's disruption budgets do.
 
 2. **Bounds**: clamp to ``[min_nodes, cap]`` where ``cap = min(max_nodes, quota)``.
    The quota is a hard account limit, so when ``min_nodes > cap`` the cap wins:
@@ -54,6 +60,21 @@ Direction = Literal["up", "down", "none"]
 BlockedBy = Literal["cooldown", "stabilization", "stale_metrics", "max_nodes", "quota"]
 
 QPS_TOLERANCE = 0.1  # HPA's default: ignore QPS within 10% of the target (no flapping)
+DEFAULT_MAX_REPLACE = "25%"  # AutoscalePolicy.max_replace's default
+
+
+def replace_budget(max_replace: int | str, pool: int) -> int:
+    """How many lost nodes one decision may replace in a pool of ``pool`` nodes.
+
+    A count is taken as is; a percentage (``"25%"``) is of the pool, rounded up, and
+    never below 1 (Karpenter rounds percentages up too): a small pool still gets its
+    dead node back, a large one is not doubled by one bad minute.
+    """
+    if isinstance(max_replace, int):
+        return max(1, max_replace)
+    share = float(max_replace.strip().removesuffix("%")) / 100
+    # round() first: 25% of 4 is 1.0000000000000002 in floats, not 2.
+    return max(1, math.ceil(round(pool * share, 9)))
 
 
 class ScaleHistory(BaseModel):
@@ -153,18 +174,34 @@ def desired(
     history: ScaleHistory,
     now: datetime,
     healthy_nodes: int | None = None,
+    *,
+    held_nodes: int = 0,
+    max_replace: int | str = DEFAULT_MAX_REPLACE,
 ) -> Decision:
-    """The node count ``current`` should move to now; see the module docstring."""
+    """The node count ``current`` should move to now; see the module docstring.
+
+    ``healthy_nodes``: serving or coming up (None: not judged yet); ``held_nodes``:
+    not healthy but not given up by their lifecycle either (never replaced).
+    """
     now = as_utc(now)
     cap = policy.max_nodes if policy.quota is None else min(policy.max_nodes, policy.quota)
     floor = min(policy.min_nodes, cap)
 
     fresh = metrics is not None and metrics.is_fresh(now, window)
     recs = _signals(metrics, policy, current, window) if fresh and metrics else []
-    if healthy_nodes is not None and healthy_nodes < policy.min_nodes:
-        lost = policy.min_nodes - healthy_nodes
-        text = f"{healthy_nodes} healthy < min_nodes {policy.min_nodes}: replace {lost}"
-        recs.append(_Rec(count=current + lost, reason=text))
+    held_note = ""
+    if healthy_nodes is not None and healthy_nodes + held_nodes < policy.min_nodes:
+        lost = policy.min_nodes - healthy_nodes - held_nodes
+        budget = replace_budget(max_replace, current)
+        count = min(lost, budget)
+        also = f" + {held_nodes} down, not given up" if held_nodes else ""
+        text = f"{healthy_nodes} healthy{also} < min_nodes {policy.min_nodes}: replace {count}"
+        if count < lost:
+            text += f" of {lost} (max_replace {budget})"
+        recs.append(_Rec(count=current + count, reason=text))
+    elif healthy_nodes is not None and healthy_nodes < policy.min_nodes:
+        # Say why nothing is replaced: the operator sees the nodes down in `xplane status`.
+        held_note = f"; {held_nodes} down, held until their lifecycle gives them up"
 
     if recs:
         best = max(recs, key=lambda r: r.count)
@@ -175,6 +212,7 @@ def desired(
         if metrics is not None and metrics.newest_at is not None and not fresh:
             age = _secs(now - as_utc(metrics.newest_at))
             reason = f"stale metrics: newest sample {age} old > window {_secs(window)}"
+    reason += held_note
 
     low_since: datetime | None = None
     if target < current:

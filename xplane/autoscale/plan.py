@@ -9,6 +9,8 @@ How a :class:`WorldSnapshot` is read:
   loop would make once the window has passed);
 * ``current`` is the pool's ``node_count`` (Git), else the region's nodes not in
   state ``delete``;
+* a node that is down but not deleted has not been given up by its lifecycle yet
+  (the down grace): it is held, not replaced; only deleted nodes leave a gap;
 * ``ready_nodes`` counts ``active`` nodes with status ``up`` whose health check did
   not fail; it is only known when the world lists some node of the region (a
   world with pools only says nothing about readiness);
@@ -46,6 +48,12 @@ def _is_healthy(node: NodeSnapshot) -> bool:
     if node.state == NodeState.ACTIVE:
         return node.status == NodeStatus.UP and node.health_check_ok is not False
     return node.state in (NodeState.IDLE, NodeState.WARM) and node.status == NodeStatus.UP
+
+
+def _is_held(node: NodeSnapshot) -> bool:
+    """Down or silent but not given up by its lifecycle (not deleted): not replaced."""
+    held = node.state in (NodeState.IDLE, NodeState.WARM, NodeState.ACTIVE)
+    return held and node.status != NodeStatus.DRAIN and not _is_healthy(node)
 
 
 def _effective_policy(config: ConfigTree, region: str, policy: AutoscaleRegion) -> AutoscaleRegion:
@@ -86,6 +94,8 @@ def plan_region(
         history,
         now,
         healthy_nodes=sum(_is_healthy(n) for n in nodes) if nodes else None,
+        held_nodes=sum(_is_held(n) for n in nodes),
+        max_replace=policy.max_replace,
     )
 
 

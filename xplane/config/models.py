@@ -225,6 +225,9 @@ class GtmPolicy(StrictModel):
     # by at least this much (absolute: 0.02 = 2 percentage points).
     min_share_change: Fraction = 0.02
     max_error_rate: Fraction = 0.5  # a node above this is not ready
+    # Envoy's panic threshold: when every region is at 0 and the service's healthy
+    # share is below this, fail open spreads over every registered node.
+    panic_threshold: Fraction = 0.5
 
     @model_validator(mode="before")
     @classmethod
@@ -319,6 +322,27 @@ class AutoscaleRegion(StrictModel):
         return self
 
 
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
+def _max_replace(value: int | str) -> int | str:
+    """``max_replace``: a node count (``>= 1``) or a share of the pool (``"25%"``)."""
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"must be at least 1 node or a percentage, not {value}")
+        return value
+    text = value.strip()
+    if text.isdigit():
+        return _max_replace(int(text))
+    match = _PERCENT.match(text)
+    if not match or not 0 < float(match.group(1)) <= 100:
+        raise ValueError(f"must be a node count or a percentage in (0%, 100%], not {value!r}")
+    return text
+
+
+MaxReplace = Annotated[int | str, AfterValidator(_max_replace)]
+
+
 class Cooldown(StrictModel):
     scale_up: Duration = timedelta(minutes=1)
     scale_down: Duration = timedelta(minutes=5)
@@ -335,6 +359,9 @@ class AutoscalePolicy(StrictModel):
     interval: Duration = timedelta(seconds=30)  # autoscale loop tick
     terraform_timeout: Duration = timedelta(minutes=15)
     node_ready_timeout: Duration = timedelta(minutes=10)
+    # Replacement budget per decision (Karpenter's disruption budgets): at most this
+    # many given-up nodes are replaced at once; a percentage is of the pool, at least 1.
+    max_replace: MaxReplace = "25%"
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
 

@@ -14,11 +14,23 @@ For each region ``r`` of a service's GTM policy::
     effective_weight   = base_weight * health_ratio * ready_nodes_factor * latency_factor
                          and 0 when ready < min_ready_nodes or health_ratio < health_threshold
 
-Fail open: the answer is never empty. When every region comes to 0, the base weights of
-the fallback regions that still have an up node are published; if none has one, of all
-fallback regions (no region marked fallback = all are). Each region's weight is split
-evenly across its ready nodes' records (in fail open: its up nodes, else its non-deleted
-nodes). No I/O, no Temporal: the GTM loop, the what-if CLI and the benchmark call it alike.
+Fail open: the answer is never empty. When every region comes to 0:
+
+* panic (Envoy's panic threshold): if the service's healthy share (ready / registered over
+  its live regions) is below ``policy.panic_threshold``, every registered node of the
+  fallback regions is published, healthy or not, each carrying the same share (its
+  region's base weight over the largest region's node count). A handful of nodes that
+  come back first would otherwise take every answer, and nodes the control plane merely
+  cannot hear from would get none;
+* otherwise the base weights of the fallback regions that still have an up node are
+  published; if none has one, of all fallback regions (no region marked fallback = all
+  are).
+
+Each region's weight is split evenly across its ready nodes' records (in fail open: its
+up nodes, else its non-deleted nodes; in panic: its registered nodes). ``live`` says
+whether any node of the service is up: an answer without one is not written over the
+last one that had one (:mod:`xplane.gtm.last_good`). No I/O, no Temporal: the GTM loop,
+the what-if CLI and the benchmark call it alike.
 """
 
 from __future__ import annotations
@@ -77,6 +89,8 @@ class ServiceWeights(BaseModel):
 
     service: str
     fail_open: bool = False
+    panic: bool = False  # fail open below the panic threshold: spread over every node
+    live: bool = True  # some node of the service is up (False: every node is down or gone)
     reason: str = "ok"
     regions: dict[str, RegionWeight] = Field(default_factory=dict)
     records: list[WeightedRecord] = Field(default_factory=list)
@@ -151,6 +165,7 @@ class _Tally:
     alive: int = 0  # not deleted
     # Filled only when fail open needs them (a second pass): the common path stays lean.
     up: list[_Ident] = field(default_factory=list)  # up, not draining: fail open's pick
+    registered_nodes: list[_Ident] = field(default_factory=list)  # not draining: panic's
     alive_nodes: list[_Ident] = field(default_factory=list)  # fail open's last resort
 
 
@@ -202,8 +217,10 @@ def _collect_fail_open_nodes(
             continue
         ident = (node.id, node.address)
         tally.alive_nodes.append(ident)
-        draining = node.state == _DRAIN or node.status == _STATUS_DRAIN
-        if not draining and node.status == _UP:
+        if node.state == _DRAIN or node.status == _STATUS_DRAIN:
+            continue
+        tally.registered_nodes.append(ident)
+        if node.status == _UP:
             tally.up.append(ident)
 
 
@@ -257,6 +274,42 @@ def _split(region: str, weight: float, nodes: list[_Ident]) -> list[WeightedReco
         return []
     share = weight / len(nodes)
     return [WeightedRecord(address, region, node_id, share) for node_id, address in nodes]
+
+
+def _healthy_share(specs: list[ResolvedRegion], tallies: dict[str, _Tally]) -> float | None:
+    """Ready / registered nodes over the service's live regions (None: none registered)."""
+    live = [s for s in specs if not s.retired] or specs
+    registered = sum(tallies[s.name].registered for s in live)
+    return sum(len(tallies[s.name].ready) for s in live) / registered if registered else None
+
+
+def _panic(
+    specs: list[ResolvedRegion], tallies: dict[str, _Tally], share: float, threshold: float
+) -> tuple[str, dict[str, float], list[WeightedRecord]]:
+    """Every registered node of the fallback regions, healthy or not, one share each."""
+    live = [s for s in specs if not s.retired] or specs
+    fallback = [s for s in live if s.fallback] or live
+    chosen = [s for s in fallback if tallies[s.name].registered_nodes] or [
+        s for s in live if tallies[s.name].registered_nodes
+    ]
+    reason = (
+        f"panic: healthy share {share:.2f} < panic_threshold {threshold:g}: "
+        "spread over every registered node"
+    )
+    largest = max(len(tallies[s.name].registered_nodes) for s in chosen)
+    base = {s.name: s.base_weight for s in chosen}
+    if not any(base.values()):
+        base = dict.fromkeys(base, 1.0)
+        reason += "; their base weights are all 0, so they share equally"
+    # A region's weight grows with its nodes so every node gets the same share: one
+    # node back in a small region does not take half the answers.
+    weights = {
+        s.name: base[s.name] * len(tallies[s.name].registered_nodes) / largest for s in chosen
+    }
+    records: list[WeightedRecord] = []
+    for spec in chosen:
+        records += _split(spec.name, weights[spec.name], tallies[spec.name].registered_nodes)
+    return reason, weights, records
 
 
 def _fail_open(
@@ -358,14 +411,27 @@ def _compute(
         return ServiceWeights.model_construct(service=service, regions=result, records=records)
 
     _collect_fail_open_nodes(service, tallies, nodes)
-    reason, published, records = _fail_open(specs, tallies)
+    share = _healthy_share(specs, tallies)
+    panic = share is not None and share < policy.panic_threshold
+    if panic and share is not None:
+        reason, published, records = _panic(specs, tallies, share, policy.panic_threshold)
+        how = "published over every registered node"
+    else:
+        reason, published, records = _fail_open(specs, tallies)
+        how = "published at base weight"
     for name, region in result.items():
         region.effective_weight = published.get(name, 0.0)
         region.reason = (
-            f"fail open: published at base weight ({region.reason})"
+            f"fail open: {how} ({region.reason})"
             if name in published
             else f"fail open: not published ({region.reason})"
         )
     return ServiceWeights.model_construct(
-        service=service, fail_open=True, reason=reason, regions=result, records=records
+        service=service,
+        fail_open=True,
+        panic=panic,
+        live=any(t.up for t in tallies.values()),
+        reason=reason,
+        regions=result,
+        records=records,
     )
