@@ -120,7 +120,7 @@ async def harness(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterato
         client,
         task_queue=TQ,
         workflows=[NodeLifecycleWorkflow, RecorderWorkflow],
-        activities=[acts.record_node_state],
+        activities=[acts.record_node_state, acts.gate_verdict],
         activity_executor=ThreadPoolExecutor(4),
     ):
         gtm = await client.start_workflow(RecorderWorkflow.run, id=f"gtm-{service}", task_queue=TQ)

@@ -78,6 +78,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         super().__init__()
         self.p = GtmLoopParams(service="")
         self._interval = timedelta(seconds=10)
+        self.gate: dict[str, str] = {}
 
     @workflow.run
     async def run(self, params: GtmLoopParams) -> None:
@@ -117,6 +118,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         self._interval = min(policy.interval, policy.health.interval)
         if targets.health is not None:
             self.p.health = targets.health.states
+        self.gate = targets.gate
 
         target_weights = targets.weights
         assert target_weights is not None
@@ -187,4 +189,5 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 k: v.model_dump(exclude={"published"}) for k, v in self.p.applied.items()
             },
             "removed": self.p.removed,
+            "gate": self.gate,  # regions the self-health gate holds or rate-limits
         }
