@@ -37,7 +37,7 @@ def decide(
     **inputs: object,
 ) -> GateDecision:
     return decide_gate(
-        GateInputs(regions=regions, **inputs),  # type: ignore[arg-type]
+        GateInputs(regions=regions, **inputs),
         previous or GateState(last_scan_at=now - timedelta(seconds=2)),
         now,
         HB,
