@@ -21,7 +21,9 @@ from sqlalchemy import JSON, Boolean, Float, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from xplane.domain import NodeStatus
-from xplane.gate import GateDecision, IntakeInput
+from xplane.durations import format_duration
+from xplane.gate import EVERYWHERE, GateDecision, GateSettings, IntakeInput
+from xplane.heartbeat import HeartbeatSettings
 from xplane.store.db import Base, UTCDateTime, utcnow
 from xplane.store.events import record_event
 
@@ -145,3 +147,27 @@ def unconfirmed_silence(
     """
     silent = last_heartbeat_at is None or now - last_heartbeat_at > timeout
     return silent and recorded_status == NodeStatus.UP.value
+
+
+def describe(
+    stored: StoredGate, now: datetime, heartbeat: HeartbeatSettings, settings: GateSettings
+) -> list[str]:
+    """The gate for humans (``xplane gate``, ``xplane status``): one line per hold."""
+    lines: list[str] = []
+    if stored.operator_closed:
+        lines.append(f"CLOSED by operator: {stored.operator_reason or 'no reason given'}")
+    decision = stored.decision
+    if decision is None:
+        return lines or ["open (no world-state scan has judged yet)"]
+    age = now - decision.at
+    if age > settings.stale(heartbeat):
+        seconds = timedelta(seconds=round(age.total_seconds()))
+        lines.append(f"HELD everywhere: gate not refreshed for {format_duration(seconds)}")
+    for scope, hold in sorted(decision.state.holds.items()):
+        where = "everywhere" if scope == EVERYWHERE else f"service {scope}"
+        since = f"since {hold.since:%H:%M:%S}"
+        clearing = f", inputs healthy since {hold.clear_since:%H:%M:%S}" if hold.clear_since else ""
+        lines.append(f"HELD {where} ({since}{clearing}): {'; '.join(hold.reasons)}")
+    for scope in decision.state.rate_limited:
+        lines.append(f"rate limited {scope}: {decision.regions[scope].reason}")
+    return lines or ["open"]
