@@ -253,3 +253,25 @@ async def test_operator_close_holds_a_region_failure_until_opened(rig: Rig) -> N
         "self-health gate closed by test",
         "self-health gate opened by test",
     ]
+
+
+async def test_after_a_gap_in_the_scans_no_node_is_judged_down_before_it_could_report(
+    rig: Rig,
+) -> None:
+    """The store (or Temporal) is away for 30 s: no scan runs, no heartbeat is stored. At
+    recovery us reports at once, jp a few seconds later: jp alone looks fully silent, which
+    would fail over at once, but it is given a timeout plus margin to report first."""
+    await rig.world.signal(WorldStateWorkflow.pause, "store outage")
+    rig.alive.clear()
+    await rig.run(30)
+    rig.alive.update(n for n in NODES if n.startswith("us"))
+    await rig.world.signal(WorldStateWorkflow.resume)
+    await rig.run(5)
+    rig.alive.update(NODES)
+    await rig.run(10)
+    assert set(rig.states().values()) == {"active"}
+    assert await rig.published() == set(NODES.values())
+    closed = rig.events("gate.closed")
+    assert len(closed) == 1 and "recovery quiet period: no world-state scan for 3" in closed[0]
+    await rig.run(GATE.quiet(HB).total_seconds())
+    assert len(rig.events("gate.opened")) == 1
