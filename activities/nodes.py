@@ -40,6 +40,8 @@ from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
 from xplane.temporal_client import signal_with_start
 
+HELD_LISTED = 20  # node ids named in a scan result; the count says how many in all
+
 
 class ScanRequest(BaseModel):
     # The timeout is the worker's (XPLANE_HEARTBEAT_*), not the workflow's: one notion of
@@ -62,7 +64,8 @@ class ScanResult(BaseModel):
     services_signalled: list[str] = Field(default_factory=list)
     # The self-health gate: summary, and down transitions it held back this scan.
     gate: dict[str, Any] = Field(default_factory=dict)
-    held: list[str] = Field(default_factory=list)
+    held: list[str] = Field(default_factory=list)  # the first HELD_LISTED (history stays small)
+    held_count: int = 0
 
 
 class NodeActivities:
@@ -200,7 +203,8 @@ class NodeActivities:
             transitions=transitions,
             services_signalled=services,
             gate=decision.summary(),
-            held=[t.node_id for t in held],
+            held=[t.node_id for t in held[:HELD_LISTED]],
+            held_count=len(held),
         )
 
     @activity.defn(name="gate_verdict")
@@ -293,7 +297,10 @@ def record_gate_changes(session: Session, decision: GateDecision) -> None:
             data={"scope": change.scope, "reason": change.reason},
             at=decision.at,
         )
-        metrics.gate_change(scope, change.kind, closed)
+        metrics.gate_change(scope, change.kind)
+    # Every scan, so a restarted worker reports the gate as it is, not only its changes.
+    for scope in {EVERYWHERE, *(v.service for v in decision.regions.values())}:
+        metrics.gate_closed(_scope_label(scope), _scope_label(scope) in closed)
     for verdict in decision.regions.values():
         metrics.gate_region(verdict.service, verdict.region, verdict.verdict)
 

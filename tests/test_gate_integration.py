@@ -35,6 +35,7 @@ from xplane.config.loader import load_config_from_mapping
 from xplane.gate import GateSettings
 from xplane.gtm.weights import compute_service_weights
 from xplane.heartbeat import HeartbeatSettings
+from xplane.observability.metrics import REGISTRY
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
@@ -205,6 +206,8 @@ async def test_every_region_silent_holds_then_a_real_failure_is_handled_after_re
     status = await rig.world.query(WorldStateWorkflow.status)
     assert "svc" in status.details["gate"]["holds"]
     assert sorted(status.details["gate_held"]) == sorted(NODES)
+    assert status.details["gate_held_count"] == len(NODES)
+    assert REGISTRY.get_sample_value("xplane_gate_closed", {"scope": "svc"}) == 1
 
     # The control plane's view comes back for us; jp really is dead.
     rig.alive.update(n for n in NODES if n.startswith("us"))
@@ -212,6 +215,7 @@ async def test_every_region_silent_holds_then_a_real_failure_is_handled_after_re
     assert {r.state for r in rig.nodes().values()} == {"active"}
     await rig.run(GATE.stable(HB).total_seconds())
     assert len(rig.events("gate.opened")) == 1
+    assert REGISTRY.get_sample_value("xplane_gate_closed", {"scope": "svc"}) == 0
     states = rig.states()
     assert {states[n] for n in NODES if n.startswith("jp")} == {"idle"}  # judged down now
     assert {states[n] for n in NODES if n.startswith("us")} == {"active"}

@@ -254,12 +254,14 @@ _LOOPS = _LoopLag()
 REGISTRY.register(_LOOPS)
 
 
-def gate_change(scope: str, change: str, closed_scopes: Iterable[str]) -> None:
-    """One gate change; ``closed_scopes`` are every scope held now (the gauge follows)."""
+def gate_change(scope: str, change: str) -> None:
+    """One gate change (closed | opened | rate_limited | normal) of ``scope``."""
     _check("change", change, GATE_CHANGE_KINDS)
     GATE_CHANGES.labels(scope=scope, change=change).inc()
-    if change in ("closed", "opened"):
-        GATE_CLOSED.labels(scope=scope).set(1 if scope in set(closed_scopes) else 0)
+
+
+def gate_closed(scope: str, closed: bool) -> None:
+    GATE_CLOSED.labels(scope=scope).set(1 if closed else 0)
 
 
 def gate_region(service: str, region: str, verdict: str) -> None:
