@@ -303,3 +303,29 @@ def test_readers_verdict() -> None:
 def test_decision_round_trips_as_json() -> None:
     d = decide([region("jp", 6, 4), region("us", 6, 0)])
     assert GateDecision.model_validate_json(d.model_dump_json()) == d
+
+
+def test_the_scan_lets_a_rate_limited_region_lose_one_node_per_timeout() -> None:
+    from activities.nodes import NodeTransition, gate_transitions
+    from xplane.domain import NodeStatus
+
+    def down(node: str) -> NodeTransition:
+        return NodeTransition(
+            node_id=node, service="web", region="jp", previous=NodeStatus.UP, status=NodeStatus.DOWN
+        )
+
+    back = NodeTransition(
+        node_id="jp-9", service="web", region="jp", previous=NodeStatus.DOWN, status=NodeStatus.UP
+    )
+    regions = [region("jp", 6, 4), region("us", 6, 0)]
+    d = decide(regions)
+    passed, held, d = gate_transitions([down("jp-2"), down("jp-1"), back, down("jp-3")], d, T0)
+    assert [t.node_id for t in passed] == ["jp-1", "jp-9"]  # one down, and every up
+    assert [t.node_id for t in held] == ["jp-2", "jp-3"]
+    later = decide(regions, d.state, T0 + timedelta(seconds=2))
+    assert gate_transitions([down("jp-2")], later, T0)[0] == []
+    scanned = later.state.model_copy(update={"last_scan_at": T0 + timedelta(seconds=28)})
+    after = decide(regions, scanned, T0 + timedelta(seconds=30))  # one timeout after jp-1
+    assert [t.node_id for t in gate_transitions([down("jp-2")], after, T0)[0]] == ["jp-2"]
+    held_all = decide([region("jp", 6, 6), region("us", 6, 6)])
+    assert gate_transitions([down("jp-1"), back], held_all, T0)[0] == [back]
