@@ -24,10 +24,12 @@ from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.domain import NodeState, NodeStatus
+from xplane.gate import GateSettings, RegionVerdict, verdict_for
 from xplane.gitops.infra_repo import RepoError, commit_node_count
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics as prom
 from xplane.store import config_store
+from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
@@ -61,6 +63,7 @@ class DecideResult(BaseModel):
     terraform_timeout_seconds: float = 900.0
     node_ready_timeout_seconds: float = 600.0
     cooldown_seconds: float = 60.0
+    gate: str | None = None  # the self-health gate's verdict when not normal
 
 
 class CommitRequest(BaseModel):
@@ -138,12 +141,14 @@ class AutoscaleActivities:
         branch: str = "main",
         *,
         heartbeat: HeartbeatSettings = HeartbeatSettings(),
+        gate: GateSettings | None = None,
     ) -> None:
         self._sessions = session_factory
         self._infra_repo = infra_repo
         self._workdir = workdir
         self._branch = branch
         self._heartbeat = heartbeat  # serving = heartbeat younger than the one timeout
+        self._gate = gate or GateSettings.from_env()
 
     @activity.defn(name="decide_autoscale")
     def decide_autoscale(self, request: DecideRequest) -> DecideResult:
@@ -174,6 +179,17 @@ class AutoscaleActivities:
             # on silence alone. Lost: the rest, leaving on purpose (draining); the nodes
             # given up are deleted, so they are simply missing from the pool.
             healthy = serving | {n.id for n in nodes if node_store.is_coming_up(n, now, timeout)}
+            stored = gate_store.read_gate(session)
+            gate = self._verdict(stored, request.service, request.region, now)
+            if stored.decision is not None:
+                # A silence the world-state scan (and its gate) has not confirmed is no loss.
+                healthy |= {
+                    n.id
+                    for n in nodes
+                    if gate_store.unconfirmed_silence(
+                        n.last_heartbeat_at, n.recorded_status, now, timeout
+                    )
+                }
             held = sorted(
                 n.id
                 for n in nodes
@@ -210,6 +226,8 @@ class AutoscaleActivities:
             policy.node_ready_timeout
         )
         judge = bool(request.lost_nodes or nodes or (settled and current > 0))
+        if gate.verdict == "held":
+            judge = False  # no replacement while XPlane cannot trust its view; load still counts
         decision = desired(
             metrics,
             region_policy,
@@ -222,6 +240,15 @@ class AutoscaleActivities:
             held_nodes=len(held),
             max_replace=policy.max_replace,
         )
+        if gate.verdict == "held" and decision.desired < decision.current:
+            decision = decision.model_copy(  # nor a scale-down on data the gate distrusts
+                update={
+                    "desired": current,
+                    "direction": "none",
+                    "reason": f"scale-down held by the self-health gate: {gate.reason}",
+                    "history": request.history,
+                }
+            )
         prom.autoscale_decision(request.service, request.region, decision.direction)
         prom.observe_loop(ids.autoscale_id(request.service, request.region), utcnow())
         return DecideResult(
@@ -236,6 +263,21 @@ class AutoscaleActivities:
             terraform_timeout_seconds=policy.terraform_timeout.total_seconds(),
             node_ready_timeout_seconds=policy.node_ready_timeout.total_seconds(),
             cooldown_seconds=policy.cooldown.scale_up.total_seconds(),
+            gate=None if gate.verdict == "normal" else f"{gate.verdict}: {gate.reason}",
+        )
+
+    def _verdict(
+        self, stored: gate_store.StoredGate, service: str, region: str, now: datetime
+    ) -> RegionVerdict:
+        return verdict_for(
+            stored.decision,
+            service,
+            region,
+            now,
+            self._heartbeat,
+            self._gate,
+            operator_closed=stored.operator_closed,
+            operator_reason=stored.operator_reason,
         )
 
     @activity.defn(name="commit_node_pool")

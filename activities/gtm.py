@@ -20,11 +20,14 @@ from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
 from xplane.dns.base import ApplyResult, DesiredEndpoint, DesiredRegion, DesiredService, DnsError
 from xplane.dns.factory import make_provider
 from xplane.dns.ratelimit import DnsThrottledError
+from xplane.domain import NodeSnapshot, NodeStatus
+from xplane.gate import GateSettings, verdict_for
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
 from xplane.gtm.weights import ServiceWeights, compute_service_weights
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
 from xplane.store import config_store
+from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
@@ -57,6 +60,8 @@ class GtmTargets(BaseModel):
     weights: ServiceWeights | None = None
     health: HealthCheckResult | None = None
     observed_at: datetime
+    # The self-health gate: region -> verdict when not normal (its reason).
+    gate: dict[str, str] = Field(default_factory=dict)
 
 
 class ApplyDnsRequest(BaseModel):
@@ -108,9 +113,11 @@ class GtmActivities:
         self,
         session_factory: sessionmaker[Session],
         heartbeat: HeartbeatSettings = HeartbeatSettings(),
+        gate: GateSettings | None = None,
     ) -> None:
         self._sessions = session_factory
         self._heartbeat = heartbeat  # ready = heartbeat younger than the one timeout
+        self._gate = gate or GateSettings.from_env()
 
     @activity.defn(name="observe_gtm")
     async def observe_gtm(self, request: ObserveRequest) -> GtmTargets:
@@ -130,11 +137,11 @@ class GtmActivities:
         now = utcnow()
         timeout = self._heartbeat.timeout_seconds
         with self._sessions() as session:
-            world = node_store.world_snapshot(
-                session, now, self._heartbeat.timeout, service=request.service
-            )
+            rows = node_store.list_nodes(session, service=request.service)
+            stored = gate_store.read_gate(session)
             pools = {p.region: p.node_count for p in list_pools(session, request.service)}
-        weights = compute_service_weights(policy, config.regions, world.nodes, pools, timeout)
+        nodes, gate = trusted_view(rows, stored, request.service, now, self._heartbeat, self._gate)
+        weights = compute_service_weights(policy, config.regions, nodes, pools, timeout)
         metrics.set_region_weights(request.service, weights.weights(), weights.fail_open)
         metrics.observe_loop(f"gtm-{request.service}", now)
         return GtmTargets(
@@ -144,6 +151,7 @@ class GtmActivities:
             weights=weights,
             health=health,
             observed_at=now,
+            gate=gate,
         )
 
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
@@ -222,6 +230,57 @@ class GtmActivities:
                     },
                 )
         return result
+
+
+def trusted_view(
+    rows: list[node_store.NodeRow],
+    stored: gate_store.StoredGate,
+    service: str,
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    settings: GateSettings,
+) -> tuple[list[NodeSnapshot], dict[str, str]]:
+    """The nodes as the self-health gate lets GTM see them, and the regions it holds.
+
+    Without a gate decision (no world-state scan ever ran) the store's view as is.
+    Otherwise a silence the world-state scan has not confirmed (it holds or has not
+    judged it yet) keeps the node as last recorded, up, so it stays in DNS; in a
+    held region a failing active check is not trusted either (XPlane's own probes
+    may be what is cut off). Drains and operator changes still apply.
+    """
+    timeout = heartbeat.timeout
+    nodes = [node_store.to_snapshot(r, now, timeout) for r in rows]
+    if stored.decision is None and not stored.operator_closed:
+        return nodes, {}
+    verdicts = {
+        region: verdict_for(
+            stored.decision,
+            service,
+            region,
+            now,
+            heartbeat,
+            settings,
+            operator_closed=stored.operator_closed,
+            operator_reason=stored.operator_reason,
+        )
+        for region in {r.region for r in rows}
+    }
+    for i, row in enumerate(rows):
+        held = verdicts[row.region].verdict == "held"
+        node = nodes[i]
+        if node.status is NodeStatus.DOWN and gate_store.unconfirmed_silence(
+            row.last_heartbeat_at, row.recorded_status, now, timeout
+        ):
+            node = node.model_copy(update={"status": NodeStatus.UP, "heartbeat_age_seconds": 0.0})
+        if held and node.health_check_ok is False:
+            node = node.model_copy(update={"health_check_ok": None})
+        nodes[i] = node
+    gate = {
+        region: f"{v.verdict}: {v.reason}"
+        for region, v in sorted(verdicts.items())
+        if v.verdict != "normal"
+    }
+    return nodes, gate
 
 
 def summarize(weights: ServiceWeights) -> dict[str, Any]:

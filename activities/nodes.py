@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,13 +18,29 @@ from workflows.node_lifecycle import (
     NodeTimings,
 )
 from xplane.domain import NodeState, NodeStatus
+from xplane.gate import (
+    EVERYWHERE,
+    GateDecision,
+    GateInputs,
+    GateQuery,
+    GateSettings,
+    GateState,
+    RegionInput,
+    RegionVerdict,
+    decide_gate,
+    spend,
+    verdict_for,
+)
 from xplane.heartbeat import HeartbeatSettings
 from xplane.lifecycle.node_fsm import NodeEvent
 from xplane.observability import metrics
+from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
 from xplane.temporal_client import signal_with_start
+
+HELD_LISTED = 20  # node ids named in a scan result; the count says how many in all
 
 
 class ScanRequest(BaseModel):
@@ -45,6 +62,10 @@ class ScanResult(BaseModel):
     heartbeat_timeout_seconds: float | None = None  # the timeout this scan judged with
     transitions: list[NodeTransition] = Field(default_factory=list)
     services_signalled: list[str] = Field(default_factory=list)
+    # The self-health gate: summary, and down transitions it held back this scan.
+    gate: dict[str, Any] = Field(default_factory=dict)
+    held: list[str] = Field(default_factory=list)  # the first HELD_LISTED (history stays small)
+    held_count: int = 0
 
 
 class NodeActivities:
@@ -54,11 +75,13 @@ class NodeActivities:
         client: Client,
         task_queue: str,
         heartbeat: HeartbeatSettings = HeartbeatSettings(),
+        gate: GateSettings | None = None,
     ) -> None:
         self._sessions = session_factory
         self._client = client
         self._task_queue = task_queue
         self._heartbeat = heartbeat
+        self._gate = gate or GateSettings.from_env()
 
     @activity.defn(name="record_node_state")
     def record_node_state(self, record: NodeStateRecord) -> None:
@@ -102,7 +125,22 @@ class NodeActivities:
         now = request.now or utcnow()
         with self._sessions() as session:
             observations = node_store.scan_nodes(session, now, self._heartbeat.timeout)
-        transitions = [
+            stored = gate_store.read_gate(session)
+            intake = gate_store.read_intake(session, now, 2 * self._heartbeat.interval)
+        decision = decide_gate(
+            GateInputs(
+                regions=region_inputs(observations),
+                intake=intake,
+                operator_closed=stored.operator_closed,
+                operator_reason=stored.operator_reason,
+                operator_opened_at=stored.operator_opened_at,
+            ),
+            stored.decision.state if stored.decision else GateState(),
+            now,
+            self._heartbeat,
+            self._gate,
+        )
+        found = [
             NodeTransition(
                 node_id=o.node_id,
                 service=o.service,
@@ -113,6 +151,10 @@ class NodeActivities:
             for o in observations
             if o.status != o.recorded_status and o.state is not NodeState.DELETE
         ]
+        transitions, held, decision = gate_transitions(found, decision, now)
+        with transaction(self._sessions) as session:
+            gate_store.save_decision(session, decision)
+            record_gate_changes(session, decision)
         for t in transitions:
             was = t.previous.value if t.previous else "new"
             await signal_with_start(
@@ -160,6 +202,26 @@ class NodeActivities:
             heartbeat_timeout_seconds=self._heartbeat.timeout_seconds,
             transitions=transitions,
             services_signalled=services,
+            gate=decision.summary(),
+            held=[t.node_id for t in held[:HELD_LISTED]],
+            held_count=len(held),
+        )
+
+    @activity.defn(name="gate_verdict")
+    def gate_verdict(self, query: GateQuery) -> RegionVerdict:
+        """The gate's verdict for one region, for a node lifecycle about to give a node up."""
+        now = query.now or utcnow()
+        with self._sessions() as session:
+            stored = gate_store.read_gate(session)
+        return verdict_for(
+            stored.decision,
+            query.service,
+            query.region,
+            now,
+            self._heartbeat,
+            self._gate,
+            operator_closed=stored.operator_closed,
+            operator_reason=stored.operator_reason,
         )
 
     async def _wake_gtm(self, service: str) -> None:
@@ -173,3 +235,75 @@ class NodeActivities:
             task_queue=self._task_queue,
             search_attributes=ids.search_attributes(service=service),
         )
+
+
+def region_inputs(observations: list[node_store.NodeObservation]) -> list[RegionInput]:
+    """Per (service, region): nodes neither drained nor deleted, how many are down, how
+    many should still beat (not already recorded down)."""
+    out: dict[tuple[str, str], RegionInput] = {}
+    for o in observations:
+        r = out.setdefault((o.service, o.region), RegionInput(service=o.service, region=o.region))
+        if o.state in (NodeState.DRAIN, NodeState.DELETE) or o.status is NodeStatus.DRAIN:
+            continue
+        r.nodes += 1
+        r.unready += o.status is NodeStatus.DOWN
+        r.beating += o.recorded_status is not NodeStatus.DOWN
+    return [out[k] for k in sorted(out)]
+
+
+def gate_transitions(
+    found: list[NodeTransition], decision: GateDecision, now: datetime
+) -> tuple[list[NodeTransition], list[NodeTransition], GateDecision]:
+    """Split transitions into those acted on and the down ones the gate holds back.
+
+    Only going down is destructive; up, drain and new nodes always pass. A held
+    transition is not recorded either, so the scan finds it again once the gate
+    lets it through (level-triggered). A rate-limited region lets ``budget`` pass.
+    """
+    passed: list[NodeTransition] = []
+    held: list[NodeTransition] = []
+    used: dict[tuple[str, str], int] = {}
+    state = decision.state
+    for t in sorted(found, key=lambda t: t.node_id):
+        if t.status is NodeStatus.DOWN:
+            verdict = decision.verdict(t.service, t.region)
+            if verdict.verdict == "held":
+                held.append(t)
+                continue
+            if verdict.verdict == "rate_limited":
+                spent = used.get((t.service, t.region), 0)
+                if verdict.budget is not None and spent >= verdict.budget:
+                    held.append(t)
+                    continue
+                used[(t.service, t.region)] = spent + 1
+                state = spend(state, t.service, t.region, now)
+        passed.append(t)
+    return passed, held, decision.model_copy(update={"state": state})
+
+
+def record_gate_changes(session: Session, decision: GateDecision) -> None:
+    """Each closing and opening: an event with its reason, and a metric."""
+    closed = [_scope_label(s) for s in decision.state.holds]
+    for change in decision.changes:
+        service, _, region = change.scope.partition("/")
+        scope = _scope_label(change.scope)
+        record_event(
+            session,
+            f"gate.{change.kind}",
+            f"self-health gate {change.kind.replace('_', ' ')} for {scope}: {change.reason}",
+            source=ids.WORLD_STATE_ID,
+            service=None if change.scope == EVERYWHERE else service,
+            region=region or None,
+            data={"scope": change.scope, "reason": change.reason},
+            at=decision.at,
+        )
+        metrics.gate_change(scope, change.kind)
+    # Every scan, so a restarted worker reports the gate as it is, not only its changes.
+    for scope in {EVERYWHERE, *(v.service for v in decision.regions.values())}:
+        metrics.gate_closed(_scope_label(scope), _scope_label(scope) in closed)
+    for verdict in decision.regions.values():
+        metrics.gate_region(verdict.service, verdict.region, verdict.verdict)
+
+
+def _scope_label(scope: str) -> str:
+    return "all" if scope == EVERYWHERE else scope

@@ -31,6 +31,7 @@ from workflows.node_lifecycle import (
 )
 from xplane.domain import NodeState
 from xplane.lifecycle.node_fsm import TRANSITIONS, IllegalTransition, NodeEvent, next_state
+from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.events import list_events
@@ -120,7 +121,7 @@ async def harness(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterato
         client,
         task_queue=TQ,
         workflows=[NodeLifecycleWorkflow, RecorderWorkflow],
-        activities=[acts.record_node_state],
+        activities=[acts.record_node_state, acts.gate_verdict],
         activity_executor=ThreadPoolExecutor(4),
     ):
         gtm = await client.start_workflow(RecorderWorkflow.run, id=f"gtm-{service}", task_queue=TQ)
@@ -192,6 +193,35 @@ async def test_down_past_grace_is_deleted_and_node_lost_sent_once(harness: Harne
         assert node_store.get_node(session, node_id).token_hash.startswith("revoked-")
     assert await harness.autoscale.query(RecorderWorkflow.signals) == [f"node_lost:{node_id}"]
     await keep(handle, "node_lifecycle_lost")
+
+
+async def test_give_up_waits_while_the_self_health_gate_holds(harness: Harness) -> None:
+    """Down past the grace while the gate is closed: not deleted, token kept, no node_lost;
+    given up within a quarter of the grace once the gate opens."""
+    node_id, handle = await harness.start_node()
+    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up"))
+    await harness.env.sleep(12)
+    with transaction(harness.sessions) as session:
+        gate_store.set_operator(session, True, "network change", by="test")
+    await handle.signal(
+        NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="down")
+    )
+    await harness.env.sleep(150)
+    status = await _status(handle)
+    assert status.state is NodeState.IDLE
+    assert status.held_by_gate == "closed by operator: network change"
+    assert harness.stored_state(node_id) == "idle"
+    with harness.sessions() as session:
+        assert not node_store.get_node(session, node_id).token_hash.startswith("revoked-")
+    assert await harness.autoscale.query(RecorderWorkflow.signals) == []
+
+    with transaction(harness.sessions) as session:
+        gate_store.set_operator(session, False, "done", by="test")
+    await harness.env.sleep(16)  # the give-up is asked again every grace / 4
+    result = await handle.result()
+    assert result.state is NodeState.DELETE and result.held_by_gate is None
+    assert await harness.autoscale.query(RecorderWorkflow.signals) == [f"node_lost:{node_id}"]
+    await keep(handle, "node_lifecycle_gate_held")
 
 
 async def test_drain_waits_ttl_plus_timeout_then_deletes(harness: Harness) -> None:

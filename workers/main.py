@@ -72,6 +72,7 @@ def activities_for(
         publish.publish_config_events,
         nodes.record_node_state,
         nodes.scan_node_transitions,
+        nodes.gate_verdict,
         gtm.observe_gtm,
         gtm.apply_dns,
         autoscale.decide_autoscale,

@@ -76,6 +76,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         self.p = AutoscaleParams(service="", region="")
         self.waiting: Waiting | None = None
         self._interval = timedelta(seconds=30)
+        self.gate: str | None = None
 
     @workflow.run
     async def run(self, params: AutoscaleParams) -> None:
@@ -128,6 +129,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         self._interval = timedelta(seconds=result.interval_seconds)
         self.settings.jitter_seconds = result.jitter_seconds
         decision = result.decision
+        self.gate = result.gate
         self.p.current, self.p.desired = decision.current, decision.desired
         self.p.last_reason = decision.reason
         if decision.desired == decision.current:
@@ -275,4 +277,5 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             "last_outcome": self.p.last_outcome,
             "commits": self.p.commits,
             "last_scaled_at": self.p.history.last_scaled_at,
+            "gate": self.gate,  # the self-health gate's verdict for this region, if not normal
         }

@@ -85,6 +85,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         super().__init__()
         self.p = GtmLoopParams(service="")
         self._interval = timedelta(seconds=10)
+        self.gate: dict[str, str] = {}
 
     @workflow.run
     async def run(self, params: GtmLoopParams) -> None:
@@ -124,6 +125,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         self._interval = min(policy.interval, policy.health.interval)
         if targets.health is not None:
             self.p.health = targets.health.states
+        self.gate = targets.gate
 
         target_weights = targets.weights
         assert target_weights is not None
@@ -211,4 +213,5 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             },
             "removed": self.p.removed,
             "holding": self.p.held,
+            "gate": self.gate,  # regions the self-health gate holds or rate-limits
         }

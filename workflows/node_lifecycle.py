@@ -20,15 +20,19 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import ids, policies
 
 with workflow.unsafe.imports_passed_through():
     from xplane.domain import NodeState
+    from xplane.gate import GateQuery, RegionVerdict
     from xplane.lifecycle.node_fsm import IllegalTransition, NodeEvent, next_state
 
 HISTORY_KEEP = 20  # transitions kept in the status query
+# Patch: giving a node up (delete, token revoked, replacement asked) waits for the
+# self-health gate. Runs that started before it give up at once, as they did.
+GATE_PATCH = "node-give-up-waits-for-gate"
 
 
 class NodeTimings(BaseModel):
@@ -79,6 +83,9 @@ class NodeLifecycleCarry(BaseModel):
     since: datetime | None = None
     reason: str = "registered"
     down_since: datetime | None = None
+    # The self-health gate held the give-up: ask again at this time (and why).
+    gate_held_until: datetime | None = None
+    gate_reason: str | None = None
     history: list[Transition] = Field(default_factory=list)
     refused: list[str] = Field(default_factory=list)
     inbox: list[tuple[NodeEvent, str]] = Field(default_factory=list)
@@ -100,6 +107,7 @@ class NodeLifecycleStatus(BaseModel):
     down_since: datetime | None
     history: list[Transition]
     refused: list[str]
+    held_by_gate: str | None = None
 
 
 class NodeStateRecord(BaseModel):
@@ -152,6 +160,7 @@ class NodeLifecycleWorkflow:
             down_since=self.c.down_since,
             history=self.c.history,
             refused=self.c.refused,
+            held_by_gate=self.c.gate_reason if self.c.gate_held_until else None,
         )
 
     # --------------------------------------------------------------------- run
@@ -180,7 +189,10 @@ class NodeLifecycleWorkflow:
             return self.c.since + timedelta(seconds=t.warmup_seconds), NodeEvent.WARMED
         if self.c.state is NodeState.IDLE and self.c.down_since is not None:
             grace = timedelta(seconds=t.down_grace_seconds)
-            return self.c.down_since + grace, NodeEvent.GRACE_EXPIRED
+            at = self.c.down_since + grace
+            if self.c.gate_held_until is not None:
+                at = max(at, self.c.gate_held_until)
+            return at, NodeEvent.GRACE_EXPIRED
         if self.c.state is NodeState.DRAIN:
             wait = timedelta(seconds=t.dns_ttl_seconds + t.drain_timeout_seconds)
             return self.c.since + wait, NodeEvent.DRAINED
@@ -204,6 +216,10 @@ class NodeLifecycleWorkflow:
         before = self.c.state
         if event is NodeEvent.UP and before in (NodeState.WARM, NodeState.ACTIVE):
             return  # already healthy: nothing to do
+        gated = event is NodeEvent.GRACE_EXPIRED and workflow.patched(GATE_PATCH)
+        if gated and await self._gate_holds():
+            return
+        self.c.gate_held_until = self.c.gate_reason = None
         try:
             after = next_state(before, event)
         except IllegalTransition as err:
@@ -246,6 +262,32 @@ class NodeLifecycleWorkflow:
             await self._signal(
                 ids.autoscale_id(self.p.service, self.p.region), "node_lost", self.p.node_id
             )
+
+    async def _gate_holds(self) -> bool:
+        """Ask the self-health gate before giving the node up; held: ask again later.
+
+        A gate that cannot be read holds too: XPlane's view is then not to be trusted.
+        """
+        assert self.p is not None
+        try:
+            verdict: RegionVerdict = await workflow.execute_activity(
+                "gate_verdict",
+                GateQuery(service=self.p.service, region=self.p.region, now=workflow.now()),
+                result_type=RegionVerdict,
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DB,
+            )
+            held, reason = verdict.verdict == "held", verdict.reason
+        except ActivityError as err:
+            held, reason = True, f"gate unreadable: {err}"
+        if not held:
+            return False
+        recheck = max(1.0, min(self.p.timings.down_grace_seconds / 4, 30.0))
+        self.c.gate_held_until = workflow.now() + timedelta(seconds=recheck)
+        if self.c.gate_reason != reason:
+            workflow.logger.warning("node %s: give-up held by the gate: %s", self.p.node_id, reason)
+        self.c.gate_reason = reason
+        return True
 
     async def _signal(self, workflow_id: str, signal: str, arg: str) -> None:
         """Best effort: the receiver's own tick catches up if it isn't running."""

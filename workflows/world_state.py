@@ -36,6 +36,9 @@ class WorldStateWorkflow(ControlLoopWorkflow):
         self.params = WorldStateParams()
         self.last_nodes = 0
         self.heartbeat_timeout_seconds: float | None = None
+        self.gate: dict[str, Any] = {}
+        self.gate_held: list[str] = []
+        self.gate_held_count = 0
 
     @workflow.run
     async def run(self, params: WorldStateParams) -> None:
@@ -52,6 +55,11 @@ class WorldStateWorkflow(ControlLoopWorkflow):
         )
         self.last_nodes = result.nodes
         self.heartbeat_timeout_seconds = result.heartbeat_timeout_seconds
+        self.gate, self.gate_held, self.gate_held_count = (
+            result.gate,
+            result.held,
+            result.held_count,
+        )
         self.params.transitions_total += len(result.transitions)
         return {
             "nodes": result.nodes,
@@ -66,4 +74,8 @@ class WorldStateWorkflow(ControlLoopWorkflow):
             "nodes": self.last_nodes,
             "transitions_total": self.params.transitions_total,
             "heartbeat_timeout_seconds": self.heartbeat_timeout_seconds,
+            # The self-health gate as of the last scan, and down transitions it held back.
+            "gate": self.gate,
+            "gate_held": self.gate_held,
+            "gate_held_count": self.gate_held_count,
         }

@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from workflows import ids
+from xplane.gate import GateSettings
 from xplane.heartbeat import HeartbeatSettings
+from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.config_store import current_config, current_revision
 from xplane.store.db import make_engine, make_sessionmaker, sqlite_file, utcnow
@@ -51,6 +53,7 @@ class StatusReport(BaseModel):
     nodes: list[NodeLine] = Field(default_factory=list)
     last_dns_apply: str | None = None
     fail_open: dict[str, bool] = Field(default_factory=dict)
+    gate: list[str] = Field(default_factory=list)  # the self-health gate, one line per hold
     workflows: list[WorkflowLine] = Field(default_factory=list)
 
 
@@ -81,9 +84,14 @@ def store_report(db_url: str, heartbeat_timeout: timedelta | None = None) -> Sta
             rows = node_store.list_nodes(session)
             pools = {(p.service, p.region): p for p in list_pools(session)}
             applies = list_events(session, kind_prefix="dns.applied", limit=1)
+            stored_gate = gate_store.read_gate(session)
     finally:
         engine.dispose()
     report = StatusReport(revision=revision.sha if revision else None)
+    heartbeat = HeartbeatSettings.from_env()
+    if heartbeat_timeout is not None and heartbeat_timeout > heartbeat.interval:
+        heartbeat = heartbeat.model_copy(update={"timeout": heartbeat_timeout})
+    report.gate = gate_store.describe(stored_gate, now, heartbeat, GateSettings.from_env())
     lines: dict[tuple[str, str], RegionLine] = {}
     if config is not None:
         for service, policy in config.gtm.items():

@@ -39,6 +39,9 @@ def render(report: StatusReport) -> Group:
     for wf in report.workflows:
         flows.add_row(wf.id, wf.type, wf.link or "-")
     parts: list[Text | Table] = [head, regions, nodes, flows]
+    for i, gate_line in enumerate(report.gate):
+        style = "" if gate_line.startswith(("open", "rate")) else "bold red"
+        parts.insert(1 + i, Text(f"self-health gate: {gate_line}", style=style))
     for service, on in report.fail_open.items():
         if on:
             parts.insert(1, Text(f"FAIL OPEN: {service}", style="bold red"))

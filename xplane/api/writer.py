@@ -6,12 +6,20 @@ writes the batch in one transaction on a worker thread and resolves every
 future after the commit, so a 200 answer means the heartbeat is stored. While
 a batch commits, the next one accumulates: under load, batches grow instead of
 transactions multiplying.
+
+At most once a second a batch's transaction also reports this replica's intake
+(beats received and stored per second) to ``heartbeat_intake``: the self-health
+gate reads it to tell beats that stopped arriving from beats no longer stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +28,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from xplane.observability import metrics
-from xplane.store.db import transaction
+from xplane.store.db import transaction, utcnow
+from xplane.store.gate import report_intake
 from xplane.store.nodes import Heartbeat, HeartbeatResult, apply_heartbeats
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,37 @@ class WriterStats:
 
 
 _Item = tuple[Heartbeat, "asyncio.Future[HeartbeatResult | None]"]
+INTAKE_REPORT_EVERY = 1.0  # seconds between two intake reports of one replica
+
+
+class IntakeMeter:
+    """Beats received and stored since the last report; thread-safe (the writes run
+    on worker threads, submissions on the event loop)."""
+
+    def __init__(self, replica: str | None = None) -> None:
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
+        self._lock = threading.Lock()
+        self._received = self._stored = 0
+        self._since = time.monotonic()
+
+    def received(self, n: int = 1) -> None:
+        with self._lock:
+            self._received += n
+
+    def stored(self, n: int) -> None:
+        with self._lock:
+            self._stored += n
+
+    def take(self, every: float = INTAKE_REPORT_EVERY) -> tuple[float, float] | None:
+        """(received/s, stored/s) since the last take, once ``every`` seconds; else None."""
+        with self._lock:
+            elapsed = time.monotonic() - self._since
+            if elapsed < every:
+                return None
+            rates = self._received / elapsed, self._stored / elapsed
+            self._received = self._stored = 0
+            self._since += elapsed
+            return rates
 
 
 class HeartbeatWriter:
@@ -59,6 +99,7 @@ class HeartbeatWriter:
         self.factory, self.timeout = factory, timeout
         self.max_size, self.max_wait = max_size, max_wait
         self.stats = WriterStats()
+        self.intake = IntakeMeter()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
         # Batches in flight at once: 1 for SQLite (one writer anyway); a server
@@ -81,6 +122,7 @@ class HeartbeatWriter:
     async def submit(self, beat: Heartbeat) -> HeartbeatResult | None:
         """Store one heartbeat; None when its token was replaced meanwhile."""
         future: asyncio.Future[HeartbeatResult | None] = asyncio.get_running_loop().create_future()
+        self.intake.received()
         try:
             self._queue.put_nowait((beat, future))
         except asyncio.QueueFull:
@@ -138,8 +180,17 @@ class HeartbeatWriter:
     def _write_sync(self, beats: list[Heartbeat]) -> list[HeartbeatResult | None]:
         for attempt in (1, 2):
             try:
-                with transaction(self.factory) as session:
-                    return apply_heartbeats(session, beats, self.timeout)
+                self.intake.stored(len(beats))  # counted in this report; taken back on failure
+                try:
+                    with transaction(self.factory) as session:
+                        results = apply_heartbeats(session, beats, self.timeout)
+                        rates = self.intake.take()
+                        if rates is not None:
+                            report_intake(session, self.intake.replica, utcnow(), *rates)
+                except BaseException:
+                    self.intake.stored(-len(beats))
+                    raise
+                return results
             except OperationalError:
                 # SQLite "database is locked" / a PostgreSQL serialization hiccup: once more.
                 if attempt == 2:

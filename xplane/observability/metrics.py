@@ -118,6 +118,27 @@ WEBHOOKS = Counter(
     registry=REGISTRY,
 )
 
+GATE_CLOSED = Gauge(
+    "xplane_gate_closed",
+    "1 while the self-health gate holds destructive steps for a scope (all | a service).",
+    ["scope"],
+    registry=REGISTRY,
+)
+GATE_CHANGES = Counter(
+    "xplane_gate_changes",
+    "Self-health gate changes by scope and kind (closed | opened | rate_limited | normal).",
+    ["scope", "change"],
+    registry=REGISTRY,
+)
+GATE_REGION = Gauge(
+    "xplane_gate_region_verdict",
+    "The gate's verdict for a region: 0 normal, 1 rate limited, 2 held.",
+    ["service", "region"],
+    registry=REGISTRY,
+)
+GATE_CHANGE_KINDS = frozenset({"closed", "opened", "rate_limited", "normal"})
+GATE_VERDICTS = {"normal": 0, "rate_limited": 1, "held": 2}
+
 
 def _check(name: str, value: str, allowed: frozenset[str]) -> None:
     if value not in allowed:
@@ -231,6 +252,20 @@ class _LoopLag:
 
 _LOOPS = _LoopLag()
 REGISTRY.register(_LOOPS)
+
+
+def gate_change(scope: str, change: str) -> None:
+    """One gate change (closed | opened | rate_limited | normal) of ``scope``."""
+    _check("change", change, GATE_CHANGE_KINDS)
+    GATE_CHANGES.labels(scope=scope, change=change).inc()
+
+
+def gate_closed(scope: str, closed: bool) -> None:
+    GATE_CLOSED.labels(scope=scope).set(1 if closed else 0)
+
+
+def gate_region(service: str, region: str, verdict: str) -> None:
+    GATE_REGION.labels(service=service, region=region).set(GATE_VERDICTS[verdict])
 
 
 def observe_loop(loop_id: str, last_success_at: datetime) -> None:

@@ -1,0 +1,331 @@
+"""The self-health gate's decision, as a pure function (no store, no Temporal)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from xplane.gate import (
+    EVERYWHERE,
+    GateDecision,
+    GateInputs,
+    GateSettings,
+    GateState,
+    IntakeInput,
+    RegionInput,
+    decide_gate,
+    spend,
+    verdict_for,
+)
+from xplane.heartbeat import HeartbeatSettings
+
+HB = HeartbeatSettings(interval=timedelta(seconds=10))  # timeout 30 s
+SETTINGS = GateSettings()
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def region(name: str, nodes: int, unready: int, service: str = "web") -> RegionInput:
+    return RegionInput(service=service, region=name, nodes=nodes, unready=unready, beating=nodes)
+
+
+def decide(
+    regions: list[RegionInput],
+    previous: GateState | None = None,
+    now: datetime = T0,
+    settings: GateSettings = SETTINGS,
+    **inputs: object,
+) -> GateDecision:
+    return decide_gate(
+        GateInputs(regions=regions, **inputs),
+        previous or GateState(last_scan_at=now - timedelta(seconds=2)),
+        now,
+        HB,
+        settings,
+    )
+
+
+def run(
+    steps: list[list[RegionInput]], start: GateState | None = None, every: float = 2.0
+) -> list[GateDecision]:
+    """Scans ``every`` seconds apart, each carrying the previous state."""
+    state, out = start or GateState(last_scan_at=T0 - timedelta(seconds=every)), []
+    for i, regions in enumerate(steps):
+        d = decide(regions, state, T0 + timedelta(seconds=i * every))
+        out.append(d)
+        state = d.state
+    return out
+
+
+def test_all_healthy_is_open_and_normal() -> None:
+    d = decide([region("jp", 6, 0), region("us", 6, 0)])
+    assert d.state.holds == {} and not d.changes
+    assert {v.verdict for v in d.regions.values()} == {"normal"}
+
+
+def test_every_region_silent_holds_the_service() -> None:
+    d = decide([region("jp", 6, 6), region("us", 6, 6)])
+    assert d.verdict("web", "jp").verdict == "held"
+    assert d.verdict("web", "us").verdict == "held"
+    assert "every region of web silent at once" in d.verdict("web", "jp").reason
+    assert [c.kind for c in d.changes] == ["closed"] and d.changes[0].scope == "web"
+
+
+def test_nearly_every_region_silent_holds_too() -> None:
+    # 4/6 = 67 % > 55 % in each region: not fully silent anywhere, still the gate's.
+    d = decide([region("jp", 6, 4), region("us", 6, 4)])
+    assert d.verdict("web", "us").verdict == "held"
+
+
+def test_another_service_is_not_held_by_one_services_silence() -> None:
+    d = decide([region("jp", 6, 6), region("jp", 6, 0, service="api")])
+    assert d.verdict("web", "jp").verdict == "held"
+    assert d.verdict("api", "jp").verdict == "normal"
+
+
+@pytest.mark.parametrize("size", [3, 6, 60, 600])
+def test_one_region_fully_silent_fails_over_at_once_however_large(size: int) -> None:
+    d = decide([region("jp", size, size), region("us", 3, 0)])
+    assert d.verdict("web", "jp").verdict == "normal"
+    assert d.verdict("web", "jp").budget is None
+    assert d.state.holds == {}
+
+
+def test_region_partly_silent_is_rate_limited() -> None:
+    d = decide([region("jp", 6, 4), region("us", 6, 0)])
+    jp = d.verdict("web", "jp")
+    assert jp.verdict == "rate_limited" and jp.budget == 1
+    assert [(c.scope, c.kind) for c in d.changes] == [("web/jp", "rate_limited")]
+    assert d.verdict("web", "us").verdict == "normal"
+
+
+def test_rate_limit_allows_one_removal_per_timeout() -> None:
+    d = decide([region("jp", 6, 4), region("us", 6, 0)])
+    state = spend(d.state, "web", "jp", T0)
+    later = decide([region("jp", 6, 4), region("us", 6, 0)], state, T0 + timedelta(seconds=2))
+    assert later.verdict("web", "jp").budget == 0
+    state = later.state
+    for t in range(4, 32, 2):  # scans every 2 s
+        later = decide([region("jp", 6, 4), region("us", 6, 0)], state, T0 + timedelta(seconds=t))
+        state = later.state
+    assert later.verdict("web", "jp").budget == 1  # 30 s = one heartbeat timeout later
+    assert not [c for c in later.changes if c.kind == "normal"]
+
+
+def test_partial_silence_at_or_below_the_fraction_is_normal() -> None:
+    d = decide([region("jp", 20, 11), region("us", 6, 0)])  # 55 % exactly
+    assert d.verdict("web", "jp").verdict == "normal"
+
+
+def test_below_min_unready_count_small_pools_fail_over_normally() -> None:
+    # 2 regions x 2 nodes, every node silent: 4 unready >= 3 would hold...
+    assert decide([region("jp", 2, 2), region("us", 2, 2)]).verdict("web", "jp").verdict == "held"
+    # ...but 1 + 1 unready is below min_unready_count: a small pool failing, fail over.
+    d = decide([region("jp", 1, 1), region("us", 1, 1)])
+    assert d.verdict("web", "jp").verdict == "normal" and d.state.holds == {}
+    # A partly silent region under the count is not rate limited either.
+    assert decide([region("jp", 3, 2), region("us", 3, 0)]).verdict("web", "jp").verdict == "normal"
+
+
+def test_min_unready_count_is_a_setting() -> None:
+    settings = GateSettings(min_unready_count=1)
+    d = decide([region("jp", 1, 1), region("us", 1, 1)], settings=settings)
+    assert d.verdict("web", "jp").verdict == "held"
+
+
+def test_hold_opens_only_after_a_stable_period() -> None:
+    silent = [region("jp", 6, 6), region("us", 6, 6)]
+    healthy = [region("jp", 6, 0), region("us", 6, 0)]
+    decisions = run([silent] + [healthy] * 16)  # every 2 s; stable period = timeout = 30 s
+    held = [d.verdict("web", "jp").verdict == "held" for d in decisions]
+    # Closed at 0 s, inputs healthy from 2 s, open at 32 s (the 17th scan), not before.
+    assert held == [True] * 16 + [False]
+    assert [c.kind for c in decisions[-1].changes] == ["opened"]
+    assert "inputs healthy for 30s" in decisions[-1].changes[0].reason
+
+
+def test_a_relapse_during_the_stable_period_restarts_it() -> None:
+    silent = [region("jp", 6, 6), region("us", 6, 6)]
+    healthy = [region("jp", 6, 0), region("us", 6, 0)]
+    decisions = run([silent] + [healthy] * 10 + [silent] + [healthy] * 15)
+    assert decisions[-1].verdict("web", "jp").verdict == "held"  # 30 s after the relapse: 28 s
+    assert not [c for d in decisions[1:] for c in d.changes if c.kind == "closed"]  # one close
+
+
+def test_a_real_failure_held_is_handled_once_the_gate_reopens() -> None:
+    """Every region silent; then us comes back and jp stays dead: jp fails over after the
+    stable period (the gate hid the failure only while it could not tell)."""
+    decisions = run(
+        [[region("jp", 6, 6), region("us", 6, 6)]] + [[region("jp", 6, 6), region("us", 6, 0)]] * 16
+    )
+    assert decisions[-2].verdict("web", "jp").verdict == "held"
+    assert decisions[-1].verdict("web", "jp").verdict == "normal"
+
+
+def test_intake_stalled_holds_everywhere() -> None:
+    d = decide(
+        [region("jp", 6, 0), region("us", 6, 0)],
+        intake=IntakeInput(newest_age_seconds=25, received_per_s=0, written_per_s=0),
+    )
+    assert EVERYWHERE in d.state.holds
+    assert "heartbeat intake stalled" in d.verdict("web", "us").reason
+    assert d.verdict("other", "eu").verdict == "held"  # any service, any region
+
+
+def test_intake_stalled_with_fewer_beating_nodes_than_the_count_is_not_judged() -> None:
+    d = decide(
+        [region("jp", 1, 1), region("us", 1, 1)],
+        intake=IntakeInput(newest_age_seconds=300),
+    )
+    assert d.state.holds == {}
+
+
+def test_intake_storing_far_fewer_than_received_holds() -> None:
+    d = decide(
+        [region("jp", 6, 0)],
+        intake=IntakeInput(newest_age_seconds=1, received_per_s=1.2, written_per_s=0.3),
+    )
+    assert "0.3/s stored of 1.2/s received" in d.reasons[0]
+    ok = decide(
+        [region("jp", 6, 0)],
+        intake=IntakeInput(newest_age_seconds=1, received_per_s=1.2, written_per_s=1.1),
+    )
+    assert ok.state.holds == {}
+
+
+def test_no_intake_report_is_not_judged() -> None:
+    assert decide([region("jp", 6, 0)], intake=None).state.holds == {}
+
+
+def test_intake_recovery_starts_a_quiet_period() -> None:
+    stalled = decide(
+        [region("jp", 6, 0)], intake=IntakeInput(newest_age_seconds=25, received_per_s=0)
+    )
+    assert stalled.state.quiet_until == T0 + timedelta(seconds=40)  # timeout + one interval
+    back = decide(
+        [region("jp", 6, 6)],  # beats not stored meanwhile: every node looks silent
+        stalled.state,
+        T0 + timedelta(seconds=2),
+        intake=IntakeInput(newest_age_seconds=0.5, received_per_s=0.6, written_per_s=0.6),
+    )
+    assert back.verdict("web", "jp").verdict == "held"
+    assert any("recovery quiet period" in r for r in back.reasons)
+
+
+def test_a_gap_between_scans_starts_a_quiet_period_no_node_judged_down() -> None:
+    """The store was down for 60 s: at recovery every node looks silent in one region
+    (which alone would fail over at once); the quiet period holds until each node had a
+    heartbeat timeout plus margin to report again, then the stable period has passed."""
+    previous = GateState(last_scan_at=T0 - timedelta(seconds=60))
+    regions = [region("jp", 6, 6), region("us", 6, 0)]
+    d = decide(regions, previous, T0)
+    assert d.verdict("web", "jp").verdict == "held"
+    assert "no world-state scan for 1m" in d.reasons[0]
+    assert d.state.quiet_until == T0 + timedelta(seconds=40)
+    state = d.state
+    for t in range(2, 40, 2):
+        d = decide(regions, state, T0 + timedelta(seconds=t))
+        state = d.state
+        assert d.verdict("web", "jp").verdict == "held", t
+    d = decide(regions, state, T0 + timedelta(seconds=40))
+    assert d.verdict("web", "jp").verdict == "normal"  # jp really is dead: fail over now
+    assert [c.kind for c in d.changes] == ["opened"]
+
+
+def test_a_short_gap_is_no_recovery() -> None:
+    d = decide([region("jp", 6, 0)], GateState(last_scan_at=T0 - timedelta(seconds=9)), T0)
+    assert d.state.holds == {} and d.state.quiet_until is None
+
+
+def test_first_scan_ever_is_no_gap() -> None:
+    d = decide([region("jp", 6, 6), region("us", 6, 0)], GateState(), T0)
+    assert d.state.holds == {} and d.verdict("web", "jp").verdict == "normal"
+
+
+def test_operator_close_holds_everywhere_and_open_releases_at_once() -> None:
+    regions = [region("jp", 6, 6), region("us", 6, 0)]
+    closed = decide(regions, operator_closed=True, operator_reason="network change")
+    assert closed.verdict("web", "jp").verdict == "held"
+    assert closed.changes[0].reason == "closed by operator: network change"
+    still = decide(regions, closed.state, T0 + timedelta(seconds=2))
+    assert still.verdict("web", "jp").verdict == "held"  # inputs healthy, stable period runs
+    opened = decide(
+        regions,
+        still.state,
+        T0 + timedelta(seconds=4),
+        operator_opened_at=T0 + timedelta(seconds=3),
+    )
+    assert opened.verdict("web", "jp").verdict == "normal"
+    assert opened.changes[0].kind == "opened" and "by operator" in opened.changes[0].reason
+
+
+def test_operator_open_does_not_override_live_unhealthy_inputs() -> None:
+    silent = [region("jp", 6, 6), region("us", 6, 6)]
+    d = decide(silent)
+    d = decide(
+        silent, d.state, T0 + timedelta(seconds=4), operator_opened_at=T0 + timedelta(seconds=3)
+    )
+    assert d.verdict("web", "jp").verdict == "held"
+
+
+def test_settings_from_env() -> None:
+    env = {
+        "XPLANE_GATE_MAX_UNREADY_FRACTION": "0.7",
+        "XPLANE_GATE_MIN_UNREADY_COUNT": "5",
+        "XPLANE_GATE_DISRUPTION_RATE": "2",
+        "XPLANE_GATE_STABLE_PERIOD": "1m",
+    }
+    s = GateSettings.from_env(env)
+    assert (s.max_unready_fraction, s.min_unready_count, s.disruption_rate) == (0.7, 5, 2)
+    assert s.stable(HB) == timedelta(minutes=1)
+    assert GateSettings().stable(HB) == HB.timeout
+    with pytest.raises(ValueError):
+        GateSettings.from_env({"XPLANE_GATE_MAX_UNREADY_FRACTION": "1.5"})
+
+
+def test_readers_verdict() -> None:
+    d = decide([region("jp", 6, 6), region("us", 6, 6)])
+    assert verdict_for(None, "web", "jp", T0, HB, SETTINGS).verdict == "normal"
+    assert verdict_for(d, "web", "jp", T0, HB, SETTINGS).verdict == "held"
+    fresh = decide([region("jp", 6, 0)])
+    assert verdict_for(fresh, "web", "jp", T0 + timedelta(seconds=59), HB, SETTINGS).verdict == (
+        "normal"
+    )
+    stale = verdict_for(fresh, "web", "jp", T0 + timedelta(seconds=61), HB, SETTINGS)
+    assert stale.verdict == "held" and "world-state scan not running" in stale.reason
+    closed = verdict_for(fresh, "web", "jp", T0, HB, SETTINGS, operator_closed=True)
+    assert closed.verdict == "held"
+    # A region the last scan did not see (no nodes) follows its service's hold.
+    assert d.verdict("web", "eu").verdict == "held"
+    assert fresh.verdict("web", "eu").verdict == "normal"
+
+
+def test_decision_round_trips_as_json() -> None:
+    d = decide([region("jp", 6, 4), region("us", 6, 0)])
+    assert GateDecision.model_validate_json(d.model_dump_json()) == d
+
+
+def test_the_scan_lets_a_rate_limited_region_lose_one_node_per_timeout() -> None:
+    from activities.nodes import NodeTransition, gate_transitions
+    from xplane.domain import NodeStatus
+
+    def down(node: str) -> NodeTransition:
+        return NodeTransition(
+            node_id=node, service="web", region="jp", previous=NodeStatus.UP, status=NodeStatus.DOWN
+        )
+
+    back = NodeTransition(
+        node_id="jp-9", service="web", region="jp", previous=NodeStatus.DOWN, status=NodeStatus.UP
+    )
+    regions = [region("jp", 6, 4), region("us", 6, 0)]
+    d = decide(regions)
+    passed, held, d = gate_transitions([down("jp-2"), down("jp-1"), back, down("jp-3")], d, T0)
+    assert [t.node_id for t in passed] == ["jp-1", "jp-9"]  # one down, and every up
+    assert [t.node_id for t in held] == ["jp-2", "jp-3"]
+    later = decide(regions, d.state, T0 + timedelta(seconds=2))
+    assert gate_transitions([down("jp-2")], later, T0)[0] == []
+    scanned = later.state.model_copy(update={"last_scan_at": T0 + timedelta(seconds=28)})
+    after = decide(regions, scanned, T0 + timedelta(seconds=30))  # one timeout after jp-1
+    assert [t.node_id for t in gate_transitions([down("jp-2")], after, T0)[0]] == ["jp-2"]
+    held_all = decide([region("jp", 6, 6), region("us", 6, 6)])
+    assert gate_transitions([down("jp-1"), back], held_all, T0)[0] == [back]

@@ -1,0 +1,117 @@
+"""Heartbeat intake health: the API's writer reports it, the world-state scan's gate reads it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from activities.nodes import NodeActivities, ScanRequest
+from xplane.api.writer import HeartbeatWriter
+from xplane.cli.main import app
+from xplane.domain import NodeStatus
+from xplane.gate import GateQuery, GateSettings
+from xplane.heartbeat import HeartbeatSettings
+from xplane.status import store_report
+from xplane.store import gate as gate_store
+from xplane.store import nodes as node_store
+from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
+from xplane.store.events import list_events
+
+HB = HeartbeatSettings(interval=timedelta(seconds=2))  # timeout 6 s
+NODES = [f"{region}-{i}" for region in ("jp", "us") for i in range(3)]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[tuple[str, sessionmaker[Session]]]:
+    import xplane.store.tables  # noqa: F401
+
+    url = f"sqlite:///{tmp_path}/intake.db"
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    yield url, make_sessionmaker(engine)
+    engine.dispose()
+
+
+def _register(sessions: sessionmaker[Session], at: datetime) -> None:
+    with transaction(sessions) as session:
+        for i, node in enumerate(NODES):
+            node_store.register_node(
+                session,
+                node_store.Registration(
+                    node_id=node, service="svc", region=node[:2], address=f"10.0.0.{i + 1}",
+                    token_hash=node,
+                ),
+                at,
+                HB.timeout,
+            )  # fmt: skip
+
+
+def _beat(node: str, at: datetime) -> node_store.Heartbeat:
+    return node_store.Heartbeat(node, node, at, 0.1, 1.0, 0.0, None, 0, 0, "up")
+
+
+async def test_the_writer_reports_beats_received_and_stored(
+    db: tuple[str, sessionmaker[Session]],
+) -> None:
+    _, sessions = db
+    _register(sessions, utcnow())
+    writer = HeartbeatWriter(sessions, HB.timeout, max_wait=0)
+    writer.start()
+    try:
+        for _ in range(3):  # a beat per node every 0.6 s, past the 1 s report interval
+            await asyncio.gather(*(writer.submit(_beat(n, utcnow())) for n in NODES))
+            await asyncio.sleep(0.6)
+    finally:
+        await writer.stop()
+    with sessions() as session:
+        intake = gate_store.read_intake(session, utcnow(), timedelta(seconds=10))
+    assert intake is not None and intake.newest_age_seconds < 2
+    assert intake.received_per_s > 3 and intake.written_per_s == pytest.approx(
+        intake.received_per_s, rel=0.2
+    )
+
+
+async def test_a_stalled_intake_holds_everywhere(db: tuple[str, sessionmaker[Session]]) -> None:
+    """Nodes' heartbeats are still fresh, but the API stored none for 5 s (2 intervals are
+    4 s): the scan holds every region before any node even looks silent."""
+    _, sessions = db
+    now = datetime.now(UTC)
+    _register(sessions, now - timedelta(seconds=10))
+    with transaction(sessions) as session:
+        node_store.apply_heartbeats(
+            session, [_beat(n, now - timedelta(seconds=5)) for n in NODES], HB.timeout
+        )
+        for node in NODES:
+            node_store.record_status(session, node, NodeStatus.UP, now)
+        gate_store.report_intake(session, "api-1", now - timedelta(seconds=5), 3.0, 3.0)
+    acts = NodeActivities(sessions, None, "q", HB, GateSettings())  # type: ignore[arg-type]
+    result = await acts.scan_node_transitions(ScanRequest(now=now))
+    assert result.transitions == [] and "*" in result.gate["holds"]
+    assert "heartbeat intake stalled" in result.gate["holds"]["*"]
+    with sessions() as session:
+        (closed,) = list_events(session, kind_prefix="gate.closed")
+    assert "heartbeat intake stalled" in closed.message
+    verdict = acts.gate_verdict(GateQuery(service="svc", region="jp", now=now))
+    assert verdict.verdict == "held"
+
+
+def test_gate_cli_close_open_and_status(db: tuple[str, sessionmaker[Session]]) -> None:
+    url, _ = db
+    runner = CliRunner()
+    shown = runner.invoke(app, ["gate", "--db", url])
+    assert shown.exit_code == 0 and shown.output.startswith("open")
+    closed = runner.invoke(app, ["gate", "close", "--reason", "core switch change", "--db", url])
+    assert closed.exit_code == 0, closed.output
+    shown = runner.invoke(app, ["gate", "--db", url])
+    assert "CLOSED by operator: core switch change" in shown.output
+    assert store_report(url).gate == ["CLOSED by operator: core switch change"]
+    opened = runner.invoke(app, ["gate", "open", "--reason", "done", "--db", url])
+    assert opened.exit_code == 0
+    assert runner.invoke(app, ["gate", "--db", url]).output.startswith("open")
+    assert runner.invoke(app, ["gate", "close", "--db", url]).exit_code != 0  # --reason needed

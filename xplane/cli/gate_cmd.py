@@ -1,0 +1,73 @@
+"""CLI: ``xplane gate [close|open] --reason TEXT``: the self-health gate, and its manual switch.
+
+The switch lives in the store (``control_gate``), not in a workflow: it works while
+Temporal is down, every reader sees it at its next activity, and it outlives restarts.
+"""
+
+from __future__ import annotations
+
+import getpass
+
+import typer
+
+
+def register(root: typer.Typer) -> None:
+    gate = typer.Typer(
+        help="The self-health gate: holds destructive steps while XPlane cannot trust its view.",
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
+    root.add_typer(gate, name="gate")
+
+    db_option = typer.Option(None, "--db", envvar="XPLANE_DB_URL", help="database URL")
+
+    @gate.callback()
+    def show(ctx: typer.Context, db: str = db_option) -> None:
+        """Show whether the gate holds, where and why."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from xplane.gate import GateSettings
+        from xplane.heartbeat import HeartbeatSettings
+        from xplane.store import gate as gate_store
+        from xplane.store.db import db_url_from_env, make_engine, make_sessionmaker, utcnow
+
+        engine = make_engine(db_url_from_env(db))
+        try:
+            with make_sessionmaker(engine)() as session:
+                stored = gate_store.read_gate(session)
+        finally:
+            engine.dispose()
+        lines = gate_store.describe(
+            stored, utcnow(), HeartbeatSettings.from_env(), GateSettings.from_env()
+        )
+        for line in lines:
+            typer.echo(line)
+
+    def _set(closed: bool, reason: str, db: str | None) -> None:
+        from xplane.store import gate as gate_store
+        from xplane.store.db import db_url_from_env, make_engine, make_sessionmaker, transaction
+
+        engine = make_engine(db_url_from_env(db))
+        try:
+            with transaction(make_sessionmaker(engine)) as session:
+                gate_store.set_operator(session, closed, reason, by=f"cli:{getpass.getuser()}")
+        finally:
+            engine.dispose()
+        typer.echo(f"gate {'closed' if closed else 'opened'}: {reason}")
+
+    @gate.command("close")
+    def close(
+        reason: str = typer.Option(..., "--reason", help="why (recorded in the event log)"),
+        db: str = db_option,
+    ) -> None:
+        """Hold every destructive step (node down, delete, replacement, DNS removal) now."""
+        _set(True, reason, db)
+
+    @gate.command("open")
+    def open_(
+        reason: str = typer.Option(..., "--reason", help="why (recorded in the event log)"),
+        db: str = db_option,
+    ) -> None:
+        """Lift the operator's close, and end any hold whose inputs are healthy again
+        without waiting out the stable period or recovery quiet period."""
+        _set(False, reason, db)

@@ -1,0 +1,417 @@
+"""The self-health gate: may XPlane trust its own view of the world enough to act on it?
+
+Before a destructive step (marking a node down, deleting it, revoking its token,
+a replacement commit, removing addresses from DNS) XPlane asks whether the
+silence it sees is the nodes' or its own. The gate reasons per region, as the
+Kubernetes node controller does per zone (``--unhealthy-zone-threshold``):
+
+* every region of a service silent at once (more than ``max_unready_fraction`` of
+  the nodes of each region) -> the fault is assumed to be XPlane's own: the service
+  is **held** (nothing removed, deleted or replaced);
+* one region fully silent while others beat -> a real failure: **normal**, at once,
+  however large the region;
+* a region partly silent above ``max_unready_fraction`` -> **rate_limited**: at most
+  ``disruption_rate`` nodes per heartbeat timeout; below ``min_unready_count``
+  unready nodes none of these rules apply (small pools fail over normally);
+* heartbeat intake unhealthy (the API stopped storing beats, or stores far fewer
+  than it receives) -> **held everywhere**;
+* recovery: after a gap in the world-state scans (store, Temporal or worker down)
+  or an unhealthy intake, no node is judged down until it has had a heartbeat
+  timeout plus ``quiet_margin`` to report again;
+* an operator may close the gate (and open it again) explicitly.
+
+A hold ends by itself once its inputs have been healthy for ``stable_period``.
+
+Everything here is pure (no I/O, no clock): the world-state scan calls
+:func:`decide_gate` each tick and stores the :class:`GateDecision`; GTM, the
+autoscaler and node lifecycles read it back through :func:`verdict_for`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from xplane.durations import Duration, format_duration
+from xplane.heartbeat import HeartbeatSettings
+
+Verdict = Literal["normal", "rate_limited", "held"]
+EVERYWHERE = "*"  # the scope of a hold that covers every service
+ENV_PREFIX = "XPLANE_GATE_"
+
+
+class GateSettings(BaseModel):
+    """The gate's thresholds (``XPLANE_GATE_<FIELD>`` overrides each)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Above this share of unready nodes, a region is "disrupted" (Kubernetes: 0.55).
+    max_unready_fraction: float = Field(default=0.55, gt=0, le=1)
+    # Fewer unready nodes than this in a region (or a whole service): no rule applies.
+    min_unready_count: int = Field(default=3, ge=1)
+    # Removals let through per heartbeat timeout in a rate-limited region.
+    disruption_rate: int = Field(default=1, ge=0)
+    # Inputs healthy this long before a hold ends by itself (None: one heartbeat timeout).
+    stable_period: Duration | None = None
+    # Added to the heartbeat timeout for the recovery quiet period (None: one interval).
+    quiet_margin: Duration | None = None
+    # Intake unhealthy when beats stored < this share of beats received.
+    min_intake_ratio: float = Field(default=0.5, ge=0, le=1)
+    # Readers hold when the stored decision is older than this (None: 2 x timeout, >= 30 s).
+    stale_after: Duration | None = None
+
+    def stable(self, heartbeat: HeartbeatSettings) -> timedelta:
+        return self.stable_period if self.stable_period is not None else heartbeat.timeout
+
+    def quiet(self, heartbeat: HeartbeatSettings) -> timedelta:
+        margin = self.quiet_margin if self.quiet_margin is not None else heartbeat.interval
+        return heartbeat.timeout + margin
+
+    def stale(self, heartbeat: HeartbeatSettings) -> timedelta:
+        if self.stale_after is not None:
+            return self.stale_after
+        return max(2 * heartbeat.timeout, timedelta(seconds=30))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GateSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw:
+                values[name] = raw
+        return cls.model_validate(values)
+
+
+# ------------------------------------------------------------------- inputs
+class RegionInput(BaseModel):
+    """One region of one service as the scan sees it."""
+
+    service: str
+    region: str
+    nodes: int = 0  # counted: neither drained nor deleted
+    unready: int = 0  # of those, status down
+    beating: int = 0  # of those, expected to beat (not already recorded down)
+
+
+class IntakeInput(BaseModel):
+    """What the API replicas reported about their heartbeat writes (heartbeat_intake)."""
+
+    newest_age_seconds: float  # since the most recent report of any replica
+    received_per_s: float = 0.0  # over replicas that reported recently
+    written_per_s: float = 0.0
+
+
+class GateInputs(BaseModel):
+    regions: list[RegionInput] = Field(default_factory=list)
+    intake: IntakeInput | None = None  # None: no API replica ever reported
+    operator_closed: bool = False
+    operator_reason: str | None = None
+    operator_opened_at: datetime | None = None  # last explicit `xplane gate open`
+
+
+# -------------------------------------------------------------------- state
+class Hold(BaseModel):
+    reasons: list[str]
+    since: datetime
+    clear_since: datetime | None = None  # inputs healthy since (the stable period runs)
+
+
+class GateState(BaseModel):
+    """Carried from one scan to the next (stored with the decision)."""
+
+    last_scan_at: datetime | None = None
+    quiet_since: datetime | None = None
+    quiet_until: datetime | None = None
+    quiet_reason: str | None = None
+    holds: dict[str, Hold] = Field(default_factory=dict)  # EVERYWHERE or a service
+    last_disruption: dict[str, datetime] = Field(default_factory=dict)  # "svc/region"
+    rate_limited: list[str] = Field(default_factory=list)  # "svc/region", last scan
+
+
+class RegionVerdict(BaseModel):
+    service: str
+    region: str
+    verdict: Verdict = "normal"
+    reason: str = ""
+    budget: int | None = None  # removals allowed now (None: no limit)
+
+
+class GateQuery(BaseModel):
+    """A reader's question (the ``gate_verdict`` activity): may this region lose nodes?"""
+
+    service: str
+    region: str
+    now: datetime | None = None  # the workflow's clock; None: the wall clock
+
+
+class GateChange(BaseModel):
+    scope: str  # EVERYWHERE, a service, or "svc/region"
+    kind: Literal["closed", "opened", "rate_limited", "normal"]
+    reason: str
+
+
+class GateDecision(BaseModel):
+    at: datetime
+    state: GateState
+    reasons: list[str] = Field(default_factory=list)  # the hold everywhere, if any
+    regions: dict[str, RegionVerdict] = Field(default_factory=dict)  # "svc/region"
+    changes: list[GateChange] = Field(default_factory=list)
+
+    @property
+    def held_everywhere(self) -> bool:
+        return EVERYWHERE in self.state.holds
+
+    def verdict(self, service: str, region: str) -> RegionVerdict:
+        found = self.regions.get(key(service, region))
+        if found is not None:
+            return found
+        hold = self.state.holds.get(EVERYWHERE) or self.state.holds.get(service)
+        if hold is not None:
+            return RegionVerdict(
+                service=service, region=region, verdict="held", reason="; ".join(hold.reasons)
+            )
+        return RegionVerdict(service=service, region=region)
+
+    def summary(self) -> dict[str, Any]:
+        """Small and JSON-able, for status queries and ``xplane status``."""
+        return {
+            "open": not self.state.holds,
+            "holds": {scope: "; ".join(h.reasons) for scope, h in self.state.holds.items()},
+            "rate_limited": list(self.state.rate_limited),
+            "quiet_until": self.state.quiet_until.isoformat() if self.state.quiet_until else None,
+        }
+
+
+def key(service: str, region: str) -> str:
+    return f"{service}/{region}"
+
+
+# ---------------------------------------------------------------- decision
+def decide_gate(
+    inputs: GateInputs,
+    previous: GateState,
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    settings: GateSettings,
+) -> GateDecision:
+    """The gate at ``now``: holds (everywhere / per service), per-region verdicts, changes."""
+    state = GateState(
+        last_scan_at=now,
+        quiet_since=previous.quiet_since,
+        quiet_until=previous.quiet_until,
+        quiet_reason=previous.quiet_reason,
+        last_disruption=dict(previous.last_disruption),
+    )
+    global_reasons: list[str] = []
+    if inputs.operator_closed:
+        global_reasons.append(f"closed by operator: {inputs.operator_reason or 'no reason given'}")
+    intake_reasons = _intake_reasons(inputs, heartbeat, settings)
+    global_reasons.extend(intake_reasons)
+
+    # Recovery: silence that began while XPlane could not see is not the nodes'.
+    gap = now - previous.last_scan_at if previous.last_scan_at is not None else None
+    quiet_cause = None
+    if gap is not None and gap > heartbeat.interval:
+        quiet_cause = f"no world-state scan for {format_duration(_round(gap))}"
+    elif intake_reasons:
+        quiet_cause = "heartbeat intake unhealthy"
+    if quiet_cause is not None:
+        until = now + settings.quiet(heartbeat)
+        if state.quiet_until is None or until > state.quiet_until:
+            if state.quiet_until is None or state.quiet_until <= now:
+                state.quiet_since = now
+            state.quiet_until, state.quiet_reason = until, quiet_cause
+    opened = inputs.operator_opened_at
+    if state.quiet_until is not None and (
+        state.quiet_until <= now
+        or (opened is not None and state.quiet_since and opened >= state.quiet_since)
+    ):
+        state.quiet_since = state.quiet_until = state.quiet_reason = None
+    quiet = state.quiet_until is not None
+
+    raw: dict[str, list[str]] = {EVERYWHERE: global_reasons}
+    by_service: dict[str, list[RegionInput]] = {}
+    for r in inputs.regions:
+        by_service.setdefault(r.service, []).append(r)
+    for service, regions in sorted(by_service.items()):
+        raw[service] = _service_reasons(service, regions, settings)
+
+    stable = settings.stable(heartbeat)
+    changes: list[GateChange] = []
+    for scope in sorted(set(raw) | set(previous.holds)):
+        reasons = raw.get(scope, [])
+        prev = previous.holds.get(scope)
+        waiting = scope == EVERYWHERE and quiet
+        if reasons:
+            state.holds[scope] = Hold(reasons=reasons, since=prev.since if prev else now)
+            if prev is None:
+                changes.append(GateChange(scope=scope, kind="closed", reason="; ".join(reasons)))
+            continue
+        if prev is None and not waiting:
+            continue
+        if prev is None:  # the quiet period alone
+            assert state.quiet_reason is not None
+            reason = f"recovery quiet period: {state.quiet_reason}"
+            state.holds[scope] = Hold(reasons=[reason], since=now, clear_since=now)
+            changes.append(GateChange(scope=scope, kind="closed", reason=reason))
+            continue
+        clear_since = prev.clear_since or now
+        by_operator = opened is not None and opened >= prev.since
+        if not waiting and (by_operator or now - clear_since >= stable):
+            why = "opened by operator" if by_operator else "inputs healthy"
+            changes.append(
+                GateChange(
+                    scope=scope,
+                    kind="opened",
+                    reason=f"{why} for {format_duration(_round(now - clear_since))}",
+                )
+            )
+            continue
+        kept = [r for r in prev.reasons if not r.startswith("recovery quiet period")]
+        if waiting:
+            kept.append(f"recovery quiet period: {state.quiet_reason}")
+        state.holds[scope] = Hold(
+            reasons=kept or prev.reasons, since=prev.since, clear_since=clear_since
+        )
+
+    everywhere = state.holds.get(EVERYWHERE)
+    decision = GateDecision(at=now, state=state, reasons=everywhere.reasons if everywhere else [])
+    for r in inputs.regions:
+        verdict = _region_verdict(r, decision, previous, now, heartbeat, settings)
+        decision.regions[key(r.service, r.region)] = verdict
+        if verdict.verdict == "rate_limited":
+            state.rate_limited.append(key(r.service, r.region))
+    before, after = set(previous.rate_limited), set(state.rate_limited)
+    for scope in sorted(after - before):
+        changes.append(
+            GateChange(scope=scope, kind="rate_limited", reason=decision.regions[scope].reason)
+        )
+    for scope in sorted(before - after):
+        changes.append(GateChange(scope=scope, kind="normal", reason="no longer rate limited"))
+    decision.changes = changes
+    return decision
+
+
+def _intake_reasons(
+    inputs: GateInputs, heartbeat: HeartbeatSettings, settings: GateSettings
+) -> list[str]:
+    intake = inputs.intake
+    if intake is None:
+        return []  # no API replica reports (heartbeats written some other way): not judged
+    beating = sum(r.beating for r in inputs.regions)
+    reasons = []
+    # Beats are due from this many nodes; below min_unready_count their silence is
+    # no more than a small pool failing, which must fail over.
+    stale = 2 * heartbeat.interval_seconds
+    if beating >= settings.min_unready_count and intake.newest_age_seconds > stale:
+        reasons.append(
+            f"heartbeat intake stalled: no heartbeat stored for {intake.newest_age_seconds:.0f}s "
+            f"while {beating} nodes should beat"
+        )
+    elif (
+        intake.received_per_s > 0
+        and intake.written_per_s < settings.min_intake_ratio * intake.received_per_s
+    ):
+        reasons.append(
+            f"heartbeat intake unhealthy: {intake.written_per_s:.1f}/s stored of "
+            f"{intake.received_per_s:.1f}/s received"
+        )
+    return reasons
+
+
+def _service_reasons(service: str, regions: list[RegionInput], settings: GateSettings) -> list[str]:
+    """Every region of the service disrupted at once: the silence is XPlane's own."""
+    counted = [r for r in regions if r.nodes > 0]
+    if not counted or sum(r.unready for r in counted) < settings.min_unready_count:
+        return []
+    if all(r.unready / r.nodes > settings.max_unready_fraction for r in counted):
+        parts = ", ".join(f"{r.region} {r.unready}/{r.nodes}" for r in counted)
+        return [f"every region of {service} silent at once ({parts} unready)"]
+    return []
+
+
+def _region_verdict(
+    r: RegionInput,
+    decision: GateDecision,
+    previous: GateState,
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    settings: GateSettings,
+) -> RegionVerdict:
+    hold = decision.state.holds.get(EVERYWHERE) or decision.state.holds.get(r.service)
+    if hold is not None:
+        return RegionVerdict(
+            service=r.service, region=r.region, verdict="held", reason="; ".join(hold.reasons)
+        )
+    if r.nodes == 0 or r.unready < settings.min_unready_count:
+        return RegionVerdict(service=r.service, region=r.region)
+    if r.unready == r.nodes:
+        # The whole region at once while others beat: a real failure, fail over now.
+        return RegionVerdict(service=r.service, region=r.region, reason="region fully silent")
+    if r.unready / r.nodes <= settings.max_unready_fraction:
+        return RegionVerdict(service=r.service, region=r.region)
+    last = previous.last_disruption.get(key(r.service, r.region))
+    budget = settings.disruption_rate if last is None or now - last >= heartbeat.timeout else 0
+    return RegionVerdict(
+        service=r.service,
+        region=r.region,
+        verdict="rate_limited",
+        reason=f"{r.unready}/{r.nodes} unready: {settings.disruption_rate} removal(s) per "
+        f"{format_duration(heartbeat.timeout)}",
+        budget=budget,
+    )
+
+
+def spend(state: GateState, service: str, region: str, now: datetime) -> GateState:
+    """Record that a rate-limited region let a removal through at ``now``."""
+    return state.model_copy(
+        update={"last_disruption": {**state.last_disruption, key(service, region): now}}
+    )
+
+
+def verdict_for(
+    decision: GateDecision | None,
+    service: str,
+    region: str,
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    settings: GateSettings,
+    *,
+    operator_closed: bool = False,
+    operator_reason: str | None = None,
+) -> RegionVerdict:
+    """The verdict a reader (GTM, autoscaler, lifecycle) acts on.
+
+    No decision stored yet: normal (no world-state scan has judged anything). A
+    decision older than ``stale_after``: held, since the scan that keeps it fresh
+    is not running and nothing it would see can be trusted. An operator's close
+    holds at once, before the next scan.
+    """
+    if operator_closed:
+        return RegionVerdict(
+            service=service,
+            region=region,
+            verdict="held",
+            reason=f"closed by operator: {operator_reason or 'no reason given'}",
+        )
+    if decision is None:
+        return RegionVerdict(service=service, region=region)
+    age = now - decision.at
+    if age > settings.stale(heartbeat):
+        return RegionVerdict(
+            service=service,
+            region=region,
+            verdict="held",
+            reason=f"gate not refreshed for {format_duration(_round(age))} "
+            "(world-state scan not running)",
+        )
+    return decision.verdict(service, region)
+
+
+def _round(delta: timedelta) -> timedelta:
+    return timedelta(seconds=round(delta.total_seconds()))
