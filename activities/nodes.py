@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import datetime
+from typing import Any, cast
 
+import sqlalchemy as sa
 from pydantic import BaseModel, Field
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.client import Client
 
+from activities.heartbeating import heartbeating
 from workflows import ids
 from workflows.node_lifecycle import (
     HeartbeatChange,
@@ -22,8 +28,13 @@ from xplane.lifecycle.node_fsm import NodeEvent
 from xplane.observability import metrics
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
-from xplane.store.events import record_event
+from xplane.store.events import EventRow, record_event
+from xplane.store.nodes import NodeRow
 from xplane.temporal_client import signal_with_start
+
+# Signals in flight at once: fast on a mass transition (a region going down), without
+# opening thousands of requests to Temporal at the same moment.
+SIGNAL_CONCURRENCY = 32
 
 
 class ScanRequest(BaseModel):
@@ -95,72 +106,152 @@ class NodeActivities:
         """Find status transitions, signal their owners, then remember them.
 
         Heartbeats never become signals: only a change of status (a node went
-        down, came back, started draining, appeared) does. Signals go out before
-        the transition is recorded, so a crash in between re-sends (at least
-        once) rather than losing one.
+        down, came back, started draining, appeared) does. The signals go out
+        concurrently (at most ``SIGNAL_CONCURRENCY`` in flight); each node's
+        transition is recorded as soon as its own signal is delivered, so a scan that
+        fails part-way keeps what it did, and its retry (same ``now``) re-sends only
+        what was not delivered and reports the earlier attempt's transitions once.
+        A crash between one signal and its record re-sends that one (at least once).
+        The store write is a compare-and-set on the status the scan saw: two
+        attempts running at once (a worker given up but not dead) record one event.
         """
         now = request.now or utcnow()
-        with self._sessions() as session:
-            observations = node_store.scan_nodes(session, now, self._heartbeat.timeout)
-        transitions = [
-            NodeTransition(
-                node_id=o.node_id,
-                service=o.service,
-                region=o.region,
-                previous=o.recorded_status,
-                status=o.status,
+        async with heartbeating():
+            observations = await asyncio.to_thread(self._observe, now)
+            transitions = [
+                NodeTransition(
+                    node_id=o.node_id,
+                    service=o.service,
+                    region=o.region,
+                    previous=o.recorded_status,
+                    status=o.status,
+                )
+                for o in observations
+                if o.status != o.recorded_status and o.state is not NodeState.DELETE
+            ]
+            earlier: list[NodeTransition] = []
+            if request.now is not None and activity.in_activity() and activity.info().attempt > 1:
+                earlier = await asyncio.to_thread(self._recorded_by_this_scan, now)
+            recorded, failures = await self._deliver(transitions, now)
+            metrics.observe_loop(ids.WORLD_STATE_ID, utcnow())
+            done = earlier + [t for t in recorded if t.node_id not in {e.node_id for e in earlier}]
+            services = sorted({t.service for t in done})
+            gate = asyncio.Semaphore(SIGNAL_CONCURRENCY)
+            woken = await asyncio.gather(
+                *(self._bounded(gate, self._wake_gtm(s)) for s in services),
+                return_exceptions=True,
             )
-            for o in observations
-            if o.status != o.recorded_status and o.state is not NodeState.DELETE
-        ]
-        for t in transitions:
-            was = t.previous.value if t.previous else "new"
-            await signal_with_start(
-                self._client,
-                workflow_type=ids.NODE_LIFECYCLE,
-                workflow_id=ids.node_id(t.node_id),
-                start_arg=NodeLifecycleParams(
-                    node_id=t.node_id,
-                    service=t.service,
-                    region=t.region,
-                    timings=NodeTimings.from_env(),
-                ),
-                signal="heartbeat_state_changed",
-                signal_arg=HeartbeatChange(
-                    status=t.status.value,
-                    reason=f"status {was} -> {t.status.value}",
-                ),
-                task_queue=self._task_queue,
-                search_attributes=ids.search_attributes(
-                    service=t.service, region=t.region, node=t.node_id
-                ),
-            )
-        metrics.observe_loop(ids.WORLD_STATE_ID, utcnow())
-        services = sorted({t.service for t in transitions})
-        for service in services:
-            await self._wake_gtm(service)
-        if transitions:
-            with transaction(self._sessions) as session:
-                for t in transitions:
-                    node_store.record_status(session, t.node_id, t.status, now)
-                    record_event(
-                        session,
-                        f"node.status.{t.status.value}",
-                        f"node {t.node_id} is {t.status.value}"
-                        + (f" (was {t.previous.value})" if t.previous else " (new)"),
-                        source=ids.WORLD_STATE_ID,
-                        service=t.service,
-                        region=t.region,
-                        node_id=t.node_id,
-                        correlation_id=t.node_id,
-                        at=now,
-                    )
+        errors = failures + [w for w in woken if isinstance(w, BaseException)]
+        if errors:  # retried: what was delivered is recorded and not sent again
+            raise errors[0]
         return ScanResult(
             nodes=len(observations),
             heartbeat_timeout_seconds=self._heartbeat.timeout_seconds,
-            transitions=transitions,
+            transitions=done,
             services_signalled=services,
         )
+
+    def _observe(self, now: datetime) -> list[node_store.NodeObservation]:
+        with self._sessions() as session:
+            return node_store.scan_nodes(session, now, self._heartbeat.timeout)
+
+    async def _deliver(
+        self, transitions: list[NodeTransition], now: datetime
+    ) -> tuple[list[NodeTransition], list[BaseException]]:
+        """Signal each transition's node and record it: (recorded, failures)."""
+        gate = asyncio.Semaphore(SIGNAL_CONCURRENCY)
+        one_writer = asyncio.Lock()  # SQLite has one writer; PG needs no more for this
+
+        async def deliver(t: NodeTransition) -> bool:
+            await self._bounded(gate, self._signal_node(t))
+            async with one_writer:
+                return await asyncio.to_thread(self._record_transition, t, now)
+
+        results = await asyncio.gather(*(deliver(t) for t in transitions), return_exceptions=True)
+        recorded = [t for t, r in zip(transitions, results, strict=True) if r is True]
+        return recorded, [r for r in results if isinstance(r, BaseException)]
+
+    @staticmethod
+    async def _bounded(gate: asyncio.Semaphore, call: Awaitable[None]) -> None:
+        async with gate:
+            await call
+
+    async def _signal_node(self, t: NodeTransition) -> None:
+        was = t.previous.value if t.previous else "new"
+        await signal_with_start(
+            self._client,
+            workflow_type=ids.NODE_LIFECYCLE,
+            workflow_id=ids.node_id(t.node_id),
+            start_arg=NodeLifecycleParams(
+                node_id=t.node_id,
+                service=t.service,
+                region=t.region,
+                timings=NodeTimings.from_env(),
+            ),
+            signal="heartbeat_state_changed",
+            signal_arg=HeartbeatChange(
+                status=t.status.value,
+                reason=f"status {was} -> {t.status.value}",
+            ),
+            task_queue=self._task_queue,
+            search_attributes=ids.search_attributes(
+                service=t.service, region=t.region, node=t.node_id
+            ),
+        )
+
+    def _record_transition(self, t: NodeTransition, now: datetime) -> bool:
+        """Remember ``t`` and log it, if the node's recorded status is still ``t.previous``."""
+        was = (
+            NodeRow.recorded_status.is_(None)
+            if t.previous is None
+            else NodeRow.recorded_status == t.previous.value
+        )
+        with transaction(self._sessions) as session:
+            update = (
+                sa.update(NodeRow)
+                .where(NodeRow.id == t.node_id, was)
+                .values(recorded_status=t.status.value, recorded_status_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if cast(CursorResult[Any], session.execute(update)).rowcount != 1:
+                return False  # recorded meanwhile (another attempt): its event is logged
+            record_event(
+                session,
+                f"node.status.{t.status.value}",
+                f"node {t.node_id} is {t.status.value}"
+                + (f" (was {t.previous.value})" if t.previous else " (new)"),
+                source=ids.WORLD_STATE_ID,
+                service=t.service,
+                region=t.region,
+                node_id=t.node_id,
+                correlation_id=t.node_id,
+                data={"previous": t.previous.value if t.previous else None},
+                at=now,
+            )
+        return True
+
+    def _recorded_by_this_scan(self, now: datetime) -> list[NodeTransition]:
+        """Transitions an earlier attempt of this scan (same ``now``) recorded."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                sa.select(EventRow)
+                .where(
+                    EventRow.source == ids.WORLD_STATE_ID,
+                    EventRow.at == now,
+                    EventRow.kind.startswith("node.status."),
+                )
+                .order_by(EventRow.id)
+            ).all()
+            return [
+                NodeTransition(
+                    node_id=row.node_id or "",
+                    service=row.service or "",
+                    region=row.region or "",
+                    previous=NodeStatus(p) if (p := (row.data or {}).get("previous")) else None,
+                    status=NodeStatus(row.kind.removeprefix("node.status.")),
+                )
+                for row in rows
+            ]
 
     async def _wake_gtm(self, service: str) -> None:
         await signal_with_start(
