@@ -191,7 +191,7 @@ async def test_a_scan_retried_after_a_partial_run_sends_and_records_each_transit
                 "heartbeat_state_changed:{'status': 'up', 'reason': 'status new -> up'}"
             ], node
         with sessions() as session:
-            events = [e.node_id for e in list_events(session) if e.kind == "node.status.up"]
+            events = [e.node_id or "" for e in list_events(session) if e.kind == "node.status.up"]
             recorded = {n.id: n.recorded_status for n in node_store.list_nodes(session)}
         assert sorted(events) == nodes
         assert recorded == dict.fromkeys(nodes, "up")
