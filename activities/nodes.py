@@ -111,7 +111,8 @@ class NodeActivities:
         transition is recorded as soon as its own signal is delivered, so a scan that
         fails part-way keeps what it did, and its retry (same ``now``) re-sends only
         what was not delivered and reports the earlier attempt's transitions once.
-        A crash between one signal and its record re-sends that one (at least once).
+        A crash between one signal and its record re-sends that one, with the same
+        transition id: the node's lifecycle ignores it the second time.
         The store write is a compare-and-set on the status the scan saw: two
         attempts running at once (a worker given up but not dead) record one event.
         """
@@ -163,7 +164,7 @@ class NodeActivities:
         one_writer = asyncio.Lock()  # SQLite has one writer; PG needs no more for this
 
         async def deliver(t: NodeTransition) -> bool:
-            await self._bounded(gate, self._signal_node(t))
+            await self._bounded(gate, self._signal_node(t, now))
             async with one_writer:
                 return await asyncio.to_thread(self._record_transition, t, now)
 
@@ -176,7 +177,7 @@ class NodeActivities:
         async with gate:
             await call
 
-    async def _signal_node(self, t: NodeTransition) -> None:
+    async def _signal_node(self, t: NodeTransition, now: datetime) -> None:
         was = t.previous.value if t.previous else "new"
         await signal_with_start(
             self._client,
@@ -192,6 +193,7 @@ class NodeActivities:
             signal_arg=HeartbeatChange(
                 status=t.status.value,
                 reason=f"status {was} -> {t.status.value}",
+                transition=f"{was}->{t.status.value}@{now.isoformat()}",
             ),
             task_queue=self._task_queue,
             search_attributes=ids.search_attributes(

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from xplane.lifecycle.node_fsm import IllegalTransition, NodeEvent, next_state
 
 HISTORY_KEEP = 20  # transitions kept in the status query
+SEEN_KEEP = 8  # transition ids remembered: a retry re-sends within seconds
 
 
 class NodeTimings(BaseModel):
@@ -59,6 +60,9 @@ class HeartbeatChange(BaseModel):
 
     status: Literal["up", "down", "drain"]
     reason: str = ""
+    # Names the scan's transition ("<was>-><status>@<scan time>"): a retried scan that
+    # re-sends one it delivered before dying is ignored. None (older senders): applied.
+    transition: str | None = None
 
 
 class DrainRequest(BaseModel):
@@ -82,6 +86,7 @@ class NodeLifecycleCarry(BaseModel):
     history: list[Transition] = Field(default_factory=list)
     refused: list[str] = Field(default_factory=list)
     inbox: list[tuple[NodeEvent, str]] = Field(default_factory=list)
+    transitions_seen: list[str] = Field(default_factory=list)  # recent HeartbeatChange ids
 
 
 class NodeLifecycleParams(BaseModel):
@@ -125,6 +130,13 @@ class NodeLifecycleWorkflow:
     # ------------------------------------------------------------------ signals
     @workflow.signal
     def heartbeat_state_changed(self, change: HeartbeatChange) -> None:
+        if change.transition is not None:
+            if change.transition in self.c.transitions_seen:
+                return  # the same transition again: a retried world-state scan
+            self.c.transitions_seen = [
+                *self.c.transitions_seen[-(SEEN_KEEP - 1) :],
+                change.transition,
+            ]
         event = {"up": NodeEvent.UP, "down": NodeEvent.DOWN, "drain": NodeEvent.DRAIN}[
             change.status
         ]
