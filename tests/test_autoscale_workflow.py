@@ -95,6 +95,7 @@ def _hot_node(sessions: sessionmaker[Session], node_id: str, cpu: float, now: da
             ),
             now,
             timedelta(seconds=30),
+            authorize=lambda _row: True,  # called again for fresh samples: the same node
         )
         node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", now)
     beats = [
