@@ -22,6 +22,9 @@ async def test_a_killed_workers_push_is_resumed_within_the_heartbeat_timeout(
     tmp_path: Path,
 ) -> None:
     result = await run_failover(tmp_path, deadline_s=40)
+    # Held past the heartbeat timeout, the live worker's attempt was not given up.
+    assert result["held_before_kill_s"] > result["heartbeat_timeout_s"], result
+    assert result["attempt_before_kill"] == 1 and result["attempt"] == 2, result
     # Detected by the missed heartbeats, retried after the first backoff (1 s).
     assert result["resume_after_kill_s"] < result["heartbeat_timeout_s"] + 3, result
     assert result["resume_after_kill_s"] < 15 < result["start_to_close_timeout_s"], result

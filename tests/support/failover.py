@@ -194,10 +194,14 @@ async def _poll(check: Callable[[], Awaitable[Any]], what: str, timeout: float) 
     return value
 
 
-async def run_failover(tmp: Path, deadline_s: float = 60.0) -> dict[str, Any]:
+async def run_failover(
+    tmp: Path, deadline_s: float = 60.0, hold_s: float | None = None
+) -> dict[str, Any]:
     """Kill the worker holding ``commit_node_pool`` mid-push; measure the survivor's resume.
 
     ``deadline_s``: how long to wait for the retry and then for the Terraform wait.
+    ``hold_s``: how long the push is held before the kill (default: the heartbeat
+    timeout + 2 s, so the first attempt must have stayed alive by its beats).
     """
     from temporalio.api.enums.v1 import EventType
     from temporalio.service import RPCError
@@ -211,6 +215,8 @@ async def run_failover(tmp: Path, deadline_s: float = 60.0) -> dict[str, Any]:
     from xplane.temporal_client import connect
     from xplane.temporal_dev import SEARCH_ATTRIBUTES
 
+    if hold_s is None:
+        hold_s = policies.HEARTBEAT_TIMEOUT.total_seconds() + 2
     db, bare = _seed(tmp)
     extra = [a for n, k in SEARCH_ATTRIBUTES.items() for a in ("--search-attribute", f"{n}={k}")]
     temporal = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
@@ -236,12 +242,17 @@ async def run_failover(tmp: Path, deadline_s: float = 60.0) -> dict[str, Any]:
         )
         # Worker 1 pushes; the remote takes the commit and holds the push open.
         await asyncio.to_thread(_wait, "the first push", (tmp / "held").exists, 60, first)
+        held_at = time.monotonic()
         second = _spawn_worker(tmp, "worker-2", address, db, bare)
         procs.append(second)
         await asyncio.to_thread(
             _wait, "worker 2 ready", (tmp / "worker-2.ready").exists, 60, second
         )
-        await asyncio.sleep(1)  # worker 1 beats meanwhile: the kill is what stops them
+        # Held past the heartbeat timeout: a live worker's beats keep its attempt alive.
+        await asyncio.sleep(max(0.0, held_at + hold_s - time.monotonic()))
+        pending = (await handle.describe()).raw_description.pending_activities
+        attempt_before_kill = pending[0].attempt if pending else 0
+        held_s = time.monotonic() - held_at
         killed_at = datetime.now().astimezone()
         os.killpg(first.pid, signal.SIGKILL)  # the worker, its git push and the hook under it
         first.wait()
@@ -279,6 +290,8 @@ async def run_failover(tmp: Path, deadline_s: float = 60.0) -> dict[str, Any]:
         await handle.terminate()
         return {
             "killed_during": "git push (remote took the commit; post-receive held it open)",
+            "held_before_kill_s": round(held_s, 2),
+            "attempt_before_kill": attempt_before_kill,
             "resume_after_kill_s": round((resumed_at - killed_at).total_seconds(), 2),
             "heartbeat_timeout_s": policies.HEARTBEAT_TIMEOUT.total_seconds(),
             "start_to_close_timeout_s": policies.EXTERNAL_TIMEOUT.total_seconds(),
