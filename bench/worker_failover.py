@@ -34,6 +34,9 @@ def run(trials: int = 3) -> dict[str, Any]:
                 "workflow_waiting_for_terraform_after_kill_s": result[
                     "workflow_waiting_for_terraform_after_kill_s"
                 ],
+                # held past the heartbeat timeout before the kill: still attempt 1 (beats)
+                "held_before_kill_s": result["held_before_kill_s"],
+                "attempt_before_kill": result["attempt_before_kill"],
                 "one_commit_one_event_awaited": one_commit
                 and result["waiting_for_commit"] == result["tip"],
             }
