@@ -135,7 +135,8 @@ class NodeActivities:
                 earlier = await asyncio.to_thread(self._recorded_by_this_scan, now)
             recorded, failures = await self._deliver(transitions, now)
             metrics.observe_loop(ids.WORLD_STATE_ID, utcnow())
-            done = earlier + [t for t in recorded if t.node_id not in {e.node_id for e in earlier}]
+            seen = {e.node_id for e in earlier}
+            done = earlier + [t for t in recorded if t.node_id not in seen]
             services = sorted({t.service for t in done})
             gate = asyncio.Semaphore(SIGNAL_CONCURRENCY)
             woken = await asyncio.gather(
@@ -159,17 +160,27 @@ class NodeActivities:
     async def _deliver(
         self, transitions: list[NodeTransition], now: datetime
     ) -> tuple[list[NodeTransition], list[BaseException]]:
-        """Signal each transition's node and record it: (recorded, failures)."""
-        gate = asyncio.Semaphore(SIGNAL_CONCURRENCY)
-        one_writer = asyncio.Lock()  # SQLite has one writer; PG needs no more for this
+        """Signal each transition's node and record it: (recorded, failures).
 
-        async def deliver(t: NodeTransition) -> bool:
+        Delivered transitions are recorded in batches: whoever takes the writer records
+        everything delivered so far (one transaction), so a thousand transitions are
+        a few writes, and one waits for the store at most one batch behind its signal.
+        """
+        gate = asyncio.Semaphore(SIGNAL_CONCURRENCY)
+        one_writer = asyncio.Lock()  # one transaction at a time (SQLite has one writer)
+        delivered: list[NodeTransition] = []
+        recorded: list[NodeTransition] = []
+
+        async def deliver(t: NodeTransition) -> None:
             await self._bounded(gate, self._signal_node(t, now))
+            delivered.append(t)
             async with one_writer:
-                return await asyncio.to_thread(self._record_transition, t, now)
+                batch = delivered[:]
+                delivered.clear()
+                if batch:
+                    recorded.extend(await asyncio.to_thread(self._record_transitions, batch, now))
 
         results = await asyncio.gather(*(deliver(t) for t in transitions), return_exceptions=True)
-        recorded = [t for t, r in zip(transitions, results, strict=True) if r is True]
         return recorded, [r for r in results if isinstance(r, BaseException)]
 
     @staticmethod
@@ -201,35 +212,46 @@ class NodeActivities:
             ),
         )
 
-    def _record_transition(self, t: NodeTransition, now: datetime) -> bool:
-        """Remember ``t`` and log it, if the node's recorded status is still ``t.previous``."""
+    def _record_transitions(
+        self, transitions: list[NodeTransition], now: datetime
+    ) -> list[NodeTransition]:
+        """Remember and log each transition whose node's recorded status is still its
+        ``previous`` (one transaction); the ones recorded."""
+        recorded = []
+        with transaction(self._sessions) as session:
+            for t in transitions:
+                if self._record_one(session, t, now):
+                    recorded.append(t)
+        return recorded
+
+    @staticmethod
+    def _record_one(session: Session, t: NodeTransition, now: datetime) -> bool:
         was = (
             NodeRow.recorded_status.is_(None)
             if t.previous is None
             else NodeRow.recorded_status == t.previous.value
         )
-        with transaction(self._sessions) as session:
-            update = (
-                sa.update(NodeRow)
-                .where(NodeRow.id == t.node_id, was)
-                .values(recorded_status=t.status.value, recorded_status_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if cast(CursorResult[Any], session.execute(update)).rowcount != 1:
-                return False  # recorded meanwhile (another attempt): its event is logged
-            record_event(
-                session,
-                f"node.status.{t.status.value}",
-                f"node {t.node_id} is {t.status.value}"
-                + (f" (was {t.previous.value})" if t.previous else " (new)"),
-                source=ids.WORLD_STATE_ID,
-                service=t.service,
-                region=t.region,
-                node_id=t.node_id,
-                correlation_id=t.node_id,
-                data={"previous": t.previous.value if t.previous else None},
-                at=now,
-            )
+        update = (
+            sa.update(NodeRow)
+            .where(NodeRow.id == t.node_id, was)
+            .values(recorded_status=t.status.value, recorded_status_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if cast(CursorResult[Any], session.execute(update)).rowcount != 1:
+            return False  # recorded meanwhile (another attempt): its event is logged
+        record_event(
+            session,
+            f"node.status.{t.status.value}",
+            f"node {t.node_id} is {t.status.value}"
+            + (f" (was {t.previous.value})" if t.previous else " (new)"),
+            source=ids.WORLD_STATE_ID,
+            service=t.service,
+            region=t.region,
+            node_id=t.node_id,
+            correlation_id=t.node_id,
+            data={"previous": t.previous.value if t.previous else None},
+            at=now,
+        )
         return True
 
     def _recorded_by_this_scan(self, now: datetime) -> list[NodeTransition]:

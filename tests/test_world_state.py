@@ -141,11 +141,12 @@ async def test_a_scan_retried_after_a_partial_run_sends_and_records_each_transit
     sessions = make_sessionmaker(engine)
     tag = uuid.uuid4().hex[:6]
     nodes = [f"jp-{tag}-{i}" for i in range(6)]
+    service = f"svc-{tag}"  # its own gtm-<service> recorder
     start = await time_env.get_current_time()
     with transaction(sessions) as session:
         for i, node in enumerate(nodes):
             registration = node_store.Registration(
-                node_id=node, service="svc", region="jp", address=f"127.0.31.{i}", token_hash=node
+                node_id=node, service=service, region="jp", address=f"127.0.31.{i}", token_hash=node
             )
             node_store.register_node(session, registration, start, timedelta(seconds=TIMEOUT))
     for node in nodes:
@@ -201,4 +202,6 @@ async def test_a_scan_retried_after_a_partial_run_sends_and_records_each_transit
         assert status.details["transitions_total"] == len(nodes)
         assert status.runs == 1 and status.errors == 0
         await handle.terminate()
+        for owner in [f"node-{n}" for n in nodes] + [f"gtm-{service}"]:  # the recorders
+            await client.get_workflow_handle(owner).terminate()
     engine.dispose()
