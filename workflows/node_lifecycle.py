@@ -172,8 +172,9 @@ class NodeLifecycleWorkflow:
         self.p = params
         if params.carry is not None:
             # Keep signals that arrived before this run started (signal-with-start).
-            pending, self.c = self.c.inbox, params.carry
-            self.c.inbox.extend(pending)
+            early, self.c = self.c, params.carry
+            self.c.inbox.extend(early.inbox)
+            self.c.transitions_seen.extend(early.transitions_seen)
         if self.c.since is None:
             self.c.since = workflow.now()
         while self.c.state is not NodeState.DELETE:
