@@ -19,20 +19,22 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import from_repo_error
+from activities.heartbeating import heartbeating
+from activities.operation import operation_id
 from workflows import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.domain import NodeState, NodeStatus
 from xplane.gate import GateSettings, RegionVerdict, verdict_for
-from xplane.gitops.infra_repo import RepoError, commit_node_count
+from xplane.gitops.infra_repo import CommitResult, RepoError, commit_node_count
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics as prom
 from xplane.store import config_store
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
-from xplane.store.events import record_event
+from xplane.store.events import list_events, record_event
 from xplane.store.pools import NodePoolRow, finish_commit, set_pool
 
 GONE = (NodeState.DELETE.value,)
@@ -81,6 +83,7 @@ class PoolCommit(BaseModel):
     sha: str
     previous_count: int | None
     count: int
+    already_pushed: bool = False  # a retry found its earlier attempt's commit in Git
 
 
 class TerraformOutcome(BaseModel):
@@ -282,7 +285,12 @@ class AutoscaleActivities:
 
     @activity.defn(name="commit_node_pool")
     def commit_node_pool(self, request: CommitRequest) -> PoolCommit:
-        """Edit ``infra/node-pool/<region>.tfvars`` and push; remember the pending commit."""
+        """Edit ``infra/node-pool/<region>.tfvars`` and push; remember the pending commit.
+
+        Heartbeats through the fetch and push. A retry after an attempt that pushed and
+        died finds that commit by its operation trailer and reports it ``committed``
+        (the workflow still waits for Terraform), recording its event once.
+        """
         if not self._infra_repo:
             raise ApplicationError(
                 "no infra repo configured (XPLANE_INFRA_REPO): cannot change node pools",
@@ -292,23 +300,31 @@ class AutoscaleActivities:
         if request.subject:
             extra["subject"] = request.subject
         try:
-            result = commit_node_count(
-                self._infra_repo,
-                request.region,
-                request.count,
-                request.reason,
-                request.metrics,
-                self._workdir,
-                self._branch,
-                **extra,
-            )
+            with heartbeating():
+                result = commit_node_count(
+                    self._infra_repo,
+                    request.region,
+                    request.count,
+                    request.reason,
+                    request.metrics,
+                    self._workdir,
+                    self._branch,
+                    operation=operation_id(),
+                    **extra,
+                )
         except RepoError as err:
             raise from_repo_error(err) from err
         now = utcnow()
-        if result.status == "committed":
+        source = ids.autoscale_id(request.service, request.region)
+        if result.status == "committed" and not result.already_pushed:
             prom.autoscale_commit(request.service, request.region)
         with transaction(self._sessions) as session:
             pending = result.sha if result.status == "committed" else None
+            recorded = result.already_pushed and _commit_recorded(
+                session, source, request.region, result.sha
+            )
+            if recorded:  # the attempt that pushed recorded it too, then died before reporting
+                return _pool_commit(result, request.count)
             set_pool(
                 session,
                 request.service,
@@ -323,19 +339,14 @@ class AutoscaleActivities:
                 f"{request.region}: pool {result.previous_count} -> {request.count} "
                 + (f"(commit {result.sha[:8]})" if pending else "(already in Git)")
                 + f": {request.reason}",
-                source=ids.autoscale_id(request.service, request.region),
+                source=source,
                 service=request.service,
                 region=request.region,
                 correlation_id=request.correlation_id,
                 data={"commit": result.sha, "metrics": request.metrics},
                 at=now,
             )
-        return PoolCommit(
-            status=result.status,
-            sha=result.sha,
-            previous_count=result.previous_count,
-            count=request.count,
-        )
+        return _pool_commit(result, request.count)
 
     @activity.defn(name="record_terraform_result")
     def record_terraform_result(self, record: TerraformRecord) -> None:
@@ -383,6 +394,22 @@ class AutoscaleActivities:
         with self._sessions() as session:
             rows = [session.get(node_store.NodeRow, node) for node in node_ids]
         return [row.id for row in rows if row is not None and row.state not in GONE]
+
+
+def _pool_commit(result: CommitResult, count: int) -> PoolCommit:
+    return PoolCommit(
+        status=result.status,
+        sha=result.sha,
+        previous_count=result.previous_count,
+        count=count,
+        already_pushed=result.already_pushed,
+    )
+
+
+def _commit_recorded(session: Session, source: str, region: str, sha: str) -> bool:
+    """Whether ``source`` already recorded the commit of ``sha`` (among its recent events)."""
+    recent = list_events(session, region=region, kind_prefix="autoscale.committed", limit=50)
+    return any(e.source == source and e.data.get("commit") == sha for e in recent)
 
 
 def _with_prometheus(

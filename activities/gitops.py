@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 
 from activities.errors import from_repo_error
+from activities.heartbeating import heartbeating
 from workflows.ids import GITOPS_SYNC_ID
 from xplane.gitops.repo import RepoError
 from xplane.gitops.sync import SyncResult, sync_once
@@ -38,7 +39,8 @@ class GitOpsActivities:
         """An unreachable repo is retried by Temporal; an invalid branch name is not.
         A config that does not load is no failure: it is recorded as rejected."""
         try:
-            result = sync_once(self._session_factory, req.source, req.branch, self._workdir)
+            with heartbeating():  # a slow pull shows as alive; a dead worker within seconds
+                result = sync_once(self._session_factory, req.source, req.branch, self._workdir)
         except RepoError as err:
             raise from_repo_error(err) from err
         metrics.observe_loop(GITOPS_SYNC_ID, utcnow())

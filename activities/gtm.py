@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeating import heartbeating
 from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
 from xplane.dns.base import ApplyResult, DesiredEndpoint, DesiredRegion, DesiredService, DnsError
 from xplane.dns.factory import make_provider
@@ -201,8 +202,9 @@ class GtmActivities:
         a throttled provider is retried no sooner than its ``Retry-After``."""
         provider = make_provider(request.provider)
         try:
-            plan = provider.plan(request.desired)
-            result = provider.apply(plan, force=request.force)
+            with heartbeating():  # provider APIs can be slow; a dead worker shows in seconds
+                plan = provider.plan(request.desired)
+                result = provider.apply(plan, force=request.force)
         except DnsError as err:
             metrics.dns_apply(request.provider_key, False)
             delay = None

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+import sqlalchemy as sa
 from pydantic import BaseModel, Field
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.client import Client
 
+from activities.heartbeating import heartbeating
 from workflows import ids
 from workflows.node_lifecycle import (
     HeartbeatChange,
@@ -37,10 +42,14 @@ from xplane.observability import metrics
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
-from xplane.store.events import record_event
+from xplane.store.events import EventRow, record_event
+from xplane.store.nodes import NodeRow
 from xplane.temporal_client import signal_with_start
 
 HELD_LISTED = 20  # node ids named in a scan result; the count says how many in all
+# Signals in flight at once: fast on a mass transition (a region going down), without
+# opening thousands of requests to Temporal at the same moment.
+SIGNAL_CONCURRENCY = 32
 
 
 class ScanRequest(BaseModel):
@@ -118,11 +127,71 @@ class NodeActivities:
         """Find status transitions, signal their owners, then remember them.
 
         Heartbeats never become signals: only a change of status (a node went
-        down, came back, started draining, appeared) does. Signals go out before
-        the transition is recorded, so a crash in between re-sends (at least
-        once) rather than losing one.
+        down, came back, started draining, appeared) does. The signals go out
+        concurrently (at most ``SIGNAL_CONCURRENCY`` in flight); each node's
+        transition is recorded as soon as its own signal is delivered, so a scan that
+        fails part-way keeps what it did, and its retry (same ``now``) re-sends only
+        what was not delivered and reports the earlier attempt's transitions once.
+        A crash between one signal and its record re-sends that one, with the same
+        transition id: the node's lifecycle ignores it the second time.
+        The store write is a compare-and-set on the status the scan saw: two
+        attempts running at once (a worker given up but not dead) record one event.
         """
         now = request.now or utcnow()
+        async with heartbeating():
+            observations, transitions, held, decision = await asyncio.to_thread(
+                self._observe_and_gate, now
+            )
+            earlier: list[NodeTransition] = []
+            if request.now is not None and activity.in_activity() and activity.info().attempt > 1:
+                earlier = await asyncio.to_thread(self._recorded_by_this_scan, now)
+            recorded, failures = await self._deliver(transitions, now)
+            metrics.observe_loop(ids.WORLD_STATE_ID, utcnow())
+            seen = {e.node_id for e in earlier}
+            done = earlier + [t for t in recorded if t.node_id not in seen]
+            services = sorted({t.service for t in done})
+            gate = asyncio.Semaphore(SIGNAL_CONCURRENCY)
+            woken = await asyncio.gather(
+                *(self._bounded(gate, self._wake_gtm(s)) for s in services),
+                return_exceptions=True,
+            )
+        errors = failures + [w for w in woken if isinstance(w, BaseException)]
+        if errors:  # retried: what was delivered is recorded and not sent again
+            raise errors[0]
+        return ScanResult(
+            nodes=len(observations),
+            heartbeat_timeout_seconds=self._heartbeat.timeout_seconds,
+            transitions=done,
+            services_signalled=services,
+            gate=decision.summary(),
+            held=[t.node_id for t in held[:HELD_LISTED]],
+            held_count=len(held),
+        )
+
+    @activity.defn(name="gate_verdict")
+    def gate_verdict(self, query: GateQuery) -> RegionVerdict:
+        """The gate's verdict for one region, for a node lifecycle about to give a node up."""
+        now = query.now or utcnow()
+        with self._sessions() as session:
+            stored = gate_store.read_gate(session)
+        return verdict_for(
+            stored.decision,
+            query.service,
+            query.region,
+            now,
+            self._heartbeat,
+            self._gate,
+            operator_closed=stored.operator_closed,
+            operator_reason=stored.operator_reason,
+        )
+
+    def _observe_and_gate(
+        self, now: datetime
+    ) -> tuple[
+        list[node_store.NodeObservation], list[NodeTransition], list[NodeTransition], GateDecision
+    ]:
+        """Observe every node, decide the self-health gate and store its decision:
+        (observations, transitions to deliver, transitions the gate holds, decision)."""
         with self._sessions() as session:
             observations = node_store.scan_nodes(session, now, self._heartbeat.timeout)
             stored = gate_store.read_gate(session)
@@ -155,74 +224,127 @@ class NodeActivities:
         with transaction(self._sessions) as session:
             gate_store.save_decision(session, decision)
             record_gate_changes(session, decision)
-        for t in transitions:
-            was = t.previous.value if t.previous else "new"
-            await signal_with_start(
-                self._client,
-                workflow_type=ids.NODE_LIFECYCLE,
-                workflow_id=ids.node_id(t.node_id),
-                start_arg=NodeLifecycleParams(
-                    node_id=t.node_id,
-                    service=t.service,
-                    region=t.region,
-                    timings=NodeTimings.from_env(),
-                ),
-                signal="heartbeat_state_changed",
-                signal_arg=HeartbeatChange(
-                    status=t.status.value,
-                    reason=f"status {was} -> {t.status.value}",
-                ),
-                task_queue=self._task_queue,
-                search_attributes=ids.search_attributes(
-                    service=t.service, region=t.region, node=t.node_id
-                ),
-            )
-        metrics.observe_loop(ids.WORLD_STATE_ID, utcnow())
-        services = sorted({t.service for t in transitions})
-        for service in services:
-            await self._wake_gtm(service)
-        if transitions:
-            with transaction(self._sessions) as session:
-                for t in transitions:
-                    node_store.record_status(session, t.node_id, t.status, now)
-                    record_event(
-                        session,
-                        f"node.status.{t.status.value}",
-                        f"node {t.node_id} is {t.status.value}"
-                        + (f" (was {t.previous.value})" if t.previous else " (new)"),
-                        source=ids.WORLD_STATE_ID,
-                        service=t.service,
-                        region=t.region,
-                        node_id=t.node_id,
-                        correlation_id=t.node_id,
-                        at=now,
-                    )
-        return ScanResult(
-            nodes=len(observations),
-            heartbeat_timeout_seconds=self._heartbeat.timeout_seconds,
-            transitions=transitions,
-            services_signalled=services,
-            gate=decision.summary(),
-            held=[t.node_id for t in held[:HELD_LISTED]],
-            held_count=len(held),
+        return observations, transitions, held, decision
+
+    async def _deliver(
+        self, transitions: list[NodeTransition], now: datetime
+    ) -> tuple[list[NodeTransition], list[BaseException]]:
+        """Signal each transition's node and record it: (recorded, failures).
+
+        Delivered transitions are recorded in batches: whoever takes the writer records
+        everything delivered so far (one transaction), so a thousand transitions are
+        a few writes, and one waits for the store at most one batch behind its signal.
+        """
+        gate = asyncio.Semaphore(SIGNAL_CONCURRENCY)
+        one_writer = asyncio.Lock()  # one transaction at a time (SQLite has one writer)
+        delivered: list[NodeTransition] = []
+        recorded: list[NodeTransition] = []
+
+        async def deliver(t: NodeTransition) -> None:
+            await self._bounded(gate, self._signal_node(t, now))
+            delivered.append(t)
+            async with one_writer:
+                batch = delivered[:]
+                delivered.clear()
+                if batch:
+                    recorded.extend(await asyncio.to_thread(self._record_transitions, batch, now))
+
+        results = await asyncio.gather(*(deliver(t) for t in transitions), return_exceptions=True)
+        return recorded, [r for r in results if isinstance(r, BaseException)]
+
+    @staticmethod
+    async def _bounded(gate: asyncio.Semaphore, call: Awaitable[None]) -> None:
+        async with gate:
+            await call
+
+    async def _signal_node(self, t: NodeTransition, now: datetime) -> None:
+        was = t.previous.value if t.previous else "new"
+        await signal_with_start(
+            self._client,
+            workflow_type=ids.NODE_LIFECYCLE,
+            workflow_id=ids.node_id(t.node_id),
+            start_arg=NodeLifecycleParams(
+                node_id=t.node_id,
+                service=t.service,
+                region=t.region,
+                timings=NodeTimings.from_env(),
+            ),
+            signal="heartbeat_state_changed",
+            signal_arg=HeartbeatChange(
+                status=t.status.value,
+                reason=f"status {was} -> {t.status.value}",
+                transition=f"{was}->{t.status.value}@{now.isoformat()}",
+            ),
+            task_queue=self._task_queue,
+            search_attributes=ids.search_attributes(
+                service=t.service, region=t.region, node=t.node_id
+            ),
         )
 
-    @activity.defn(name="gate_verdict")
-    def gate_verdict(self, query: GateQuery) -> RegionVerdict:
-        """The gate's verdict for one region, for a node lifecycle about to give a node up."""
-        now = query.now or utcnow()
-        with self._sessions() as session:
-            stored = gate_store.read_gate(session)
-        return verdict_for(
-            stored.decision,
-            query.service,
-            query.region,
-            now,
-            self._heartbeat,
-            self._gate,
-            operator_closed=stored.operator_closed,
-            operator_reason=stored.operator_reason,
+    def _record_transitions(
+        self, transitions: list[NodeTransition], now: datetime
+    ) -> list[NodeTransition]:
+        """Remember and log each transition whose node's recorded status is still its
+        ``previous`` (one transaction); the ones recorded."""
+        recorded = []
+        with transaction(self._sessions) as session:
+            for t in transitions:
+                if self._record_one(session, t, now):
+                    recorded.append(t)
+        return recorded
+
+    @staticmethod
+    def _record_one(session: Session, t: NodeTransition, now: datetime) -> bool:
+        was = (
+            NodeRow.recorded_status.is_(None)
+            if t.previous is None
+            else NodeRow.recorded_status == t.previous.value
         )
+        update = (
+            sa.update(NodeRow)
+            .where(NodeRow.id == t.node_id, was)
+            .values(recorded_status=t.status.value, recorded_status_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if cast(CursorResult[Any], session.execute(update)).rowcount != 1:
+            return False  # recorded meanwhile (another attempt): its event is logged
+        record_event(
+            session,
+            f"node.status.{t.status.value}",
+            f"node {t.node_id} is {t.status.value}"
+            + (f" (was {t.previous.value})" if t.previous else " (new)"),
+            source=ids.WORLD_STATE_ID,
+            service=t.service,
+            region=t.region,
+            node_id=t.node_id,
+            correlation_id=t.node_id,
+            data={"previous": t.previous.value if t.previous else None},
+            at=now,
+        )
+        return True
+
+    def _recorded_by_this_scan(self, now: datetime) -> list[NodeTransition]:
+        """Transitions an earlier attempt of this scan (same ``now``) recorded."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                sa.select(EventRow)
+                .where(
+                    EventRow.source == ids.WORLD_STATE_ID,
+                    EventRow.at == now,
+                    EventRow.kind.startswith("node.status."),
+                )
+                .order_by(EventRow.id)
+            ).all()
+            return [
+                NodeTransition(
+                    node_id=row.node_id or "",
+                    service=row.service or "",
+                    region=row.region or "",
+                    previous=NodeStatus(p) if (p := (row.data or {}).get("previous")) else None,
+                    status=NodeStatus(row.kind.removeprefix("node.status.")),
+                )
+                for row in rows
+            ]
 
     async def _wake_gtm(self, service: str) -> None:
         await signal_with_start(

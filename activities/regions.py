@@ -12,6 +12,8 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import from_repo_error, permanent
+from activities.heartbeating import heartbeating
+from activities.operation import operation_id
 from workflows import ids
 from xplane.config.models import Region
 from xplane.domain import NodeState
@@ -21,7 +23,7 @@ from xplane.infra.render import RenderError, render_region
 from xplane.store import config_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
-from xplane.store.events import record_event
+from xplane.store.events import list_events, record_event
 from xplane.store.pools import set_pool
 
 REGION_AUTHOR = ("xplane-region", "xplane-region@users.noreply.xplane")
@@ -152,24 +154,32 @@ class RegionActivities:
             changes = dict(files)
             message = f"feat(xplane-region): bootstrap {request.region} node pool"
         try:
-            result = commit_files(
-                self._infra_repo,
-                changes,
-                message,
-                REGION_AUTHOR,
-                workdir=self._workdir,
-                branch=self._branch,
-            )
+            with heartbeating():  # fetch and push can be slow: a dead worker shows in seconds
+                result = commit_files(
+                    self._infra_repo,
+                    changes,
+                    message,
+                    REGION_AUTHOR,
+                    workdir=self._workdir,
+                    branch=self._branch,
+                    operation=operation_id(),  # a retry finds its own pushed commit
+                )
         except RepoError as err:
             raise from_repo_error(err) from err
+        kind = f"region.{request.action}.committed"
         with transaction(self._sessions) as session:
+            if result.already_pushed and any(
+                e.data.get("commit") == result.sha
+                for e in list_events(session, region=request.region, kind_prefix=kind, limit=50)
+            ):  # the attempt that pushed recorded it too, then died before reporting back
+                return RegionCommit(status=result.status, sha=result.sha)
             pending = result.sha if result.status == "committed" else None
             set_pool(
                 session, request.service, request.region, request.node_count, pending_commit=pending
             )
             record_event(
                 session,
-                f"region.{request.action}.committed",
+                kind,
                 f"{message} ({result.status}, {result.sha[:8]})",
                 source=ids.region_id(request.region),
                 service=request.service,

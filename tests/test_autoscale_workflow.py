@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import git
 import pytest
@@ -35,7 +35,7 @@ from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.events import list_events
-from xplane.store.pools import set_pool
+from xplane.store.pools import NodePoolRow, set_pool
 
 TQ = "autoscale-tests"
 CONFIG = {
@@ -356,4 +356,57 @@ async def test_silence_alone_replaces_nothing_and_nodes_given_up_are_replaced_wi
         assert len(rig.commits()) == 2
         reason = (await _status(handle)).details["reason"]
         assert "replace 1 of 3 (max_replace 1)" in reason, reason
+
+
+class _StoreDown(Exception):
+    """The store refused the write (the worker died right after the push, as far as it goes)."""
+
+
+def _no_store() -> Session:
+    raise _StoreDown("store unreachable")
+
+
+@pytest.mark.parametrize("died", ["after the push", "after recording the commit"])
+async def test_a_retried_commit_that_finds_its_push_still_waits_for_terraform(
+    rig: Rig, tmp_path: Path, died: str
+) -> None:
+    """The first attempt pushes, then dies before reporting back; its retry (same activity,
+    same input) finds the commit on the remote: it is recorded once and awaited."""
+    acts = AutoscaleActivities(rig.sessions, str(rig.bare), tmp_path / "work")
+    # The same activity with no store: it pushes, then fails where it would record.
+    storeless = AutoscaleActivities(
+        cast(sessionmaker[Session], _no_store), str(rig.bare), tmp_path / "work"
+    )
+    attempts: list[int] = []
+
+    @activity.defn(name="commit_node_pool")
+    def commit_dies_once(request: CommitRequest) -> PoolCommit:
+        attempts.append(activity.info().attempt)
+        if activity.info().attempt > 1:
+            return acts.commit_node_pool(request)
+        if died == "after the push":
+            storeless.commit_node_pool(request)  # raises _StoreDown after pushing
+        acts.commit_node_pool(request)
+        raise RuntimeError("worker died before reporting the result")
+
+    async with _worker(rig, tmp_path, commit_activity=commit_dies_once):
+        handle = await rig.start()
+        await rig.env.sleep(10)
+        status = await _status(handle)
+        assert attempts == [1, 2]
+        waiting = status.details["waiting"]
+        assert waiting is not None, status.details["last_outcome"]
+        assert waiting["phase"] == "terraform" and waiting["commit"] == rig.tip()
+        assert rig.commits() == ["feat(xplane-autoscaler): scale jp pool to 2 nodes", "initial"]
+        with rig.sessions() as session:
+            kinds = [e.kind for e in list_events(session, kind_prefix="autoscale.")]
+            pool = session.get(NodePoolRow, ("svc", "jp"))
+            assert pool is not None and pool.pending_commit == rig.tip()
+        assert kinds == ["autoscale.committed"]
+        await handle.signal(
+            AutoscaleWorkflow.terraform_finished,
+            TerraformOutcome(commit=rig.tip(), status="succeeded"),
+        )
+        await rig.env.sleep(2)
+        assert (await _status(handle)).details["waiting"]["phase"] == "nodes"
         await handle.terminate()

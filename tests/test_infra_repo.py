@@ -262,3 +262,32 @@ def test_unreachable_url_error_hides_credentials(tmp_path: Path) -> None:
         commit_node_count(url, "jp", 3, "x", {}, tmp_path / "work")
     assert "t0ken-xyz" not in str(info.value)
     assert "***@127.0.0.1" in str(info.value)
+
+
+def test_a_retried_operation_finds_its_own_commit_even_under_newer_ones(
+    remote: Path, tmp_path: Path
+) -> None:
+    """The retry of an operation whose push landed reports that commit, not "unchanged";
+    another operation wanting the same count is "unchanged" (its count is someone's)."""
+    op = "autoscale-svc-jp/run-1/7"
+    first = commit_node_count(str(remote), "jp", 3, "up", {}, tmp_path / "w1", operation=op)
+    assert first.status == "committed" and not first.already_pushed
+    assert _message(_tip(remote)).endswith(f"\n\nXplane-Operation: {op}\n")
+    other = git.Repo.clone_from(str(remote), tmp_path / "other")  # someone pushes after it
+    (tmp_path / "other" / "README.md").write_text("later\n")
+    _commit_all(other, "later change")
+    other.git.push("origin", "main")
+
+    # Another worker (another clone cache) retries the same operation.
+    again = commit_node_count(str(remote), "jp", 3, "up", {}, tmp_path / "w2", operation=op)
+    assert (again.status, again.sha, again.already_pushed) == ("committed", first.sha, True)
+    assert again.previous_count == first.previous_count == 2
+    assert again.message == first.message
+    assert len(list(git.Repo(remote).iter_commits("main"))) == 3  # nothing pushed twice
+
+    # A prefix of the id is another operation: not its commit.
+    other_op = commit_node_count(str(remote), "jp", 3, "up", {}, tmp_path / "w2", operation=op[:-1])
+    assert (other_op.status, other_op.already_pushed) == ("unchanged", False)
+    files = commit_files(str(remote), {"x": "1\n"}, "m", workdir=tmp_path / "w3", operation="f/1")
+    retried = commit_files(str(remote), {"x": "1\n"}, "m", workdir=tmp_path / "w1", operation="f/1")
+    assert (retried.status, retried.sha, retried.already_pushed) == ("committed", files.sha, True)

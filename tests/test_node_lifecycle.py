@@ -261,3 +261,28 @@ async def test_illegal_events_are_refused_not_fatal(harness: Harness) -> None:
     await handle.signal(NodeLifecycleWorkflow.deregistered, "operator removed it")
     assert (await handle.result()).state is NodeState.DELETE
     await keep(handle, "node_lifecycle_refused")
+
+
+async def test_a_transition_resent_by_a_retried_scan_is_applied_once(harness: Harness) -> None:
+    """The world-state scan delivered "down", died before recording it, and its retry
+    sent the same transition again: the lifecycle ignores the copy (nothing refused,
+    one idle transition); another transition with the same status still counts."""
+    node_id, handle = await harness.start_node()
+    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up"))
+    await harness.env.sleep(12)
+    assert (await _status(handle)).state is NodeState.ACTIVE
+    down = HeartbeatChange(status="down", transition="up->down@2026-01-01T00:00:00+00:00")
+    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, down)
+    await harness.env.sleep(1)
+    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, down)  # the retry
+    await harness.env.sleep(1)
+    status = await _status(handle)
+    assert status.state is NodeState.IDLE and status.refused == []
+    with harness.sessions() as session:
+        kinds = [e.kind for e in reversed(list_events(session, node_id=node_id))]
+    assert kinds == ["node.warm", "node.active", "node.idle"]
+    again = down.model_copy(update={"transition": "up->down@2026-01-01T00:05:00+00:00"})
+    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, again)
+    await harness.env.sleep(1)
+    assert len((await _status(handle)).refused) == 1  # a new transition is not deduplicated
+    await handle.terminate()

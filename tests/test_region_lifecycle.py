@@ -182,3 +182,48 @@ async def test_bootstrap_then_retire_through_git(
             with contextlib.suppress(Exception):
                 await h.terminate()
     engine.dispose()
+
+
+def test_a_retried_bootstrap_commit_finds_its_push_and_records_it_once(tmp_path: Path) -> None:
+    """A retry on another worker (same activity id, its own clone) of a bootstrap whose push
+    landed reports that commit (the lifecycle then waits for Terraform), not "unchanged"."""
+    import dataclasses
+
+    from temporalio.testing import ActivityEnvironment
+
+    import xplane.store.tables  # noqa: F401
+    from activities.regions import RegionCommitRequest
+    from xplane.store.events import list_events
+
+    bare = tmp_path / "infra.git"
+    git.Repo.init(bare, bare=True, initial_branch="main")
+    seed = git.Repo.clone_from(str(bare), tmp_path / "seed")
+    (tmp_path / "seed" / "README.md").write_text("infra\n")
+    seed.git.add(A=True)
+    seed.index.commit("initial")
+    seed.git.push("origin", "HEAD:refs/heads/main")
+    engine = make_engine(f"sqlite:///{tmp_path}/region.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        save_revision(session, "d" * 40, load_config_from_mapping(CONFIG), "test")
+
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, workflow_id="region-jp", workflow_run_id="run-1", activity_id="4"
+    )
+    request = RegionCommitRequest(region="jp", service="regsvc", action="bootstrap", node_count=2)
+    results = []
+    for attempt, worker in ((1, "worker-1"), (2, "worker-2")):
+        env.info = dataclasses.replace(env.info, attempt=attempt)
+        acts = RegionActivities(sessions, None, str(bare), tmp_path / worker, "main", "local")
+        results.append(env.run(acts.commit_region_pool, request))
+    first, retry = results
+    assert (first.status, retry.status) == ("committed", "committed")
+    assert retry.sha == first.sha == git.Repo(bare).commit("main").hexsha
+    assert len(list(git.Repo(bare).iter_commits("main"))) == 2
+    with sessions() as session:
+        events = list_events(session, kind_prefix="region.bootstrap.committed")
+        assert [e.data["commit"] for e in events] == [first.sha]
+        assert [p.pending_commit for p in list_pools(session, "regsvc")] == [first.sha]
+    engine.dispose()

@@ -158,6 +158,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             ),
             result_type=PoolCommit,
             start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+            heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
             retry_policy=policies.EXTERNAL,
         )
         # The change is in Git: cooldown starts now whatever Terraform does.

@@ -103,6 +103,7 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
             SyncRequest(source=self.params.source, branch=self.params.branch),
             result_type=SyncResult,
             start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+            heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
             retry_policy=policies.EXTERNAL,
         )
         if result.status == "applied" and result.changes is not None:

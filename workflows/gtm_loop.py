@@ -179,6 +179,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 ),
                 result_type=ApplyResult,
                 start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+                heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
                 retry_policy=policies.EXTERNAL,
             )
             applied += result.write_calls

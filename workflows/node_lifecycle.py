@@ -33,6 +33,7 @@ HISTORY_KEEP = 20  # transitions kept in the status query
 # Patch: giving a node up (delete, token revoked, replacement asked) waits for the
 # self-health gate. Runs that started before it give up at once, as they did.
 GATE_PATCH = "node-give-up-waits-for-gate"
+SEEN_KEEP = 8  # transition ids remembered: a retry re-sends within seconds
 
 
 class NodeTimings(BaseModel):
@@ -63,6 +64,9 @@ class HeartbeatChange(BaseModel):
 
     status: Literal["up", "down", "drain"]
     reason: str = ""
+    # Names the scan's transition ("<was>-><status>@<scan time>"): a retried scan that
+    # re-sends one it delivered before dying is ignored. None (older senders): applied.
+    transition: str | None = None
 
 
 class DrainRequest(BaseModel):
@@ -89,6 +93,7 @@ class NodeLifecycleCarry(BaseModel):
     history: list[Transition] = Field(default_factory=list)
     refused: list[str] = Field(default_factory=list)
     inbox: list[tuple[NodeEvent, str]] = Field(default_factory=list)
+    transitions_seen: list[str] = Field(default_factory=list)  # recent HeartbeatChange ids
 
 
 class NodeLifecycleParams(BaseModel):
@@ -133,6 +138,13 @@ class NodeLifecycleWorkflow:
     # ------------------------------------------------------------------ signals
     @workflow.signal
     def heartbeat_state_changed(self, change: HeartbeatChange) -> None:
+        if change.transition is not None:
+            if change.transition in self.c.transitions_seen:
+                return  # the same transition again: a retried world-state scan
+            self.c.transitions_seen = [
+                *self.c.transitions_seen[-(SEEN_KEEP - 1) :],
+                change.transition,
+            ]
         event = {"up": NodeEvent.UP, "down": NodeEvent.DOWN, "drain": NodeEvent.DRAIN}[
             change.status
         ]
@@ -169,8 +181,9 @@ class NodeLifecycleWorkflow:
         self.p = params
         if params.carry is not None:
             # Keep signals that arrived before this run started (signal-with-start).
-            pending, self.c = self.c.inbox, params.carry
-            self.c.inbox.extend(pending)
+            early, self.c = self.c, params.carry
+            self.c.inbox.extend(early.inbox)
+            self.c.transitions_seen.extend(early.transitions_seen)
         if self.c.since is None:
             self.c.since = workflow.now()
         while self.c.state is not NodeState.DELETE:

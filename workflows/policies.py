@@ -29,6 +29,14 @@ EXTERNAL = RetryPolicy(
 )
 EXTERNAL_TIMEOUT = timedelta(minutes=2)
 
+# Long activities (git fetch/push, DNS apply, the config pull, the world-state scan)
+# heartbeat from beside their blocking call (activities/heartbeating.py). A worker that
+# dies mid-call stops beating and Temporal retries the activity on a surviving worker
+# after this, plus the retry's first interval, instead of after its start-to-close
+# timeout (2 min). A worker's liveness, not a node's (that is xplane/heartbeat.py):
+# beats go every third of it, so a busy worker is not mistaken for a dead one.
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+
 # Publishing events to other workflows: must not be lost, so retried for long.
 PUBLISH = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),

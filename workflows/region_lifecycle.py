@@ -221,6 +221,7 @@ class RegionLifecycleWorkflow:
             arg,
             result_type=result_type,
             start_to_close_timeout=policies.EXTERNAL_TIMEOUT if external else policies.DB_TIMEOUT,
+            heartbeat_timeout=policies.HEARTBEAT_TIMEOUT if external else None,  # git: heartbeats
             retry_policy=policies.EXTERNAL if external else policies.DB,
         )
 

@@ -51,6 +51,7 @@ class WorldStateWorkflow(ControlLoopWorkflow):
             ScanRequest(now=workflow.now()),
             result_type=ScanResult,
             start_to_close_timeout=policies.DB_TIMEOUT,
+            heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
             retry_policy=policies.DB,
         )
         self.last_nodes = result.nodes

@@ -13,6 +13,12 @@ Every mutation goes through one loop, :func:`commit_files`:
    times. History stays linear and nobody's commit is overwritten.
 
 If the edit changes nothing, nothing is committed (status ``unchanged``).
+
+An ``operation`` (the id of the activity attempt chain that commits, stable across
+its retries) is written as an ``Xplane-Operation:`` trailer. A retry whose earlier
+attempt pushed and then died finds that commit among the branch's recent commits
+and returns it (status ``committed``, ``already_pushed``) instead of editing again
+and answering ``unchanged``: the caller still waits for Terraform to apply it.
 Errors are :class:`RepoError`; URLs in their text have credentials masked.
 """
 
@@ -38,10 +44,15 @@ AUTOSCALER_AUTHOR: Author = ("xplane-autoscaler", "xplane-autoscaler@users.norep
 AUTOSCALER_SUBJECT = "feat(xplane-autoscaler): scale {region} pool to {count} nodes"
 REGION_BOOTSTRAP_SUBJECT = "feat(xplane-region): bootstrap {region} node pool"
 NODE_POOL_PATH = "infra/node-pool/{region}.tfvars"
+OPERATION_TRAILER = "Xplane-Operation"
+# How far back a retry looks for its own commit: it pushed minutes ago at most, and no
+# infra repo takes hundreds of commits in that time; bounded so a long history costs nothing.
+OPERATION_LOOKBACK = 200
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 _REJECTED = ("[rejected]", "non-fast-forward", "fetch first", "stale info", "cannot lock ref")
 _NAME = re.compile(NAME_PATTERN)
+_PREVIOUS_COUNT = re.compile(r"^node_count: (\S+) -> ", re.MULTILINE)  # see _format_body
 
 # changes to write (path -> new text, None = delete) and the commit message, or None
 Edit = Callable[[Path], tuple[Mapping[str, str | None], str] | None]
@@ -65,6 +76,7 @@ class FilesCommitResult(BaseModel):
     message: str  # the commit message ("" when unchanged)
     changed: list[str] = []
     attempts: int = 1
+    already_pushed: bool = False  # an earlier attempt of the same operation pushed it
 
 
 class CommitResult(BaseModel):
@@ -74,6 +86,7 @@ class CommitResult(BaseModel):
     message: str
     path: str
     attempts: int = 1
+    already_pushed: bool = False
 
 
 def redact(text: str) -> str:
@@ -157,20 +170,50 @@ def _apply(repo: git.Repo, root: Path, changes: Mapping[str, str | None]) -> lis
     return [line for line in staged.splitlines() if line]
 
 
+def _with_trailer(message: str, operation: str | None) -> str:
+    body = message.rstrip("\n")
+    return f"{body}\n\n{OPERATION_TRAILER}: {operation}\n" if operation else body + "\n"
+
+
+def _find_operation(repo: git.Repo, tip: str, operation: str) -> tuple[str, str] | None:
+    """(sha, message) of the commit carrying ``operation``'s trailer among the tip's recent ones."""
+    if not tip:
+        return None
+    wanted = f"{OPERATION_TRAILER}: {operation}"
+    log = repo.git.log(f"-n{OPERATION_LOOKBACK}", "--format=%H%x00%B%x1e", tip)
+    for entry in log.split("\x1e"):
+        sha, _, message = entry.strip("\n").partition("\x00")
+        if wanted in message.splitlines():  # the exact trailer line, not a prefix of another id
+            return sha, message.rstrip("\n") + "\n"
+    return None
+
+
 def _commit_loop(
-    source: str, edit: Edit, workdir: Path, branch: str, author: Author, max_attempts: int
+    source: str,
+    edit: Edit,
+    workdir: Path,
+    branch: str,
+    author: Author,
+    max_attempts: int,
+    operation: str | None = None,
 ) -> FilesCommitResult:
     target, name = _source_key(source)
     with exclusive_lock(workdir / f"{name}.lock"):
         try:
-            return _attempts(target, workdir / name, edit, branch, author, max_attempts)
+            return _attempts(target, workdir / name, edit, branch, author, max_attempts, operation)
         except git.GitCommandError as exc:  # an unexpected git failure, named with its command
             verb = exc.command[1] if isinstance(exc.command, list) and len(exc.command) > 1 else ""
             raise _git_error(f"git {verb} failed on", target, exc) from exc
 
 
 def _attempts(
-    target: str, folder: Path, edit: Edit, branch: str, author: Author, max_attempts: int
+    target: str,
+    folder: Path,
+    edit: Edit,
+    branch: str,
+    author: Author,
+    max_attempts: int,
+    operation: str | None,
 ) -> FilesCommitResult:
     name, email = author
     env = {
@@ -183,11 +226,19 @@ def _attempts(
     root = Path(repo.working_tree_dir or folder)
     for attempt in range(1, max_attempts + 1):
         tip = _checkout_tip(repo, target, branch)
+        if operation and (mine := _find_operation(repo, tip, operation)):
+            return FilesCommitResult(
+                status="committed",
+                sha=mine[0],
+                message=mine[1],
+                attempts=attempt,
+                already_pushed=True,
+            )
         planned = edit(root)
         changed = _apply(repo, root, planned[0]) if planned else []
         if not planned or not changed:
             return FilesCommitResult(status="unchanged", sha=tip, message="", attempts=attempt)
-        message = planned[1].rstrip("\n") + "\n"  # stored verbatim: what we return is in Git
+        message = _with_trailer(planned[1], operation)  # verbatim: what we return is in Git
         repo.git.commit(
             "--no-verify", "--no-gpg-sign", "--cleanup=verbatim", "-q", "-m", message, env=env
         )
@@ -216,13 +267,14 @@ def commit_files(
     workdir: Path,
     branch: str = "main",
     max_attempts: int = 5,
+    operation: str | None = None,
 ) -> FilesCommitResult:
     """Write ``changes`` (repo-relative posix path -> text; None deletes) in one commit."""
 
     def edit(_root: Path) -> tuple[Mapping[str, str | None], str]:
         return changes, message
 
-    return _commit_loop(source, edit, workdir, branch, author, max_attempts)
+    return _commit_loop(source, edit, workdir, branch, author, max_attempts, operation)
 
 
 def _format_body(reason: str, previous: int | None, count: int, metrics: Mapping[str, Any]) -> str:
@@ -251,6 +303,7 @@ def commit_node_count(
     path: str = NODE_POOL_PATH,
     create: bool = False,
     max_attempts: int = 5,
+    operation: str | None = None,
 ) -> CommitResult:
     """Set ``node_count = count`` in ``infra/node-pool/<region>.tfvars`` and push.
 
@@ -284,14 +337,19 @@ def commit_node_count(
         title = subject.format(region=region, count=count)
         return {rel: updated}, f"{title}\n\n{_format_body(reason, previous, count, metrics)}\n"
 
-    result = _commit_loop(source, edit, workdir, branch, author, max_attempts)
+    result = _commit_loop(source, edit, workdir, branch, author, max_attempts, operation)
+    previous = seen.get("previous")
+    if result.already_pushed:  # the edit did not run: the count it replaced is in the body
+        found = _PREVIOUS_COUNT.search(result.message)
+        previous = int(found[1]) if found and found[1].isdigit() else None
     return CommitResult(
         status=result.status,
         sha=result.sha,
-        previous_count=seen.get("previous"),
+        previous_count=previous,
         message=result.message,
         path=rel,
         attempts=result.attempts,
+        already_pushed=result.already_pushed,
     )
 
 
