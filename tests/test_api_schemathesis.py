@@ -73,8 +73,9 @@ class RunningProcess:
     node_token: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
+    # One per database: a namespace serves one cluster id (the API refuses another's store).
     server = TemporalDevServer(tmp_path_factory.mktemp("temporal"), ui=False)
     server.start()
     try:
