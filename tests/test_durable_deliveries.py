@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,12 +23,22 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from tests.support.waiting import until
-from tests.test_api_support import BOOT, DB_BACKENDS, module_database, reset_database, running_api
+from tests.test_api_support import (
+    BOOT,
+    DB_BACKENDS,
+    module_database,
+    reset_database,
+    running_api,
+    settings_for,
+)
 from tests.test_api_support import seed_config as seed
 from workflows import ids
 from workflows.autoscale import AutoscaleParams
+from xplane.api import create_app
+from xplane.api.serve import serve_in_thread
 from xplane.netutil import free_port
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
+from xplane.store.events import EventRow
 from xplane.store.migrate import upgrade
 from xplane.store.nodes import NodeRow
 from xplane.temporal_client import connect
@@ -254,3 +265,66 @@ def test_a_webhook_sent_while_temporal_is_down_survives_an_api_kill_and_is_deliv
             _kill(proc)
         temporal.stop()
         engine.dispose()
+
+
+@pytest.fixture
+def temporal(tmp_path: Path) -> Iterator[TemporalDevServer]:
+    server = TemporalDevServer(tmp_path / "temporal", ui=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _hooked_api(
+    engine: sa.Engine, url: str, notifier: TemporalNotifier, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    monkeypatch.setenv("XPLANE_WEBHOOK_SECRET", SECRET)
+    settings = settings_for(url, delivery_retry_max=timedelta(milliseconds=200))
+    return serve_in_thread(create_app(settings, notifier=notifier, webhook_notifier=notifier))
+
+
+def test_a_temporal_restart_delays_a_webhook_and_loses_none(
+    tmp_path: Path, temporal: TemporalDevServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's client was connected when Temporal went away: it reconnects."""
+    for url, engine in module_database("sqlite", str(tmp_path)):
+        reset_database(engine)
+        run_id = asyncio.run(_start_waiting_autoscale(temporal.address))
+        notifier = TemporalNotifier(None, QUEUE, address=temporal.address)
+        with _hooked_api(engine, url, notifier, monkeypatch) as served:
+            first = _webhook(served.url, "before")
+            assert first.status_code == 202, first.text
+            until(lambda: _webhook(served.url, "before").json()["status"] == "delivered", "1st")
+            temporal.stop()
+            assert _webhook(served.url, "during").status_code == 202
+            assert _webhook(served.url, "during").json()["status"] == "pending"
+            temporal.start()
+            until(
+                lambda: _webhook(served.url, "during").json()["status"] == "delivered",
+                "the delivery after the restart",
+                timeout=60,
+            )
+        signals = asyncio.run(_signals(temporal.address, run_id))
+        assert signals.count("terraform_finished") == 2
+
+
+def test_a_refused_delivery_is_given_up_after_a_bounded_number_of_tries(
+    tmp_path: Path, temporal: TemporalDevServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Temporal refuses (here: no such namespace): tried a few times, then undeliverable."""
+    for url, engine in module_database("sqlite", str(tmp_path)):
+        reset_database(engine)
+        notifier = TemporalNotifier(None, QUEUE, address=temporal.address, namespace="missing")
+        with _hooked_api(engine, url, notifier, monkeypatch) as served:
+            assert _webhook(served.url, "refused").status_code == 202
+            until(
+                lambda: _webhook(served.url, "refused").json()["status"] == "undeliverable",
+                "the delivery given up",
+            )
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(WebhookDeliveryRow)).one()
+            events = conn.scalars(sa.select(EventRow.kind)).all()
+        assert row.attempts == 5 and "NOT_FOUND" in (row.last_error or "").upper()
+        assert "webhook.undeliverable" in events

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -34,9 +35,12 @@ class TemporalNotifier:
         task_queue: str,
         address: str | None = None,
         rpc_timeout: timedelta = MAX_RPC_TIMEOUT,
+        namespace: str | None = None,
     ) -> None:
         self._given = client
         self._address = address
+        # The workers' namespace (it was always "default" here, whatever they used).
+        self._namespace = namespace or os.environ.get("XPLANE_TEMPORAL_NAMESPACE") or "default"
         self._task_queue = task_queue
         self._timeout = min(rpc_timeout, MAX_RPC_TIMEOUT)
 
@@ -52,7 +56,7 @@ class TemporalNotifier:
                 raise RuntimeError("no Temporal address configured")
             # A server that accepts connections but never answers would hang this.
             self._given = await asyncio.wait_for(
-                connect(self._address), self._timeout.total_seconds()
+                connect(self._address, self._namespace), self._timeout.total_seconds()
             )
 
     async def node_registered(self, node_id: str, service: str, region: str) -> None:

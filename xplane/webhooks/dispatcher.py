@@ -145,7 +145,7 @@ class DeliveryDispatcher:
 
     def _failed(self, delivery: store.Delivery, exc: Exception) -> str | None:
         refused = is_refusal(exc)
-        error = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        error = _describe(exc)
         attempts = delivery.attempts + 1
         retry_in = store.retry_delay(attempts, self.settings.retry_base, self.settings.retry_max)
         with transaction(self._factory) as session:
@@ -190,6 +190,15 @@ class DeliveryDispatcher:
                 error,
             )
         return state
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the error (and the RPC status: what decides refusal vs retry)."""
+    name = type(exc).__name__
+    if isinstance(exc, RPCError):
+        name += f"({exc.status.name})"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{name}: {text}" if text else name
 
 
 def _count(kind: str, result: str) -> None:
