@@ -46,6 +46,7 @@ from xplane.temporal_dev import TemporalDevServer
 from xplane.temporal_notifier import TemporalNotifier
 from xplane.webhooks import deliveries
 from xplane.webhooks.deliveries import Lease, WebhookDeliveryRow
+from xplane.webhooks.dispatcher import DeliveryDispatcher, DispatchSettings
 from xplane.webhooks.signature import sign
 
 BIN = Path(sys.executable).parent
@@ -119,6 +120,43 @@ def test_claims_are_exclusive_and_expired_leases_are_taken_over(
         assert not deliveries.mark_delivered(session, "d0", "one", later)
         assert deliveries.mark_delivered(session, "d0", "three", later)
         assert deliveries.delivery_state(session, "d0") == "delivered"
+
+
+def test_two_replicas_dispatchers_deliver_each_delivery_once(
+    database: tuple[str, sa.Engine],
+) -> None:
+    _, engine = database
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as session:
+        for i in range(40):
+            deliveries.record_delivery(session, f"d{i:02}", "terraform", {"i": i})
+    seen: list[tuple[str, int]] = []
+
+    def replica(name: str) -> DeliveryDispatcher:
+        async def deliver(kind: str, payload: dict[str, Any]) -> None:
+            await asyncio.sleep(0.1)  # 40 take one replica 2 s: the other joins in
+            seen.append((name, payload["i"]))
+
+        return DeliveryDispatcher(
+            factory, deliver, ["terraform"], DispatchSettings(batch=2), owner=name
+        )
+
+    async def run_both() -> None:
+        tasks = [asyncio.create_task(replica(n).run()) for n in ("one", "two")]
+        deadline = time.monotonic() + 30
+        while len(seen) < 40 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # time for a double delivery to show
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run_both())
+    assert sorted(i for _, i in seen) == list(range(40))  # each once
+    assert {name for name, _ in seen} == {"one", "two"}  # both took a share
+    with engine.connect() as conn:
+        states = conn.scalars(sa.select(WebhookDeliveryRow.state)).all()
+    assert set(states) == {"delivered"}
 
 
 # ------------------------------------------------------------- real processes

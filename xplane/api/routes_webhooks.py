@@ -214,7 +214,8 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         if notifier is None or dispatcher is None:
             raise ApiError(503, "no workflow client configured")
         key = f"{sender}:{delivery}"
-        factory = get_ctx(request).factory
+        ctx = get_ctx(request)
+        factory = ctx.factory
         lease = dispatcher.lease()  # this request tries first; the dispatcher after the lease
         with transaction(factory) as session:
             known_state = deliveries.record_delivery(session, key, "git", {}, lease=lease)
@@ -222,14 +223,13 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
             return _known(delivery, known_state, "git")
         pending = deliveries.Delivery(key, "git", {}, attempts=0, refusals=0)
         try:
-            await asyncio.wait_for(
-                notifier.sync_now(), dispatcher.settings.attempt_timeout.total_seconds()
-            )
+            # One call to Temporal, bounded: a hung Temporal holds this request <= 5 s.
+            timeout = ctx.settings.notifier_timeout.total_seconds()
+            await asyncio.wait_for(notifier.sync_now(), timeout)
         except LoopNotRunning:
             # Refused, not acted on: the sender's redelivery of this id may try again.
             with transaction(factory) as session:
                 deliveries.release_delivery(session, key)
-            metrics.webhook_delivery("git", "invalid")
             message = (
                 "the gitops-sync loop is not running: nothing was signalled (start it, then retry)"
             )
