@@ -1,4 +1,5 @@
-"""CI webhooks over real HTTP: only a valid, fresh, first delivery reaches the workflows."""
+"""CI webhooks over real HTTP: only a valid, fresh, first delivery reaches the workflows,
+stored first and delivered by the API's dispatcher until the workflow side takes it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import sqlalchemy as sa
 
 from tests.test_api_support import module_database, reset_database, settings_for
 from xplane.api import create_app
-from xplane.api.routes_webhooks import TerraformWebhook
+from xplane.api.routes_webhooks import LoopNotRunning, TerraformWebhook
 from xplane.api.serve import serve_in_thread
 from xplane.api.settings import ApiSettings
 from xplane.store.db import make_sessionmaker, transaction, utcnow
+from xplane.store.events import EventRow
 from xplane.webhooks.deliveries import WebhookDeliveryRow
 from xplane.webhooks.signature import sign, verify
 
@@ -28,10 +30,18 @@ GIT_SECRET = "git-secret"
 class Recorder:
     def __init__(self) -> None:
         self.terraform: list[TerraformWebhook] = []
+        self.terraform_tries = 0
+        self.temporal_down = False  # terraform_finished fails as when Temporal is unreachable
+        self.refusing = False  # terraform_finished is refused (as a missing workflow is)
         self.syncs = 0
         self.failing_syncs = 0  # the next N sync_now calls fail (Temporal unreachable)
 
     async def terraform_finished(self, hook: TerraformWebhook) -> None:
+        self.terraform_tries += 1
+        if self.temporal_down:
+            raise RuntimeError("temporal unreachable")
+        if self.refusing:
+            raise LoopNotRunning("autoscale-web-jp")
         self.terraform.append(hook)
 
     async def sync_now(self) -> None:
@@ -55,7 +65,8 @@ def api(
     monkeypatch.setenv("XPLANE_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("XPLANE_GIT_WEBHOOK_SECRET", GIT_SECRET)
     recorder = Recorder()
-    app = create_app(settings_for(url), webhook_notifier=recorder)
+    settings = settings_for(url, delivery_retry_max=timedelta(milliseconds=100))
+    app = create_app(settings, webhook_notifier=recorder)
     with serve_in_thread(app) as served, httpx.Client(base_url=served.url) as http:
         yield http, recorder
 
@@ -93,16 +104,62 @@ def test_signature_helpers() -> None:
     assert not verify(SECRET, b"x", "md5=abc")
 
 
+def _until(what: str, check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def test_valid_delivery_reaches_the_workflow_once(api: tuple[httpx.Client, Recorder]) -> None:
     http, recorder = api
     body = _body()
     first = _post(http, body, "d-1")
     assert first.status_code == 202, first.text
+    assert first.json()["status"] == "accepted"
+    _until("the signal", lambda: recorder.terraform)
     assert [h.commit for h in recorder.terraform] == ["0123456789abcdef0123456789abcdef01234567"]
     assert recorder.terraform[0].status == "succeeded"
     replay = _post(http, body, "d-1")
-    assert replay.status_code == 200 and replay.json()["status"] == "duplicate"
+    assert replay.status_code == 200 and replay.json()["status"] == "delivered"
+    time.sleep(0.3)
     assert len(recorder.terraform) == 1
+
+
+def test_a_delivery_made_while_temporal_is_down_is_retried_until_it_succeeds(
+    api: tuple[httpx.Client, Recorder],
+) -> None:
+    http, recorder = api
+    recorder.temporal_down = True
+    body = _body()
+    first = _post(http, body, "d-down")
+    assert first.status_code == 202, first.text  # acknowledged: it is stored
+    _until("a few tries", lambda: recorder.terraform_tries >= 3)
+    retry = _post(http, body, "d-down")  # CI's retry: told the truth, not "duplicate"
+    assert retry.status_code == 200 and retry.json()["status"] == "pending"
+    assert recorder.terraform == []
+    recorder.temporal_down = False
+    _until("the delivery", lambda: recorder.terraform)
+    assert _post(http, body, "d-down").json()["status"] == "delivered"
+    time.sleep(0.3)
+    assert len(recorder.terraform) == 1
+
+
+def test_a_refused_delivery_ends_undeliverable_and_is_logged_as_an_event(
+    api: tuple[httpx.Client, Recorder], database: tuple[str, Any]
+) -> None:
+    http, recorder = api
+    recorder.refusing = True
+    assert _post(http, _body(), "d-refused").status_code == 202
+    _until("giving up", lambda: _post(http, _body(), "d-refused").json()["status"] != "pending")
+    assert _post(http, _body(), "d-refused").json()["status"] == "undeliverable"
+    tries = recorder.terraform_tries
+    assert tries == 5  # bounded: not retried forever
+    time.sleep(0.3)
+    assert recorder.terraform_tries == tries
+    with database[1].connect() as conn:
+        kinds = conn.execute(sa.select(EventRow.kind, EventRow.region)).all()
+    assert ("webhook.undeliverable", "jp") in [tuple(k) for k in kinds]
 
 
 @pytest.mark.parametrize(
@@ -172,7 +229,7 @@ def test_git_webhook_replay_is_a_duplicate_and_its_id_is_required(
     first = _git_post(http, sender, "d-1")
     assert first.status_code == 202, first.text
     replay = _git_post(http, sender, "d-1")
-    assert replay.status_code == 200 and replay.json()["status"] == "duplicate"
+    assert replay.status_code == 200 and replay.json()["status"] == "delivered"
     assert recorder.syncs == 1
     header = "X-GitHub-Delivery" if sender == "github" else "X-Gitlab-Event-UUID"
     missing = _git_post(http, sender, None)
@@ -184,13 +241,16 @@ def test_git_webhook_replay_is_a_duplicate_and_its_id_is_required(
     assert recorder.syncs == 2
 
 
-def test_a_git_delivery_that_could_not_be_signalled_can_be_redelivered(
+def test_a_git_delivery_that_could_not_be_signalled_is_delivered_later(
     api: tuple[httpx.Client, Recorder],
 ) -> None:
     http, recorder = api
     recorder.failing_syncs = 1
-    assert _git_post(http, "github", "d-retry").status_code == 503
-    assert _git_post(http, "github", "d-retry").status_code == 202
+    first = _git_post(http, "github", "d-retry")
+    assert first.status_code == 202 and first.json()["status"] == "pending"
+    _until("the dispatcher's retry", lambda: recorder.syncs == 1)
+    replay = _git_post(http, "github", "d-retry")
+    assert replay.status_code == 200 and replay.json()["status"] == "delivered"
     assert recorder.syncs == 1
 
 
@@ -206,9 +266,19 @@ def test_old_deliveries_are_pruned(
     with transaction(make_sessionmaker(engine)) as session:
         for delivery, age in [("old", timedelta(hours=3)), ("recent", timedelta(hours=1))]:
             session.add(WebhookDeliveryRow(delivery_id=delivery, kind="git", received_at=now - age))
+        # Still owed to Temporal: kept however old.
+        session.add(
+            WebhookDeliveryRow(
+                delivery_id="old-pending",
+                kind="terraform",
+                received_at=now - timedelta(hours=3),
+                state="pending",
+                next_attempt_at=now,
+            )
+        )
     with serve_in_thread(create_app(settings)):
         deadline = time.monotonic() + 10
-        while _delivery_ids(engine) != ["recent"]:
+        while _delivery_ids(engine) != ["old-pending", "recent"]:
             assert time.monotonic() < deadline, _delivery_ids(engine)
             time.sleep(0.05)
     with pytest.raises(ValueError, match="greater than or equal to 1 hour"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -36,11 +37,13 @@ async def signal_with_start(
     signal_arg: Any,
     task_queue: str,
     search_attributes: TypedSearchAttributes | None = None,
+    rpc_timeout: timedelta | None = None,
 ) -> None:
     """Deliver ``signal`` to the owner workflow, starting it first if it isn't running.
 
     Nothing is lost when the sender is faster than the workflow: the signal is
-    recorded in the new run's history before its first task.
+    recorded in the new run's history before its first task. ``rpc_timeout`` bounds
+    the call (retries of an unreachable server included).
     """
     await client.start_workflow(
         workflow_type,
@@ -50,4 +53,5 @@ async def signal_with_start(
         start_signal=signal,
         start_signal_args=[signal_arg],
         search_attributes=search_attributes,
+        rpc_timeout=rpc_timeout,
     )

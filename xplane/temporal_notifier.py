@@ -1,11 +1,17 @@
-"""The API's bridge to Temporal: registration and CI webhooks become signals.
+"""The API's bridge to Temporal: registrations and CI webhooks become signals.
 
-Used by ``xplane api`` when a Temporal address is configured (and by ``xplane up``).
+Used by ``xplane api`` when a Temporal address is configured (and by ``xplane up``),
+through the outbox dispatcher (:mod:`xplane.webhooks.dispatcher`) and the git
+webhook's first try. Every call to Temporal is bounded by ``rpc_timeout`` (at most
+5 s): an unreachable Temporal never holds the API.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -17,14 +23,26 @@ from workflows.node_lifecycle import NodeLifecycleParams, NodeTimings
 from xplane.api.routes_webhooks import LoopNotRunning, TerraformWebhook
 from xplane.temporal_client import connect, signal_with_start
 
+MAX_RPC_TIMEOUT = timedelta(seconds=5)
+
 
 class TemporalNotifier:
     """Registration and CI webhooks as signals. Connects lazily, in the server's event loop."""
 
-    def __init__(self, client: Client | None, task_queue: str, address: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Client | None,
+        task_queue: str,
+        address: str | None = None,
+        rpc_timeout: timedelta = MAX_RPC_TIMEOUT,
+        namespace: str | None = None,
+    ) -> None:
         self._given = client
         self._address = address
+        # The workers' namespace (it was always "default" here, whatever they used).
+        self._namespace = namespace or os.environ.get("XPLANE_TEMPORAL_NAMESPACE") or "default"
         self._task_queue = task_queue
+        self._timeout = min(rpc_timeout, MAX_RPC_TIMEOUT)
 
     @property
     def _client(self) -> Client:
@@ -36,7 +54,10 @@ class TemporalNotifier:
         if self._given is None:
             if not self._address:
                 raise RuntimeError("no Temporal address configured")
-            self._given = await connect(self._address)
+            # A server that accepts connections but never answers would hang this.
+            self._given = await asyncio.wait_for(
+                connect(self._address, self._namespace), self._timeout.total_seconds()
+            )
 
     async def node_registered(self, node_id: str, service: str, region: str) -> None:
         await self.connect()
@@ -51,6 +72,7 @@ class TemporalNotifier:
             signal_arg="",
             task_queue=self._task_queue,
             search_attributes=ids.search_attributes(service=service, region=region, node=node_id),
+            rpc_timeout=self._timeout,
         )
 
     async def terraform_finished(self, hook: TerraformWebhook) -> None:
@@ -67,17 +89,20 @@ class TemporalNotifier:
             signal_arg=outcome,
             task_queue=self._task_queue,
             search_attributes=ids.search_attributes(service=hook.service, region=hook.region),
+            rpc_timeout=self._timeout,
         )
         # The region lifecycle waits for its bootstrap/retire commits the same way.
         with contextlib.suppress(RPCError):
             await self._client.get_workflow_handle(ids.region_id(hook.region)).signal(
-                "terraform_finished", outcome
+                "terraform_finished", outcome, rpc_timeout=self._timeout
             )
 
     async def sync_now(self) -> None:
         await self.connect()
         try:
-            await self._client.get_workflow_handle(ids.GITOPS_SYNC_ID).signal("sync_now")
+            await self._client.get_workflow_handle(ids.GITOPS_SYNC_ID).signal(
+                "sync_now", rpc_timeout=self._timeout
+            )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:  # no `xplane sync` / `up` running
                 raise LoopNotRunning(ids.GITOPS_SYNC_ID) from None

@@ -8,9 +8,11 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
+from sqlalchemy.orm import Session, sessionmaker
 
 from xplane.api.auth import TokenCache
 from xplane.api.context import ApiContext, NodeNotifier
@@ -20,7 +22,7 @@ from xplane.api.hot_path import XPlaneApi
 from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
 from xplane.api.routes_nodes import router as nodes_router
-from xplane.api.routes_webhooks import WebhookNotifier
+from xplane.api.routes_webhooks import TerraformWebhook, WebhookNotifier
 from xplane.api.routes_webhooks import make_router as make_webhook_router
 from xplane.api.schemas import ErrorBody
 from xplane.api.settings import ApiSettings
@@ -30,6 +32,7 @@ from xplane.observability.tracing import tracing_requested
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.nodes import prune_samples
 from xplane.webhooks.deliveries import prune_deliveries
+from xplane.webhooks.dispatcher import DeliveryDispatcher, DeliveryRefused, DispatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +73,25 @@ def create_app(
         writer=writer,
         tokens=TokenCache(settings.token_cache_ttl.total_seconds()),
         notifier=notifier,
+        dispatcher=_dispatcher(factory, settings, notifier, webhook_notifier),
     )
+    dispatcher = ctx.dispatcher
 
     deadlines = BodyDeadlines(settings.body_read_timeout.total_seconds())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         writer.start()
-        pruner = asyncio.create_task(_prune_forever(ctx), name="sample-pruner")
+        tasks = [asyncio.create_task(_prune_forever(ctx), name="sample-pruner")]
+        if dispatcher is not None:
+            tasks.append(asyncio.create_task(dispatcher.run(), name="delivery-dispatcher"))
         try:
             yield
         finally:
-            pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruner
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await writer.stop()
             await deadlines.stop()
             engine.dispose()
@@ -100,6 +108,7 @@ def create_app(
     app.state.ctx = ctx
     app.state.settings = settings
     app.state.webhook_notifier = webhook_notifier
+    app.state.dispatcher = dispatcher
     install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -111,6 +120,40 @@ def create_app(
     for router in (*routers, metrics_router(factory, token=metrics_token), *extra_routers):
         app.include_router(router)
     return app
+
+
+def _dispatcher(
+    factory: sessionmaker[Session],
+    settings: ApiSettings,
+    notifier: NodeNotifier | None,
+    webhook_notifier: WebhookNotifier | None,
+) -> DeliveryDispatcher | None:
+    """The outbox dispatcher for the kinds this replica can deliver (None: none).
+
+    A replica without a workflow client still stores webhooks: one that has one
+    (or this one, restarted with Temporal configured) delivers them.
+    """
+    kinds = (["node"] if notifier else []) + (["terraform", "git"] if webhook_notifier else [])
+    if not kinds:
+        return None
+
+    async def deliver(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "node" and notifier is not None:
+            await notifier.node_registered(
+                payload["node_id"], payload["service"], payload["region"]
+            )
+        elif kind == "terraform" and webhook_notifier is not None:
+            await webhook_notifier.terraform_finished(TerraformWebhook.model_validate(payload))
+        elif kind == "git" and webhook_notifier is not None:
+            await webhook_notifier.sync_now()
+        else:
+            raise DeliveryRefused(f"no notifier for {kind} deliveries")
+
+    dispatch = DispatchSettings(
+        attempt_timeout=settings.notifier_timeout * 3,  # connect, start, signal
+        retry_max=settings.delivery_retry_max,
+    )
+    return DeliveryDispatcher(factory, deliver, kinds, dispatch)
 
 
 def api_telemetry(environ: Mapping[str, str] | None = None) -> TelemetryConfig:

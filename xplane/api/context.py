@@ -12,13 +12,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from xplane.api.auth import TokenCache
 from xplane.api.settings import ApiSettings
 from xplane.api.writer import HeartbeatWriter
+from xplane.webhooks.dispatcher import DeliveryDispatcher
 
 
 class NodeNotifier(Protocol):
-    """Told after a registration commits (e.g. a Temporal signal-with-start).
-
-    Its errors are logged and swallowed: the world-state loop catches up.
-    """
+    """Told of a registration (e.g. a Temporal signal-with-start), by the outbox
+    dispatcher after the registration committed, never in the request: a failure
+    is retried (and the world-state loop catches up on new nodes anyway)."""
 
     async def node_registered(self, node_id: str, service: str, region: str) -> None: ...
 
@@ -31,6 +31,7 @@ class ApiContext:
     writer: HeartbeatWriter
     tokens: TokenCache
     notifier: NodeNotifier | None = None
+    dispatcher: DeliveryDispatcher | None = None  # delivers stored registrations and webhooks
 
 
 def get_ctx(request: Request) -> ApiContext:

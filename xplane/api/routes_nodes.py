@@ -1,14 +1,16 @@
 """The agent-facing endpoints: ``POST /nodes/register`` and ``POST /nodes/heartbeat``.
 
-Neither touches Temporal: registration only calls the optional notifier after
-its commit, and heartbeats go to the store through the batching writer.
+Neither touches Temporal: registration stores the node and, in the same
+transaction, a delivery for the outbox dispatcher (which starts the node's
+lifecycle workflow whenever Temporal can take it); heartbeats go to the store
+through the batching writer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
+import uuid
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Request
@@ -39,6 +41,7 @@ from xplane.store import config_store
 from xplane.store import nodes as store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
+from xplane.webhooks import deliveries
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["nodes"])
@@ -67,7 +70,8 @@ async def register(
     node_token = new_token()
     caller = _Caller(token, bootstrap)
     row = await run_in_threadpool(_register, ctx, body, caller, hash_token(node_token))
-    await _notify(ctx, row.id, row.service, row.region)
+    if ctx.dispatcher is not None:
+        ctx.dispatcher.wake()  # the lifecycle starts from the store, not in this request
     return RegisterResponse(
         node_id=row.id,
         token=node_token,
@@ -133,6 +137,16 @@ def _register_once(
         except store.RegistrationConflict as exc:
             # Name the field only: the other node's address, region or service stay private.
             raise ApiError(409, "node id in use", [(exc.field, _conflict_message(exc))]) from None
+        if ctx.notifier is not None:
+            # Signal-with-start ``registered`` to node-<id>, by the dispatcher: a new node's
+            # lifecycle starts, a given-up node's starts again, a running one is unchanged.
+            deliveries.record_delivery(
+                session,
+                f"node:{uuid.uuid4().hex}",
+                "node",
+                {"node_id": node_id, "service": body.service, "region": body.region},
+                now,
+            )
         if created:
             record_event(
                 session,
@@ -178,18 +192,6 @@ def _new_node_id(session: Session, region: str) -> str:
         candidate = f"{region}-{secrets.token_hex(4)}"
         if session.get(store.NodeRow, candidate) is None:
             return candidate
-
-
-async def _notify(ctx: ApiContext, node_id: str, service: str, region: str) -> None:
-    if ctx.notifier is None:
-        return
-    try:
-        await asyncio.wait_for(
-            ctx.notifier.node_registered(node_id, service, region),
-            ctx.settings.notifier_timeout.total_seconds(),
-        )
-    except Exception:
-        log.exception("notifier failed for node %s; the world-state loop will catch up", node_id)
 
 
 async def json_body(request: Request) -> None:

@@ -5,24 +5,29 @@ is signed as ``X-XPlane-Signature-256: sha256=<HMAC-SHA256(raw body)>`` with
 ``XPLANE_WEBHOOK_SECRET``; ``X-XPlane-Delivery`` de-duplicates retries. The
 timestamp is *inside* the signed body (unix seconds or ISO 8601), so a captured
 request cannot be replayed later with a fresh one: outside ``window`` it is
-refused. A valid call is delivered by signal-with-start to
-``autoscale-<service>-<region>`` (nothing is lost when CI is faster than the
-workflow) and to ``region-<region>`` when that workflow is running.
+refused. A valid call is stored with its payload (:mod:`xplane.webhooks.deliveries`)
+and answered 202 at once, Temporal up or not; the API's dispatcher then delivers it
+by signal-with-start to ``autoscale-<service>-<region>`` (nothing is lost when CI is
+faster than the workflow) and to ``region-<region>`` when that workflow is running,
+retrying until it succeeds. A retry of the same delivery id answers 200 with the
+delivery's real state: ``pending``, ``delivered`` or ``undeliverable``.
 
 Git: GitHub push events (``X-Hub-Signature-256``) and GitLab's
 (``X-Gitlab-Token``) with ``XPLANE_GIT_WEBHOOK_SECRET`` send ``sync_now`` to
 ``gitops-sync``. Their delivery ids (GitHub's ``X-GitHub-Delivery``, GitLab's
 ``X-Gitlab-Event-UUID``) are required and recorded: a replayed request answers
-200 ``duplicate`` and triggers nothing.
+200 with the delivery's state and triggers nothing. The signal is tried at once
+(409 when ``gitops-sync`` does not exist); when Temporal is unreachable the
+delivery stays pending (202) for the dispatcher.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
-from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -39,7 +44,8 @@ from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
 from xplane.store.pools import finish_commit
 from xplane.store.tables import column_length
-from xplane.webhooks.deliveries import claim_delivery, release_delivery
+from xplane.webhooks import deliveries
+from xplane.webhooks.dispatcher import DeliveryDispatcher, DeliveryRefused
 from xplane.webhooks.signature import token_matches, verify
 
 log = logging.getLogger(__name__)
@@ -51,7 +57,6 @@ GITHUB_DELIVERY_HEADER = "X-GitHub-Delivery"
 GITLAB_DELIVERY_HEADER = "X-Gitlab-Event-UUID"
 DELIVERY_PATTERN = r"^[\x21-\x7e]+$"  # visible ASCII: GUIDs, CI run ids
 DELIVERY_MAX = column_length("webhook_deliveries", "delivery_id")
-RETRY_LATER = {"Retry-After": "5"}
 
 
 class TerraformWebhook(BaseModel):
@@ -85,7 +90,7 @@ class TerraformWebhook(BaseModel):
             raise ValueError("out of range once converted to UTC") from None
 
 
-class LoopNotRunning(Exception):
+class LoopNotRunning(DeliveryRefused):
     """The long-running workflow a webhook signals is not running (nothing was signalled)."""
 
 
@@ -103,6 +108,16 @@ def _secret(name: str) -> str:
 
 def _notifier(request: Request) -> WebhookNotifier | None:
     return getattr(request.app.state, "webhook_notifier", None)
+
+
+def _dispatcher(request: Request) -> DeliveryDispatcher | None:
+    return getattr(request.app.state, "dispatcher", None)
+
+
+def _known(delivery: str, state: str, kind: str) -> JSONResponse:
+    """A delivery id seen before: its real state, never acted on twice."""
+    metrics.webhook_delivery(kind, "duplicate")
+    return JSONResponse({"status": state, "delivery": delivery}, status_code=200)
 
 
 def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
@@ -139,9 +154,11 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
             if unknown is not None:
                 metrics.webhook_delivery("terraform", "invalid")
                 raise ApiError(422, f"unknown {unknown[0]}", [unknown])
-            if not claim_delivery(session, delivery, "terraform"):
-                metrics.webhook_delivery("terraform", "duplicate")
-                return JSONResponse({"status": "duplicate", "delivery": delivery}, status_code=200)
+            known_state = deliveries.record_delivery(
+                session, delivery, "terraform", hook.model_dump(mode="json")
+            )
+            if known_state is not None:
+                return _known(delivery, known_state, "terraform")
             finish_commit(session, hook.service, hook.region, hook.commit, hook.status)
             record_event(
                 session,
@@ -152,10 +169,10 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
                 region=hook.region,
                 data={"commit": hook.commit, "run_url": hook.run_url, "delivery": delivery},
             )
-        notifier = _notifier(request)
-        if notifier is None:
-            raise ApiError(503, "no workflow client configured: delivery recorded, not signalled")
-        await _signal(notifier.terraform_finished(hook), "autoscale")
+        # Stored: it is delivered whenever Temporal can take it (this replica or another).
+        dispatcher = _dispatcher(request)
+        if dispatcher is not None:
+            dispatcher.wake()
         metrics.webhook_delivery("terraform", "accepted")
         return JSONResponse({"status": "accepted", "delivery": delivery}, status_code=202)
 
@@ -193,23 +210,36 @@ def make_router(window: timedelta = DEFAULT_WINDOW) -> APIRouter:
         event = request.headers.get("X-GitHub-Event") or request.headers.get("X-Gitlab-Event", "")
         if event not in ("push", "Push Hook", ""):
             return JSONResponse({"status": "ignored", "event": event}, status_code=200)
-        notifier = _notifier(request)
-        if notifier is None:
+        notifier, dispatcher = _notifier(request), _dispatcher(request)
+        if notifier is None or dispatcher is None:
             raise ApiError(503, "no workflow client configured")
         key = f"{sender}:{delivery}"
-        factory = get_ctx(request).factory
+        ctx = get_ctx(request)
+        factory = ctx.factory
+        lease = dispatcher.lease()  # this request tries first; the dispatcher after the lease
         with transaction(factory) as session:
-            claimed = claim_delivery(session, key, "git")
-        if not claimed:
-            metrics.webhook_delivery("git", "duplicate")
-            return JSONResponse({"status": "duplicate", "delivery": delivery}, status_code=200)
+            known_state = deliveries.record_delivery(session, key, "git", {}, lease=lease)
+        if known_state is not None:
+            return _known(delivery, known_state, "git")
+        pending = deliveries.Delivery(key, "git", {}, attempts=0, refusals=0)
         try:
-            await _signal(notifier.sync_now(), "gitops-sync")
-        except BaseException:
-            # Not signalled: the sender's redelivery of this id must be able to try again.
+            # One call to Temporal, bounded: a hung Temporal holds this request <= 5 s.
+            timeout = ctx.settings.notifier_timeout.total_seconds()
+            await asyncio.wait_for(notifier.sync_now(), timeout)
+        except LoopNotRunning:
+            # Refused, not acted on: the sender's redelivery of this id may try again.
             with transaction(factory) as session:
-                release_delivery(session, key)
-            raise
+                deliveries.release_delivery(session, key)
+            message = (
+                "the gitops-sync loop is not running: nothing was signalled (start it, then retry)"
+            )
+            raise ApiError(409, "gitops-sync not running", [("workflow", message)]) from None
+        except Exception as exc:
+            # Temporal unreachable: stored, so the dispatcher delivers it once it is back.
+            await dispatcher.failed(pending, exc)
+            metrics.webhook_delivery("git", "accepted")
+            return JSONResponse({"status": "pending", "delivery": delivery}, status_code=202)
+        await dispatcher.delivered(pending)
         metrics.webhook_delivery("git", "accepted")
         return JSONResponse({"status": "accepted", "delivery": delivery}, status_code=202)
 
@@ -240,22 +270,6 @@ def _parse_terraform(body: bytes) -> TerraformWebhook:
         fields = [("body", f"malformed JSON: {err}")]
     metrics.webhook_delivery("terraform", "invalid")
     raise ApiError(422, "invalid terraform webhook", fields)
-
-
-async def _signal(call: Awaitable[None], loop: str) -> None:
-    """Await a notifier call. A loop that is not running is a 409 (the request is fine,
-    the system is not in a state to act on it); an unreachable Temporal is a 503."""
-    try:
-        await call
-    except LoopNotRunning:
-        message = f"the {loop} loop is not running: nothing was signalled (start it, then retry)"
-        raise ApiError(409, f"{loop} not running", [("workflow", message)]) from None
-    except Exception as exc:
-        log.warning("signalling %s failed: %s: %s", loop, type(exc).__name__, exc)
-        message = f"could not signal {loop}: {type(exc).__name__}"
-        raise ApiError(
-            503, "workflow service unavailable", [("workflow", message)], RETRY_LATER
-        ) from None
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:

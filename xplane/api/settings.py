@@ -58,7 +58,12 @@ class ApiSettings(BaseModel):
     queue_size: int = Field(default=10_000, ge=1)
     # Heartbeat batches written at once; default 1 on SQLite (a single writer), 4 otherwise.
     batch_concurrency: int | None = Field(default=None, ge=1)
-    notifier_timeout: timedelta = timedelta(seconds=5)
+    # Bounds each call to Temporal (at most 5 s: an unreachable Temporal never holds a request).
+    notifier_timeout: timedelta = Field(
+        default=timedelta(seconds=5), gt=timedelta(0), le=timedelta(seconds=5)
+    )
+    # Longest wait between two tries of a stored delivery while Temporal is unreachable.
+    delivery_retry_max: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
     # Webhook delivery ids are remembered this long (replay protection), then pruned.
     webhook_delivery_retention: timedelta = Field(default=DEFAULT_RETENTION, ge=MIN_RETENTION)
 
@@ -110,6 +115,8 @@ class ApiSettings(BaseModel):
             values["webhook_delivery_retention"] = parse_duration(
                 env["XPLANE_WEBHOOK_DELIVERY_RETENTION"]
             )
+        if env.get("XPLANE_DELIVERY_RETRY_MAX"):
+            values["delivery_retry_max"] = parse_duration(env["XPLANE_DELIVERY_RETRY_MAX"])
         if env.get("XPLANE_API_MAX_CONCURRENCY"):
             values["max_concurrency"] = env["XPLANE_API_MAX_CONCURRENCY"]
         if env.get("XPLANE_API_BODY_TIMEOUT"):

@@ -53,7 +53,10 @@ REGISTRY = CollectorRegistry()
 
 DIRECTIONS = frozenset({"up", "down", "none"})
 WEBHOOK_KINDS = frozenset({"terraform", "git"})
-WEBHOOK_RESULTS = frozenset({"accepted", "duplicate", "bad_signature", "stale", "invalid"})
+WEBHOOK_RESULTS = frozenset(
+    {"accepted", "duplicate", "bad_signature", "stale", "invalid"}
+    | {"delivered", "retried", "undeliverable"}  # the dispatcher's outcomes
+)
 # Powers of two up to the writer's largest sensible batch (batch_max_size defaults to 256).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
