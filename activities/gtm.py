@@ -24,7 +24,7 @@ from xplane.dns.ratelimit import DnsThrottledError
 from xplane.domain import NodeSnapshot, NodeStatus
 from xplane.gate import GateSettings, verdict_for
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
-from xplane.gtm.weights import ServiceWeights, compute_service_weights
+from xplane.gtm.weights import ServiceWeights, compute_service_weights, unready_addresses
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
 from xplane.store import config_store
@@ -63,6 +63,8 @@ class GtmTargets(BaseModel):
     observed_at: datetime
     # The self-health gate: region -> verdict when not normal (its reason).
     gate: dict[str, str] = Field(default_factory=dict)
+    # Addresses of nodes judged not ready (in the gate's view): removed on purpose.
+    unready: list[str] = Field(default_factory=list)
 
 
 class ApplyDnsRequest(BaseModel):
@@ -72,6 +74,7 @@ class ApplyDnsRequest(BaseModel):
     desired: DesiredService
     reason: str = ""
     force: bool = False
+    expected_removals: list[str] = Field(default_factory=list)  # see GtmTargets.unready
 
 
 def desired_for_provider(
@@ -153,6 +156,7 @@ class GtmActivities:
             health=health,
             observed_at=now,
             gate=gate,
+            unready=unready_addresses(policy, nodes, timeout),
         )
 
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
@@ -204,6 +208,7 @@ class GtmActivities:
         try:
             with heartbeating():  # provider APIs can be slow; a dead worker shows in seconds
                 plan = provider.plan(request.desired)
+                plan.expected_removals = request.expected_removals
                 result = provider.apply(plan, force=request.force)
         except DnsError as err:
             metrics.dns_apply(request.provider_key, False)

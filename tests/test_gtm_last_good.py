@@ -16,7 +16,7 @@ from xplane.config.models import DnsProviderConfig, GtmPolicy
 from xplane.dns.base import DesiredService, DnsChange, DnsPlan, DnsSafetyError, check_safety
 from xplane.domain import NodeSnapshot, NodeState, NodeStatus
 from xplane.gtm.last_good import dns_action
-from xplane.gtm.weights import ServiceWeights, compute_service_weights
+from xplane.gtm.weights import ServiceWeights, compute_service_weights, unready_addresses
 
 POLICY = GtmPolicy.model_validate(
     {
@@ -157,3 +157,34 @@ def test_dns_action_rules() -> None:
 
 def _weights(world: list[NodeSnapshot]) -> ServiceWeights:
     return compute_service_weights(POLICY, {}, world, {}, 30.0)
+
+
+def test_a_region_judged_down_is_an_expected_removal_and_passes_the_threshold() -> None:
+    """jp holds 4 of 6 addresses and fails while sg serves: removing 67 % is refused as
+    a mass removal unless the removed addresses are nodes judged not ready."""
+    jp = [node(i) for i in range(1, 5)]
+    sg = [node(i, "sg") for i in range(5, 7)]
+    down = [n.model_copy(update={"status": NodeStatus.DOWN}) for n in jp]
+    unready = unready_addresses(POLICY, down + sg, 30.0)
+    assert unready == sorted(n.address for n in jp)
+    plan = DnsPlan(
+        provider="sim",
+        service="svc",
+        name="api.svc.plus",
+        changes=[DnsChange(action="update", key="A")],
+        addresses_before=sorted(n.address for n in jp + sg),
+        addresses_after=sorted(n.address for n in sg),
+    )
+    with pytest.raises(DnsSafetyError, match="removes 4 of 6"):
+        check_safety(plan, PROVIDER.max_change_fraction, force=False)
+    check_safety(plan.model_copy(update={"expected_removals": unready}), 0.5, force=False)
+    # Only the expected ones are excused: with jp-1 still up, its removal counts.
+    partly = unready_addresses(POLICY, [jp[0], *down[1:], *sg], 30.0)
+    with pytest.raises(DnsSafetyError, match="removes 1 of 6"):
+        check_safety(plan.model_copy(update={"expected_removals": partly}), 0.1, force=False)
+    # Drained and given-up nodes leave on purpose too; ready ones never are unready.
+    drained = jp[0].model_copy(update={"state": NodeState.DRAIN})
+    gone = jp[1].model_copy(update={"state": NodeState.DELETE})
+    assert unready_addresses(POLICY, [drained, gone, *sg], 30.0) == sorted(
+        [drained.address, gone.address]
+    )

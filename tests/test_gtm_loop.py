@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -115,16 +116,12 @@ def _beat(sessions: sessionmaker[Session], node_id: str) -> None:
         row.last_heartbeat_at, row.error_rate, row.rtt_ms = utcnow(), 0.0, 10.0
 
 
-async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
-    time_env: WorkflowEnvironment,
-    tmp_path: Path,
-    pdns: PdnsServer,
-    health_port: int,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _seed(
+    tmp_path: Path, pdns: PdnsServer, health_port: int
+) -> tuple[Engine, sessionmaker[Session]]:
+    """A store with the config and every node of NODES active and beating."""
     import xplane.store.tables  # noqa: F401
 
-    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
     engine = make_engine(f"sqlite:///{tmp_path}/gtm.db")
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
@@ -149,7 +146,18 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
             node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", utcnow())
     for node_id in NODES:
         _beat(sessions, node_id)
+    return engine, sessions
 
+
+async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
+    time_env: WorkflowEnvironment,
+    tmp_path: Path,
+    pdns: PdnsServer,
+    health_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    engine, sessions = _seed(tmp_path, pdns, health_port)
     client = pydantic_client(time_env)
     acts = GtmActivities(sessions)
     async with Worker(
@@ -213,6 +221,46 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
         status = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
         assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
+        with contextlib.suppress(Exception):
+            await handle.terminate()
+    engine.dispose()
+
+
+async def test_a_region_holding_most_addresses_fails_over_past_the_safety_threshold(
+    time_env: WorkflowEnvironment,
+    tmp_path: Path,
+    pdns: PdnsServer,
+    health_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """jp holds 2 of the 3 addresses. Both its nodes go down: the plan removes 67 % of
+    the published addresses, above max_change_fraction (50 %), yet jp must leave DNS at
+    once: its nodes are judged down, so those removals are expected, not suspicious."""
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    engine, sessions = _seed(tmp_path, pdns, health_port)
+    client = pydantic_client(time_env)
+    acts = GtmActivities(sessions)
+    async with Worker(
+        client,
+        task_queue=TQ,
+        workflows=[GtmLoopWorkflow],
+        activities=[acts.observe_gtm, acts.apply_dns],
+        activity_executor=ThreadPoolExecutor(4),
+    ):
+        handle = await client.start_workflow(
+            GtmLoopWorkflow.run,
+            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=3600)),
+            id=f"gtm-svc-{uuid.uuid4().hex[:6]}",
+            task_queue=TQ,
+        )
+        await time_env.sleep(1)
+        assert set(_answers(pdns)) == set(NODES.values())
+        with transaction(sessions) as session:
+            for node_id in ("jp-1", "jp-2"):
+                node_store.set_lifecycle_state(session, node_id, NodeState.IDLE, "down", utcnow())
+        await handle.signal(GtmLoopWorkflow.world_changed, "jp down")
+        await time_env.sleep(1)
+        assert set(_answers(pdns)) == {NODES["sg-1"]}
         with contextlib.suppress(Exception):
             await handle.terminate()
     engine.dispose()

@@ -176,6 +176,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                     desired=desired,
                     reason=", ".join(reasons),
                     force=action == "force",
+                    expected_removals=targets.unready,
                 ),
                 result_type=ApplyResult,
                 start_to_close_timeout=policies.EXTERNAL_TIMEOUT,

@@ -87,6 +87,9 @@ class DnsPlan(BaseModel):
     # it yet) and after it: what the safety threshold counts.
     addresses_before: list[str] = Field(default_factory=list)
     addresses_after: list[str] = Field(default_factory=list)
+    # Addresses the caller removes on purpose (their nodes are judged not ready): the
+    # safety threshold does not count them.
+    expected_removals: list[str] = Field(default_factory=list)
     # provider-private data apply() needs (ids of existing records, etc.)
     context: dict[str, Any] = Field(default_factory=dict)
 
@@ -148,9 +151,9 @@ def check_safety(plan: DnsPlan, max_change_fraction: float, force: bool) -> None
     """Refuse a plan that is too large or empties a name, unless forced (octoDNS-style).
 
     Too large: it takes away more than ``max_change_fraction`` of the addresses published
-    before (additions and weight changes don't count) from a name with more than
-    :data:`SMALL_NAME_ADDRESSES`. A provider that reports no addresses is judged by
-    record sets, as before.
+    before (additions, weight changes and ``expected_removals`` don't count) from a
+    name with more than :data:`SMALL_NAME_ADDRESSES`. A provider that reports no
+    addresses is judged by record sets, as before.
     """
     if force or plan.empty:
         return
@@ -160,7 +163,7 @@ def check_safety(plan: DnsPlan, max_change_fraction: float, force: bool) -> None
         )
     before = set(plan.addresses_before)
     if before:
-        removed = before - set(plan.addresses_after)
+        removed = before - set(plan.addresses_after) - set(plan.expected_removals)
         fraction = len(removed) / len(before)
         if len(before) > SMALL_NAME_ADDRESSES and fraction > max_change_fraction:
             raise DnsSafetyError(

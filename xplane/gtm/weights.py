@@ -355,6 +355,23 @@ def _fail_open_records(
     return records
 
 
+def unready_addresses(
+    policy: GtmPolicy, nodes: Iterable[NodeSnapshot], heartbeat_timeout_s: float
+) -> list[str]:
+    """Addresses of ``policy.service``'s nodes that are not ready (down, failing their
+    check, draining, given up): DNS loses them on purpose, so the provider's safety
+    threshold does not count them as a suspicious mass removal (a large region that
+    really failed must leave DNS at once). The nodes are the gate's trusted view.
+    """
+    nodes = list(nodes)
+    regions = [r.name for r in policy.regions]
+    tallies = _tally_nodes(
+        policy.service, regions, nodes, heartbeat_timeout_s, policy.max_error_rate
+    )
+    ready = {address for tally in tallies.values() for _, address in tally.ready}
+    return sorted({n.address for n in nodes if n.service == policy.service} - ready)
+
+
 def compute_service_weights(
     policy: GtmPolicy,
     regions: Mapping[str, Region],
