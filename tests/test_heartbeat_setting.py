@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from activities.autoscale import DecideRequest, DecideResult
 from activities.gtm import GtmTargets, ObserveRequest
 from activities.nodes import ScanRequest, ScanResult
 from activities.regions import RegionNodes
+from tests.conftest import register_search_attributes
 from tests.support.temporal import pydantic_client
 from workers.main import activities_for
 from xplane.api import ApiSettings, create_app
@@ -205,6 +206,17 @@ def _by_name(acts: list[Any]) -> dict[str, Callable[..., Any]]:
     return {fn.__name__: fn for fn in acts}
 
 
+@pytest.fixture
+async def own_temporal() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of its own: the scan signals lifecycles with no worker to
+    run them, and the shared server was measured to stall later tests afterwards."""
+    server = Path(sys.executable).parent / "temporal-test-server"
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(server))
+    await register_search_attributes(env.client)
+    yield env
+    await env.shutdown()
+
+
 @pytest.mark.parametrize(
     ("interval", "timeout", "up"),
     [("5s", "20s", {"jp-recent"}), ("20s", None, {"jp-recent", "jp-silent"})],
@@ -214,7 +226,7 @@ async def test_every_reader_follows_the_heartbeat_setting(
     interval: str,
     timeout: str | None,
     up: set[str],
-    time_env: WorkflowEnvironment,
+    own_temporal: WorkflowEnvironment,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -225,7 +237,7 @@ async def test_every_reader_follows_the_heartbeat_setting(
     sessions = make_sessionmaker(engine)
     _seed(sessions)
     settings = Settings.from_env(db_url=db_url, data_dir=tmp_path / "data")
-    acts = _by_name(activities_for(pydantic_client(time_env), settings, sessions))
+    acts = _by_name(activities_for(pydantic_client(own_temporal), settings, sessions))
     env = ActivityEnvironment()
 
     # World state: the scan judges a new node's first status with the setting.
