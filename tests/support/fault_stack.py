@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -459,6 +460,43 @@ class FaultStack:
         ]
         holds = [f"{k}: {'; '.join(h.reasons)}" for k, h in decision.state.holds.items()]
         return sorted(holds) + sorted(regions)
+
+    def _decided_at(self) -> datetime:
+        from xplane.store import gate as gate_store
+        from xplane.store.db import make_engine, make_sessionmaker
+
+        engine = make_engine(self.db_url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                decision = gate_store.read_gate(session).decision
+        finally:
+            engine.dispose()
+        return decision.at if decision is not None else datetime.min.replace(tzinfo=UTC)
+
+    def gate_counts(self) -> tuple[int, int]:
+        """(closings, openings) of the gate so far."""
+        return len(self.events("gate.closed")), len(self.events("gate.opened"))
+
+    def wait_gate_reopened(self, before: tuple[int, int], timeout: float) -> int:
+        """Every closing since ``before`` has been followed by its opening (a stored
+        decision from before a fault says "open" too: the events tell them apart), and
+        the gate is open now. Returns the number of closings since ``before``."""
+
+        from xplane.store.db import utcnow
+
+        # First a scan made after the fault ended: its decision, not one stored before.
+        now = utcnow()
+        self._wait("a world-state scan after the fault", lambda: self._decided_at() > now, timeout)
+
+        def reopened() -> bool:
+            closed, opened = self.gate_counts()
+            return opened - before[1] >= closed - before[0] and not self.gate_holds()
+
+        try:
+            self._wait("the gate to reopen", reopened, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.gate_holds()}") from None
+        return self.gate_counts()[0] - before[0]
 
     def webhook(self, url: str, delivery: str, region: str, commit: str) -> httpx.Response:
         from xplane.webhooks.signature import sign
