@@ -2,7 +2,7 @@
 
 One stack (tests/support/fault_stack.py): 2 API replicas, 2 workers, a PostgreSQL
 database of its own, the Temporal dev server, PowerDNS and 6 real agents in two
-regions (3 each), heartbeating every 1 s (down after 3 s). The faults run one after
+regions (3 each), heartbeating every 2 s (down after 6 s). The faults run one after
 another on it; during each, PowerDNS is polled every 0.5 s and the test asserts
 that DNS was never empty and no healthy node's address ever left it, that no node
 was deleted and no replacement was committed to the infra repo. The last fault is

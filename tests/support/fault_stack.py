@@ -3,7 +3,10 @@
 Two ``xplane api`` replicas and two ``xplane worker`` processes on a PostgreSQL
 database of the stack's own (created with a unique name, dropped at the end), the
 Temporal dev server, PowerDNS and real ``xplane agent`` processes in two regions,
-each given both API URLs. Timings are short (1 s heartbeats, 3 s timeout).
+each given both API URLs. Timings are short: 2 s heartbeats, down after 6 s. Not 1 s:
+the gate treats a gap between two world-state scans longer than one heartbeat interval
+as a recovery (xplane/gate.py), and on a loaded 2-core machine scans come ~1 s apart,
+so with 1 s beats the gate never opened at all.
 
 The infra repo is a bare git repository without CI: the node pools are committed
 up front (so bootstrap finds them in Git), and any later commit is XPlane's own
