@@ -118,9 +118,16 @@ def summary(results: dict[str, Any]) -> list[str]:
         rows.append(f"| worker SIGKILLed during git push -> survivor resumes the activity | "
                     f"{failover['resume_median_s']} s median, {failover['resume_max_s']} s max "
                     f"(was {failover['before_heartbeats_s']:.0f} s) | < 15 s |")  # fmt: skip
+    outage = results.get(DNS_OUTAGE, {})
+    if outage:
+        rows.append(f"| healthy addresses lost from DNS, {outage['outage_s']:.0f} s database "
+                    f"outage | {outage['healthy_addresses_lost']} of {outage['nodes']} "
+                    f"(empty polls {outage['empty_polls']}, "
+                    f"{len(outage['replacement_commits'])} commits) | 0 |")  # fmt: skip
     return rows
 
 
+DNS_OUTAGE = "Healthy addresses lost from DNS during a database outage"
 WORKER_FAILOVER = "Worker failover: a worker killed during git push"
 WORKER_FAILOVER_NOTE = (
     "real dev server, two worker processes, SIGKILL while the remote holds the push open "
@@ -132,6 +139,7 @@ WORKER_FAILOVER_NOTE = (
 def main() -> None:
     from bench import (
         agent_failover,
+        dns_outage,
         dns_writes,
         e2e_loop,
         gtm_ramp_writes,
@@ -196,6 +204,7 @@ def main() -> None:
         e2e_loop.run,
     )
     section(WORKER_FAILOVER, WORKER_FAILOVER_NOTE, worker_failover.run)
+    section(DNS_OUTAGE, dns_outage.NOTE, dns_outage.run)
 
     git_rev = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT

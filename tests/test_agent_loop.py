@@ -334,3 +334,31 @@ async def test_probes_report_success_failure_and_rtt(stubs: list[Stub]) -> None:
         )
     assert [r.ok for r in results] == [True, True, False, False]
     assert all(r.rtt_ms > 0 for r in results[:2])
+
+
+async def test_heartbeat_retries_after_an_outage_wait_no_longer_than_one_interval(
+    tmp_path: Path, stubs: list[Stub]
+) -> None:
+    """A long control-plane outage must not leave the agent backing off past its recovery:
+    each retry waits at most one heartbeat interval (the backoff's cap is 30 s here)."""
+    port = free_port()
+    failing = {"left": 8}
+
+    def script(path: str, body: dict[str, Any], auth: str) -> Reply:
+        if path == "/nodes/register":
+            return 200, {**_register_ok()[1], "heartbeat_interval_seconds": 0.2}
+        if failing["left"] > 0:
+            failing["left"] -= 1
+            return 503, {"error": "database unavailable"}
+        return 200, {**_beat()[1], "heartbeat_interval_seconds": 0.2}
+
+    stubs.append(Stub(port, script))
+    # Uncapped, 8 failures would wait 0.5 + 1 + 2 + ... + 30 s (jitter at most halves it).
+    agent, _ = _agent(tmp_path, port, backoff={"base": 0.5, "cap": 30.0, "jitter": 0.0})
+    task = asyncio.create_task(agent.run())
+    try:
+        await _until(lambda: failing["left"] == 0 and len(stubs[0].requests) >= 10, timeout=5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

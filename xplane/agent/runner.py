@@ -162,8 +162,12 @@ class Agent:
             self.log.error(f"cannot write state file {self.config.state_file}: {exc.strerror}")
 
     # ------------------------------------------------------------------ waiting
-    async def _back_off(self, reason: str, level: int = logging.WARNING) -> None:
+    async def _back_off(
+        self, reason: str, level: int = logging.WARNING, cap: float | None = None
+    ) -> None:
         delay = self.config.backoff.delay(self._failures)
+        if cap is not None:
+            delay = min(delay, cap)
         self._failures += 1
         self.log.log(
             level,
@@ -328,7 +332,10 @@ class Agent:
                     self.log.warning(f"{exc}; registering again")
                 continue
             except ControlPlaneUnavailable as exc:
-                await self._back_off(f"control plane unavailable: {exc}")
+                # Never wait longer than a beat: a node still backing off when the control
+                # plane is back stays silent past the gate's recovery quiet period, and is
+                # judged down although it is healthy.
+                await self._back_off(f"control plane unavailable: {exc}", cap=self.interval_s)
                 continue
             except Rejected as exc:
                 await self._back_off(f"heartbeat rejected: {exc}", logging.ERROR)
