@@ -237,6 +237,15 @@ def test_a_short_gap_is_no_recovery() -> None:
     assert d.state.holds == {} and d.state.quiet_until is None
 
 
+def test_a_scan_tick_late_by_up_to_an_interval_is_no_recovery() -> None:
+    """A busy worker runs the 1-interval scan tick late: 19 s apart is no outage (it
+    held the gate closed for good with 1 s beats); 21 s is."""
+    late = GateState(last_scan_at=T0 - timedelta(seconds=19))
+    assert decide([region("jp", 6, 0)], late, T0).state.quiet_until is None
+    gap = GateState(last_scan_at=T0 - timedelta(seconds=21))
+    assert decide([region("jp", 6, 0)], gap, T0).state.quiet_until is not None
+
+
 def test_first_scan_ever_is_no_gap() -> None:
     d = decide([region("jp", 6, 6), region("us", 6, 0)], GateState(), T0)
     assert d.state.holds == {} and d.verdict("web", "jp").verdict == "normal"
