@@ -10,16 +10,18 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -116,6 +118,39 @@ def _beat(sessions: sessionmaker[Session], node_id: str) -> None:
         row.last_heartbeat_at, row.error_rate, row.rtt_ms = utcnow(), 0.0, 10.0
 
 
+@contextlib.asynccontextmanager
+async def _gtm_loop(
+    env: WorkflowEnvironment,
+    sessions: sessionmaker[Session],
+    service: str,
+    queue: str = TQ,
+    prefix: str = "svc",
+    interval: float = 3600,
+) -> AsyncIterator[WorkflowHandle[Any, Any]]:
+    """A worker with the GTM activities and one GTM loop of ``service`` (by default a
+    tick an hour: the tests wake it), terminated on the way out."""
+    client = pydantic_client(env)
+    acts = GtmActivities(sessions)
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[GtmLoopWorkflow],
+        activities=[acts.observe_gtm, acts.apply_dns],
+        activity_executor=ThreadPoolExecutor(4),
+    ):
+        handle = await client.start_workflow(
+            GtmLoopWorkflow.run,
+            GtmLoopParams(service=service, settings=LoopSettings(interval_seconds=interval)),
+            id=f"gtm-{prefix}-{uuid.uuid4().hex[:6]}",
+            task_queue=queue,
+        )
+        try:
+            yield handle
+        finally:
+            with contextlib.suppress(Exception):
+                await handle.terminate()
+
+
 def _seed(
     tmp_path: Path, pdns: PdnsServer, health_port: int
 ) -> tuple[Engine, sessionmaker[Session]]:
@@ -158,21 +193,7 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
 ) -> None:
     monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
     engine, sessions = _seed(tmp_path, pdns, health_port)
-    client = pydantic_client(time_env)
-    acts = GtmActivities(sessions)
-    async with Worker(
-        client,
-        task_queue=TQ,
-        workflows=[GtmLoopWorkflow],
-        activities=[acts.observe_gtm, acts.apply_dns],
-        activity_executor=ThreadPoolExecutor(4),
-    ):
-        handle = await client.start_workflow(
-            GtmLoopWorkflow.run,
-            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=3600)),
-            id=f"gtm-svc-{uuid.uuid4().hex[:6]}",
-            task_queue=TQ,
-        )
+    async with _gtm_loop(time_env, sessions, "svc", TQ, "svc") as handle:
         await time_env.sleep(1)
         shares = _answers(pdns)
         assert shares == pytest.approx({"127.0.10.1": 0.25, "127.0.10.2": 0.25, "127.0.10.3": 0.5})
@@ -221,8 +242,6 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
         status = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
         assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
-        with contextlib.suppress(Exception):
-            await handle.terminate()
     engine.dispose()
 
 
@@ -238,21 +257,7 @@ async def test_a_region_holding_most_addresses_fails_over_past_the_safety_thresh
     once: its nodes are judged down, so those removals are expected, not suspicious."""
     monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
     engine, sessions = _seed(tmp_path, pdns, health_port)
-    client = pydantic_client(time_env)
-    acts = GtmActivities(sessions)
-    async with Worker(
-        client,
-        task_queue=TQ,
-        workflows=[GtmLoopWorkflow],
-        activities=[acts.observe_gtm, acts.apply_dns],
-        activity_executor=ThreadPoolExecutor(4),
-    ):
-        handle = await client.start_workflow(
-            GtmLoopWorkflow.run,
-            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=3600)),
-            id=f"gtm-svc-{uuid.uuid4().hex[:6]}",
-            task_queue=TQ,
-        )
+    async with _gtm_loop(time_env, sessions, "svc", TQ, "svc") as handle:
         await time_env.sleep(1)
         assert set(_answers(pdns)) == set(NODES.values())
         with transaction(sessions) as session:
@@ -261,8 +266,6 @@ async def test_a_region_holding_most_addresses_fails_over_past_the_safety_thresh
         await handle.signal(GtmLoopWorkflow.world_changed, "jp down")
         await time_env.sleep(1)
         assert set(_answers(pdns)) == {NODES["sg-1"]}
-        with contextlib.suppress(Exception):
-            await handle.terminate()
     engine.dispose()
 
 
@@ -332,23 +335,10 @@ slow_start: 0s
                 return set(parsed[1]) if parsed else set()
         return set()
 
-    client = pydantic_client(time_env)
-    acts = GtmActivities(sessions)
-    queue = f"chk-{uuid.uuid4().hex[:6]}"
     try:
-        async with Worker(
-            client,
-            task_queue=queue,
-            workflows=[GtmLoopWorkflow],
-            activities=[acts.observe_gtm, acts.apply_dns],
-            activity_executor=ThreadPoolExecutor(4),
-        ):
-            handle = await client.start_workflow(
-                GtmLoopWorkflow.run,
-                GtmLoopParams(service="chk", settings=LoopSettings(interval_seconds=3600)),
-                id=f"gtm-chk-{uuid.uuid4().hex[:6]}",
-                task_queue=queue,
-            )
+        async with _gtm_loop(
+            time_env, sessions, "chk", f"chk-{uuid.uuid4().hex[:6]}", "chk"
+        ) as handle:
 
             async def tick() -> None:
                 beat()
@@ -376,8 +366,6 @@ slow_start: 0s
             assert published() == {"127.0.11.1"}
             await tick()
             assert published() == {"127.0.11.1", "127.0.11.2"}
-            with contextlib.suppress(Exception):
-                await handle.terminate()
     finally:
         for server in servers:
             server.shutdown()
@@ -419,22 +407,8 @@ async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
         with sessions() as session:
             return len(list_events(session, kind_prefix="dns.applied"))
 
-    client = pydantic_client(time_env)
-    acts = GtmActivities(sessions)
     queue = f"ramp-{uuid.uuid4().hex[:6]}"
-    async with Worker(
-        client,
-        task_queue=queue,
-        workflows=[GtmLoopWorkflow],
-        activities=[acts.observe_gtm, acts.apply_dns],
-        activity_executor=ThreadPoolExecutor(4),
-    ):
-        handle = await client.start_workflow(
-            GtmLoopWorkflow.run,
-            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=5)),
-            id=f"gtm-ramp-{uuid.uuid4().hex[:6]}",
-            task_queue=queue,
-        )
+    async with _gtm_loop(time_env, sessions, "svc", queue, "ramp", interval=5) as handle:
         await time_env.sleep(6)
         assert set(_answers(pdns)) == {"127.0.10.1", "127.0.10.2"} and applies() == 1
         with transaction(sessions) as session:
@@ -448,8 +422,6 @@ async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
         assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
         ramp_writes = applies() - 1
         assert 5 <= ramp_writes <= 12, ramp_writes
-        with contextlib.suppress(Exception):
-            await handle.terminate()
     engine.dispose()
 
 
@@ -496,23 +468,10 @@ dns: {{provider: cloudflare, base_url: "http://127.0.0.1:{server.port}/client/v4
         _beat(sessions, node_id)
     state.fail_next(429, retry_after=2)
 
-    client = pydantic_client(time_env)
-    acts = GtmActivities(sessions)
-    queue = f"cf-{uuid.uuid4().hex[:6]}"
     try:
-        async with Worker(
-            client,
-            task_queue=queue,
-            workflows=[GtmLoopWorkflow],
-            activities=[acts.observe_gtm, acts.apply_dns],
-            activity_executor=ThreadPoolExecutor(4),
-        ):
-            handle = await client.start_workflow(
-                GtmLoopWorkflow.run,
-                GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=3600)),
-                id=f"gtm-cf-{uuid.uuid4().hex[:6]}",
-                task_queue=queue,
-            )
+        async with _gtm_loop(
+            time_env, sessions, "svc", f"cf-{uuid.uuid4().hex[:6]}", "cf"
+        ) as handle:
             for _ in range(40):
                 await asyncio.sleep(0.25)
                 if len(state.at("api.svc.plus")) == 3:
@@ -521,8 +480,6 @@ dns: {{provider: cloudflare, base_url: "http://127.0.0.1:{server.port}/client/v4
             assert {r["content"] for r in state.at("api.svc.plus")} == set(NODES.values())
             assert not state.faults and state.early_calls == 0
             assert status.errors == 0 and status.last_error is None
-            with contextlib.suppress(Exception):
-                await handle.terminate()
     finally:
         server.stop()
         engine.dispose()
@@ -590,21 +547,7 @@ async def test_all_nodes_die_and_one_comes_back_dns_is_never_empty_nor_frozen_on
     for node_id, address in dead.items():
         register(node_id, address, NodeState.ACTIVE)
 
-    client = pydantic_client(time_env)
-    acts = GtmActivities(sessions)
-    async with Worker(
-        client,
-        task_queue=TQ,
-        workflows=[GtmLoopWorkflow],
-        activities=[acts.observe_gtm, acts.apply_dns],
-        activity_executor=ThreadPoolExecutor(4),
-    ):
-        handle = await client.start_workflow(
-            GtmLoopWorkflow.run,
-            GtmLoopParams(service="svc", settings=LoopSettings(interval_seconds=3600)),
-            id=f"gtm-svc-{uuid.uuid4().hex[:6]}",
-            task_queue=TQ,
-        )
+    async with _gtm_loop(time_env, sessions, "svc", TQ, "svc") as handle:
 
         async def tick(reason: str) -> LoopStatus:
             await handle.signal(GtmLoopWorkflow.world_changed, reason)
@@ -645,6 +588,4 @@ async def test_all_nodes_die_and_one_comes_back_dns_is_never_empty_nor_frozen_on
             assert status.details["holding"] == []
         finally:
             _stop(back)
-        with contextlib.suppress(Exception):
-            await handle.terminate()
     engine.dispose()
