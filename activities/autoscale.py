@@ -25,17 +25,21 @@ from workflows import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
+from xplane.autoscale.scale_down import nodes_removed_by_scale_down
 from xplane.domain import NodeState, NodeStatus
 from xplane.gate import GateSettings, RegionVerdict, verdict_for
 from xplane.gitops.infra_repo import CommitResult, RepoError, commit_node_count
 from xplane.heartbeat import HeartbeatSettings
+from xplane.lifecycle.node_status import is_coming_up, is_serving
 from xplane.observability import metrics as prom
 from xplane.store import config_store
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import list_events, record_event
+from xplane.store.node_tables import NodeRow
 from xplane.store.pools import NodePoolRow, finish_commit, set_pool
+from xplane.store.samples import metric_samples
 
 GONE = (NodeState.DELETE.value,)
 # Lifecycle states of a node not given up: if it is silent, its lifecycle's down grace
@@ -110,31 +114,6 @@ class DrainRequestIn(BaseModel):
     reason: str
 
 
-def nodes_removed_by_scale_down(
-    rows: list[node_store.NodeRow], region: str, keep: int
-) -> list[str]:
-    """The nodes Terraform destroys when ``region``'s node_count drops to ``keep``.
-
-    Every node-pool module names node *i* ``<region>-<i>`` and uses ``count``, so the
-    highest indexes go. Those are the nodes to drain: draining any other would leave a
-    drained node running while a serving one is destroyed without notice. Nodes already
-    deleted need nothing; nodes the pool does not name are not the pool's to remove.
-    """
-    removed = [
-        (index, row.id)
-        for row in rows
-        if (index := _pool_index(row.id, region)) is not None
-        and index >= keep
-        and row.state not in GONE
-    ]
-    return [node for _, node in sorted(removed, reverse=True)]
-
-
-def _pool_index(node_id: str, region: str) -> int | None:
-    suffix = node_id.removeprefix(f"{region}-")
-    return int(suffix) if suffix != node_id and suffix.isdigit() else None
-
-
 class AutoscaleActivities:
     def __init__(
         self,
@@ -166,7 +145,7 @@ class AutoscaleActivities:
             if region is not None and region.quota is not None and region_policy.quota is None:
                 region_policy = region_policy.model_copy(update={"quota": region.quota})
             window = policy.global_.cpu_window
-            rows = node_store.metric_samples(session, request.service, request.region, now - window)
+            rows = metric_samples(session, request.service, request.region, now - window)
             nodes = [
                 n
                 for n in node_store.list_nodes(
@@ -176,12 +155,12 @@ class AutoscaleActivities:
             ]
             pool = session.get(NodePoolRow, (request.service, request.region))
             timeout = self._heartbeat.timeout
-            serving = {n.id for n in nodes if node_store.is_serving(n, now, timeout)}
+            serving = {n.id for n in nodes if is_serving(n, now, timeout)}
             # Healthy: serving or on its way (a warming node is not lost). Held: silent or
             # seen down, but its lifecycle has not given it up (down grace): never replaced
             # on silence alone. Lost: the rest, leaving on purpose (draining); the nodes
             # given up are deleted, so they are simply missing from the pool.
-            healthy = serving | {n.id for n in nodes if node_store.is_coming_up(n, now, timeout)}
+            healthy = serving | {n.id for n in nodes if is_coming_up(n, now, timeout)}
             stored = gate_store.read_gate(session)
             gate = self._verdict(stored, request.service, request.region, now)
             if stored.decision is not None:
@@ -370,7 +349,7 @@ class AutoscaleActivities:
         with self._sessions() as session:
             rows = node_store.list_nodes(session, service=request.service, region=request.region)
         timeout = self._heartbeat.timeout
-        return sum(1 for n in rows if node_store.is_serving(n, now, timeout))
+        return sum(1 for n in rows if is_serving(n, now, timeout))
 
     @activity.defn(name="drain_nodes")
     def drain_nodes(self, request: DrainRequestIn) -> list[str]:
@@ -392,7 +371,7 @@ class AutoscaleActivities:
     def nodes_not_yet_drained(self, node_ids: list[str]) -> list[str]:
         """Which of ``node_ids`` have not reached ``delete`` yet (unknown ids have)."""
         with self._sessions() as session:
-            rows = [session.get(node_store.NodeRow, node) for node in node_ids]
+            rows = [session.get(NodeRow, node) for node in node_ids]
         return [row.id for row in rows if row is not None and row.state not in GONE]
 
 

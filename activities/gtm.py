@@ -32,6 +32,7 @@ from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
+from xplane.store.node_tables import NodeRow
 from xplane.store.pools import list_pools
 
 
@@ -240,7 +241,7 @@ class GtmActivities:
 
 
 def trusted_view(
-    rows: list[node_store.NodeRow],
+    rows: list[NodeRow],
     stored: gate_store.StoredGate,
     service: str,
     now: datetime,

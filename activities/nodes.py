@@ -43,7 +43,8 @@ from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import EventRow, record_event
-from xplane.store.nodes import NodeRow
+from xplane.store.node_tables import NodeRow
+from xplane.store.registration import revoke_token
 from xplane.temporal_client import signal_with_start
 
 HELD_LISTED = 20  # node ids named in a scan result; the count says how many in all
@@ -107,7 +108,7 @@ class NodeActivities:
                 # Given up, not retired: should its agent come back (revived in its slot,
                 # a healed partition), it must register again and start a new life, not
                 # heartbeat into a deleted node and be told to deregister.
-                node_store.revoke_token(session, record.node_id)
+                revoke_token(session, record.node_id)
             record_event(
                 session,
                 f"node.{record.state.value}",

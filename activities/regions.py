@@ -20,6 +20,7 @@ from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_files
 from xplane.heartbeat import HeartbeatSettings
 from xplane.infra.render import RenderError, render_region
+from xplane.lifecycle.node_status import is_serving
 from xplane.store import config_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
@@ -195,7 +196,7 @@ class RegionActivities:
             rows = node_store.list_nodes(session, region=region)
         live = [r for r in rows if r.state != NodeState.DELETE.value]
         timeout = self._heartbeat.timeout
-        active = [r for r in live if node_store.is_serving(r, now, timeout)]
+        active = [r for r in live if is_serving(r, now, timeout)]
         return RegionNodes(active=len(active), live=len(live), ids=[r.id for r in live])
 
     @activity.defn(name="drain_region_nodes")

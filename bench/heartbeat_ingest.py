@@ -44,7 +44,7 @@ from xplane.api.serve import serve_in_thread
 from xplane.config.models import ConfigTree, GtmPolicy, GtmRegion, Region
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
-from xplane.store.nodes import count_samples
+from xplane.store.samples import count_samples
 
 BOOT, ADMIN = "bench-boot", "bench-admin"
 

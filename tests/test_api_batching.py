@@ -19,6 +19,8 @@ from tests.test_api_support import (
 )
 from xplane.store import nodes as store
 from xplane.store.db import make_sessionmaker
+from xplane.store.heartbeats import Heartbeat, HeartbeatResult
+from xplane.store.node_tables import MetricSampleRow
 
 NODES = 20
 BEATS_PER_NODE = 3
@@ -57,7 +59,7 @@ async def test_concurrent_heartbeats_are_all_stored_in_batches(api: Api) -> None
     with make_sessionmaker(api.engine)() as session:
         rows = store.list_nodes(session, service="web", region="jp")
         assert all(r.last_heartbeat_at is not None and r.cpu is not None for r in rows)
-        per_node = {r.node_id for r in session.query(store.MetricSampleRow)}
+        per_node = {r.node_id for r in session.query(MetricSampleRow)}
     assert len(per_node) == NODES
     batches = writer.stats.batches - batches_before
     assert writer.stats.largest_batch > 1 and batches < total  # coalesced
@@ -74,7 +76,7 @@ async def test_batches_in_flight_never_exceed_the_writer_concurrency(concurrency
 
     in_flight, peak, lock = 0, 0, threading.Lock()
 
-    def slow_write(beats: list[store.Heartbeat]) -> list[store.HeartbeatResult | None]:
+    def slow_write(beats: list[Heartbeat]) -> list[HeartbeatResult | None]:
         nonlocal in_flight, peak
         with lock:
             in_flight += 1
@@ -82,9 +84,7 @@ async def test_batches_in_flight_never_exceed_the_writer_concurrency(concurrency
         time.sleep(0.05)
         with lock:
             in_flight -= 1
-        return [
-            store.HeartbeatResult(b.node_id, "active", store.NodeStatus.UP, "none") for b in beats
-        ]
+        return [HeartbeatResult(b.node_id, "active", store.NodeStatus.UP, "none") for b in beats]
 
     writer = HeartbeatWriter(
         sessionmaker(),  # never used: the write is replaced
@@ -96,7 +96,7 @@ async def test_batches_in_flight_never_exceed_the_writer_concurrency(concurrency
     writer._write_sync = slow_write  # type: ignore[method-assign]
     writer.start()
     now = datetime.now(UTC)
-    beats = [store.Heartbeat(f"n{i}", "h", now, 0.1, 1.0, 0.0, None, 0, 0, None) for i in range(12)]
+    beats = [Heartbeat(f"n{i}", "h", now, 0.1, 1.0, 0.0, None, 0, 0, None) for i in range(12)]
     results = await asyncio.gather(*(writer.submit(b) for b in beats))
     await writer.stop()
     assert [r.node_id for r in results if r] == [b.node_id for b in beats]

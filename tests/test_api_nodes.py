@@ -27,6 +27,8 @@ from xplane.domain import NodeState
 from xplane.store import nodes as store
 from xplane.store.db import make_sessionmaker, transaction, utcnow
 from xplane.store.events import list_events
+from xplane.store.registration import revoke_token
+from xplane.store.samples import metric_samples
 
 
 @pytest.fixture(scope="module", params=DB_BACKENDS)
@@ -84,7 +86,7 @@ def test_register_heartbeat_list(api: Api) -> None:
     assert api.admin("GET", f"/nodes/{reg['node_id']}").json()["address"] == "10.0.0.1"
 
     with make_sessionmaker(api.engine)() as session:
-        samples = store.metric_samples(session, "web", "jp", utcnow().replace(year=2000))
+        samples = metric_samples(session, "web", "jp", utcnow().replace(year=2000))
     assert [(s.node_id, s.cpu, s.probes_ok, s.probes_total) for s in samples] == [
         (reg["node_id"], 0.5, 1, 2)
     ]
@@ -199,7 +201,7 @@ def test_a_node_given_up_that_comes_back_registers_again_for_a_new_life(api: Api
     assert api.heartbeat(node_id, token).status_code == 200
     with transaction(make_sessionmaker(api.engine)) as session:
         store.set_lifecycle_state(session, node_id, NodeState.DELETE, "given up", utcnow())
-        store.revoke_token(session, node_id)
+        revoke_token(session, node_id)
     refused = api.heartbeat(node_id, token)
     assert refused.status_code == 401, refused.text
     again, new_token = api.registered(node_id="jp-back", address="10.0.0.7")
@@ -236,7 +238,7 @@ def test_a_region_token_cannot_take_over_another_regions_node(api: Api) -> None:
 
     with transaction(make_sessionmaker(api.engine)) as session:
         store.set_lifecycle_state(session, node_id, NodeState.DELETE, "given up", utcnow())
-        store.revoke_token(session, node_id)
+        revoke_token(session, node_id)
     assert api.register(token=JP_BOOT, node_id=node_id, region="jp").status_code == 403
     # A bootstrap token for its own service and region still gives it a new life.
     again, new_token = api.registered(node_id=node_id, region="sg-east", address="10.0.1.2")

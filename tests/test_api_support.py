@@ -25,7 +25,7 @@ from xplane.config.models import ConfigTree, GtmPolicy, GtmRegion, Region
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.events import EventRow
-from xplane.store.nodes import MetricSampleRow, NodeRow
+from xplane.store.node_tables import MetricSampleRow, NodeRow
 
 BOOT = "boot-secret"
 ADMIN = "admin-secret"

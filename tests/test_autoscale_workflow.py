@@ -35,7 +35,10 @@ from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.events import list_events
+from xplane.store.heartbeats import Heartbeat, apply_heartbeats
+from xplane.store.node_tables import MetricSampleRow
 from xplane.store.pools import NodePoolRow, set_pool
+from xplane.store.registration import Registration, register_node
 
 TQ = "autoscale-tests"
 CONFIG = {
@@ -84,9 +87,9 @@ class Rig:
 def _hot_node(sessions: sessionmaker[Session], node_id: str, cpu: float, now: datetime) -> None:
     """An active node that has reported ``cpu`` for the whole window up to ``now``."""
     with transaction(sessions) as session:
-        node_store.register_node(
+        register_node(
             session,
-            node_store.Registration(
+            Registration(
                 node_id=node_id,
                 service="svc",
                 region="jp",
@@ -99,7 +102,7 @@ def _hot_node(sessions: sessionmaker[Session], node_id: str, cpu: float, now: da
         )
         node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", now)
     beats = [
-        node_store.Heartbeat(
+        Heartbeat(
             node_id=node_id,
             token_hash=node_id,
             at=now - timedelta(seconds=s),
@@ -114,7 +117,7 @@ def _hot_node(sessions: sessionmaker[Session], node_id: str, cpu: float, now: da
         for s in (50, 30, 10, 0)
     ]
     with transaction(sessions) as session:
-        node_store.apply_heartbeats(session, beats, timedelta(seconds=30))
+        apply_heartbeats(session, beats, timedelta(seconds=30))
 
 
 @pytest.fixture
@@ -289,7 +292,7 @@ async def test_scale_down_drains_the_highest_index_first_then_commits(
     """Terraform's count destroys jp-2: that node is drained, and the commit waits for it."""
     with transaction(rig.sessions) as session:
         set_pool(session, "svc", "jp", 3, scaled=False)
-        session.execute(sa.delete(node_store.MetricSampleRow))  # the rig's hot jp-0 samples
+        session.execute(sa.delete(MetricSampleRow))  # the rig's hot jp-0 samples
     start = await rig.env.get_current_time()
     for node in ("jp-0", "jp-1", "jp-2"):
         _hot_node(rig.sessions, node, cpu=0.05, now=start)
@@ -333,7 +336,7 @@ async def test_silence_alone_replaces_nothing_and_nodes_given_up_are_replaced_wi
     with transaction(rig.sessions) as session:
         save_revision(session, "c" * 40, load_config_from_mapping(config), "test")
         set_pool(session, "svc", "jp", 4, scaled=False)
-        session.execute(sa.delete(node_store.MetricSampleRow))  # the rig's hot jp-0 samples
+        session.execute(sa.delete(MetricSampleRow))  # the rig's hot jp-0 samples
     for node in ("jp-1", "jp-2", "jp-3"):  # in the CPU band: no load signal (and jp-0's)
         _hot_node(rig.sessions, node, cpu=0.5, now=start)
     async with _worker(rig, tmp_path):

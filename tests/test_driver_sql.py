@@ -9,7 +9,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 
 from xplane.store.driver_sql import DriverStatement
 from xplane.store.events import EventRow
-from xplane.store.nodes import MetricSampleRow
+from xplane.store.node_tables import MetricSampleRow
 
 COLUMNS = (
     "node_id",

@@ -37,15 +37,15 @@ from workflows.autoscale import AutoscaleParams
 from xplane.api import create_app
 from xplane.api.serve import serve_in_thread
 from xplane.netutil import free_port
+from xplane.store import webhook_deliveries as deliveries
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.events import EventRow
 from xplane.store.migrate import upgrade
-from xplane.store.nodes import NodeRow
+from xplane.store.node_tables import NodeRow
+from xplane.store.webhook_deliveries import Lease, WebhookDeliveryRow
 from xplane.temporal_client import connect
 from xplane.temporal_dev import TemporalDevServer
 from xplane.temporal_notifier import TemporalNotifier
-from xplane.webhooks import deliveries
-from xplane.webhooks.deliveries import Lease, WebhookDeliveryRow
 from xplane.webhooks.dispatcher import DeliveryDispatcher, DispatchSettings
 from xplane.webhooks.signature import sign
 

@@ -25,7 +25,9 @@ from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
+from xplane.store.heartbeats import Heartbeat, apply_heartbeats
 from xplane.store.pools import set_pool
+from xplane.store.registration import Registration, register_node
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 HB = HeartbeatSettings(interval=timedelta(seconds=10))  # timeout 30 s
@@ -66,9 +68,9 @@ def _node(
     cpu: float = 0.5,
 ) -> None:
     with transaction(sessions) as session:
-        node_store.register_node(
+        register_node(
             session,
-            node_store.Registration(
+            Registration(
                 node_id=node_id, service="svc", region="jp", address=f"10.0.0.{node_id[-1]}",
                 token_hash=node_id,
             ),
@@ -78,12 +80,12 @@ def _node(
         node_store.set_lifecycle_state(session, node_id, state, "test", NOW)
         node_store.record_status(session, node_id, seen, NOW)
         for age in (beat_age + 20, beat_age):  # two samples in the CPU window
-            beat = node_store.Heartbeat(
+            beat = Heartbeat(
                 node_id=node_id, token_hash=node_id, at=NOW - timedelta(seconds=age), cpu=cpu,
                 rtt_ms=10.0, error_rate=0.0, qps=None, probes_ok=0, probes_total=0,
                 reported_status="up",
             )  # fmt: skip
-            node_store.apply_heartbeats(session, [beat], HB.timeout)
+            apply_heartbeats(session, [beat], HB.timeout)
 
 
 def _gate(sessions: sessionmaker[Session], unready: int) -> None:

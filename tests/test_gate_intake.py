@@ -19,9 +19,12 @@ from xplane.gate import GateQuery, GateSettings
 from xplane.heartbeat import HeartbeatSettings
 from xplane.status import store_report
 from xplane.store import gate as gate_store
+from xplane.store import heartbeats
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.events import list_events
+from xplane.store.heartbeats import apply_heartbeats
+from xplane.store.registration import Registration, register_node
 
 HB = HeartbeatSettings(interval=timedelta(seconds=2))  # timeout 6 s
 NODES = [f"{region}-{i}" for region in ("jp", "us") for i in range(3)]
@@ -41,9 +44,9 @@ def db(tmp_path: Path) -> Iterator[tuple[str, sessionmaker[Session]]]:
 def _register(sessions: sessionmaker[Session], at: datetime) -> None:
     with transaction(sessions) as session:
         for i, node in enumerate(NODES):
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id=node, service="svc", region=node[:2], address=f"10.0.0.{i + 1}",
                     token_hash=node,
                 ),
@@ -52,8 +55,8 @@ def _register(sessions: sessionmaker[Session], at: datetime) -> None:
             )  # fmt: skip
 
 
-def _beat(node: str, at: datetime) -> node_store.Heartbeat:
-    return node_store.Heartbeat(node, node, at, 0.1, 1.0, 0.0, None, 0, 0, "up")
+def _beat(node: str, at: datetime) -> heartbeats.Heartbeat:
+    return heartbeats.Heartbeat(node, node, at, 0.1, 1.0, 0.0, None, 0, 0, "up")
 
 
 async def test_the_writer_reports_beats_received_and_stored(
@@ -84,9 +87,7 @@ async def test_a_stalled_intake_holds_everywhere(db: tuple[str, sessionmaker[Ses
     now = datetime.now(UTC)
     _register(sessions, now - timedelta(seconds=10))
     with transaction(sessions) as session:
-        node_store.apply_heartbeats(
-            session, [_beat(n, now - timedelta(seconds=5)) for n in NODES], HB.timeout
-        )
+        apply_heartbeats(session, [_beat(n, now - timedelta(seconds=5)) for n in NODES], HB.timeout)
         for node in NODES:
             node_store.record_status(session, node, NodeStatus.UP, now)
         gate_store.report_intake(session, "api-1", now - timedelta(seconds=5), 3.0, 3.0)

@@ -40,6 +40,9 @@ from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.events import list_events
+from xplane.store.heartbeats import Heartbeat, apply_heartbeats
+from xplane.store.node_tables import NodeRow
+from xplane.store.registration import Registration, register_node
 
 HB = HeartbeatSettings(interval=timedelta(seconds=3))  # timeout 9 s
 GATE = GateSettings()  # stable period 9 s, quiet period 12 s
@@ -61,8 +64,8 @@ dns: {provider: powerdns, api_url: "http://127.0.0.1:1", zone: svc.plus, ttl: 30
 }
 
 
-def _beat(node: str, at: datetime) -> node_store.Heartbeat:
-    return node_store.Heartbeat(
+def _beat(node: str, at: datetime) -> Heartbeat:
+    return Heartbeat(
         node_id=node, token_hash=node, at=at, cpu=0.1, rtt_ms=5.0, error_rate=0.0,
         qps=None, probes_ok=0, probes_total=0, reported_status="up",
     )  # fmt: skip
@@ -85,7 +88,7 @@ class Rig:
         for _ in range(int(seconds)):
             at = await self.now()
             beats = [
-                node_store.Heartbeat(
+                Heartbeat(
                     node_id=n,
                     token_hash=n,
                     at=at,
@@ -100,10 +103,10 @@ class Rig:
                 for n in sorted(self.alive)
             ]
             with transaction(self.sessions) as session:
-                node_store.apply_heartbeats(session, beats, HB.timeout)
+                apply_heartbeats(session, beats, HB.timeout)
             await self.env.sleep(1)
 
-    def nodes(self) -> dict[str, node_store.NodeRow]:
+    def nodes(self) -> dict[str, NodeRow]:
         with self.sessions() as session:
             return {r.id: r for r in node_store.list_nodes(session)}
 
@@ -144,9 +147,9 @@ async def rig(
     start = await time_env.get_current_time()
     with transaction(sessions) as session:
         for node, address in NODES.items():
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id=node, service="svc", region=node[:2], address=address, token_hash=node
                 ),
                 start,

@@ -40,6 +40,7 @@ from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.events import list_events
+from xplane.store.registration import Registration, register_node
 
 pytestmark = needs_tool("pdns_server")
 
@@ -165,9 +166,9 @@ def _seed(
             session, "a" * 40, load_config_from_mapping(_config(pdns, health_port)), "test"
         )
         for node_id, address in NODES.items():
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id=node_id,
                     service="svc",
                     region=node_id[:2],
@@ -312,9 +313,9 @@ slow_start: 0s
     with transaction(sessions) as session:
         save_revision(session, "e" * 40, load_config_from_mapping(config), "test")
         for i, address in enumerate(("127.0.11.1", "127.0.11.2")):
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id=f"chk-{i}", service="chk", region="jp", address=address,
                     token_hash=f"chk-{i}", port=port,
                 ),
@@ -391,9 +392,9 @@ async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
     with transaction(sessions) as session:
         save_revision(session, "b" * 40, load_config_from_mapping(config), "test")
         for node_id, address in NODES.items():
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id=node_id, service="svc", region=node_id[:2], address=address,
                     token_hash=uuid.uuid4().hex, port=health_port,
                 ),
@@ -456,9 +457,9 @@ dns: {{provider: cloudflare, base_url: "http://127.0.0.1:{server.port}/client/v4
     with transaction(sessions) as session:
         save_revision(session, "c" * 40, load_config_from_mapping(config), "test")
         for node_id, address in NODES.items():
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id=node_id, service="svc", region=node_id[:2], address=address,
                     token_hash=uuid.uuid4().hex, port=health_port,
                 ),
@@ -534,9 +535,9 @@ async def test_all_nodes_die_and_one_comes_back_dns_is_never_empty_nor_frozen_on
 
     def register(node_id: str, address: str, state: NodeState) -> None:
         with transaction(sessions) as session:
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(node_id=node_id, service="svc", region="jp",
+                Registration(node_id=node_id, service="svc", region="jp",
                                         address=address, token_hash=uuid.uuid4().hex, port=port),
                 utcnow(),
                 timedelta(seconds=30),

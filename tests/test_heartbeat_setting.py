@@ -55,6 +55,7 @@ from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.pools import set_pool
+from xplane.store.registration import Registration, register_node
 
 BOOT, ADMIN = "boot-secret", "admin-secret"
 AGES = {"jp-recent": 17.0, "jp-silent": 25.0}  # seconds since the last heartbeat
@@ -143,9 +144,9 @@ def _seed(sessions: sessionmaker[Session]) -> None:
         save_revision(session, "a" * 40, tree, "test")
         set_pool(session, "web", "jp", len(AGES))
         for i, node_id in enumerate(AGES):
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id=node_id,
                     service="web",
                     region="jp",

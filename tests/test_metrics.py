@@ -25,7 +25,8 @@ from xplane.domain import NodeState
 from xplane.netutil import free_port
 from xplane.observability import metrics
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
-from xplane.store.nodes import Registration, register_node, set_lifecycle_state
+from xplane.store.nodes import set_lifecycle_state
+from xplane.store.registration import Registration, register_node
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 TIMEOUT = timedelta(seconds=30)

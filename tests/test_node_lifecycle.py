@@ -1,4 +1,4 @@
-"""Node lifecycle: the pure state machine, and the workflow in the time-skipping server."""
+"""Node lifecycle: the workflow in the time-skipping server (the pure FSM: ``test_node_fsm.py``)."""
 
 from __future__ import annotations
 
@@ -30,32 +30,11 @@ from workflows.node_lifecycle import (
     NodeTimings,
 )
 from xplane.domain import NodeState
-from xplane.lifecycle.node_fsm import TRANSITIONS, IllegalTransition, NodeEvent, next_state
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.events import list_events
-
-# ------------------------------------------------------------------ pure FSM
-
-
-@pytest.mark.parametrize(("state", "event"), sorted(TRANSITIONS, key=str))
-def test_every_legal_transition(state: NodeState, event: NodeEvent) -> None:
-    assert next_state(state, event) is TRANSITIONS[(state, event)]
-
-
-ILLEGAL = [(s, e) for s in NodeState for e in NodeEvent if (s, e) not in TRANSITIONS]
-
-
-@pytest.mark.parametrize(("state", "event"), ILLEGAL)
-def test_every_illegal_transition_is_refused(state: NodeState, event: NodeEvent) -> None:
-    with pytest.raises(IllegalTransition, match=f"not allowed in state '{state.value}'"):
-        next_state(state, event)
-
-
-def test_delete_is_terminal() -> None:
-    assert not [e for (s, e) in TRANSITIONS if s is NodeState.DELETE]
-
+from xplane.store.registration import Registration, register_node
 
 # ------------------------------------------------------------------ workflow
 TQ = "node-lifecycle-tests"
@@ -76,9 +55,9 @@ class Harness:
     async def start_node(self) -> tuple[str, WorkflowHandle]:
         node_id = f"jp-{uuid.uuid4().hex[:8]}"
         with transaction(self.sessions) as session:
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id=node_id,
                     service=self.service,
                     region="jp",

@@ -1,8 +1,11 @@
-"""The node store: status derivation (pure) and what the loops read and write."""
+"""The node store: registration, batched heartbeats, samples and what the loops read and write.
+
+The status rules it applies are pure and tested in ``test_node_status.py``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,58 +15,32 @@ from xplane.domain import NodeState, NodeStatus
 from xplane.store import nodes as store
 from xplane.store.db import make_sessionmaker, transaction
 from xplane.store.events import list_events
+from xplane.store.heartbeats import Heartbeat, apply_heartbeats
+from xplane.store.node_tables import NodeRow
+from xplane.store.registration import (
+    Registration,
+    RegistrationConflict,
+    RegistrationRefused,
+    register_node,
+    registration_conflict,
+)
+from xplane.store.samples import metric_samples, prune_samples
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 TIMEOUT = timedelta(seconds=30)
 
 
-@dataclass(frozen=True)
-class View:
-    drain_requested: bool = False
-    reported_status: str | None = None
-    last_heartbeat_at: datetime | None = T0
-    probes_ok: int | None = None
-    probes_total: int | None = None
-
-
-@pytest.mark.parametrize(
-    ("view", "now", "expected"),
-    [
-        (View(), T0 + TIMEOUT, NodeStatus.UP),  # exactly at the timeout: still up
-        (View(), T0 + TIMEOUT + timedelta(milliseconds=1), NodeStatus.DOWN),
-        (View(last_heartbeat_at=None), T0, NodeStatus.DOWN),
-        (View(probes_ok=0, probes_total=3), T0, NodeStatus.DOWN),
-        (View(probes_ok=1, probes_total=3), T0, NodeStatus.UP),
-        (View(probes_ok=0, probes_total=0), T0, NodeStatus.UP),  # no probes reported
-        (View(reported_status="drain"), T0, NodeStatus.DRAIN),
-        (View(drain_requested=True, last_heartbeat_at=None), T0, NodeStatus.DRAIN),
-        (View(drain_requested=True, probes_ok=0, probes_total=1), T0, NodeStatus.DRAIN),
-    ],
-)
-def test_derive_status(view: View, now: datetime, expected: NodeStatus) -> None:
-    assert store.derive_status(view, now, TIMEOUT) is expected
-
-
-def test_heartbeat_action() -> None:
-    assert store.heartbeat_action("active", False) == "none"
-    assert store.heartbeat_action("active", True) == "drain"
-    assert store.heartbeat_action("drain", False) == "drain"
-    assert store.heartbeat_action("delete", True) == "deregister"
-
-
-def reg(node_id: str = "jp-1", address: str = "10.0.0.1", token: str = "h1") -> store.Registration:
-    return store.Registration(
+def reg(node_id: str = "jp-1", address: str = "10.0.0.1", token: str = "h1") -> Registration:
+    return Registration(
         node_id=node_id, service="web", region="jp", address=address, token_hash=token
     )
 
 
-def YES(existing: store.NodeRow | None) -> bool:
+def YES(existing: NodeRow | None) -> bool:
     return True
 
 
-def beat(
-    node_id: str = "jp-1", token: str = "h1", at: datetime = T0, **kw: object
-) -> store.Heartbeat:
+def beat(node_id: str = "jp-1", token: str = "h1", at: datetime = T0, **kw: object) -> Heartbeat:
     values: dict[str, object] = {
         "cpu": 0.4,
         "rtt_ms": 20.0,
@@ -74,21 +51,21 @@ def beat(
         "reported_status": None,
     }
     values.update(kw)
-    return store.Heartbeat(node_id=node_id, token_hash=token, at=at, **values)  # type: ignore[arg-type]
+    return Heartbeat(node_id=node_id, token_hash=token, at=at, **values)  # type: ignore[arg-type]
 
 
 def test_store_round_trip(engine: Engine) -> None:
     factory = make_sessionmaker(engine)
     with transaction(factory) as s:
-        row, created = store.register_node(s, reg(), T0, TIMEOUT)
+        row, created = register_node(s, reg(), T0, TIMEOUT)
         assert created and row.state == "idle"
-        store.register_node(s, reg("jp-2", "10.0.0.2", "h2"), T0, TIMEOUT)
-        store.register_node(s, replace(reg("sg-1", "10.0.1.1", "h3"), region="sg"), T0, TIMEOUT)
+        register_node(s, reg("jp-2", "10.0.0.2", "h2"), T0, TIMEOUT)
+        register_node(s, replace(reg("sg-1", "10.0.1.1", "h3"), region="sg"), T0, TIMEOUT)
 
     # Batch: a valid beat, a stale token, a second beat of the same node.
     later = T0 + timedelta(seconds=5)
     with transaction(factory) as s:
-        results = store.apply_heartbeats(
+        results = apply_heartbeats(
             s,
             [beat(), beat("jp-2", "stale"), beat(at=later, cpu=0.6, reported_status="drain")],
             TIMEOUT,
@@ -99,18 +76,18 @@ def test_store_round_trip(engine: Engine) -> None:
     assert results[2].action == "none"  # the node's own drain; nobody asked it to
 
     with factory() as s:
-        samples = store.metric_samples(s, "web", "jp", T0)
+        samples = metric_samples(s, "web", "jp", T0)
         assert [(x.node_id, x.cpu) for x in samples] == [("jp-1", 0.4), ("jp-1", 0.6)]
-        assert store.metric_samples(s, "web", "jp", later + timedelta(seconds=1)) == []
+        assert metric_samples(s, "web", "jp", later + timedelta(seconds=1)) == []
         node = store.get_node(s, "jp-1")
         assert (node.cpu, node.reported_status, node.last_heartbeat_at) == (0.6, "drain", later)
 
     # Same id, other address: refused while live, taken over once silent.
-    with transaction(factory) as s, pytest.raises(store.RegistrationConflict):
-        store.register_node(s, reg(address="10.9.9.9", token="h9"), later, TIMEOUT, authorize=YES)
+    with transaction(factory) as s, pytest.raises(RegistrationConflict):
+        register_node(s, reg(address="10.9.9.9", token="h9"), later, TIMEOUT, authorize=YES)
     silent = later + TIMEOUT + timedelta(seconds=1)
     with transaction(factory) as s:
-        row, created = store.register_node(
+        row, created = register_node(
             s, reg(address="10.9.9.9", token="h9"), silent, TIMEOUT, authorize=YES
         )
         assert not created and row.address == "10.9.9.9" and row.last_heartbeat_at is None
@@ -118,7 +95,7 @@ def test_store_round_trip(engine: Engine) -> None:
     # What the world-state loop uses.
     now = T0 + timedelta(seconds=10)
     with transaction(factory) as s:
-        store.apply_heartbeats(s, [beat("jp-2", "h2", at=now)], TIMEOUT)
+        apply_heartbeats(s, [beat("jp-2", "h2", at=now)], TIMEOUT)
         store.set_lifecycle_state(s, "jp-2", NodeState.ACTIVE, "warmed up", now)
         store.record_health_check(s, "jp-2", False, now)
         store.request_drain(s, "sg-1", by="autoscaler", reason="scale in", at=now)
@@ -140,15 +117,15 @@ def test_store_round_trip(engine: Engine) -> None:
     assert [(e.kind, e.source) for e in events] == [("node.drain_requested", "autoscaler")]
 
     with transaction(factory) as s:
-        assert store.prune_samples(s, older_than=T0 + timedelta(seconds=6)) == 2
+        assert prune_samples(s, older_than=T0 + timedelta(seconds=6)) == 2
     with factory() as s:
-        assert [x.node_id for x in store.metric_samples(s, "web", "jp", T0)] == ["jp-2"]
+        assert [x.node_id for x in metric_samples(s, "web", "jp", T0)] == ["jp-2"]
         with pytest.raises(store.NodeNotFound):
             store.get_node(s, "ghost")
 
 
 def test_region_summaries_count_known_regions_and_health() -> None:
-    def row(node_id: str, region: str, **kw: object) -> store.NodeRow:
+    def row(node_id: str, region: str, **kw: object) -> NodeRow:
         values: dict[str, object] = {
             "id": node_id,
             "service": "web",
@@ -159,7 +136,7 @@ def test_region_summaries_count_known_regions_and_health() -> None:
             "last_heartbeat_at": T0,
         }
         values.update(kw)
-        return store.NodeRow(**values)
+        return NodeRow(**values)
 
     rows = [
         row("a", "jp"),
@@ -179,21 +156,21 @@ def test_an_older_batch_committed_later_does_not_move_the_node_back(engine: Engi
     heartbeat, and both samples are still kept for the aggregator."""
     factory = make_sessionmaker(engine)
     with transaction(factory) as s:
-        store.register_node(s, reg(), T0, TIMEOUT)
+        register_node(s, reg(), T0, TIMEOUT)
     newer, older = T0 + timedelta(seconds=2), T0 + timedelta(seconds=1)
     with transaction(factory) as s:
-        store.apply_heartbeats(s, [beat(at=newer, cpu=0.9, reported_status="drain")], TIMEOUT)
+        apply_heartbeats(s, [beat(at=newer, cpu=0.9, reported_status="drain")], TIMEOUT)
     with transaction(factory) as s:
-        [late] = store.apply_heartbeats(s, [beat(at=older, cpu=0.1, reported_status="up")], TIMEOUT)
+        [late] = apply_heartbeats(s, [beat(at=older, cpu=0.1, reported_status="up")], TIMEOUT)
     assert late is not None  # accepted (and answered): only the node's latest state is kept
     with factory() as s:
         node = store.get_node(s, "jp-1")
         assert (node.last_heartbeat_at, node.cpu, node.reported_status) == (newer, 0.9, "drain")
-        samples = store.metric_samples(s, "web", "jp", T0)
+        samples = metric_samples(s, "web", "jp", T0)
         assert sorted(x.cpu for x in samples) == [0.1, 0.9]
 
 
-def stored(node_id: str = "jp-1", **kw: object) -> store.NodeRow:
+def stored(node_id: str = "jp-1", **kw: object) -> NodeRow:
     values: dict[str, object] = {
         "id": node_id,
         "service": "web",
@@ -205,7 +182,7 @@ def stored(node_id: str = "jp-1", **kw: object) -> store.NodeRow:
         "last_heartbeat_at": T0,
     }
     values.update(kw)
-    return store.NodeRow(**values)
+    return NodeRow(**values)
 
 
 @pytest.mark.parametrize(
@@ -222,9 +199,9 @@ def stored(node_id: str = "jp-1", **kw: object) -> store.NodeRow:
     ],
 )
 def test_registration_conflict_names_only_the_field(
-    existing: store.NodeRow, request_: store.Registration, field: str | None
+    existing: NodeRow, request_: Registration, field: str | None
 ) -> None:
-    conflict = store.registration_conflict(existing, request_, T0, TIMEOUT)
+    conflict = registration_conflict(existing, request_, T0, TIMEOUT)
     assert (conflict and conflict.field) == field
     if conflict is not None:
         assert existing.address not in str(conflict) and "sg" not in str(conflict)
@@ -234,32 +211,32 @@ def test_register_node_asks_authorize_first_and_never_moves_a_node(engine: Engin
     factory = make_sessionmaker(engine)
     seen: list[str | None] = []
 
-    def record(existing: store.NodeRow | None) -> bool:
+    def record(existing: NodeRow | None) -> bool:
         seen.append(existing.token_hash if existing is not None else None)
         return True
 
     with transaction(factory) as s:
-        store.register_node(s, reg(), T0, TIMEOUT, authorize=record)
+        register_node(s, reg(), T0, TIMEOUT, authorize=record)
     assert seen == [None]  # asked about a new node too
 
     # By default an existing node cannot be registered again, even the same way.
-    with transaction(factory) as s, pytest.raises(store.RegistrationRefused):
-        store.register_node(s, reg(token="h2"), T0, TIMEOUT)
+    with transaction(factory) as s, pytest.raises(RegistrationRefused):
+        register_node(s, reg(token="h2"), T0, TIMEOUT)
     # Refused before any conflict is looked at: an unauthorised caller learns no field.
     moved = replace(reg(address="10.9.9.9", token="h2"), region="sg")
-    with transaction(factory) as s, pytest.raises(store.RegistrationRefused):
-        store.register_node(s, moved, T0, TIMEOUT, authorize=lambda _: False)
+    with transaction(factory) as s, pytest.raises(RegistrationRefused):
+        register_node(s, moved, T0, TIMEOUT, authorize=lambda _: False)
     # Authorised, given up and silent: still never moved to another region.
     with transaction(factory) as s:
         store.set_lifecycle_state(s, "jp-1", NodeState.DELETE, "given up", T0)
     later = T0 + TIMEOUT * 2
-    with transaction(factory) as s, pytest.raises(store.RegistrationConflict) as refused:
-        store.register_node(s, moved, later, TIMEOUT, authorize=record)
+    with transaction(factory) as s, pytest.raises(RegistrationConflict) as refused:
+        register_node(s, moved, later, TIMEOUT, authorize=record)
     assert refused.value.field == "region" and seen[-1] == "h1"
     with factory() as s:
         node = store.get_node(s, "jp-1")
         assert (node.region, node.address, node.token_hash) == ("jp", "10.0.0.1", "h1")
     # In its own region it starts a new life.
     with transaction(factory) as s:
-        row, created = store.register_node(s, reg(token="h3"), later, TIMEOUT, authorize=record)
+        row, created = register_node(s, reg(token="h3"), later, TIMEOUT, authorize=record)
         assert not created and (row.state, row.token_hash) == ("idle", "h3")

@@ -37,6 +37,7 @@ from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.pools import list_pools
+from xplane.store.registration import Registration, register_node
 
 CONFIG = {
     "regions/jp.yaml": "provider: aws\nlocation: ap-northeast-1\ninstance_type: t3.small\n",
@@ -143,9 +144,9 @@ async def test_bootstrap_then_retire_through_git(
 
         # The first node becomes active: serving, and GTM is told (slow start is its job).
         with transaction(sessions) as session:
-            node_store.register_node(
+            register_node(
                 session,
-                node_store.Registration(
+                Registration(
                     node_id="jp-0", service="regsvc", region="jp", address="127.0.40.1",
                     token_hash="t",
                 ),

@@ -12,7 +12,7 @@ import xplane.store.tables  # noqa: F401  (registers every table)
 from tests.test_api_support import seed_config
 from xplane.netutil import free_port
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
-from xplane.store.nodes import Registration, register_node
+from xplane.store.registration import Registration, register_node
 
 XPLANE = Path(sys.executable).parent / "xplane"
 

@@ -24,11 +24,18 @@ from typer.testing import CliRunner
 import xplane.store.tables  # noqa: F401  (registers every table on Base.metadata)
 from activities.gitops import GitOpsActivities, SyncRequest
 from xplane.cli import sync_cmd
+from xplane.config.diff import AutoscaleTarget
 from xplane.config.loader import load_config
+from xplane.config.revisions import RevisionStatus
 from xplane.gitops.repo import RepoError, fetch_repo
 from xplane.gitops.sync import SyncResult, SyncStatus, sync_once
 from xplane.store import config_store as cs
-from xplane.store.config_store import AutoscaleTarget
+from xplane.store.config_tables import (
+    AutoscalePolicyRow,
+    ConfigRevisionRow,
+    GtmPolicyRow,
+    RegionRow,
+)
 from xplane.store.db import Base, make_engine, make_sessionmaker
 from xplane.store.events import EventRow, list_events
 
@@ -142,7 +149,7 @@ def _rows(engine: Engine) -> dict[str, int]:
     """Row counts of every config table and of the event log."""
     counts: dict[str, int] = {}
     with engine.connect() as conn:
-        tables = (cs.ConfigRevisionRow, cs.RegionRow, cs.GtmPolicyRow, cs.AutoscalePolicyRow)
+        tables = (ConfigRevisionRow, RegionRow, GtmPolicyRow, AutoscalePolicyRow)
         for table in (*tables, EventRow):
             name = table.__tablename__
             counts[name] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
@@ -265,7 +272,7 @@ def test_removed_service_and_region_are_reported(
     assert result.changes.autoscale == result.changes.removed_autoscale == targets("sg")
     with factory() as session:
         assert cs.service_regions(session) == {"svc-plus": {"jp"}}
-        assert session.get(cs.GtmPolicyRow, "web") is None
+        assert session.get(GtmPolicyRow, "web") is None
 
 
 def test_invalid_commit_is_rejected_whole_and_a_fix_is_applied(
@@ -293,7 +300,7 @@ def test_invalid_commit_is_rejected_whole_and_a_fix_is_applied(
         assert cs.current_revision(session).sha == good  # type: ignore[union-attr]
         assert cs.current_config(session) == applied_tree  # the valid part was not applied
         last = cs.last_revision(session)
-        assert last is not None and last.sha == bad and last.status is cs.RevisionStatus.REJECTED
+        assert last is not None and last.sha == bad and last.status is RevisionStatus.REJECTED
         assert last.errors == result.issues
         event = list_events(session, kind_prefix="config.")[0]
         assert (event.kind, event.data["sha"]) == ("config.rejected", bad)

@@ -20,7 +20,7 @@ from xplane.api.serve import serve_in_thread
 from xplane.api.settings import ApiSettings
 from xplane.store.db import make_sessionmaker, transaction, utcnow
 from xplane.store.events import EventRow
-from xplane.webhooks.deliveries import WebhookDeliveryRow
+from xplane.store.webhook_deliveries import WebhookDeliveryRow
 from xplane.webhooks.signature import sign, verify
 
 SECRET = "ci-secret"

@@ -25,6 +25,8 @@ from xplane.heartbeat import HeartbeatSettings
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.events import list_events
+from xplane.store.heartbeats import Heartbeat, apply_heartbeats
+from xplane.store.registration import Registration, register_node
 
 TIMEOUT = 15.0  # heartbeat timeout
 SCAN = 2.0  # scan interval
@@ -35,12 +37,12 @@ NEW_UP = (
 
 
 def _beat(sessions: sessionmaker[Session], node_id: str, at: datetime) -> None:
-    beat = node_store.Heartbeat(
+    beat = Heartbeat(
         node_id=node_id, token_hash=node_id, at=at, cpu=0.1, rtt_ms=5.0, error_rate=0.0,
         qps=None, probes_ok=0, probes_total=0, reported_status="up",
     )  # fmt: skip
     with transaction(sessions) as session:
-        assert node_store.apply_heartbeats(session, [beat], timedelta(seconds=TIMEOUT))[0]
+        assert apply_heartbeats(session, [beat], timedelta(seconds=TIMEOUT))[0]
 
 
 async def _signals(client: Client, workflow_id: str) -> list[str]:
@@ -61,9 +63,9 @@ async def test_down_once_then_up_and_silence_while_nothing_changes(
     node = f"jp-{uuid.uuid4().hex[:6]}"
     start = await time_env.get_current_time()
     with transaction(sessions) as session:
-        node_store.register_node(
+        register_node(
             session,
-            node_store.Registration(
+            Registration(
                 node_id=node, service="svc", region="jp", address="127.0.30.1", token_hash=node
             ),
             start,
@@ -145,10 +147,10 @@ async def test_a_scan_retried_after_a_partial_run_sends_and_records_each_transit
     start = await time_env.get_current_time()
     with transaction(sessions) as session:
         for i, node in enumerate(nodes):
-            registration = node_store.Registration(
+            registration = Registration(
                 node_id=node, service=service, region="jp", address=f"127.0.31.{i}", token_hash=node
             )
-            node_store.register_node(session, registration, start, timedelta(seconds=TIMEOUT))
+            register_node(session, registration, start, timedelta(seconds=TIMEOUT))
     for node in nodes:
         _beat(sessions, node, start)
 

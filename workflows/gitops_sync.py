@@ -22,8 +22,8 @@ from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
 with workflow.unsafe.imports_passed_through():
     from activities.gitops import SyncRequest
     from activities.publish import ConfigEvent, ConfigEventPayload
+    from xplane.config.diff import ConfigChanges
     from xplane.gitops.sync import SyncResult
-    from xplane.store.config_store import ConfigChanges
 
 
 class GitOpsSyncParams(BaseModel):

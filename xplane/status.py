@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from workflows import ids
 from xplane.gate import GateSettings
 from xplane.heartbeat import HeartbeatSettings
+from xplane.lifecycle.node_status import derive_status
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.config_store import current_config, current_revision
@@ -98,7 +99,7 @@ def store_report(db_url: str, heartbeat_timeout: timedelta | None = None) -> Sta
             for region in policy.regions:
                 lines[(service, region.name)] = RegionLine(service=service, region=region.name)
     for row in rows:
-        status = node_store.derive_status(row, now, timeout)
+        status = derive_status(row, now, timeout)
         report.nodes.append(
             NodeLine(
                 id=row.id,

@@ -27,7 +27,7 @@ from xplane.netutil import free_port
 from xplane.store.config_store import save_revision
 from xplane.store.db import make_engine, make_sessionmaker, transaction
 from xplane.store.migrate import upgrade
-from xplane.store.nodes import MetricSampleRow
+from xplane.store.node_tables import MetricSampleRow
 
 BIN = Path(sys.executable).parent
 BOOT = "failover-boot"

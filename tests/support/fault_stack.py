@@ -435,7 +435,7 @@ class FaultStack:
 
     def node_states(self) -> dict[str, str]:
         from xplane.store.db import make_engine
-        from xplane.store.nodes import NodeRow
+        from xplane.store.node_tables import NodeRow
 
         engine = make_engine(self.db_url)
         try:

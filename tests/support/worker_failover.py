@@ -97,7 +97,9 @@ def _seed(tmp: Path) -> tuple[str, Path]:
     from xplane.store import nodes as node_store
     from xplane.store.config_store import save_revision
     from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
+    from xplane.store.heartbeats import Heartbeat, apply_heartbeats
     from xplane.store.pools import set_pool
+    from xplane.store.registration import Registration, register_node
 
     bare = tmp / "infra.git"
     git.Repo.init(bare, bare=True, initial_branch="main")
@@ -119,9 +121,9 @@ def _seed(tmp: Path) -> tuple[str, Path]:
     with transaction(sessions) as session:
         save_revision(session, "b" * 40, load_config_from_mapping(CONFIG), "test")
         set_pool(session, "svc", "jp", 1, scaled=False)
-        node_store.register_node(
+        register_node(
             session,
-            node_store.Registration(
+            Registration(
                 node_id="jp-0", service="svc", region="jp", address="127.0.20.1", token_hash="t"
             ),
             now,
@@ -129,7 +131,7 @@ def _seed(tmp: Path) -> tuple[str, Path]:
         )
         node_store.set_lifecycle_state(session, "jp-0", NodeState.ACTIVE, "test", now)
     beats = [
-        node_store.Heartbeat(
+        Heartbeat(
             node_id="jp-0",
             token_hash="t",
             at=now - timedelta(seconds=s),
@@ -144,7 +146,7 @@ def _seed(tmp: Path) -> tuple[str, Path]:
         for s in (40, 20, 0)
     ]
     with transaction(sessions) as session:
-        node_store.apply_heartbeats(session, beats, timedelta(seconds=30))
+        apply_heartbeats(session, beats, timedelta(seconds=30))
     engine.dispose()
     return url, bare
 

@@ -30,8 +30,8 @@ from xplane.api.writer import HeartbeatWriter
 from xplane.observability.metrics import metrics_router
 from xplane.observability.tracing import tracing_requested
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
-from xplane.store.nodes import prune_samples
-from xplane.webhooks.deliveries import prune_deliveries
+from xplane.store.samples import prune_samples
+from xplane.store.webhook_deliveries import prune_deliveries
 from xplane.webhooks.dispatcher import DeliveryDispatcher, DeliveryRefused, DispatchSettings
 
 log = logging.getLogger(__name__)

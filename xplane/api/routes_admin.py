@@ -15,6 +15,7 @@ from xplane.domain import NodeState
 from xplane.store import config_store
 from xplane.store import nodes as store
 from xplane.store.db import transaction, utcnow
+from xplane.store.node_tables import NodeRow
 from xplane.store.tables import column_length
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
@@ -32,7 +33,7 @@ RegionQuery = Annotated[
 ]
 
 
-def node_out(row: store.NodeRow, ctx: ApiContext) -> NodeOut:
+def node_out(row: NodeRow, ctx: ApiContext) -> NodeOut:
     now = utcnow()
     snap = store.to_snapshot(row, now, ctx.settings.timeout)
     return NodeOut(

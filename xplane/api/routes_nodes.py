@@ -38,10 +38,19 @@ from xplane.api.schemas import (
 from xplane.api.writer import StoreUnavailable, WriterBusy
 from xplane.domain import NodeState
 from xplane.store import config_store
-from xplane.store import nodes as store
+from xplane.store import webhook_deliveries as deliveries
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
-from xplane.webhooks import deliveries
+from xplane.store.heartbeats import Heartbeat
+from xplane.store.node_tables import NodeRow
+from xplane.store.registration import (
+    Authorize,
+    Registration,
+    RegistrationConflict,
+    RegistrationRefused,
+    node_for_token,
+    register_node,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["nodes"])
@@ -86,8 +95,8 @@ class _Caller:
     bootstrap: bool  # a bootstrap token for the region in the request body
 
 
-def _authorizer(ctx: ApiContext, caller: _Caller) -> store.Authorize:
-    def authorize(existing: store.NodeRow | None) -> bool:
+def _authorizer(ctx: ApiContext, caller: _Caller) -> Authorize:
+    def authorize(existing: NodeRow | None) -> bool:
         if existing is None:
             return caller.bootstrap
         # Judged against the region the node is in now, not the one the body claims.
@@ -97,9 +106,7 @@ def _authorizer(ctx: ApiContext, caller: _Caller) -> store.Authorize:
     return authorize
 
 
-def _register(
-    ctx: ApiContext, body: RegisterRequest, caller: _Caller, token_hash: str
-) -> store.NodeRow:
+def _register(ctx: ApiContext, body: RegisterRequest, caller: _Caller, token_hash: str) -> NodeRow:
     try:
         return _register_once(ctx, body, caller, token_hash)
     except IntegrityError:
@@ -109,12 +116,12 @@ def _register(
 
 def _register_once(
     ctx: ApiContext, body: RegisterRequest, caller: _Caller, token_hash: str
-) -> store.NodeRow:
+) -> NodeRow:
     now = utcnow()
     with transaction(ctx.factory) as session:
         _check_known(session, body.service, body.region)
         node_id = body.node_id or _new_node_id(session, body.region)
-        reg = store.Registration(
+        reg = Registration(
             node_id=node_id,
             service=body.service,
             region=body.region,
@@ -126,15 +133,15 @@ def _register_once(
             agent_version=body.agent_version,
         )
         try:
-            row, created = store.register_node(
+            row, created = register_node(
                 session, reg, now, ctx.settings.timeout, authorize=_authorizer(ctx, caller)
             )
-        except store.RegistrationRefused:
+        except RegistrationRefused:
             if not caller.bootstrap:
                 raise _bad_bootstrap(body.region, node_id) from None
             message = f"this token may not register node {node_id!r}"
             raise ApiError(403, "node id not yours", [("node_id", message)]) from None
-        except store.RegistrationConflict as exc:
+        except RegistrationConflict as exc:
             # Name the field only: the other node's address, region or service stay private.
             raise ApiError(409, "node id in use", [(exc.field, _conflict_message(exc))]) from None
         if ctx.notifier is not None:
@@ -161,7 +168,7 @@ def _register_once(
         return row
 
 
-def _conflict_message(exc: store.RegistrationConflict) -> str:
+def _conflict_message(exc: RegistrationConflict) -> str:
     if exc.field == "address":
         return f"node {exc.node_id!r} is live at another address; not re-registering it"
     return f"node {exc.node_id!r} is registered in another {exc.field}; a node never moves"
@@ -190,7 +197,7 @@ def _check_known(session: Session, service: str, region: str) -> None:
 def _new_node_id(session: Session, region: str) -> str:
     while True:
         candidate = f"{region}-{secrets.token_hex(4)}"
-        if session.get(store.NodeRow, candidate) is None:
+        if session.get(NodeRow, candidate) is None:
             return candidate
 
 
@@ -219,7 +226,7 @@ async def store_heartbeat(
     cached_owner = ctx.tokens.get(token_hash)
     if cached_owner is not None and cached_owner != body.node_id:
         await _reject(ctx, token_hash, body.node_id)
-    beat = store.Heartbeat(
+    beat = Heartbeat(
         node_id=body.node_id,
         token_hash=token_hash,
         at=utcnow(),
@@ -264,12 +271,12 @@ async def _reject(ctx: ApiContext, token_hash: str, node_id: str) -> None:
 
 def _lookup_token(ctx: ApiContext, token_hash: str) -> str | None:
     with ctx.factory() as session:
-        return store.node_for_token(session, token_hash)
+        return node_for_token(session, token_hash)
 
 
 def _node_exists(ctx: ApiContext, node_id: str) -> bool:
     with ctx.factory() as session:
-        return session.get(store.NodeRow, node_id) is not None
+        return session.get(NodeRow, node_id) is not None
 
 
 def _bad_token() -> ApiError:

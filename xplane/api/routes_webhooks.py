@@ -5,7 +5,7 @@ is signed as ``X-XPlane-Signature-256: sha256=<HMAC-SHA256(raw body)>`` with
 ``XPLANE_WEBHOOK_SECRET``; ``X-XPlane-Delivery`` de-duplicates retries. The
 timestamp is *inside* the signed body (unix seconds or ISO 8601), so a captured
 request cannot be replayed later with a fresh one: outside ``window`` it is
-refused. A valid call is stored with its payload (:mod:`xplane.webhooks.deliveries`)
+refused. A valid call is stored with its payload (:mod:`xplane.store.webhook_deliveries`)
 and answered 202 at once, Temporal up or not; the API's dispatcher then delivers it
 by signal-with-start to ``autoscale-<service>-<region>`` (nothing is lost when CI is
 faster than the workflow) and to ``region-<region>`` when that workflow is running,
@@ -39,12 +39,12 @@ from xplane.api.context import get_ctx
 from xplane.api.errors import ApiError
 from xplane.api.schemas import NO_NUL_PATTERN, ErrorBody
 from xplane.observability import metrics
+from xplane.store import webhook_deliveries as deliveries
 from xplane.store.config_store import service_regions
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
 from xplane.store.pools import finish_commit
 from xplane.store.tables import column_length
-from xplane.webhooks import deliveries
 from xplane.webhooks.dispatcher import DeliveryDispatcher, DeliveryRefused
 from xplane.webhooks.signature import token_matches, verify
 

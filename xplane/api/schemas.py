@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from xplane.config.errors import NAME_PATTERN
 from xplane.domain import NodeState, NodeStatus
-from xplane.store.nodes import HeartbeatAction
+from xplane.lifecycle.node_status import HeartbeatAction
 from xplane.store.tables import column_length
 
 NODE_ID_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$"

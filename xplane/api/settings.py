@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from xplane.durations import parse_duration
 from xplane.heartbeat import HeartbeatSettings
 from xplane.store.db import DEFAULT_DB_URL
-from xplane.webhooks.deliveries import DEFAULT_RETENTION, MIN_RETENTION
+from xplane.store.webhook_deliveries import DEFAULT_RETENTION, MIN_RETENTION
 
 BOOTSTRAP_ENV = "XPLANE_BOOTSTRAP_TOKEN"
 

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from xplane.observability import metrics
 from xplane.store.db import transaction, utcnow
 from xplane.store.gate import report_intake
-from xplane.store.nodes import Heartbeat, HeartbeatResult, apply_heartbeats
+from xplane.store.heartbeats import Heartbeat, HeartbeatResult, apply_heartbeats
 
 log = logging.getLogger(__name__)
 

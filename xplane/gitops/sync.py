@@ -18,11 +18,12 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from xplane.config.diff import ConfigChanges
 from xplane.config.errors import ConfigError, ConfigIssue
 from xplane.config.loader import load_config
+from xplane.config.revisions import RevisionStatus
 from xplane.gitops.repo import fetch_repo, redact
 from xplane.store import config_store
-from xplane.store.config_store import ConfigChanges, RevisionStatus
 from xplane.store.db import transaction
 from xplane.store.events import record_event
 

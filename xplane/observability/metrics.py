@@ -43,7 +43,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from xplane.domain import NodeState
-from xplane.store.nodes import NodeRow
+from xplane.store.node_tables import NodeRow
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,16 @@ Alembic's env and the test fixtures import this one module.
 
 from sqlalchemy import String
 
-from xplane.store import cluster, config_store, events, gate, nodes, pools  # noqa: F401
+from xplane.store import (  # noqa: F401
+    cluster,
+    config_tables,
+    events,
+    gate,
+    node_tables,
+    pools,
+    webhook_deliveries,
+)
 from xplane.store.db import Base
-from xplane.webhooks import deliveries  # noqa: F401
 
 
 def column_length(table: str, column: str) -> int:

@@ -1,7 +1,7 @@
 """The API's outbox dispatcher: stored deliveries become Temporal signals, eventually.
 
 Runs as an asyncio task in every API replica (started by the app's lifespan). Each
-pass leases the due pending rows (:func:`~xplane.webhooks.deliveries.claim_due`: a
+pass leases the due pending rows (:func:`~xplane.store.webhook_deliveries.claim_due`: a
 replica that dies mid-delivery loses its lease, and another one takes over), calls
 ``deliver(kind, payload)`` with a timeout, and records the outcome: delivered, or
 retried with exponential backoff. Temporal being unreachable is retried for as long
@@ -29,9 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio.service import RPCError, RPCStatusCode
 
 from xplane.observability import metrics
+from xplane.store import webhook_deliveries as store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
-from xplane.webhooks import deliveries as store
 
 log = logging.getLogger(__name__)
 
