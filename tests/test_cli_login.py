@@ -252,6 +252,7 @@ def test_xplane_login_stores_the_users_tokens_0600(
     path = config_home / "xplane" / "credentials.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((path.parent / ".credentials.lock").stat().st_mode) == 0o600
     text = path.read_text()
     assert SECRET not in text
     stored = json.loads(text)["logins"][API]
@@ -347,9 +348,10 @@ class _Recorder(BaseHTTPRequestHandler):
     seen: list[str | None] = []
 
     def do_GET(self) -> None:
-        type(self).seen.append(self.headers.get("Authorization"))
-        body = b"[]"
-        self.send_response(200)
+        auth = self.headers.get("Authorization")
+        type(self).seen.append(auth)
+        status, body = (401, b'{"error": "unauthorized"}') if auth == "Bearer bad" else (200, b"[]")
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -393,6 +395,27 @@ def test_api_commands_send_the_stored_id_token_as_bearer(
     result = runner.invoke(app, ["nodes", "list", "--json", "--server", url, "--token", "tok-1"])
     assert result.exit_code == 0, result.output
     assert seen[-1] == "Bearer tok-1"
+    # A refused token says how to get a good one.
+    result = runner.invoke(app, ["nodes", "list", "--server", url, "--token", "bad"])
+    assert result.exit_code == 1 and "HTTP 401" in result.output
+    assert "run `xplane login`" in result.output
+
+
+def test_an_unreadable_credentials_file_is_reported_and_logout_clears_it(
+    config_home: Path,
+) -> None:
+    path = config_home / "xplane" / "credentials.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"logins": {"x": {"server": 1}}}')
+    runner = CliRunner()
+    status = runner.invoke(app, ["whoami", "--server", API])
+    assert status.exit_code == 1 and "unreadable" in status.output
+    assert isinstance(status.exception, SystemExit)  # an answer, not a traceback
+    with pytest.raises(credentials.LoginRequired, match="xplane logout"):
+        credentials.api_token(API)
+    assert runner.invoke(app, ["logout", "--server", API]).exit_code == 0
+    assert not path.exists()
+    assert credentials.api_token(API) is None
 
 
 # --- the device flow (RFC 8628) -------------------------------------------------------

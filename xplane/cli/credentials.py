@@ -78,7 +78,7 @@ def load() -> CredentialsFile:
     except ValidationError as exc:
         raise LoginRequired(
             f"{path} is unreadable ({exc.error_count()} error(s)); run `xplane logout` "
-            "and `xplane login`"
+            "and `xplane login` again"
         ) from None
 
 
@@ -103,8 +103,10 @@ def save(credentials: CredentialsFile) -> None:
 def _locked() -> Iterator[None]:
     # One writer at a time: providers rotate refresh tokens, and two CLI processes
     # refreshing with the same one would log each other out.
+    lock = config_dir() / ".credentials.lock"
     config_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-    with exclusive_lock(config_dir() / ".credentials.lock"):
+    os.close(os.open(lock, os.O_CREAT | os.O_WRONLY, 0o600))
+    with exclusive_lock(lock):
         yield
 
 
@@ -126,7 +128,12 @@ def store_login(login: StoredLogin) -> None:
 
 def remove_login(server: str) -> bool:
     with _locked():
-        credentials = load()
+        try:
+            credentials = load()
+        except LoginRequired:
+            # Unreadable (hand-edited, truncated): holds nothing usable, so drop it all.
+            credentials_path().unlink()
+            return True
         removed = credentials.logins.pop(server.rstrip("/"), None) is not None
         if removed:
             save(credentials)

@@ -67,7 +67,11 @@ def _expiry_text(expires_at: float, now: float) -> str:
 
 def print_status(server: str) -> bool:
     """Subject, issuer and expiry of the stored login; never a token."""
-    login = credentials.get_login(server)
+    try:
+        login = credentials.get_login(server)
+    except credentials.LoginRequired as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return False
     if login is None:
         typer.echo(f"not logged in to {server} (run `xplane login`)")
         return False

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from xplane.api.client import AdminClient
+from xplane.api.client import AdminClient, ApiClientError
 from xplane.cli.credentials import DEFAULT_SERVER, api_token, api_url
 
 app = typer.Typer(help="Registered nodes (through the API).", no_args_is_help=True)
@@ -30,7 +30,10 @@ def _client(server: str | None, token: str | None) -> AdminClient:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
+    hint = ""
+    if isinstance(exc, ApiClientError) and exc.status == 401:
+        hint = " (pass --token, set XPLANE_TOKEN, or run `xplane login`)"
+    typer.echo(f"error: {exc}{hint}", err=True)
     return typer.Exit(1)
 
 
