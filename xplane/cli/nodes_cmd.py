@@ -20,7 +20,8 @@ ServerOption = typer.Option(
 TokenOption = typer.Option(
     None,
     "--token",
-    help="API token [env XPLANE_TOKEN; else XPLANE_ADMIN_TOKEN; else the `xplane login`]",
+    help="API token (prefer env XPLANE_TOKEN: a flag shows in ps) [else XPLANE_ADMIN_TOKEN, "
+    "else the stored `xplane login`]",
 )
 
 
