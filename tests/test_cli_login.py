@@ -496,3 +496,23 @@ def test_device_flow_polls_until_approved_and_slows_down_when_told() -> None:
     assert slept == [2, 2, 7]  # slow_down adds 5 s for the rest of the polling
     assert all(p["grant_type"] == oidc_client.DEVICE_GRANT for p in _DeviceProvider.polls)
     assert {p["device_code"] for p in _DeviceProvider.polls} == {"dev-1"}
+
+
+def test_a_refresh_with_the_provider_down_says_what_to_do(config_home: Path) -> None:
+    from xplane.netutil import free_port
+
+    credentials.store_login(
+        credentials.StoredLogin(
+            server=API,
+            issuer=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+            client_id=CLIENT_ID,
+            id_token="old",
+            access_token="old",
+            refresh_token="r",
+            expires_at=time.time() - 1,
+            subject="erin",
+        )
+    )
+    with pytest.raises(credentials.LoginRequired, match="run `xplane login --server"):
+        credentials.api_token(API)
+    assert credentials.get_login(API) is not None  # kept: the provider may come back

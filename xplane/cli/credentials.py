@@ -229,6 +229,11 @@ def refreshed(login: StoredLogin, http: httpx.Client | None = None) -> StoredLog
         )
     except oidc_client.OidcError as exc:
         raise LoginRequired(f"the login for {login.server} has expired ({exc}); {hint}") from None
+    except httpx.HTTPError as exc:
+        raise LoginRequired(
+            f"the login for {login.server} has expired and the identity provider "
+            f"{login.issuer} did not answer the refresh ({exc}); retry, or {hint}"
+        ) from None
     finally:
         if own:
             http.close()
