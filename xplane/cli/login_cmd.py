@@ -30,7 +30,7 @@ class Flow(StrEnum):
 ServerOption = typer.Option(
     None,
     "--server",
-    help=f"API URL the login is for [env XPLANE_API_URL, default {credentials.DEFAULT_SERVER}]",
+    help=f"API URL the login is for (env XPLANE_API_URL, default {credentials.DEFAULT_SERVER})",
 )
 
 
@@ -157,11 +157,11 @@ def login(
     url = credentials.api_url(server)
     if status:
         raise typer.Exit(0 if print_status(url) else 1)
-    missing = [
-        name
-        for name, value in (("--issuer/XPLANE_OIDC_ISSUER", issuer), ("--client-id", client_id))
-        if not value
-    ]
+    required = {
+        "--issuer/XPLANE_OIDC_ISSUER": issuer,
+        "--client-id/XPLANE_OIDC_CLIENT_ID": client_id,
+    }
+    missing = [name for name, value in required.items() if not value]
     if missing:
         typer.echo(f"error: {' and '.join(missing)} required", err=True)
         raise typer.Exit(2)
