@@ -15,13 +15,13 @@ from xplane.cli.credentials import DEFAULT_SERVER, api_token, api_url
 app = typer.Typer(help="Registered nodes (through the API).", no_args_is_help=True)
 
 ServerOption = typer.Option(
-    None, "--server", help=f"API URL [env XPLANE_API_URL, default {DEFAULT_SERVER}]"
+    None, "--server", help=f"API URL (env XPLANE_API_URL, default {DEFAULT_SERVER})"
 )
 TokenOption = typer.Option(
     None,
     "--token",
-    help="API token (prefer env XPLANE_TOKEN: a flag shows in ps) [else XPLANE_ADMIN_TOKEN, "
-    "else the stored `xplane login`]",
+    help="API token (prefer env XPLANE_TOKEN: a flag shows in ps); else XPLANE_ADMIN_TOKEN, "
+    "else the stored `xplane login`",
 )
 
 
