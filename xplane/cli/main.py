@@ -18,6 +18,7 @@ from xplane.cli import (
     gate_cmd,
     gtm_cmd,
     infra_cmd,
+    login_cmd,
     nodes_cmd,
     regions_cmd,
     status_cmd,
@@ -56,6 +57,7 @@ for module in (
     status_cmd,
     demo_cmd,
     regions_cmd,
+    login_cmd,
 ):
     module.register(app)
 

@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from xplane.api.client import AdminClient
+from xplane.api.client import AdminClient, ApiClientError
+from xplane.cli.credentials import DEFAULT_SERVER, api_token, api_url
 
 app = typer.Typer(help="Registered nodes (through the API).", no_args_is_help=True)
-DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 ServerOption = typer.Option(
-    None, "--server", help=f"API URL [env XPLANE_API_URL, default {DEFAULT_SERVER}]"
+    None, "--server", help=f"API URL (env XPLANE_API_URL, default {DEFAULT_SERVER})"
+)
+TokenOption = typer.Option(
+    None,
+    "--token",
+    help="API token (prefer env XPLANE_TOKEN: a flag shows in ps); else XPLANE_ADMIN_TOKEN, "
+    "else the stored `xplane login`",
 )
 
 
-def _client(server: str | None) -> AdminClient:
-    url = server or os.environ.get("XPLANE_API_URL") or DEFAULT_SERVER
-    return AdminClient(url, os.environ.get("XPLANE_ADMIN_TOKEN"))
+def _client(server: str | None, token: str | None) -> AdminClient:
+    url = api_url(server)
+    return AdminClient(url, api_token(url, token))
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
+    hint = ""
+    if isinstance(exc, ApiClientError) and exc.status == 401:
+        hint = " (pass --token, set XPLANE_TOKEN, or run `xplane login`)"
+    typer.echo(f"error: {exc}{hint}", err=True)
     return typer.Exit(1)
 
 
@@ -79,10 +87,11 @@ def list_cmd(
     state: str | None = typer.Option(None, "--state", help="idle|warm|active|drain|delete"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
     server: str | None = ServerOption,
+    token: str | None = TokenOption,
 ) -> None:
     """List registered nodes with their state, status and latest metrics."""
     try:
-        with _client(server) as client:
+        with _client(server, token) as client:
             nodes = client.list_nodes(service=service, region=region, state=state)
     except Exception as exc:  # API errors and transport errors alike: one line, exit 1
         raise _fail(exc) from None
@@ -97,10 +106,11 @@ def drain_cmd(
     node_id: str = typer.Argument(..., help="Node to drain"),
     reason: str = typer.Option("requested by operator", "--reason"),
     server: str | None = ServerOption,
+    token: str | None = TokenOption,
 ) -> None:
     """Ask a node to drain: out of DNS, then its agent is told to stop taking traffic."""
     try:
-        with _client(server) as client:
+        with _client(server, token) as client:
             node = client.drain(node_id, reason)
     except Exception as exc:
         raise _fail(exc) from None
