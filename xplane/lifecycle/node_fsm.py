@@ -1,4 +1,4 @@
-"""The node lifecycle as a pure state machine (roadmap 3.2).
+"""The node lifecycle as a pure state machine (`docs/roadmap.md` phase 3.2).
 
 idle -> warm -> active -> drain -> delete.
 
