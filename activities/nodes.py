@@ -17,9 +17,10 @@ from temporalio.client import Client
 from activities.heartbeating import heartbeating
 from workflows import ids
 from workflows.node_lifecycle import (
-    HeartbeatChange,
+    NODE_STATUS_CHANGED_SIGNAL,
     NodeLifecycleParams,
     NodeStateRecord,
+    NodeStatusChange,
     NodeTimings,
 )
 from xplane.domain import NodeState, NodeStatus
@@ -270,8 +271,8 @@ class NodeActivities:
                 region=t.region,
                 timings=NodeTimings.from_env(),
             ),
-            signal="heartbeat_state_changed",
-            signal_arg=HeartbeatChange(
+            signal=NODE_STATUS_CHANGED_SIGNAL,
+            signal_arg=NodeStatusChange(
                 status=t.status.value,
                 reason=f"status {was} -> {t.status.value}",
                 transition=f"{was}->{t.status.value}@{now.isoformat()}",

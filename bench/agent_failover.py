@@ -1,4 +1,6 @@
-"""Agent failover gap on an API replica kill (roadmap 6.1; goal < 2 s, 0 heartbeats lost).
+"""Agent failover gap on an API replica kill (goal < 2 s, 0 heartbeats lost).
+
+`docs/roadmap.md` phase 6.1.
 
 Two real ``xplane api`` replicas on one database (PostgreSQL when it runs on
 127.0.0.1:5432, else SQLite), one real ``xplane agent`` given both URLs and

@@ -1,4 +1,6 @@
-"""Healthy addresses lost from DNS during a 60 s database outage (roadmap 6; goal 0).
+"""Healthy addresses lost from DNS during a 60 s database outage (goal 0).
+
+`docs/roadmap.md` phase 6.
 
 The fault-injection stack (tests/support/fault_stack.py): 2 API replicas, 2 workers,
 a PostgreSQL database of its own, the Temporal dev server, PowerDNS and 6 real

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from xplane.config.models import PowerDnsProvider as PowerDnsConfig
+from xplane.config.models import PowerDnsConfig
 from xplane.dns.base import DesiredEndpoint, DesiredRegion, DesiredService
 from xplane.dns.pdns_server import PdnsServer
 from xplane.dns.powerdns import PowerDnsProvider

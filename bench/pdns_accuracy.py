@@ -18,7 +18,7 @@ from typing import Any
 import dns.message
 import dns.query
 
-from xplane.config.models import PowerDnsProvider as PowerDnsConfig
+from xplane.config.models import PowerDnsConfig
 from xplane.dns.base import DesiredEndpoint, DesiredRegion, DesiredService
 from xplane.dns.pdns_server import PdnsServer, pdns_available
 from xplane.dns.powerdns import PowerDnsProvider

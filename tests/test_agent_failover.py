@@ -1,4 +1,4 @@
-"""Agents fail over between API replicas (roadmap 6.1): real processes, SIGKILL."""
+"""Agents fail over between API replicas (`docs/roadmap.md` phase 6.1): real processes, SIGKILL."""
 
 from __future__ import annotations
 

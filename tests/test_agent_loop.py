@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from xplane.agent.config import AgentConfig
-from xplane.agent.log import JsonFormatter, NodeIdHolder
+from xplane.agent.log import NodeIdHolder, agent_formatter
 from xplane.agent.runner import Agent
 from xplane.agent.state import AgentState, load_state, save_state
 from xplane.netutil import free_port
@@ -102,7 +102,7 @@ def _agent(tmp_path: Path, port: int, **overrides: Any) -> tuple[Agent, io.Strin
     out = io.StringIO()
     node = NodeIdHolder()
     handler = logging.StreamHandler(out)
-    handler.setFormatter(JsonFormatter(node))
+    handler.setFormatter(agent_formatter(node))
     log = logging.getLogger(f"test-agent-{id(out)}")
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG)

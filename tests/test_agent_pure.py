@@ -120,11 +120,12 @@ def test_parse_exposition_handles_escapes_timestamps_and_special_values() -> Non
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('m{a="1"', "line 1: unterminated|expected"),
-        ('ok 1\nm{1a="x"} 1', "line 2: expected a label name"),
-        ("m one", "line 1: invalid sample value 'one'"),
-        ("m", "line 1: expected 'value"),
-        ('{a="b"} 1', "line 1: expected a metric name"),
+        ('m{a="1"', "line 1: cannot parse 'm{a=\"1\"'"),
+        ('ok 1\nm{1a="x"} 1', "line 2: cannot parse .*Invalid labels: 1a"),
+        ("m one", "line 1: cannot parse 'm one': .*'one'"),
+        ("m", "line 1: cannot parse 'm'"),
+        ('{a="b"} 1', "line 1: cannot parse '{a=\"b\"} 1'"),
+        ("# TYPE m\nm 1", "line 1: cannot parse '# TYPE m'"),
     ],
 )
 def test_parse_exposition_errors_name_the_line(text: str, message: str) -> None:
@@ -142,6 +143,18 @@ def test_counter_totals_by_status_label_or_by_a_separate_counter() -> None:
     assert (by_counter.requests, by_counter.errors) == (100, 7)
     code = counter_totals(samples, CounterSelector(error_label="method", error_pattern="GET"), 1)
     assert code.errors == 96
+
+
+def test_a_counter_is_selected_with_or_without_its_total_suffix() -> None:
+    # The parser names a counter's samples with _total even when the page does not.
+    page = '# TYPE reqs counter\nreqs{status="500"} 3\nreqs{status="200"} 5\ngauge_total 9\n'
+    samples = parse_exposition(page)
+    assert [s.name for s in samples] == ["reqs_total", "reqs_total", "gauge_total"]
+    for name in ("reqs", "reqs_total"):
+        got = counter_totals(samples, CounterSelector(requests_metric=name), at=1.0)
+        assert (got.requests, got.errors) == (8, 3)
+    # Only counters answer to the short name: an untyped gauge_total is not "gauge".
+    assert counter_totals(samples, CounterSelector(requests_metric="gauge"), 1).requests == 0
 
 
 def test_counter_selector_rejects_bad_names_and_regexes() -> None:

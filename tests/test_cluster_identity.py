@@ -1,4 +1,6 @@
-"""Replicas that find each other (roadmap 6.1): store identity and the singleton loops.
+"""Replicas that find each other (`docs/roadmap.md` phase 6.1).
+
+Store identity and the singleton loops.
 
 Real parts: the Temporal dev server, SQLite (and PostgreSQL when running) stores
 migrated by Alembic, and ``xplane worker`` / ``xplane api`` as real processes.

@@ -11,7 +11,7 @@ import pytest
 
 from xplane.config.errors import ConfigError
 from xplane.config.loader import load_config, load_config_from_mapping
-from xplane.config.models import ConfigTree, PowerDnsProvider
+from xplane.config.models import ConfigTree, PowerDnsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example" / "gitops-config"
@@ -83,7 +83,7 @@ def test_base_tree_is_valid_and_resolved() -> None:
     assert sg.min_ready_nodes == 1 and sg.health_threshold == 0.5  # Region defaults
     assert tree.regions["sg"].provider == "aws"  # group default merged
     dns = tree.gtm["svc"].dns
-    assert isinstance(dns, PowerDnsProvider) and dns.zone == "svc.plus"  # domain's parent
+    assert isinstance(dns, PowerDnsConfig) and dns.zone == "svc.plus"  # domain's parent
 
 
 def test_example_tree_is_valid() -> None:
@@ -94,7 +94,7 @@ def test_example_tree_is_valid() -> None:
     assert tree.regions["sg"].labels == {"tier": "global"}
     policy = tree.gtm["svc-plus"]
     assert policy.domain == "api.svc.plus"
-    assert isinstance(policy.dns, PowerDnsProvider)
+    assert isinstance(policy.dns, PowerDnsConfig)
     assert (policy.dns.api_url, policy.dns.zone) == ("http://127.0.0.1:8081", "svc.plus")
     # cn-hangzhou has no weight in gtm/: it comes from regions/cn.yaml's base_weight.
     assert tree.gtm_region("svc-plus", "cn-hangzhou").weight == 50  # type: ignore[union-attr]

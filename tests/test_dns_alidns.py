@@ -17,7 +17,7 @@ from aliyunsdkalidns.request.v20150109.UpdateDNSSLBWeightRequest import UpdateDN
 from aliyunsdkcore.utils import parameter_helper
 
 from tests.fakes.alidns_api import AliDnsState, start
-from xplane.config.models import AliDnsProvider
+from xplane.config.models import AliDnsConfig
 from xplane.dns.alidns import AliDns, AliDnsClient, classify_error, quantise_weights
 from xplane.dns.alidns_signing import signed_params, string_to_sign
 from xplane.dns.base import (
@@ -72,7 +72,7 @@ def endpoint(state: AliDnsState) -> Iterator[str]:
 def provider(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AliDns]:
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", SECRET)
-    dns = AliDns(AliDnsProvider(provider="alidns", endpoint=endpoint, zone=ZONE), page_size=20)
+    dns = AliDns(AliDnsConfig(provider="alidns", endpoint=endpoint, zone=ZONE), page_size=20)
     yield dns
     dns._client.close()
 
@@ -235,7 +235,7 @@ def test_throttling_is_retryable_and_a_retry_succeeds(provider: AliDns, state: A
 
 def test_wrong_secret_is_an_auth_error_not_retried(endpoint: str, state: AliDnsState) -> None:
     client = AliDnsClient(endpoint, KEY_ID, "not-the-secret")
-    bad = AliDns(AliDnsProvider(provider="alidns", endpoint=endpoint, zone=ZONE), client=client)
+    bad = AliDns(AliDnsConfig(provider="alidns", endpoint=endpoint, zone=ZONE), client=client)
     with pytest.raises(DnsAuthError, match="SignatureDoesNotMatch") as caught:
         bad.plan(desired(**TWO_REGIONS))
     assert not caught.value.retryable
@@ -249,12 +249,12 @@ def test_wrong_secret_is_an_auth_error_not_retried(endpoint: str, state: AliDnsS
 def test_missing_credentials_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ALIBABA_CLOUD_ACCESS_KEY_ID", raising=False)
     with pytest.raises(DnsAuthError, match="ALIBABA_CLOUD_ACCESS_KEY_ID"):
-        AliDns(AliDnsProvider(provider="alidns"))
+        AliDns(AliDnsConfig(provider="alidns"))
 
 
 def test_unknown_domain_is_a_validation_error(endpoint: str) -> None:
     client = AliDnsClient(endpoint, KEY_ID, SECRET)
-    dns = AliDns(AliDnsProvider(provider="alidns", endpoint=endpoint), client=client)
+    dns = AliDns(AliDnsConfig(provider="alidns", endpoint=endpoint), client=client)
     other = desired(**TWO_REGIONS).model_copy(
         update={"name": "api.other.plus", "zone": "other.plus"}
     )
@@ -307,7 +307,7 @@ def test_takeover_replaces_a_cname(provider: AliDns, state: AliDnsState) -> None
 
 def test_line_is_used_for_every_record(endpoint: str, state: AliDnsState) -> None:
     client = AliDnsClient(endpoint, KEY_ID, SECRET)
-    cfg = AliDnsProvider(provider="alidns", endpoint=endpoint, zone=ZONE, line="oversea")
+    cfg = AliDnsConfig(provider="alidns", endpoint=endpoint, zone=ZONE, line="oversea")
     AliDns(cfg, client=client).sync(desired(**TWO_REGIONS))
     assert {r["Line"] for r in state.records.values()} == {"oversea"}
     assert state.slb[(NAME, "A", "oversea")] is True

@@ -13,7 +13,7 @@ import pytest
 from cloudflare import Cloudflare
 
 from tests.fakes.cloudflare_api import CloudflareState, start
-from xplane.config.models import CloudflareProvider
+from xplane.config.models import CloudflareConfig
 from xplane.dns.base import (
     DesiredEndpoint,
     DesiredRegion,
@@ -75,18 +75,14 @@ def base_url(state: CloudflareState) -> Iterator[str]:
 
 def make(base_url: str, **cfg: Any) -> CloudflareDns:
     client = Cloudflare(api_token=TOKEN, base_url=base_url, max_retries=0)
-    return CloudflareDns(
-        CloudflareProvider(provider="cloudflare", **cfg), client=client, per_page=5
-    )
+    return CloudflareDns(CloudflareConfig(provider="cloudflare", **cfg), client=client, per_page=5)
 
 
 @pytest.fixture
 def dns_mode(base_url: str, monkeypatch: pytest.MonkeyPatch) -> CloudflareDns:
     # the production path: token from the environment, base_url from the config
     monkeypatch.setenv("CLOUDFLARE_API_TOKEN", TOKEN)
-    provider = CloudflareDns(
-        CloudflareProvider(provider="cloudflare", base_url=base_url), per_page=5
-    )
+    provider = CloudflareDns(CloudflareConfig(provider="cloudflare", base_url=base_url), per_page=5)
     return provider
 
 
@@ -225,7 +221,7 @@ def test_success_false_is_an_error_not_an_empty_answer(
 def test_bad_token_is_an_auth_error_not_retried(base_url: str, state: CloudflareState) -> None:
     client = Cloudflare(api_token="wrong", base_url=base_url, max_retries=0)
     provider = CloudflareDns(
-        CloudflareProvider(provider="cloudflare", zone_id=ZONE_ID), client=client
+        CloudflareConfig(provider="cloudflare", zone_id=ZONE_ID), client=client
     )
     with pytest.raises(DnsAuthError, match="HTTP 401") as caught:
         provider.plan(desired(TWO_REGIONS))
@@ -238,13 +234,13 @@ def test_token_file_is_read_and_missing_token_named(
     token_file = tmp_path / "cf-token"
     token_file.write_text(TOKEN + "\n")
     provider = CloudflareDns(
-        CloudflareProvider(provider="cloudflare", api_token_file=str(token_file), base_url=base_url)
+        CloudflareConfig(provider="cloudflare", api_token_file=str(token_file), base_url=base_url)
     )
     provider.sync(desired(TWO_REGIONS))
     assert len(published(state)) == 3
     monkeypatch.delenv("CLOUDFLARE_API_TOKEN", raising=False)
     with pytest.raises(DnsAuthError, match="CLOUDFLARE_API_TOKEN"):
-        CloudflareDns(CloudflareProvider(provider="cloudflare", base_url=base_url))
+        CloudflareDns(CloudflareConfig(provider="cloudflare", base_url=base_url))
 
 
 def test_validation_error_carries_cloudflares_message(dns_mode: CloudflareDns) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.tools import needs_tool
-from xplane.config.models import PowerDnsProvider as PowerDnsConfig
+from xplane.config.models import PowerDnsConfig
 from xplane.dns.base import (
     DesiredEndpoint,
     DesiredRegion,

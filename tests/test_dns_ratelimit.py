@@ -12,7 +12,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.gtm import ApplyDnsRequest, GtmActivities
 from tests.fakes.cloudflare_api import CloudflareState, start
-from xplane.config.models import CloudflareProvider
+from xplane.config.models import CloudflareConfig
 from xplane.dns.base import DesiredEndpoint, DesiredRegion, DesiredService
 from xplane.dns.ratelimit import (
     DnsThrottledError,
@@ -124,7 +124,7 @@ async def test_the_activity_retries_a_throttled_provider_after_retry_after(
     request = ApplyDnsRequest(
         service="api",
         provider_key="0:cloudflare",
-        provider=CloudflareProvider(provider="cloudflare", base_url=base_url, zone="svc.plus"),
+        provider=CloudflareConfig(provider="cloudflare", base_url=base_url, zone="svc.plus"),
         desired=DesiredService(
             service="api",
             name="api.svc.plus",

@@ -23,7 +23,7 @@ import boto3
 import httpx
 import pytest
 
-from xplane.config.models import Route53Provider as Route53Config
+from xplane.config.models import Route53Config
 from xplane.dns.base import (
     DesiredEndpoint,
     DesiredRegion,

@@ -125,14 +125,14 @@ def test_temporal_api_key_and_database_url_passwords_are_redacted(
 
 
 def test_agent_log_lines_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
-    from xplane.agent.log import JsonFormatter, NodeIdHolder, remember_secret
+    from xplane.agent.log import NodeIdHolder, agent_formatter, remember_secret
 
     node_token = "node-" + uuid.uuid4().hex
     monkeypatch.setenv("XPLANE_BOOTSTRAP_TOKEN", REGION_SECRET)
     remember_secret(node_token)
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
-    handler.setFormatter(JsonFormatter(NodeIdHolder()))
+    handler.setFormatter(agent_formatter(NodeIdHolder()))
     log = logging.getLogger(f"xplane.agent.test-{uuid.uuid4().hex}")
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
@@ -151,6 +151,24 @@ def test_agent_log_lines_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert refused["msg"] == f"heartbeat with {REDACTED} refused"
     assert registered["server"] == "https://u:***@cp.example" and registered["t"] == [REDACTED]
     assert f"bootstrap {REDACTED} rejected" in failed["error"]
+
+
+def test_one_formatter_writes_control_plane_and_agent_lines() -> None:
+    from xplane.agent.log import NodeIdHolder, agent_formatter
+    from xplane.observability.logging import JsonFormatter
+
+    record = logging.LogRecord("xplane.x", logging.WARNING, __file__, 1, "beat %s", ("late",), None)
+    record.fields = {"attempt": 2}
+    record.region = "jp"
+    node = NodeIdHolder()
+    node.value = "jp-3"
+    plane = json.loads(JsonFormatter().format(record))
+    agent = json.loads(agent_formatter(node).format(record))
+    assert plane.keys() == {"time", "level", "logger", "message", "attempt", "region"}
+    assert (plane["level"], plane["message"], plane["attempt"]) == ("WARNING", "beat late", 2)
+    assert agent.keys() == {"ts", "level", "msg", "node_id", "attempt", "region"}
+    assert (agent["level"], agent["msg"], agent["node_id"]) == ("warning", "beat late", "jp-3")
+    assert agent["ts"] == plane["time"]
 
 
 def test_level_and_format_are_checked() -> None:

@@ -23,10 +23,10 @@ from tests.support.recorder import RecorderWorkflow
 from tests.support.temporal import pydantic_client
 from workflows.node_lifecycle import (
     DrainRequest,
-    HeartbeatChange,
     NodeLifecycleParams,
     NodeLifecycleStatus,
     NodeLifecycleWorkflow,
+    NodeStatusChange,
     NodeTimings,
 )
 from xplane.domain import NodeState
@@ -116,7 +116,7 @@ async def harness(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterato
 
 async def test_up_warm_active_down_recover_within_grace(harness: Harness) -> None:
     node_id, handle = await harness.start_node()
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up"))
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="up"))
     await harness.env.sleep(2)
     assert (await _status(handle)).state is NodeState.WARM
     assert harness.stored_state(node_id) == "warm"
@@ -128,9 +128,7 @@ async def test_up_warm_active_down_recover_within_grace(harness: Harness) -> Non
     ]
 
     # Down: out of service at once, GTM told.
-    await handle.signal(
-        NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="down")
-    )
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="down"))
     await harness.env.sleep(1)
     status = await _status(handle)
     assert status.state is NodeState.IDLE and status.down_since is not None
@@ -141,7 +139,7 @@ async def test_up_warm_active_down_recover_within_grace(harness: Harness) -> Non
 
     # Back within the grace period: through warm to active again; nothing lost.
     await harness.env.sleep(30)
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up"))
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="up"))
     await harness.env.sleep(1)
     assert (await _status(handle)).state is NodeState.WARM
     await harness.env.sleep(120)  # past where the grace period would have ended
@@ -156,11 +154,9 @@ async def test_up_warm_active_down_recover_within_grace(harness: Harness) -> Non
 
 async def test_down_past_grace_is_deleted_and_node_lost_sent_once(harness: Harness) -> None:
     node_id, handle = await harness.start_node()
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up"))
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="up"))
     await harness.env.sleep(12)
-    await handle.signal(
-        NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="down")
-    )
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="down"))
     await harness.env.sleep(59)
     assert (await _status(handle)).state is NodeState.IDLE
     await harness.env.sleep(2)
@@ -178,13 +174,11 @@ async def test_give_up_waits_while_the_self_health_gate_holds(harness: Harness) 
     """Down past the grace while the gate is closed: not deleted, token kept, no node_lost;
     given up within a quarter of the grace once the gate opens."""
     node_id, handle = await harness.start_node()
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up"))
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="up"))
     await harness.env.sleep(12)
     with transaction(harness.sessions) as session:
         gate_store.set_operator(session, True, "network change", by="test")
-    await handle.signal(
-        NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="down")
-    )
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="down"))
     await harness.env.sleep(150)
     status = await _status(handle)
     assert status.state is NodeState.IDLE
@@ -205,7 +199,7 @@ async def test_give_up_waits_while_the_self_health_gate_holds(harness: Harness) 
 
 async def test_drain_waits_ttl_plus_timeout_then_deletes(harness: Harness) -> None:
     node_id, handle = await harness.start_node()
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up"))
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="up"))
     await harness.env.sleep(12)
     await handle.signal(
         NodeLifecycleWorkflow.drain, DrainRequest(by="autoscaler", reason="scale down")
@@ -226,9 +220,7 @@ async def test_drain_waits_ttl_plus_timeout_then_deletes(harness: Harness) -> No
 async def test_illegal_events_are_refused_not_fatal(harness: Harness) -> None:
     _node_id, handle = await harness.start_node()
     # idle and never down: "down" is not a transition; drain twice: the second is refused.
-    await handle.signal(
-        NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="down")
-    )
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="down"))
     await handle.signal(NodeLifecycleWorkflow.drain, DrainRequest())
     await handle.signal(NodeLifecycleWorkflow.drain, DrainRequest())
     await harness.env.sleep(1)
@@ -247,13 +239,13 @@ async def test_a_transition_resent_by_a_retried_scan_is_applied_once(harness: Ha
     sent the same transition again: the lifecycle ignores the copy (nothing refused,
     one idle transition); another transition with the same status still counts."""
     node_id, handle = await harness.start_node()
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up"))
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, NodeStatusChange(status="up"))
     await harness.env.sleep(12)
     assert (await _status(handle)).state is NodeState.ACTIVE
-    down = HeartbeatChange(status="down", transition="up->down@2026-01-01T00:00:00+00:00")
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, down)
+    down = NodeStatusChange(status="down", transition="up->down@2026-01-01T00:00:00+00:00")
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, down)
     await harness.env.sleep(1)
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, down)  # the retry
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, down)  # the retry
     await harness.env.sleep(1)
     status = await _status(handle)
     assert status.state is NodeState.IDLE and status.refused == []
@@ -261,7 +253,7 @@ async def test_a_transition_resent_by_a_retried_scan_is_applied_once(harness: Ha
         kinds = [e.kind for e in reversed(list_events(session, node_id=node_id))]
     assert kinds == ["node.warm", "node.active", "node.idle"]
     again = down.model_copy(update={"transition": "up->down@2026-01-01T00:05:00+00:00"})
-    await handle.signal(NodeLifecycleWorkflow.heartbeat_state_changed, again)
+    await handle.signal(NodeLifecycleWorkflow.node_status_changed, again)
     await harness.env.sleep(1)
     assert len((await _status(handle)).refused) == 1  # a new transition is not deduplicated
     await handle.terminate()

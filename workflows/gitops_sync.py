@@ -36,7 +36,7 @@ class GitOpsSyncParams(BaseModel):
 
 
 def events_for_changes(changes: ConfigChanges, sha: str) -> list[ConfigEvent]:
-    """The GitOps events (roadmap 0.2) for one applied revision, one per owner."""
+    """The GitOps events (`docs/roadmap.md` phase 0.2) for one applied revision, one per owner."""
     events: list[ConfigEvent] = []
     for service in changes.gtm:
         events.append(

@@ -22,7 +22,7 @@ NODE_LIFECYCLE = "NodeLifecycleWorkflow"
 WORLD_STATE = "WorldStateWorkflow"
 CLUSTER = "ClusterWorkflow"
 
-# The GitOps events (roadmap 0.2) are delivered as signals of these names.
+# The GitOps events (`docs/roadmap.md` phase 0.2) are delivered as signals of these names.
 ON_GTM_POLICY_CHANGED = "OnGtmPolicyChanged"
 ON_AUTOSCALE_CHANGED = "OnAutoscaleChanged"
 ON_REGION_CONFIG_CHANGED = "OnRegionConfigChanged"

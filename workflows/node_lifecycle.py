@@ -1,7 +1,7 @@
 """NodeLifecycleWorkflow (ID ``node-<node_id>``): idle -> warm -> active -> drain -> delete.
 
 Started by the API on registration (signal-with-start), driven by the
-world-state loop's ``heartbeat_state_changed`` signals (transitions only, never
+world-state loop's ``node_status_changed`` signals (transitions only, never
 heartbeats), by ``drain`` (operator or autoscaler) and ``deregistered``.
 Timers give the time-based transitions: warm-up, the down grace period, and
 drain (record TTL + drain timeout). The transition rules are the pure
@@ -59,7 +59,11 @@ class NodeTimings(BaseModel):
         return cls(**{k: float(os.environ[v]) for k, v in names.items() if os.environ.get(v)})
 
 
-class HeartbeatChange(BaseModel):
+# The signal's name in Temporal: recorded histories carry it, so it outlives the method's.
+NODE_STATUS_CHANGED_SIGNAL = "heartbeat_state_changed"
+
+
+class NodeStatusChange(BaseModel):
     """From the world-state loop: the node's observed status changed."""
 
     status: Literal["up", "down", "drain"]
@@ -93,7 +97,7 @@ class NodeLifecycleCarry(BaseModel):
     history: list[Transition] = Field(default_factory=list)
     refused: list[str] = Field(default_factory=list)
     inbox: list[tuple[NodeEvent, str]] = Field(default_factory=list)
-    transitions_seen: list[str] = Field(default_factory=list)  # recent HeartbeatChange ids
+    transitions_seen: list[str] = Field(default_factory=list)  # recent NodeStatusChange ids
 
 
 class NodeLifecycleParams(BaseModel):
@@ -136,8 +140,8 @@ class NodeLifecycleWorkflow:
         self.p: NodeLifecycleParams | None = None
 
     # ------------------------------------------------------------------ signals
-    @workflow.signal
-    def heartbeat_state_changed(self, change: HeartbeatChange) -> None:
+    @workflow.signal(name=NODE_STATUS_CHANGED_SIGNAL)
+    def node_status_changed(self, change: NodeStatusChange) -> None:
         if change.transition is not None:
             if change.transition in self.c.transitions_seen:
                 return  # the same transition again: a retried world-state scan

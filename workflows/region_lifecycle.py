@@ -1,6 +1,6 @@
 """RegionLifecycleWorkflow (ID ``region-<region>``): bootstrap -> serving -> retire.
 
-Bootstrap (roadmap 4.3): render and commit ``infra/node-pool/<region>/`` with
+Bootstrap (`docs/roadmap.md` phase 4.3): render and commit ``infra/node-pool/<region>/`` with
 ``node_count = min_nodes``, wait for CI's ``terraform_finished``, wait for the
 first node to register and become active, then wake GTM, whose slow start
 brings the region in gently. A region never enters GTM unhealthy: its weight

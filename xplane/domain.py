@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class NodeState(StrEnum):
-    """Lifecycle state, owned by the node's lifecycle workflow (roadmap 3.2)."""
+    """Lifecycle state, owned by the node's lifecycle workflow (`docs/roadmap.md` phase 3.2)."""
 
     IDLE = "idle"
     WARM = "warm"
@@ -23,7 +23,7 @@ class NodeState(StrEnum):
 
 
 class NodeStatus(StrEnum):
-    """Observed status (roadmap 1.2): from heartbeats, probes and drain requests."""
+    """Observed status (`docs/roadmap.md` phase 1.2): from heartbeats, probes and drain requests."""
 
     UP = "up"
     DOWN = "down"

@@ -35,8 +35,10 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import git
 from pydantic import BaseModel
@@ -64,6 +66,12 @@ from xplane.runtime import install_stop_signals
 from xplane.settings import Settings
 from xplane.temporal_client import connect
 from xplane.temporal_dev import TemporalDevServer
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from sqlalchemy.engine import Engine
+
+    from xplane.dns.pdns_server import PdnsServer
 
 # Fast failover for the local demo; XPLANE_HEARTBEAT_* still win. One setting for the
 # API, the worker and `xplane status`: every reader agrees when a node is down.
@@ -316,17 +324,27 @@ async def run_up(options: UpOptions, say: Say = print) -> None:
         claim.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class _Secrets:
+    """The local secrets ``xplane up`` hands to its API, worker, CI runner and PowerDNS."""
+
+    bootstrap: str
+    bootstrap_file: Path
+    admin: str
+    webhook: str
+    pdns_api_key: str
+
+
+@dataclass(frozen=True)
+class _Repos:
+    config: str  # the config repo's path or URL
+    infra: Path  # the bare infra repo
+    pool_dir: Path  # the local node pool's state (agents' pid files)
+    runner_dir: Path  # the local CI runner's directory
+
+
 async def _run_up(options: UpOptions, say: Say) -> None:
-    from workers.main import build_worker
-    from xplane.api.app import create_app
-    from xplane.api.serve import serve_in_thread
-    from xplane.api.settings import ApiSettings
-    from xplane.dns.pdns_server import PdnsServer, pdns_available
-    from xplane.infra.local_runner import install_hook, stop_workers, wait_idle
     from xplane.netutil import free_port
-    from xplane.store.db import make_engine, make_sessionmaker
-    from xplane.store.migrate import upgrade
-    from xplane.temporal_notifier import TemporalNotifier
 
     data_dir = options.data_dir
     db_url = f"sqlite:///{data_dir / 'xplane.db'}"
@@ -336,26 +354,71 @@ async def _run_up(options: UpOptions, say: Say) -> None:
     api_url = f"http://127.0.0.1:{api_port}"
 
     say("[1/6] store and secrets: " + db_url)
+    engine = _open_store(db_url)
+    secrets = _create_secrets(data_dir / "secrets")
+    _export_environment(secrets)
+
+    say("[2/6] repos: config and infra (local CI runner as the infra repo's post-receive hook)")
+    repos = _prepare_repos(options, api_url, secrets, say)
+    pdns = _start_dns(options, secrets, say)
+    server = _temporal_server(options)
+    info_path = data_dir / "up.json"
+    try:
+        if pdns is not None:
+            _create_zones(pdns, repos.config, data_dir)
+        say("[4/6] temporal: starting the dev server")
+        server.start()
+        say(f"      Temporal {server.address}, web UI {server.ui_url}")
+        settings = _settings(server, db_url, data_dir, repos)
+        await _serve_api_worker_and_loops(
+            options, say, stop, settings, engine, server, api_port, repos, pdns, info_path
+        )
+    finally:
+        _stop_everything(say, info_path, repos, server, pdns, engine)
+
+
+def _open_store(db_url: str) -> Engine:
+    """Step 1: the SQLite store, migrated to head."""
+    from xplane.store.db import make_engine
+    from xplane.store.migrate import upgrade
+
     upgrade(db_url)
-    engine = make_engine(db_url)
-    secret_dir = data_dir / "secrets"
-    boot, boot_file = _secret(secret_dir, "bootstrap.token")
-    admin, _ = _secret(secret_dir, "admin.token")
-    hook_secret, _ = _secret(secret_dir, "webhook.secret")
-    pdns_key, _ = _secret(secret_dir, "pdns-api.key")
+    return make_engine(db_url)
+
+
+def _create_secrets(secret_dir: Path) -> _Secrets:
+    """Step 1: the local secrets, each in a 0600 file (created once, then kept)."""
+    bootstrap, bootstrap_file = _secret(secret_dir, "bootstrap.token")
+    return _Secrets(
+        bootstrap=bootstrap,
+        bootstrap_file=bootstrap_file,
+        admin=_secret(secret_dir, "admin.token")[0],
+        webhook=_secret(secret_dir, "webhook.secret")[0],
+        pdns_api_key=_secret(secret_dir, "pdns-api.key")[0],
+    )
+
+
+def _export_environment(secrets: _Secrets) -> None:
+    """Step 1: the secrets and the demo's node timings, for the API and worker in this process."""
     # Fast lifecycles for the local demo (a killed agent is replaced within a minute).
     os.environ.setdefault("XPLANE_NODE_WARMUP", "5")
     os.environ.setdefault("XPLANE_NODE_DOWN_GRACE", "20")
     os.environ.setdefault("XPLANE_NODE_DRAIN_TIMEOUT", "5")
     os.environ.update(
-        XPLANE_BOOTSTRAP_TOKEN=boot,
-        XPLANE_ADMIN_TOKEN=admin,
-        XPLANE_WEBHOOK_SECRET=hook_secret,
-        PDNS_API_KEY=pdns_key,
+        XPLANE_BOOTSTRAP_TOKEN=secrets.bootstrap,
+        XPLANE_ADMIN_TOKEN=secrets.admin,
+        XPLANE_WEBHOOK_SECRET=secrets.webhook,
+        PDNS_API_KEY=secrets.pdns_api_key,
     )
 
-    say("[2/6] repos: config and infra (local CI runner as the infra repo's post-receive hook)")
-    repo = _prepare_config_repo(options, say)
+
+def _prepare_repos(options: UpOptions, api_url: str, secrets: _Secrets, say: Say) -> _Repos:
+    """Step 2: the config repo, and the bare infra repo with the local CI runner as its hook."""
+    from xplane.infra.local_runner import install_hook
+    from xplane.netutil import free_port
+
+    data_dir = options.data_dir
+    config = _prepare_config_repo(options, say)
     bare = _prepare_infra_repo(data_dir)
     pool_dir = data_dir / "pool"
     pool_dir.mkdir(exist_ok=True)
@@ -365,113 +428,184 @@ async def _run_up(options: UpOptions, say: Say) -> None:
         bare,
         {
             "TF_VAR_api_url": api_url,
-            "TF_VAR_token_file": str(boot_file),
+            "TF_VAR_token_file": str(secrets.bootstrap_file),
             "TF_VAR_state_dir": str(pool_dir),
             "TF_VAR_health_port": str(options.node_health_port or free_port("0.0.0.0")),
             "TF_VAR_agent_command": str(Path(sys.executable).parent / "xplane"),
             "XPLANE_WEBHOOK_URL": f"{api_url}/webhooks/terraform",
-            "XPLANE_WEBHOOK_SECRET": hook_secret,
+            "XPLANE_WEBHOOK_SECRET": secrets.webhook,
             "TF_CLI_CONFIG_FILE": str(empty_rc),
             "TF_IN_AUTOMATION": "1",
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         },
         work_dir=data_dir / "runner",
     )
+    return _Repos(config=config, infra=bare, pool_dir=pool_dir, runner_dir=runner_dir)
 
-    pdns = None
-    if pdns_available():
-        say(f"[3/6] dns: PowerDNS on 127.0.0.1:{options.dns_port} (API :{options.pdns_api_port})")
-        pdns = PdnsServer(
-            data_dir / "pdns",
-            api_key=pdns_key,
-            api_port=options.pdns_api_port,
-            dns_port=options.dns_port,
-        )
-        pdns.start()
-    else:
+
+def _start_dns(options: UpOptions, secrets: _Secrets, say: Say) -> PdnsServer | None:
+    """Step 3: PowerDNS with its API, when ``pdns_server`` is installed (else None)."""
+    from xplane.dns.pdns_server import PdnsServer, pdns_available
+
+    if not pdns_available():
         say("[3/6] dns: pdns_server not installed (apt-get install pdns-server "
             "pdns-backend-sqlite3): weights are computed and shown by `xplane status`, "
             "DNS applies fail and are reported")  # fmt: skip
+        return None
+    say(f"[3/6] dns: PowerDNS on 127.0.0.1:{options.dns_port} (API :{options.pdns_api_port})")
+    pdns = PdnsServer(
+        options.data_dir / "pdns",
+        api_key=secrets.pdns_api_key,
+        api_port=options.pdns_api_port,
+        dns_port=options.dns_port,
+    )
+    pdns.start()
+    return pdns
 
-    server = TemporalDevServer(
-        data_dir / "temporal",
+
+def _create_zones(pdns: PdnsServer, config_repo: str, data_dir: Path) -> None:
+    """Step 3: the zones the config publishes into (PowerDNS refuses records without one)."""
+    for zone in _zones(config_repo, data_dir):
+        pdns.ensure_zone(zone)
+
+
+def _temporal_server(options: UpOptions) -> TemporalDevServer:
+    """Step 4: the Temporal dev server (started by the caller, inside its clean-up)."""
+    return TemporalDevServer(
+        options.data_dir / "temporal",
         port=options.temporal_port or None,
         ui_port=options.ui_port or None,
     )
-    info_path = data_dir / "up.json"
-    try:
-        if pdns is not None:
-            for zone in _zones(repo, data_dir):
-                pdns.ensure_zone(zone)
-        say("[4/6] temporal: starting the dev server")
-        server.start()
-        say(f"      Temporal {server.address}, web UI {server.ui_url}")
-        settings = Settings.from_env(
-            temporal_address=server.address,
-            db_url=db_url,
-            data_dir=data_dir,
-            config_repo=repo,
-            infra_repo=str(bare),
-            heartbeat=HeartbeatSettings.from_env(
-                interval=os.environ.get(INTERVAL_ENV) or HEARTBEAT_INTERVAL
-            ),
+
+
+def _settings(server: TemporalDevServer, db_url: str, data_dir: Path, repos: _Repos) -> Settings:
+    """The worker's settings; the heartbeat interval is the demo's unless the environment's."""
+    return Settings.from_env(
+        temporal_address=server.address,
+        db_url=db_url,
+        data_dir=data_dir,
+        config_repo=repos.config,
+        infra_repo=str(repos.infra),
+        heartbeat=HeartbeatSettings.from_env(
+            interval=os.environ.get(INTERVAL_ENV) or HEARTBEAT_INTERVAL
+        ),
+    )
+
+
+async def _serve_api_worker_and_loops(
+    options: UpOptions,
+    say: Say,
+    stop: asyncio.Event,
+    settings: Settings,
+    engine: Engine,
+    server: TemporalDevServer,
+    api_port: int,
+    repos: _Repos,
+    pdns: PdnsServer | None,
+    info_path: Path,
+) -> None:
+    """Steps 5 and 6: the API and the worker, then the loops; returns once stopped."""
+    from workers.main import build_worker
+    from xplane.api.serve import serve_in_thread
+    from xplane.store.db import make_sessionmaker
+
+    client: Client = await connect(server.address)
+    app = _create_api(settings, server.address, api_port)
+    api_url = f"http://127.0.0.1:{api_port}"
+    say(f"[5/6] api {api_url} and worker")
+    with serve_in_thread(app, port=api_port):
+        worker = build_worker(
+            client, settings, make_sessionmaker(engine), pool_provider_override="local"
         )
-        client: Client = await connect(server.address)
-        notifier = TemporalNotifier(None, settings.task_queue, address=server.address)
-        api_settings = ApiSettings.from_env(
-            db_url=db_url, port=api_port, heartbeat=settings.heartbeat
-        )
-        app = create_app(api_settings, notifier=notifier, webhook_notifier=notifier)
-        say(f"[5/6] api {api_url} and worker")
-        with serve_in_thread(app, port=api_port):
-            worker = build_worker(
-                client, settings, make_sessionmaker(engine), pool_provider_override="local"
-            )
-            async with worker:
-                if git.Repo(bare).commit("main").tree.join("infra/node-pool").trees:
-                    _reapply_pools(runner_dir, bare)  # a restart: bring the agents back
-                say("[6/6] loops: gitops-sync, world-state")
-                handle = await _start_loops(client, settings, repo, options)
-                status = await _wait_first_sync(handle)
-                last = status.details.get("last_sync", {})
-                say(f"      synced {str(last.get('sha', '?'))[:8]}: {last.get('status')} "
-                    f"({last.get('message', '')})")  # fmt: skip
-                info = UpInfo(
-                    pid=os.getpid(),
-                    temporal_address=server.address,
-                    temporal_ui=server.ui_url,
-                    temporal_pid=server.process.pid if server.process else None,
-                    api_url=api_url,
-                    db_url=db_url,
-                    config_repo=repo,
-                    infra_repo=str(bare),
-                    dns_port=options.dns_port if pdns else None,
-                    pdns_api_url=pdns.api_url if pdns else None,
-                    pool_state_dir=str(pool_dir),
-                    heartbeat_timeout_seconds=settings.heartbeat.timeout_seconds,
-                )
-                info_path.write_text(json.dumps(info.model_dump(mode="json"), indent=2))
-                say(f"XPlane is up. Temporal UI: {server.ui_url}  API: {api_url}  "
-                    "(Ctrl-C stops everything)")  # fmt: skip
-                domain = _first_domain(db_url)
-                progress = asyncio.create_task(
-                    _show_progress(stop, options, say, settings, domain, pdns is not None)
-                )
-                await stop.wait()
-                progress.cancel()
-                say("stopping: worker and api")
-    finally:
-        info_path.unlink(missing_ok=True)
-        with contextlib.suppress(Exception):
-            wait_idle(runner_dir, timeout=10)
-        stop_workers(runner_dir)  # still applying after 10 s: no agent may start after this
-        stopped = stop_pool_agents(pool_dir)
-        say(f"stopping: {stopped} node agent(s), temporal, dns")
-        server.stop()
-        if pdns is not None:
-            pdns.stop()
-        engine.dispose()
-        say("stopped")
+        async with worker:
+            if git.Repo(repos.infra).commit("main").tree.join("infra/node-pool").trees:
+                _reapply_pools(repos.runner_dir, repos.infra)  # a restart: bring the agents back
+            say("[6/6] loops: gitops-sync, world-state")
+            handle = await _start_loops(client, settings, repos.config, options)
+            _report_first_sync(await _wait_first_sync(handle), say)
+            info = _up_info(server, api_url, settings, repos, pdns, options)
+            info_path.write_text(json.dumps(info.model_dump(mode="json"), indent=2))
+            say(f"XPlane is up. Temporal UI: {server.ui_url}  API: {api_url}  "
+                "(Ctrl-C stops everything)")  # fmt: skip
+            await _show_progress_until_stopped(stop, options, say, settings, pdns is not None)
+            say("stopping: worker and api")
+
+
+def _create_api(settings: Settings, temporal_address: str, api_port: int) -> FastAPI:
+    """Step 5: the API app, signalling workflows through Temporal."""
+    from xplane.api.app import create_app
+    from xplane.api.settings import ApiSettings
+    from xplane.temporal_notifier import TemporalNotifier
+
+    notifier = TemporalNotifier(None, settings.task_queue, address=temporal_address)
+    api_settings = ApiSettings.from_env(
+        db_url=settings.db_url, port=api_port, heartbeat=settings.heartbeat
+    )
+    return create_app(api_settings, notifier=notifier, webhook_notifier=notifier)
+
+
+def _report_first_sync(status: LoopStatus, say: Say) -> None:
+    last = status.details.get("last_sync", {})
+    say(f"      synced {str(last.get('sha', '?'))[:8]}: {last.get('status')} "
+        f"({last.get('message', '')})")  # fmt: skip
+
+
+def _up_info(
+    server: TemporalDevServer,
+    api_url: str,
+    settings: Settings,
+    repos: _Repos,
+    pdns: PdnsServer | None,
+    options: UpOptions,
+) -> UpInfo:
+    """What ``up.json`` records for ``xplane status``, ``xplane demo`` and tests."""
+    return UpInfo(
+        pid=os.getpid(),
+        temporal_address=server.address,
+        temporal_ui=server.ui_url,
+        temporal_pid=server.process.pid if server.process else None,
+        api_url=api_url,
+        db_url=settings.db_url,
+        config_repo=repos.config,
+        infra_repo=str(repos.infra),
+        dns_port=options.dns_port if pdns else None,
+        pdns_api_url=pdns.api_url if pdns else None,
+        pool_state_dir=str(repos.pool_dir),
+        heartbeat_timeout_seconds=settings.heartbeat.timeout_seconds,
+    )
+
+
+async def _show_progress_until_stopped(
+    stop: asyncio.Event, options: UpOptions, say: Say, settings: Settings, dns: bool
+) -> None:
+    domain = _first_domain(settings.db_url)
+    progress = asyncio.create_task(_show_progress(stop, options, say, settings, domain, dns))
+    await stop.wait()
+    progress.cancel()
+
+
+def _stop_everything(
+    say: Say,
+    info_path: Path,
+    repos: _Repos,
+    server: TemporalDevServer,
+    pdns: PdnsServer | None,
+    engine: Engine,
+) -> None:
+    """In reverse order: CI workers, node agents, Temporal, PowerDNS, the store."""
+    from xplane.infra.local_runner import stop_workers, wait_idle
+
+    info_path.unlink(missing_ok=True)
+    with contextlib.suppress(Exception):
+        wait_idle(repos.runner_dir, timeout=10)
+    stop_workers(repos.runner_dir)  # still applying after 10 s: no agent may start after this
+    stopped = stop_pool_agents(repos.pool_dir)
+    say(f"stopping: {stopped} node agent(s), temporal, dns")
+    server.stop()
+    if pdns is not None:
+        pdns.stop()
+    engine.dispose()
+    say("stopped")
 
 
 async def _start_loops(

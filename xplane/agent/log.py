@@ -1,21 +1,19 @@
 """Agent logs: one JSON object per line on stderr (ts, level, msg, node_id, extra fields).
 
-Callers pass structured fields with ``extra={"fields": {...}}``; tokens are never among them.
-As a net under that rule the formatter redacts the tokens the agent holds (registered
-with :func:`remember_secret`), the control plane's secret environment variables and
-URL passwords, in the message, the fields and the traceback.
+The formatter is the control plane's (:class:`~xplane.observability.logging.JsonFormatter`)
+with the agent's keys. Callers pass structured fields with ``extra={"fields": {...}}``;
+tokens are never among them. As a net under that rule the formatter redacts the tokens
+the agent holds (registered with :func:`remember_secret`), the control plane's secret
+environment variables and URL passwords, in the message, the fields and the traceback.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
-from datetime import UTC, datetime
-from typing import Any
 
-from xplane.observability.logging import redact, secret_values
+from xplane.observability.logging import AGENT_KEYS, JsonFormatter, secret_values
 
 
 class NodeIdHolder:
@@ -42,40 +40,17 @@ def _known_secrets() -> list[str]:
     return sorted(held | set(secret_values()), key=len, reverse=True)
 
 
-def _clean(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, dict):
-        return {k: _clean(v, secrets) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v, secrets) for v in value]
-    return value
-
-
-class JsonFormatter(logging.Formatter):
-    def __init__(self, node: NodeIdHolder) -> None:
-        super().__init__()
-        self.node = node
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "msg": record.getMessage(),
-            "node_id": self.node.value,
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(_clean(entry, _known_secrets()), default=str)
+def agent_formatter(node: NodeIdHolder) -> JsonFormatter:
+    """JSON lines with the agent's keys, its node id, and its secrets redacted."""
+    return JsonFormatter(
+        AGENT_KEYS, context=lambda: {"node_id": node.value}, secrets=_known_secrets
+    )
 
 
 def setup_logging(node: NodeIdHolder, level: int = logging.INFO) -> logging.Logger:
     """The ``xplane.agent`` logger writing JSON lines to stderr; quiets httpx's request logs."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(node))
+    handler.setFormatter(agent_formatter(node))
     logger = logging.getLogger("xplane.agent")
     logger.handlers[:] = [handler]
     logger.setLevel(level)

@@ -1,22 +1,23 @@
 """Prometheus text exposition -> request/error counters -> error rate and QPS.
 
-Pure: :func:`parse_exposition` reads the text, :func:`counter_totals` picks the
-configured counters out of it, :func:`rates` turns two scrapes into rates.
+Pure: :func:`parse_exposition` reads the text (``prometheus_client.parser`` does the
+parsing), :func:`counter_totals` picks the configured counters out of it,
+:func:`rates` turns two scrapes into rates.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from typing import NamedTuple
 
+from prometheus_client.parser import text_fd_to_metric_families
 from pydantic import Field, field_validator
 
 from xplane.domain import StrictModel
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
 
 
 class PromParseError(ValueError):
@@ -27,74 +28,40 @@ class Sample(NamedTuple):
     name: str
     labels: dict[str, str]
     value: float
+    # The family's ``# TYPE`` ("unknown" without one): a counter also answers to its
+    # name without ``_total``, as the parser names such counters with it.
+    type: str = "unknown"
 
 
-def _parse_labels(line: str, pos: int, lineno: int) -> tuple[dict[str, str], int]:
-    """Parse ``{a="x",b="y"}`` starting at the ``{``; return labels and the index after ``}``."""
-    labels: dict[str, str] = {}
-    pos += 1
-    while True:
-        while pos < len(line) and line[pos] in " \t":
-            pos += 1
-        if pos < len(line) and line[pos] == "}":
-            return labels, pos + 1
-        match = _LABEL_NAME.match(line, pos)
-        if not match:
-            raise PromParseError(f"line {lineno}: expected a label name at column {pos + 1}")
-        key = match.group(0)
-        pos = match.end()
-        if line[pos : pos + 2] != '="':
-            raise PromParseError(f'line {lineno}: expected =" after label {key!r}')
-        pos += 2
-        chars: list[str] = []
-        while True:
-            if pos >= len(line):
-                raise PromParseError(f"line {lineno}: unterminated value of label {key!r}")
-            char = line[pos]
-            if char == "\\" and pos + 1 < len(line):
-                chars.append(_ESCAPES.get(line[pos + 1], "\\" + line[pos + 1]))
-                pos += 2
-            elif char == '"':
-                pos += 1
-                break
-            else:
-                chars.append(char)
-                pos += 1
-        labels[key] = "".join(chars)
-        while pos < len(line) and line[pos] in " \t":
-            pos += 1
-        if pos < len(line) and line[pos] == ",":
-            pos += 1
-        elif not (pos < len(line) and line[pos] == "}"):
-            raise PromParseError(f"line {lineno}: expected , or }} after label {key!r}")
+class _CountingLines(io.StringIO):
+    """The page, counting the lines the parser has read so an error can name its line."""
 
+    lineno = 0
 
-def _parse_value(text: str, lineno: int) -> float:
-    try:
-        return float(text)  # float() accepts +Inf, -Inf and NaN as Prometheus writes them
-    except ValueError as exc:
-        raise PromParseError(f"line {lineno}: invalid sample value {text!r}") from exc
+    def __next__(self) -> str:  # type: ignore[override]  # typeshed: _IOBase yields bytes
+        line = super().__next__()
+        self.lineno += 1
+        return line
 
 
 def parse_exposition(text: str) -> list[Sample]:
-    """Every sample of a Prometheus (or OpenMetrics) text page; comments are skipped."""
-    samples: list[Sample] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _NAME.match(line)
-        if not match:
-            raise PromParseError(f"line {lineno}: expected a metric name, got {raw!r}")
-        name, pos = match.group(0), match.end()
-        labels: dict[str, str] = {}
-        if pos < len(line) and line[pos] == "{":
-            labels, pos = _parse_labels(line, pos, lineno)
-        rest = line[pos:].split("#", 1)[0].split()  # OpenMetrics exemplars follow a '#'
-        if not rest or len(rest) > 2:
-            raise PromParseError(f"line {lineno}: expected 'value [timestamp]' after {name!r}")
-        samples.append(Sample(name, labels, _parse_value(rest[0], lineno)))
-    return samples
+    """Every sample of a Prometheus (or OpenMetrics) text page; comments are skipped.
+
+    OpenMetrics exemplars (after ``#``) are dropped; a counter declared without the
+    ``_total`` suffix has its samples named with it (the parser's OpenMetrics naming).
+    """
+    page = _CountingLines(text)
+    try:
+        return [
+            Sample(sample.name, dict(sample.labels), float(sample.value), family.type)
+            for family in text_fd_to_metric_families(page)
+            for sample in family.samples
+        ]
+    except (ValueError, IndexError) as exc:
+        lines = text.splitlines()
+        raw = lines[page.lineno - 1] if 0 < page.lineno <= len(lines) else ""
+        detail = f": {exc}" if str(exc) else ""
+        raise PromParseError(f"line {page.lineno}: cannot parse {raw.strip()!r}{detail}") from exc
 
 
 class CounterSelector(StrictModel):
@@ -134,6 +101,11 @@ class CounterTotals(NamedTuple):
     at: float
 
 
+def _is_metric(sample: Sample, name: str) -> bool:
+    """``sample`` is of metric ``name``; a counter may be named with or without ``_total``."""
+    return sample.name == name or (sample.type == "counter" and sample.name == f"{name}_total")
+
+
 def counter_totals(samples: list[Sample], selector: CounterSelector, at: float) -> CounterTotals:
     """Sum the selected counters over all label sets (NaN samples are ignored)."""
     pattern = re.compile(selector.error_pattern)
@@ -141,12 +113,12 @@ def counter_totals(samples: list[Sample], selector: CounterSelector, at: float) 
     for sample in samples:
         if math.isnan(sample.value):
             continue
-        if sample.name == selector.requests_metric:
+        if _is_metric(sample, selector.requests_metric):
             requests += sample.value
             label = sample.labels.get(selector.error_label)
             if selector.errors_metric is None and label is not None and pattern.fullmatch(label):
                 errors += sample.value
-        elif selector.errors_metric is not None and sample.name == selector.errors_metric:
+        elif selector.errors_metric is not None and _is_metric(sample, selector.errors_metric):
             errors += sample.value
     return CounterTotals(requests=requests, errors=errors, at=at)
 

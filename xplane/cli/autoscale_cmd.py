@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from xplane.autoscale.plan import AutoscalePlan, plan
+from xplane.autoscale.what_if import AutoscaleWhatIf, what_if
 from xplane.domain import WorldSnapshot
 
 app = typer.Typer(help="Autoscaler: what-if plans and manual node-count commits.")
@@ -47,7 +47,7 @@ def _load_world(path: Path) -> WorldSnapshot:
         raise _fail("\n".join(lines)) from None
 
 
-def _print_table(result: AutoscalePlan) -> None:
+def _print_table(result: AutoscaleWhatIf) -> None:
     table = Table("service", "region", "current", "desired", "reason")
     for service, regions in result.services.items():
         for region, line in regions.items():
@@ -76,7 +76,7 @@ def plan_cmd(
         tree = load_config(config)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    result = plan(tree, _load_world(world))
+    result = what_if(tree, _load_world(world))
     if output is Output.json:
         typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
     else:

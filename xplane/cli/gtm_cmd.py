@@ -19,8 +19,8 @@ from rich.table import Table
 
 from xplane.config.errors import ConfigError
 from xplane.config.loader import load_config
-from xplane.gtm.plan import PlanError, load_world, plan_services, plan_to_json
 from xplane.gtm.weights import ServiceWeights
+from xplane.gtm.what_if import WhatIfError, load_world, weights_for_world, weights_to_json
 from xplane.heartbeat import HeartbeatSettings
 
 app = typer.Typer(help="Global traffic management: weights and DNS.", no_args_is_help=True)
@@ -62,18 +62,20 @@ def plan(
         raise _fail([str(issue) for issue in exc.issues]) from None
     try:
         timeout_s = HeartbeatSettings.from_env().timeout_seconds
-        plans = plan_services(tree, load_world(world), service, heartbeat_timeout_s=timeout_s)
-    except PlanError as exc:
+        services = weights_for_world(
+            tree, load_world(world), service, heartbeat_timeout_s=timeout_s
+        )
+    except WhatIfError as exc:
         raise _fail(str(exc).splitlines()) from None
     if output is Output.json:
-        typer.echo(json.dumps(plan_to_json(plans), indent=2))
+        typer.echo(json.dumps(weights_to_json(services), indent=2))
     else:
-        _print_tables(plans)
+        _print_tables(services)
 
 
-def _print_tables(plans: dict[str, ServiceWeights]) -> None:
+def _print_tables(services: dict[str, ServiceWeights]) -> None:
     console = Console()
-    for name, weights in plans.items():
+    for name, weights in services.items():
         title = f"{name}" + (
             f"  [bold red]FAIL OPEN[/]: {escape(weights.reason)}" if weights.fail_open else ""
         )
@@ -139,13 +141,15 @@ def apply(
             tree, snapshot = load_config(config), load_world(world)
         else:
             tree, snapshot = live_inputs(db, timeout)
-        plans = plan_services(tree, snapshot, service, heartbeat_timeout_s=timeout.total_seconds())
+        services = weights_for_world(
+            tree, snapshot, service, heartbeat_timeout_s=timeout.total_seconds()
+        )
     except ConfigError as exc:
         raise _fail([str(issue) for issue in exc.issues]) from None
-    except (PlanError, LookupError) as exc:
+    except (WhatIfError, LookupError) as exc:
         raise _fail(str(exc).splitlines()) from None
     failed = False
-    for name, weights in plans.items():
+    for name, weights in services.items():
         policy = tree.gtm[name]
         for index, provider_config in enumerate(policy.dns_providers()):
             key = f"{name} {index}:{provider_config.provider}"

@@ -157,7 +157,7 @@ class LatencyPolicy(StrictModel):
     floor: Fraction = 0.2
 
 
-class DnsProviderBase(StrictModel):
+class DnsProviderConfigBase(StrictModel):
     ttl: int = Field(default=30, ge=1, le=86400)
     zone: ZoneName | None = None  # default: the domain's parent (api.svc.plus -> svc.plus)
     regions: list[str] | None = None  # publish only these regions through this provider
@@ -166,7 +166,7 @@ class DnsProviderBase(StrictModel):
     max_change_fraction: Fraction = 0.5  # safety threshold: larger plans need --force
 
 
-class PowerDnsProvider(DnsProviderBase):
+class PowerDnsConfig(DnsProviderConfigBase):
     provider: Literal["powerdns"]
     api_url: str = "http://127.0.0.1:8081"
     server_id: str = "localhost"
@@ -175,7 +175,7 @@ class PowerDnsProvider(DnsProviderBase):
     lua_records: bool = True
 
 
-class CloudflareProvider(DnsProviderBase):
+class CloudflareConfig(DnsProviderConfigBase):
     provider: Literal["cloudflare"]
     mode: Literal["dns", "load_balancer"] = "dns"
     zone_id: str | None = None
@@ -186,7 +186,7 @@ class CloudflareProvider(DnsProviderBase):
     proxied: bool = False
 
 
-class Route53Provider(DnsProviderBase):
+class Route53Config(DnsProviderConfigBase):
     provider: Literal["route53"]
     hosted_zone_id: str | None = None  # default: found by zone name
     endpoint_url: str | None = None  # override for moto / proxies
@@ -195,7 +195,7 @@ class Route53Provider(DnsProviderBase):
     secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
 
 
-class AliDnsProvider(DnsProviderBase):
+class AliDnsConfig(DnsProviderConfigBase):
     provider: Literal["alidns"]
     endpoint: str = "https://alidns.aliyuncs.com"
     line: str = "default"  # default | oversea | telecom | ...
@@ -204,7 +204,7 @@ class AliDnsProvider(DnsProviderBase):
 
 
 DnsProviderConfig = Annotated[
-    PowerDnsProvider | CloudflareProvider | Route53Provider | AliDnsProvider,
+    PowerDnsConfig | CloudflareConfig | Route53Config | AliDnsConfig,
     Field(discriminator="provider"),
 ]
 

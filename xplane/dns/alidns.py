@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from xplane.config.models import AliDnsProvider
+from xplane.config.models import AliDnsConfig
 from xplane.dns import ratelimit
 from xplane.dns.alidns_signing import signed_params
 from xplane.dns.base import (
@@ -283,7 +283,7 @@ class AliDns(DnsProvider):
 
     def __init__(
         self,
-        config: AliDnsProvider,
+        config: AliDnsConfig,
         *,
         client: AliDnsClient | None = None,
         page_size: int = 100,

@@ -1,6 +1,6 @@
 """Cloudflare through the official ``cloudflare`` SDK (5.x): plain records or Load Balancing.
 
-Two modes (``CloudflareProvider.mode``):
+Two modes (``CloudflareConfig.mode``):
 
 * ``dns`` (accounts without Load Balancing): one A/AAAA record per address of the
   regions whose weight is above 0. Plain DNS has no weights, so a region at 0 is
@@ -39,7 +39,7 @@ import cloudflare
 from cloudflare import Cloudflare
 from pydantic import BaseModel
 
-from xplane.config.models import CloudflareProvider
+from xplane.config.models import CloudflareConfig
 from xplane.dns import ratelimit
 from xplane.dns.base import (
     ApplyResult,
@@ -317,7 +317,7 @@ class CloudflareDns(DnsProvider):
 
     def __init__(
         self,
-        config: CloudflareProvider,
+        config: CloudflareConfig,
         *,
         client: Cloudflare | None = None,
         per_page: int = 100,

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Literal, TypeVar
 
-from xplane.config.models import DnsProviderBase
+from xplane.config.models import DnsProviderConfigBase
 from xplane.dns.base import (
     OWNERSHIP_PREFIX,
     DesiredService,
@@ -203,7 +203,7 @@ def http_error(provider: str, what: str, status: int, detail: str) -> DnsError:
     return DnsValidationError(message)
 
 
-def effective_desired(desired: DesiredService, config: DnsProviderBase) -> DesiredService:
+def effective_desired(desired: DesiredService, config: DnsProviderConfigBase) -> DesiredService:
     """``desired`` with the provider config's explicit settings applied.
 
     Fields set in the provider's config (``ttl``, ``owner_id``, ``zone``) win over the

@@ -8,19 +8,19 @@ from xplane.dns.base import DnsProvider
 
 def make_provider(config: models.DnsProviderConfig) -> DnsProvider:
     """One provider instance per call: credentials are read from env/file each time."""
-    if isinstance(config, models.PowerDnsProvider):
+    if isinstance(config, models.PowerDnsConfig):
         from xplane.dns.powerdns import PowerDnsProvider
 
         return PowerDnsProvider(config)
-    if isinstance(config, models.Route53Provider):
+    if isinstance(config, models.Route53Config):
         from xplane.dns.route53 import Route53Provider
 
         return Route53Provider(config)
-    if isinstance(config, models.CloudflareProvider):
+    if isinstance(config, models.CloudflareConfig):
         from xplane.dns.cloudflare import CloudflareDns
 
         return CloudflareDns(config)
-    if isinstance(config, models.AliDnsProvider):
+    if isinstance(config, models.AliDnsConfig):
         from xplane.dns.alidns import AliDns
 
         return AliDns(config)

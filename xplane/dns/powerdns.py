@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from xplane.config.models import PowerDnsProvider as PowerDnsConfig
+from xplane.config.models import PowerDnsConfig
 from xplane.dns import ratelimit
 from xplane.dns.base import (
     ApplyResult,

@@ -37,7 +37,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from xplane.config.models import Route53Provider as Route53Config
+from xplane.config.models import Route53Config
 from xplane.dns import ratelimit
 from xplane.dns.base import (
     ApplyResult,

@@ -20,7 +20,6 @@ terraform when ``xplane up`` is gone; terraform gets no secret (not even the web
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -38,8 +37,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import typer
 from pydantic import BaseModel, Field
 
 from xplane.infra.changes import ZERO_SHA, regions_in_tree, service_of, touched_regions
@@ -401,15 +401,29 @@ def _hook(directory: Path) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xplane.infra.local_runner")
-    parser.add_argument("command", choices=["hook", "run"])
-    parser.add_argument("--dir", type=Path, required=True, help="runner directory")
-    args = parser.parse_args(argv)
-    if args.command == "hook":
-        return _hook(args.dir)
-    return _run(args.dir)
+cli = typer.Typer(
+    help="The infra repo's local CI runner.", no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+)  # fmt: skip
+DirOption = Annotated[Path, typer.Option("--dir", help="runner directory")]
+
+
+@cli.command("hook", help="post-receive: queue the pushed ref updates, start a worker")
+def _hook_command(directory: DirOption) -> None:
+    raise typer.Exit(_hook(directory))
+
+
+@cli.command("run", help="apply the queued pushes (the detached worker)")
+def _run_command(directory: DirOption) -> None:
+    raise typer.Exit(_run(directory))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli(
+        args=list(argv) if argv is not None else None,
+        prog_name="python -m xplane.infra.local_runner",
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

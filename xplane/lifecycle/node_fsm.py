@@ -1,4 +1,4 @@
-"""The node lifecycle as a pure state machine (roadmap 3.2).
+"""The node lifecycle as a pure state machine (`docs/roadmap.md` phase 3.2).
 
 idle -> warm -> active -> drain -> delete.
 
@@ -42,22 +42,20 @@ class NodeEvent(StrEnum):
     GRACE_EXPIRED = "grace_expired"
 
 
-S, E = NodeState, NodeEvent
-
 TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
-    (S.IDLE, E.UP): S.WARM,
-    (S.IDLE, E.GRACE_EXPIRED): S.DELETE,
-    (S.WARM, E.WARMED): S.ACTIVE,
-    (S.WARM, E.DOWN): S.IDLE,
-    (S.ACTIVE, E.DOWN): S.IDLE,
-    (S.IDLE, E.DRAIN): S.DRAIN,
-    (S.WARM, E.DRAIN): S.DRAIN,
-    (S.ACTIVE, E.DRAIN): S.DRAIN,
-    (S.DRAIN, E.DRAINED): S.DELETE,
-    (S.IDLE, E.DEREGISTERED): S.DELETE,
-    (S.WARM, E.DEREGISTERED): S.DELETE,
-    (S.ACTIVE, E.DEREGISTERED): S.DELETE,
-    (S.DRAIN, E.DEREGISTERED): S.DELETE,
+    (NodeState.IDLE, NodeEvent.UP): NodeState.WARM,
+    (NodeState.IDLE, NodeEvent.GRACE_EXPIRED): NodeState.DELETE,
+    (NodeState.WARM, NodeEvent.WARMED): NodeState.ACTIVE,
+    (NodeState.WARM, NodeEvent.DOWN): NodeState.IDLE,
+    (NodeState.ACTIVE, NodeEvent.DOWN): NodeState.IDLE,
+    (NodeState.IDLE, NodeEvent.DRAIN): NodeState.DRAIN,
+    (NodeState.WARM, NodeEvent.DRAIN): NodeState.DRAIN,
+    (NodeState.ACTIVE, NodeEvent.DRAIN): NodeState.DRAIN,
+    (NodeState.DRAIN, NodeEvent.DRAINED): NodeState.DELETE,
+    (NodeState.IDLE, NodeEvent.DEREGISTERED): NodeState.DELETE,
+    (NodeState.WARM, NodeEvent.DEREGISTERED): NodeState.DELETE,
+    (NodeState.ACTIVE, NodeEvent.DEREGISTERED): NodeState.DELETE,
+    (NodeState.DRAIN, NodeEvent.DEREGISTERED): NodeState.DELETE,
 }
 
 

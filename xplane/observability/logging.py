@@ -20,7 +20,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -80,26 +81,70 @@ def temporal_fields(record: logging.LogRecord) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class LogKeys:
+    """The keys of a JSON log line's fixed fields (the agent keeps its shorter names)."""
+
+    time: str = "time"
+    level: str = "level"
+    logger: str | None = "logger"  # None: no logger field
+    message: str = "message"
+    exception: str = "exception"
+    lowercase_level: bool = False
+
+
+CONTROL_PLANE_KEYS = LogKeys()
+AGENT_KEYS = LogKeys(time="ts", logger=None, message="msg", exception="error", lowercase_level=True)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; user ``extra=`` fields are kept (JSON-safe via str)."""
+    """One JSON object per record, for the API, the worker, the CLI and the agent.
+
+    User ``extra=`` fields are kept, and a ``fields`` dict among them is merged in
+    (``extra={"fields": {...}}`` may use names ``LogRecord`` reserves); values that are
+    not JSON become strings. ``context`` adds fields to every line (the agent's
+    ``node_id``). With ``secrets``, every string in the line is redacted with them
+    (the agent, which has no :class:`RedactSecrets` filter on its handler).
+    """
+
+    def __init__(
+        self,
+        keys: LogKeys = CONTROL_PLANE_KEYS,
+        *,
+        context: Callable[[], Mapping[str, Any]] | None = None,
+        secrets: Callable[[], list[str]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.keys = keys
+        self.context = context
+        self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
+        keys = self.keys
+        at = datetime.fromtimestamp(record.created, UTC)
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
+            keys.time: at.isoformat(timespec="milliseconds"),
+            keys.level: record.levelname.lower() if keys.lowercase_level else record.levelname,
         }
+        if keys.logger is not None:
+            entry[keys.logger] = record.name
+        entry[keys.message] = record.getMessage()
+        if self.context is not None:
+            entry.update(self.context())
         entry.update(temporal_fields(record))
         for key, value in record.__dict__.items():
-            if key not in _RESERVED and key not in entry and not key.startswith("_"):
+            if key == "fields" and isinstance(value, Mapping):
+                entry.update(value)
+            elif key not in _RESERVED and key not in entry and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            entry["exception"] = record.exc_text
+            entry[keys.exception] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
+        if self.secrets is not None:
+            entry = redact_values(entry, self.secrets())
         return _json.dumps(entry, default=str, ensure_ascii=False)
 
 
@@ -124,6 +169,17 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return _URL_PASSWORD.sub(r"\g<head>***@", text) if "://" in text else text
+
+
+def redact_values(value: Any, secrets: list[str]) -> Any:
+    """:func:`redact` applied to every string in ``value`` (dicts, lists and tuples)."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: redact_values(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(v, secrets) for v in value]
+    return value
 
 
 class RedactSecrets(logging.Filter):

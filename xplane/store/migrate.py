@@ -17,14 +17,14 @@ Other commands: ``upgrade [--db URL]``, ``check [--db URL]``.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
+import typer
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -114,21 +114,31 @@ def revision(message: str) -> None:
             command.revision(cfg, message=message, autogenerate=True)
 
 
+cli = typer.Typer(
+    help="Schema migrations.", no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+)  # fmt: skip
+DbOption = Annotated[str | None, typer.Option("--db", help="default: XPLANE_DB_URL")]
+
+
+@cli.command("revision", help="autogenerate the next migration")
+def _revision_command(message: Annotated[str, typer.Option("-m", "--message")]) -> None:
+    revision(message)
+
+
+@cli.command("upgrade", help="migrate a database to head")
+def _upgrade_command(db: DbOption = None) -> None:
+    upgrade(db)
+
+
+@cli.command("check", help="compare schemas")
+def _check_command(db: DbOption = None) -> None:
+    check_schema_matches(db)
+    print("schema matches")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m xplane.store.migrate")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    rev = sub.add_parser("revision", help="autogenerate the next migration")
-    rev.add_argument("-m", "--message", required=True)
-    for name, text in (("upgrade", "migrate a database to head"), ("check", "compare schemas")):
-        sub.add_parser(name, help=text).add_argument("--db", help="default: XPLANE_DB_URL")
-    args = parser.parse_args(argv)
-    if args.cmd == "revision":
-        revision(args.message)
-    elif args.cmd == "upgrade":
-        upgrade(args.db)
-    else:
-        check_schema_matches(args.db)
-        print("schema matches")
+    cli(args=argv, prog_name="python -m xplane.store.migrate")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""What-if GTM planning: the weights a config tree gives an imagined world (no servers).
+"""The GTM what-if: the weights a config tree gives an imagined world (no servers).
 
 ``xplane gtm plan`` reads a config directory and a ``WORLD.json``
 (:class:`~xplane.domain.WorldSnapshot`) and prints what the GTM loop would publish,
-without ramp history (so target weights). :func:`plan_services` is pure;
+without ramp history (so target weights). :func:`weights_for_world` is pure;
 :func:`load_world` is the thin file reader with errors that name the field.
 """
 
@@ -36,26 +36,26 @@ REGION_KEYS = (
 _DIGITS = 6  # floats in the output: enough for any provider's quantisation
 
 
-class PlanError(ValueError):
+class WhatIfError(ValueError):
     """A what-if input is unusable; the message names the file and field."""
 
 
 def load_world(path: Path) -> WorldSnapshot:
-    """Read and validate ``WORLD.json``; :class:`PlanError` names the file and field."""
+    """Read and validate ``WORLD.json``; :class:`WhatIfError` names the file and field."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise PlanError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise WhatIfError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
-        raise PlanError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        raise WhatIfError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     try:
         return WorldSnapshot.model_validate(data)
     except ValidationError as exc:
         lines = [f"{path}: {format_path(loc)}: {msg}" for loc, msg in validation_errors(exc, data)]
-        raise PlanError("\n".join(lines)) from None
+        raise WhatIfError("\n".join(lines)) from None
 
 
-def plan_services(
+def weights_for_world(
     config: ConfigTree,
     world: WorldSnapshot,
     service: str | None = None,
@@ -68,7 +68,7 @@ def plan_services(
     """
     if service is not None and service not in config.gtm:
         known = ", ".join(sorted(config.gtm)) or "none"
-        raise PlanError(f"service {service!r} has no gtm policy (gtm services: {known})")
+        raise WhatIfError(f"service {service!r} has no gtm policy (gtm services: {known})")
     names = [service] if service is not None else sorted(config.gtm)
     result: dict[str, ServiceWeights] = {}
     for name in names:
@@ -83,13 +83,13 @@ def plan_services(
     return result
 
 
-def plan_to_json(plans: dict[str, ServiceWeights]) -> dict[str, Any]:
+def weights_to_json(weights_by_service: dict[str, ServiceWeights]) -> dict[str, Any]:
     """The CLI's JSON document (``{"services": {svc: {fail_open, regions, records}}}``).
 
     Extra keys (``reason``, ``node_id``, node counts) help humans and break no reader.
     """
     services: dict[str, Any] = {}
-    for name, weights in plans.items():
+    for name, weights in weights_by_service.items():
         regions = {}
         for region, rw in weights.regions.items():
             row: dict[str, Any] = {key: _num(getattr(rw, key)) for key in REGION_KEYS}

@@ -31,7 +31,7 @@ from xplane.config.models import AutoscaleRegion, ConfigTree
 from xplane.domain import NodeSnapshot, NodeState, NodeStatus, WorldSnapshot
 
 
-class RegionPlan(BaseModel):
+class RegionWhatIf(BaseModel):
     """One line of the what-if (``xplane autoscale plan``'s JSON: exactly these keys)."""
 
     current: int
@@ -39,8 +39,8 @@ class RegionPlan(BaseModel):
     reason: str
 
 
-class AutoscalePlan(BaseModel):
-    services: dict[str, dict[str, RegionPlan]]
+class AutoscaleWhatIf(BaseModel):
+    services: dict[str, dict[str, RegionWhatIf]]
 
 
 def _is_healthy(node: NodeSnapshot) -> bool:
@@ -62,7 +62,7 @@ def _effective_policy(config: ConfigTree, region: str, policy: AutoscaleRegion) 
     return policy.model_copy(update={"quota": min(quotas)}) if quotas else policy
 
 
-def plan_region(
+def decide_region(
     config: ConfigTree, service: str, region: str, world: WorldSnapshot, now: datetime
 ) -> Decision:
     """The decision for one service's region in ``world`` at ``now``."""
@@ -99,15 +99,17 @@ def plan_region(
     )
 
 
-def plan(config: ConfigTree, world: WorldSnapshot, now: datetime | None = None) -> AutoscalePlan:
+def what_if(
+    config: ConfigTree, world: WorldSnapshot, now: datetime | None = None
+) -> AutoscaleWhatIf:
     """Every autoscale policy's regions, by service then region (sorted)."""
     at = as_utc(now or world.now or datetime.now(UTC))
-    services: dict[str, dict[str, RegionPlan]] = {}
+    services: dict[str, dict[str, RegionWhatIf]] = {}
     for service in sorted(config.autoscale):
         regions = services.setdefault(service, {})
         for region in sorted(config.autoscale[service].regions):
-            decision = plan_region(config, service, region, world, at)
-            regions[region] = RegionPlan(
+            decision = decide_region(config, service, region, world, at)
+            regions[region] = RegionWhatIf(
                 current=decision.current, desired=decision.desired, reason=decision.reason
             )
-    return AutoscalePlan(services=services)
+    return AutoscaleWhatIf(services=services)
