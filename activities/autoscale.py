@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import from_repo_error
 from activities.heartbeating import heartbeating
 from activities.operation import operation_id
-from workflows import ids
+from xplane import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
@@ -84,15 +84,6 @@ class PoolCommit(BaseModel):
     previous_count: int | None
     count: int
     already_pushed: bool = False  # a retry found its earlier attempt's commit in Git
-
-
-class TerraformOutcome(BaseModel):
-    """Signalled by the CI webhook: ``terraform_finished``."""
-
-    commit: str
-    status: Literal["succeeded", "failed"]
-    run_url: str | None = None
-    outputs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TerraformRecord(BaseModel):

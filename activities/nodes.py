@@ -15,13 +15,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities.heartbeating import heartbeating
-from workflows import ids
-from workflows.node_lifecycle import (
-    HeartbeatChange,
-    NodeLifecycleParams,
-    NodeStateRecord,
-    NodeTimings,
-)
+from xplane import ids
 from xplane.domain import NodeState, NodeStatus
 from xplane.gate import (
     EVERYWHERE,
@@ -38,13 +32,14 @@ from xplane.gate import (
 )
 from xplane.heartbeat import HeartbeatSettings
 from xplane.lifecycle.node_fsm import NodeEvent
+from xplane.messages import HeartbeatChange, NodeLifecycleParams, NodeStateRecord, NodeTimings
 from xplane.observability import metrics
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import EventRow, record_event
 from xplane.store.nodes import NodeRow
-from xplane.temporal_client import signal_with_start
+from xplane.temporal.client import signal_with_start
 
 HELD_LISTED = 20  # node ids named in a scan result; the count says how many in all
 # Signals in flight at once: fast on a mass transition (a region going down), without
@@ -113,7 +108,7 @@ class NodeActivities:
                 f"node.{record.state.value}",
                 f"node {record.node_id}: {record.from_state.value} -> {record.state.value} "
                 f"({record.event.value}): {record.reason}",
-                source=ids.node_id(record.node_id),
+                source=ids.node_workflow_id(record.node_id),
                 service=record.service,
                 region=record.region,
                 node_id=record.node_id,
@@ -262,14 +257,14 @@ class NodeActivities:
         await signal_with_start(
             self._client,
             workflow_type=ids.NODE_LIFECYCLE,
-            workflow_id=ids.node_id(t.node_id),
+            workflow_id=ids.node_workflow_id(t.node_id),
             start_arg=NodeLifecycleParams(
                 node_id=t.node_id,
                 service=t.service,
                 region=t.region,
                 timings=NodeTimings.from_env(),
             ),
-            signal="heartbeat_state_changed",
+            signal=ids.HEARTBEAT_STATE_CHANGED,
             signal_arg=HeartbeatChange(
                 status=t.status.value,
                 reason=f"status {was} -> {t.status.value}",
@@ -352,7 +347,7 @@ class NodeActivities:
             workflow_type=ids.GTM_LOOP,
             workflow_id=ids.gtm_id(service),
             start_arg={"service": service},
-            signal="world_changed",
+            signal=ids.WORLD_CHANGED,
             signal_arg="world-state: node status changed",
             task_queue=self._task_queue,
             search_attributes=ids.search_attributes(service=service),

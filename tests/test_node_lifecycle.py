@@ -21,16 +21,16 @@ from activities.nodes import NodeActivities
 from tests.support.histories import keep
 from tests.support.recorder import RecorderWorkflow
 from tests.support.temporal import pydantic_client
-from workflows.node_lifecycle import (
-    DrainRequest,
-    HeartbeatChange,
-    NodeLifecycleParams,
-    NodeLifecycleStatus,
-    NodeLifecycleWorkflow,
-    NodeTimings,
+from workflows.node_lifecycle import NodeLifecycleStatus, NodeLifecycleWorkflow
+from xplane.domain import NodeState, NodeStatus
+from xplane.lifecycle.node_fsm import (
+    TRANSITIONS,
+    IllegalTransition,
+    NodeEvent,
+    event_for,
+    next_state,
 )
-from xplane.domain import NodeState
-from xplane.lifecycle.node_fsm import TRANSITIONS, IllegalTransition, NodeEvent, next_state
+from xplane.messages import DrainRequest, HeartbeatChange, NodeLifecycleParams, NodeTimings
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
@@ -55,6 +55,13 @@ def test_every_illegal_transition_is_refused(state: NodeState, event: NodeEvent)
 
 def test_delete_is_terminal() -> None:
     assert not [e for (s, e) in TRANSITIONS if s is NodeState.DELETE]
+
+
+@pytest.mark.parametrize("status", list(NodeStatus))
+def test_each_observed_status_is_the_event_of_its_name(status: NodeStatus) -> None:
+    """A status change the world-state scan signals is one lifecycle event, never lost."""
+    assert event_for(status) is NodeEvent(status.value)
+    assert event_for(status) in {event for _, event in TRANSITIONS}
 
 
 # ------------------------------------------------------------------ workflow

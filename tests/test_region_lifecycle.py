@@ -20,7 +20,6 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.autoscale import TerraformOutcome
 from activities.regions import RegionActivities
 from tests.support.histories import keep
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
@@ -33,6 +32,7 @@ from workflows.region_lifecycle import (
 )
 from xplane.config.loader import load_config_from_mapping
 from xplane.domain import NodeState
+from xplane.messages import TerraformOutcome
 from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow

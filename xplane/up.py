@@ -43,10 +43,10 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
-from workflows import ids
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
+from xplane import ids
 from xplane.heartbeat import INTERVAL_ENV, HeartbeatSettings
 from xplane.localrepo import AUTHOR, example_dir, seed_repo
 from xplane.procs import (
@@ -60,10 +60,10 @@ from xplane.procs import (
     stop_pid_file,
     write_pid_file,
 )
-from xplane.runtime import install_stop_signals
 from xplane.settings import Settings
-from xplane.temporal_client import connect
-from xplane.temporal_dev import TemporalDevServer
+from xplane.temporal.client import connect
+from xplane.temporal.dev import TemporalDevServer
+from xplane.temporal.runtime import install_stop_signals
 
 # Fast failover for the local demo; XPLANE_HEARTBEAT_* still win. One setting for the
 # API, the worker and `xplane status`: every reader agrees when a node is down.
@@ -236,7 +236,7 @@ def _reapply_pools(runner_dir: Path, bare: Path) -> None:
 async def _wait_first_sync(handle: WorkflowHandle, timeout: float = 60.0) -> LoopStatus:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        status: LoopStatus = await handle.query("status", result_type=LoopStatus)
+        status = await handle.query(GitOpsSyncWorkflow.status)
         if status.runs or status.errors:
             return status
         if asyncio.get_running_loop().time() > deadline:
@@ -326,7 +326,7 @@ async def _run_up(options: UpOptions, say: Say) -> None:
     from xplane.netutil import free_port
     from xplane.store.db import make_engine, make_sessionmaker
     from xplane.store.migrate import upgrade
-    from xplane.temporal_notifier import TemporalNotifier
+    from xplane.temporal.notifier import TemporalNotifier
 
     data_dir = options.data_dir
     db_url = f"sqlite:///{data_dir / 'xplane.db'}"

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from xplane.domain import NodeState
+from xplane.domain import NodeState, NodeStatus
 
 
 class NodeEvent(StrEnum):
@@ -42,23 +42,33 @@ class NodeEvent(StrEnum):
     GRACE_EXPIRED = "grace_expired"
 
 
-S, E = NodeState, NodeEvent
-
 TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
-    (S.IDLE, E.UP): S.WARM,
-    (S.IDLE, E.GRACE_EXPIRED): S.DELETE,
-    (S.WARM, E.WARMED): S.ACTIVE,
-    (S.WARM, E.DOWN): S.IDLE,
-    (S.ACTIVE, E.DOWN): S.IDLE,
-    (S.IDLE, E.DRAIN): S.DRAIN,
-    (S.WARM, E.DRAIN): S.DRAIN,
-    (S.ACTIVE, E.DRAIN): S.DRAIN,
-    (S.DRAIN, E.DRAINED): S.DELETE,
-    (S.IDLE, E.DEREGISTERED): S.DELETE,
-    (S.WARM, E.DEREGISTERED): S.DELETE,
-    (S.ACTIVE, E.DEREGISTERED): S.DELETE,
-    (S.DRAIN, E.DEREGISTERED): S.DELETE,
+    (NodeState.IDLE, NodeEvent.UP): NodeState.WARM,
+    (NodeState.IDLE, NodeEvent.GRACE_EXPIRED): NodeState.DELETE,
+    (NodeState.WARM, NodeEvent.WARMED): NodeState.ACTIVE,
+    (NodeState.WARM, NodeEvent.DOWN): NodeState.IDLE,
+    (NodeState.ACTIVE, NodeEvent.DOWN): NodeState.IDLE,
+    (NodeState.IDLE, NodeEvent.DRAIN): NodeState.DRAIN,
+    (NodeState.WARM, NodeEvent.DRAIN): NodeState.DRAIN,
+    (NodeState.ACTIVE, NodeEvent.DRAIN): NodeState.DRAIN,
+    (NodeState.DRAIN, NodeEvent.DRAINED): NodeState.DELETE,
+    (NodeState.IDLE, NodeEvent.DEREGISTERED): NodeState.DELETE,
+    (NodeState.WARM, NodeEvent.DEREGISTERED): NodeState.DELETE,
+    (NodeState.ACTIVE, NodeEvent.DEREGISTERED): NodeState.DELETE,
+    (NodeState.DRAIN, NodeEvent.DEREGISTERED): NodeState.DELETE,
 }
+
+# An observed status change (the world-state scan) is the lifecycle event of its name.
+STATUS_EVENTS: dict[NodeStatus, NodeEvent] = {
+    NodeStatus.UP: NodeEvent.UP,
+    NodeStatus.DOWN: NodeEvent.DOWN,
+    NodeStatus.DRAIN: NodeEvent.DRAIN,
+}
+
+
+def event_for(status: NodeStatus) -> NodeEvent:
+    """The lifecycle event a change to the observed ``status`` is."""
+    return STATUS_EVENTS[status]
 
 
 class IllegalTransition(ValueError):
