@@ -24,12 +24,12 @@ from activities.operation import operation_id
 from xplane import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
-from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.domain import NodeState, NodeStatus
 from xplane.gate import GateSettings, RegionVerdict, verdict_for
 from xplane.gitops.infra_repo import CommitResult, RepoError, commit_node_count
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics as prom
+from xplane.probes.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.store import config_store
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store

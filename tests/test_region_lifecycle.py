@@ -109,7 +109,7 @@ async def test_bootstrap_then_retire_through_git(
         ],
         activity_executor=ThreadPoolExecutor(4),
     ):
-        gtm = await client.start_workflow("RecorderWorkflow", id="gtm-regsvc", task_queue=queue)
+        gtm = await client.start_workflow(RecorderWorkflow.run, id="gtm-regsvc", task_queue=queue)
         handle = await client.start_workflow(
             RegionLifecycleWorkflow.run,
             RegionParams(region="jp", timings=RegionTimings(terraform_timeout_seconds=600)),
@@ -159,7 +159,7 @@ async def test_bootstrap_then_retire_through_git(
         assert await gtm.query(RecorderWorkflow.signals) == ["world_changed:region jp serving"]
 
         # Retire: GTM first, TTL, drain, pool to 0 through Git, then the directory goes.
-        node = await client.start_workflow("RecorderWorkflow", id="node-jp-0", task_queue=queue)
+        node = await client.start_workflow(RecorderWorkflow.run, id="node-jp-0", task_queue=queue)
         await handle.signal(RegionLifecycleWorkflow.retire, "test")
         await _until(handle, "retiring")
         await time_env.sleep(30 + 30 + 2)  # TTL + drain period

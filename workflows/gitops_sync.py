@@ -23,7 +23,6 @@ from xplane import ids
 with workflow.unsafe.imports_passed_through():
     from activities.gitops import GitOpsActivities, SyncRequest
     from activities.publish import ConfigEvent, ConfigEventPayload, PublishActivities
-    from xplane.gitops.sync import SyncResult
     from xplane.store.config_store import ConfigChanges
 
 
@@ -99,7 +98,7 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
 
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
         assert self.params is not None
-        result: SyncResult = await workflow.execute_activity_method(
+        result = await workflow.execute_activity_method(
             GitOpsActivities.sync_config_repo,
             SyncRequest(source=self.params.source, branch=self.params.branch),
             start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
