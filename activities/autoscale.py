@@ -21,10 +21,9 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import from_repo_error
 from activities.heartbeating import heartbeating
 from activities.operation import operation_id
-from workflows import ids
+from xplane import ids
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
-from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.autoscale.scale_down import nodes_removed_by_scale_down
 from xplane.domain import NodeState, NodeStatus
 from xplane.gate import GateSettings, RegionVerdict, verdict_for
@@ -32,6 +31,7 @@ from xplane.gitops.infra_repo import CommitResult, RepoError, commit_node_count
 from xplane.heartbeat import HeartbeatSettings
 from xplane.lifecycle.node_status import is_coming_up, is_serving
 from xplane.observability import metrics as prom
+from xplane.probes.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.store import config_store
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
@@ -88,15 +88,6 @@ class PoolCommit(BaseModel):
     previous_count: int | None
     count: int
     already_pushed: bool = False  # a retry found its earlier attempt's commit in Git
-
-
-class TerraformOutcome(BaseModel):
-    """Signalled by the CI webhook: ``terraform_finished``."""
-
-    commit: str
-    status: Literal["succeeded", "failed"]
-    run_url: str | None = None
-    outputs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TerraformRecord(BaseModel):

@@ -15,9 +15,9 @@ from temporalio import activity
 
 from activities.errors import from_repo_error
 from activities.heartbeating import heartbeating
-from workflows.ids import GITOPS_SYNC_ID
 from xplane.gitops.repo import RepoError
 from xplane.gitops.sync import SyncResult, sync_once
+from xplane.ids import GITOPS_SYNC_ID
 from xplane.observability import metrics
 from xplane.store.db import utcnow
 

@@ -23,10 +23,11 @@ from xplane.dns.factory import make_provider
 from xplane.dns.ratelimit import DnsThrottledError
 from xplane.domain import NodeSnapshot, NodeStatus
 from xplane.gate import GateSettings, verdict_for
-from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
+from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health
 from xplane.gtm.weights import ServiceWeights, compute_service_weights, unready_addresses
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
+from xplane.probes.health import probe_all
 from xplane.store import config_store
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store

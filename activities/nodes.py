@@ -15,14 +15,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities.heartbeating import heartbeating
-from workflows import ids
-from workflows.node_lifecycle import (
-    NODE_STATUS_CHANGED_SIGNAL,
-    NodeLifecycleParams,
-    NodeStateRecord,
-    NodeStatusChange,
-    NodeTimings,
-)
+from xplane import ids
 from xplane.domain import NodeState, NodeStatus
 from xplane.gate import (
     EVERYWHERE,
@@ -39,6 +32,7 @@ from xplane.gate import (
 )
 from xplane.heartbeat import HeartbeatSettings
 from xplane.lifecycle.node_fsm import NodeEvent
+from xplane.messages import NodeLifecycleParams, NodeStateRecord, NodeStatusChange, NodeTimings
 from xplane.observability import metrics
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
@@ -46,7 +40,7 @@ from xplane.store.db import transaction, utcnow
 from xplane.store.events import EventRow, record_event
 from xplane.store.node_tables import NodeRow
 from xplane.store.registration import revoke_token
-from xplane.temporal_client import signal_with_start
+from xplane.temporal.client import signal_with_start
 
 HELD_LISTED = 20  # node ids named in a scan result; the count says how many in all
 # Signals in flight at once: fast on a mass transition (a region going down), without
@@ -115,7 +109,7 @@ class NodeActivities:
                 f"node.{record.state.value}",
                 f"node {record.node_id}: {record.from_state.value} -> {record.state.value} "
                 f"({record.event.value}): {record.reason}",
-                source=ids.node_id(record.node_id),
+                source=ids.node_workflow_id(record.node_id),
                 service=record.service,
                 region=record.region,
                 node_id=record.node_id,
@@ -264,14 +258,14 @@ class NodeActivities:
         await signal_with_start(
             self._client,
             workflow_type=ids.NODE_LIFECYCLE,
-            workflow_id=ids.node_id(t.node_id),
+            workflow_id=ids.node_workflow_id(t.node_id),
             start_arg=NodeLifecycleParams(
                 node_id=t.node_id,
                 service=t.service,
                 region=t.region,
                 timings=NodeTimings.from_env(),
             ),
-            signal=NODE_STATUS_CHANGED_SIGNAL,
+            signal=ids.NODE_STATUS_CHANGED,
             signal_arg=NodeStatusChange(
                 status=t.status.value,
                 reason=f"status {was} -> {t.status.value}",
@@ -354,7 +348,7 @@ class NodeActivities:
             workflow_type=ids.GTM_LOOP,
             workflow_id=ids.gtm_id(service),
             start_arg={"service": service},
-            signal="world_changed",
+            signal=ids.WORLD_CHANGED,
             signal_arg="world-state: node status changed",
             task_queue=self._task_queue,
             search_attributes=ids.search_attributes(service=service),

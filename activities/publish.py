@@ -8,8 +8,8 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.client import Client
 
-from workflows import ids
-from xplane.temporal_client import signal_with_start
+from xplane import ids
+from xplane.temporal.client import signal_with_start
 
 EventName = Literal["OnGtmPolicyChanged", "OnAutoscaleChanged", "OnRegionConfigChanged"]
 

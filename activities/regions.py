@@ -14,13 +14,14 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import from_repo_error, permanent
 from activities.heartbeating import heartbeating
 from activities.operation import operation_id
-from workflows import ids
+from xplane import ids
 from xplane.config.models import Region
 from xplane.domain import NodeState
 from xplane.gitops.infra_repo import RepoError, commit_files
 from xplane.heartbeat import HeartbeatSettings
 from xplane.infra.render import RenderError, render_region
 from xplane.lifecycle.node_status import is_serving
+from xplane.messages import DrainRequest
 from xplane.store import config_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
@@ -204,8 +205,8 @@ class RegionActivities:
         nodes = self.region_nodes(region)
         if self._client is not None:
             for node in nodes.ids:
-                await self._client.get_workflow_handle(ids.node_id(node)).signal(
-                    "drain", {"by": "region-retire", "reason": f"region {region} retired"}
+                await self._client.get_workflow_handle(ids.node_workflow_id(node)).signal(
+                    ids.DRAIN, DrainRequest(by="region-retire", reason=f"region {region} retired")
                 )
         return nodes.ids
 

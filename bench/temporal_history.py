@@ -25,8 +25,8 @@ from workflows.gtm_loop import GtmLoopParams, GtmLoopWorkflow
 from xplane.config.loader import load_config_from_mapping
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
-from xplane.temporal_client import connect
-from xplane.temporal_dev import TemporalDevServer
+from xplane.temporal.client import connect
+from xplane.temporal.dev import TemporalDevServer
 
 CONFIG = {
     "regions/jp.yaml": "provider: local\n",

@@ -88,7 +88,7 @@ async def register_search_attributes(client: object) -> None:
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 
-    from xplane.temporal_dev import SEARCH_ATTRIBUTES
+    from xplane.temporal.dev import SEARCH_ATTRIBUTES
 
     await client.operator_service.add_search_attributes(  # type: ignore[attr-defined]
         AddSearchAttributesRequest(

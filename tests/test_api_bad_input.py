@@ -32,8 +32,8 @@ from tests.test_api_support import (
 from xplane.api import create_app
 from xplane.api.serve import serve_in_thread
 from xplane.store.webhook_deliveries import WebhookDeliveryRow
-from xplane.temporal_dev import TemporalDevServer
-from xplane.temporal_notifier import TemporalNotifier
+from xplane.temporal.dev import TemporalDevServer
+from xplane.temporal.notifier import TemporalNotifier
 from xplane.webhooks.signature import sign
 
 SECRET = "ci-secret"

@@ -34,7 +34,7 @@ from tests.support.waiting import until
 from tests.test_api_support import ADMIN, BOOT, seed_config
 from xplane.netutil import free_port
 from xplane.store.db import make_engine
-from xplane.temporal_dev import TemporalDevServer
+from xplane.temporal.dev import TemporalDevServer
 from xplane.webhooks.signature import sign
 
 pytestmark = pytest.mark.slow

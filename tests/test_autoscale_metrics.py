@@ -13,13 +13,13 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, percentile
-from xplane.autoscale.prometheus import (
+from xplane.netutil import free_port
+from xplane.probes.prometheus import (
     DEFAULT_CPU_QUERY,
     PrometheusError,
     PromQueries,
     prometheus_region_metrics,
 )
-from xplane.netutil import free_port
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(seconds=60)

@@ -24,12 +24,13 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.autoscale import AutoscaleActivities, CommitRequest, PoolCommit, TerraformOutcome
+from activities.autoscale import AutoscaleActivities, CommitRequest, PoolCommit
 from tests.support.temporal import pydantic_client
 from workflows.autoscale import AutoscaleParams, AutoscaleWorkflow
 from workflows.control_loop import LoopSettings, LoopStatus
 from xplane.config.loader import load_config_from_mapping
 from xplane.domain import NodeState
+from xplane.messages import TerraformOutcome
 from xplane.observability.metrics import REGISTRY
 from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
@@ -231,7 +232,8 @@ async def test_webhook_before_the_wait_is_not_lost(rig: Rig, tmp_path: Path) -> 
         workflow_id = activity.info().workflow_id
         assert workflow_id is not None  # run by the workflow, not standalone
         await rig.client.get_workflow_handle(workflow_id).signal(
-            "terraform_finished", TerraformOutcome(commit=result.sha, status="succeeded")
+            AutoscaleWorkflow.terraform_finished,
+            TerraformOutcome(commit=result.sha, status="succeeded"),
         )
         return result
 

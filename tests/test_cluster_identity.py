@@ -23,13 +23,14 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from tests.support.waiting import until
 from workers.loops import ensure_loops
-from workflows import ids
-from xplane.cluster import ClusterMismatch, claim_cluster, store_id_of
+from workflows.gitops_sync import GitOpsSyncWorkflow
+from xplane import ids
 from xplane.netutil import free_port
 from xplane.settings import Settings
 from xplane.store.migrate import upgrade
-from xplane.temporal_client import connect
-from xplane.temporal_dev import TemporalDevServer
+from xplane.temporal.client import connect
+from xplane.temporal.cluster import ClusterMismatch, claim_cluster, store_id_of
+from xplane.temporal.dev import TemporalDevServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -182,10 +183,12 @@ async def test_a_worker_on_another_database_refuses_and_names_both_ids(
 
         async def synced() -> bool:
             try:
-                status = await client.get_workflow_handle(ids.GITOPS_SYNC_ID).query("status")
+                status = await client.get_workflow_handle(ids.GITOPS_SYNC_ID).query(
+                    GitOpsSyncWorkflow.status
+                )
             except Exception:
                 return False
-            return bool(status.get("runs"))
+            return bool(status.runs)
 
         deadline = asyncio.get_running_loop().time() + 60
         while not await synced():

@@ -32,8 +32,8 @@ from tests.test_api_support import (
     settings_for,
 )
 from tests.test_api_support import seed_config as seed
-from workflows import ids
 from workflows.autoscale import AutoscaleParams
+from xplane import ids
 from xplane.api import create_app
 from xplane.api.serve import serve_in_thread
 from xplane.netutil import free_port
@@ -43,9 +43,9 @@ from xplane.store.events import EventRow
 from xplane.store.migrate import upgrade
 from xplane.store.node_tables import NodeRow
 from xplane.store.webhook_deliveries import Lease, WebhookDeliveryRow
-from xplane.temporal_client import connect
-from xplane.temporal_dev import TemporalDevServer
-from xplane.temporal_notifier import TemporalNotifier
+from xplane.temporal.client import connect
+from xplane.temporal.dev import TemporalDevServer
+from xplane.temporal.notifier import TemporalNotifier
 from xplane.webhooks.dispatcher import DeliveryDispatcher, DispatchSettings
 from xplane.webhooks.signature import sign
 
@@ -240,7 +240,7 @@ async def _signals(address: str, run_id: str) -> list[str]:
 async def _lifecycle_exists(address: str, node_id: str) -> bool:
     client = await _client(address)
     try:
-        await client.get_workflow_handle(ids.node_id(node_id)).describe()
+        await client.get_workflow_handle(ids.node_workflow_id(node_id)).describe()
     except Exception:
         return False
     return True

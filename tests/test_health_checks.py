@@ -18,11 +18,11 @@ from xplane.gtm.health_checks import (
     ProbeResult,
     ProbeTarget,
     next_health,
-    probe_all,
     probe_port,
     probe_url,
 )
 from xplane.netutil import free_port
+from xplane.probes.health import probe_all
 
 
 class _Server(ThreadingHTTPServer):

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from xplane.domain import NodeState
-from xplane.lifecycle.node_fsm import TRANSITIONS, IllegalTransition, NodeEvent, next_state
+from xplane.domain import NodeState, NodeStatus
+from xplane.lifecycle.node_fsm import (
+    TRANSITIONS,
+    IllegalTransition,
+    NodeEvent,
+    event_for,
+    next_state,
+)
 
 
 @pytest.mark.parametrize(("state", "event"), sorted(TRANSITIONS, key=str))
@@ -24,3 +30,10 @@ def test_every_illegal_transition_is_refused(state: NodeState, event: NodeEvent)
 
 def test_delete_is_terminal() -> None:
     assert not [e for (s, e) in TRANSITIONS if s is NodeState.DELETE]
+
+
+@pytest.mark.parametrize("status", list(NodeStatus))
+def test_each_observed_status_is_the_event_of_its_name(status: NodeStatus) -> None:
+    """A status change the world-state scan signals is one lifecycle event, never lost."""
+    assert event_for(status) is NodeEvent(status.value)
+    assert event_for(status) in {event for _, event in TRANSITIONS}

@@ -21,15 +21,9 @@ from activities.nodes import NodeActivities
 from tests.support.histories import keep
 from tests.support.recorder import RecorderWorkflow
 from tests.support.temporal import pydantic_client
-from workflows.node_lifecycle import (
-    DrainRequest,
-    NodeLifecycleParams,
-    NodeLifecycleStatus,
-    NodeLifecycleWorkflow,
-    NodeStatusChange,
-    NodeTimings,
-)
+from workflows.node_lifecycle import NodeLifecycleStatus, NodeLifecycleWorkflow
 from xplane.domain import NodeState
+from xplane.messages import DrainRequest, NodeLifecycleParams, NodeStatusChange, NodeTimings
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow

@@ -20,7 +20,6 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.autoscale import TerraformOutcome
 from activities.regions import RegionActivities
 from tests.support.histories import keep
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
@@ -33,6 +32,7 @@ from workflows.region_lifecycle import (
 )
 from xplane.config.loader import load_config_from_mapping
 from xplane.domain import NodeState
+from xplane.messages import TerraformOutcome
 from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
@@ -110,7 +110,7 @@ async def test_bootstrap_then_retire_through_git(
         ],
         activity_executor=ThreadPoolExecutor(4),
     ):
-        gtm = await client.start_workflow("RecorderWorkflow", id="gtm-regsvc", task_queue=queue)
+        gtm = await client.start_workflow(RecorderWorkflow.run, id="gtm-regsvc", task_queue=queue)
         handle = await client.start_workflow(
             RegionLifecycleWorkflow.run,
             RegionParams(region="jp", timings=RegionTimings(terraform_timeout_seconds=600)),
@@ -160,7 +160,7 @@ async def test_bootstrap_then_retire_through_git(
         assert await gtm.query(RecorderWorkflow.signals) == ["world_changed:region jp serving"]
 
         # Retire: GTM first, TTL, drain, pool to 0 through Git, then the directory goes.
-        node = await client.start_workflow("RecorderWorkflow", id="node-jp-0", task_queue=queue)
+        node = await client.start_workflow(RecorderWorkflow.run, id="node-jp-0", task_queue=queue)
         await handle.signal(RegionLifecycleWorkflow.retire, "test")
         await _until(handle, "retiring")
         await time_env.sleep(30 + 30 + 2)  # TTL + drain period

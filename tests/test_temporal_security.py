@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from temporalio.service import TLSConfig
 
-from xplane.temporal_client import connect
-from xplane.temporal_security import TemporalSecurityError, security_from_env
+from xplane.temporal.client import connect
+from xplane.temporal.security import TemporalSecurityError, security_from_env
 
 
 def test_nothing_set_is_plain_text() -> None:

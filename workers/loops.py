@@ -16,10 +16,10 @@ from pydantic import BaseModel
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
-from workflows import ids
 from workflows.control_loop import LoopSettings
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
+from xplane import ids
 from xplane.settings import Settings
 
 log = logging.getLogger(__name__)

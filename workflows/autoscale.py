@@ -26,20 +26,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from temporalio import workflow
 
-from workflows import ids, policies
+from workflows import policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
+from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
     from activities.autoscale import (
+        AutoscaleActivities,
         CommitRequest,
         DecideRequest,
         DecideResult,
         DrainRequestIn,
         PoolCommit,
-        TerraformOutcome,
         TerraformRecord,
     )
     from xplane.autoscale.desired import ScaleHistory
+    from xplane.messages import TerraformOutcome
 
 READY_POLL = timedelta(seconds=5)
 DRAIN_BEFORE_COMMIT = "drain-before-commit"  # patch: runs started earlier commit at once
@@ -73,14 +75,14 @@ class AutoscaleParams(BaseModel):
 class AutoscaleWorkflow(ControlLoopWorkflow):
     def __init__(self) -> None:
         super().__init__()
-        self.p = AutoscaleParams(service="", region="")
+        self.params = AutoscaleParams(service="", region="")
         self.waiting: Waiting | None = None
         self._interval = timedelta(seconds=30)
         self.gate: str | None = None
 
     @workflow.run
     async def run(self, params: AutoscaleParams) -> None:
-        self.p = params
+        self.params = params
         self._interval = timedelta(seconds=params.settings.interval_seconds)
         await self.run_loop(params.loop, params.settings)
 
@@ -88,14 +90,14 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
     @workflow.signal
     def terraform_finished(self, outcome: TerraformOutcome) -> None:
         """CI finished ``terraform apply`` for a commit (kept even if not waited for yet)."""
-        self.p.terraform[outcome.commit] = outcome
-        if len(self.p.terraform) > 20:  # bounded: only recent commits matter
-            oldest = next(iter(self.p.terraform))
-            del self.p.terraform[oldest]
+        self.params.terraform[outcome.commit] = outcome
+        if len(self.params.terraform) > 20:  # bounded: only recent commits matter
+            oldest = next(iter(self.params.terraform))
+            del self.params.terraform[oldest]
 
     @workflow.signal
     def node_lost(self, node_id: str) -> None:
-        self.p.lost_nodes += 1
+        self.params.lost_nodes += 1
         self.request(f"node_lost:{node_id}")
 
     @workflow.signal(name=ids.ON_AUTOSCALE_CHANGED)
@@ -108,32 +110,31 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
     # --------------------------------------------------------------- reconcile
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
         key = DecideRequest(
-            service=self.p.service,
-            region=self.p.region,
-            history=self.p.history,
-            lost_nodes=self.p.lost_nodes,
+            service=self.params.service,
+            region=self.params.region,
+            history=self.params.history,
+            lost_nodes=self.params.lost_nodes,
             now=workflow.now(),
         )
-        result: DecideResult = await workflow.execute_activity(
-            "decide_autoscale",
+        result: DecideResult = await workflow.execute_activity_method(
+            AutoscaleActivities.decide_autoscale,
             key,
-            result_type=DecideResult,
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DB,
         )
         if not result.exists:
             return {"exists": False}
         if result.decision is None:
-            self.p.last_reason = "waiting for the region's node pool to be bootstrapped"
+            self.params.last_reason = "waiting for the region's node pool to be bootstrapped"
             return {"bootstrapped": False}
         self._interval = timedelta(seconds=result.interval_seconds)
         self.settings.jitter_seconds = result.jitter_seconds
         decision = result.decision
         self.gate = result.gate
-        self.p.current, self.p.desired = decision.current, decision.desired
-        self.p.last_reason = decision.reason
+        self.params.current, self.params.desired = decision.current, decision.desired
+        self.params.last_reason = decision.reason
         if decision.desired == decision.current:
-            self.p.history = decision.history  # keeps the stabilisation clock (low_since)
+            self.params.history = decision.history  # keeps the stabilisation clock (low_since)
             return {"desired": decision.desired, "reason": decision.reason}
 
         # A replacement carries the lost node's id, so `xplane events` links the incident:
@@ -146,30 +147,33 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         )
         if decision.desired < decision.current:
             await self._drain(decision.desired, decision.reason, result)
-        commit: PoolCommit = await workflow.execute_activity(
-            "commit_node_pool",
+        commit: PoolCommit = await workflow.execute_activity_method(
+            AutoscaleActivities.commit_node_pool,
             CommitRequest(
-                service=self.p.service,
-                region=self.p.region,
+                service=self.params.service,
+                region=self.params.region,
                 count=decision.desired,
                 reason=decision.reason,
                 metrics=result.metrics,
                 correlation_id=incident,
             ),
-            result_type=PoolCommit,
             start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
             heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
             retry_policy=policies.EXTERNAL,
         )
         # The change is in Git: cooldown starts now whatever Terraform does.
-        self.p.history = decision.history
-        self.p.lost_nodes = 0
-        self.p.commits += 1
+        self.params.history = decision.history
+        self.params.lost_nodes = 0
+        self.params.commits += 1
         if commit.status == "unchanged":
-            self.p.last_outcome = f"pool already {decision.desired} in Git"
+            self.params.last_outcome = f"pool already {decision.desired} in Git"
             return {"desired": decision.desired, "commit": None}
-        self.p.last_outcome = await self._wait_for_terraform(commit, result, decision.desired)
-        return {"desired": decision.desired, "commit": commit.sha, "outcome": self.p.last_outcome}
+        self.params.last_outcome = await self._wait_for_terraform(commit, result, decision.desired)
+        return {
+            "desired": decision.desired,
+            "commit": commit.sha,
+            "outcome": self.params.last_outcome,
+        }
 
     async def _drain(self, keep: int, reason: str, result: DecideResult) -> None:
         """Drain the nodes the smaller pool loses, and let them finish, before the commit.
@@ -178,10 +182,11 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         is out of DNS and past its TTL by then. A drain that does not finish within
         ``node_ready_timeout`` does not hold the scale-down back for ever.
         """
-        drained: list[str] = await workflow.execute_activity(
-            "drain_nodes",
-            DrainRequestIn(service=self.p.service, region=self.p.region, keep=keep, reason=reason),
-            result_type=list[str],
+        drained: list[str] = await workflow.execute_activity_method(
+            AutoscaleActivities.drain_nodes,
+            DrainRequestIn(
+                service=self.params.service, region=self.params.region, keep=keep, reason=reason
+            ),
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DB,
         )
@@ -192,10 +197,9 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         deadline = now + timedelta(seconds=result.node_ready_timeout_seconds)
         try:
             while workflow.now() < deadline:
-                left: list[str] = await workflow.execute_activity(
-                    "nodes_not_yet_drained",
+                left: list[str] = await workflow.execute_activity_method(
+                    AutoscaleActivities.nodes_not_yet_drained,
                     drained,
-                    result_type=list[str],
                     start_to_close_timeout=policies.DB_TIMEOUT,
                     retry_policy=policies.DB,
                 )
@@ -216,23 +220,24 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         try:
             try:
                 await workflow.wait_condition(
-                    lambda: commit.sha in self.p.terraform,
+                    lambda: commit.sha in self.params.terraform,
                     timeout=timedelta(seconds=result.terraform_timeout_seconds),
                 )
             except TimeoutError:
                 await self._record(commit.sha, "timeout", "no terraform_finished signal in time")
                 return "terraform timeout"
-            outcome = self.p.terraform.pop(commit.sha)
+            outcome = self.params.terraform.pop(commit.sha)
             await self._record(commit.sha, outcome.status, outcome.run_url or "")
             if outcome.status != "succeeded":
                 return "terraform failed"
             self.waiting.phase = "nodes"
             deadline = workflow.now() + timedelta(seconds=result.node_ready_timeout_seconds)
             while workflow.now() < deadline:
-                ready: int = await workflow.execute_activity(
-                    "count_ready_nodes",
-                    DecideRequest(service=self.p.service, region=self.p.region, now=workflow.now()),
-                    result_type=int,
+                ready: int = await workflow.execute_activity_method(
+                    AutoscaleActivities.count_ready_nodes,
+                    DecideRequest(
+                        service=self.params.service, region=self.params.region, now=workflow.now()
+                    ),
                     start_to_close_timeout=policies.DB_TIMEOUT,
                     retry_policy=policies.DB,
                 )
@@ -241,8 +246,10 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
                 # A node lost meanwhile would keep `ready` short until the deadline:
                 # stop waiting and decide again (its node_lost request is pending).
                 with contextlib.suppress(TimeoutError):
-                    await workflow.wait_condition(lambda: self.p.lost_nodes > 0, timeout=READY_POLL)
-                if self.p.lost_nodes:
+                    await workflow.wait_condition(
+                        lambda: self.params.lost_nodes > 0, timeout=READY_POLL
+                    )
+                if self.params.lost_nodes:
                     return f"{ready} of {desired} nodes ready when a node was lost"
             return "nodes not ready in time"
         finally:
@@ -251,11 +258,11 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
     async def _record(
         self, commit: str, status: Literal["succeeded", "failed", "timeout"], detail: str
     ) -> None:
-        await workflow.execute_activity(
-            "record_terraform_result",
+        await workflow.execute_activity_method(
+            AutoscaleActivities.record_terraform_result,
             TerraformRecord(
-                service=self.p.service,
-                region=self.p.region,
+                service=self.params.service,
+                region=self.params.region,
                 commit=commit,
                 status=status,
                 detail=detail,
@@ -265,18 +272,18 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         )
 
     def continue_as_new_args(self) -> list[Any]:
-        return [self.p.model_copy(update={"loop": self.loop})]
+        return [self.params.model_copy(update={"loop": self.loop})]
 
     def status_details(self) -> dict[str, Any]:
         return {
-            "service": self.p.service,
-            "region": self.p.region,
-            "current": self.p.current,
-            "desired": self.p.desired,
-            "reason": self.p.last_reason,
+            "service": self.params.service,
+            "region": self.params.region,
+            "current": self.params.current,
+            "desired": self.params.desired,
+            "reason": self.params.last_reason,
             "waiting": self.waiting.model_dump() if self.waiting else None,
-            "last_outcome": self.p.last_outcome,
-            "commits": self.p.commits,
-            "last_scaled_at": self.p.history.last_scaled_at,
+            "last_outcome": self.params.last_outcome,
+            "commits": self.params.commits,
+            "last_scaled_at": self.params.history.last_scaled_at,
             "gate": self.gate,  # the self-health gate's verdict for this region, if not normal
         }

@@ -1,7 +1,7 @@
 """ClusterWorkflow (ID ``xplane-cluster``): which store this Temporal namespace serves.
 
 It does nothing but exist: started once with the store's cluster id in its memo
-(the first replica to start wins, see :func:`xplane.cluster.claim_cluster`) and
+(the first replica to start wins, see :func:`xplane.temporal.cluster.claim_cluster`) and
 open for ever, so later starts find it and read the memo by ``describe``, which
 needs no worker. Its history is the start and one workflow task.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows import ids
+from xplane import ids
 
 MEMO_KEY = "cluster_id"
 

@@ -16,14 +16,14 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio import workflow
 
-from workflows import ids, policies
+from workflows import policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
+from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
-    from activities.gitops import SyncRequest
-    from activities.publish import ConfigEvent, ConfigEventPayload
+    from activities.gitops import GitOpsActivities, SyncRequest
+    from activities.publish import ConfigEvent, ConfigEventPayload, PublishActivities
     from xplane.config.diff import ConfigChanges
-    from xplane.gitops.sync import SyncResult
 
 
 class GitOpsSyncParams(BaseModel):
@@ -98,10 +98,9 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
 
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
         assert self.params is not None
-        result: SyncResult = await workflow.execute_activity(
-            "sync_config_repo",
+        result = await workflow.execute_activity_method(
+            GitOpsActivities.sync_config_repo,
             SyncRequest(source=self.params.source, branch=self.params.branch),
-            result_type=SyncResult,
             start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
             heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
             retry_policy=policies.EXTERNAL,
@@ -116,10 +115,9 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
         }
         self.params.last_sync = summary
         if self.params.undelivered:
-            delivered = await workflow.execute_activity(
-                "publish_config_events",
+            delivered = await workflow.execute_activity_method(
+                PublishActivities.publish_config_events,
                 self.params.undelivered,
-                result_type=int,
                 start_to_close_timeout=policies.PUBLISH_TIMEOUT,
                 retry_policy=policies.PUBLISH,
             )

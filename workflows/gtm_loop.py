@@ -1,7 +1,7 @@
 """GtmLoopWorkflow (ID ``gtm-<service>``): region weights -> DNS, forever.
 
-Wakes on its tick, on ``world_changed`` (world-state loop, node lifecycles) and
-on ``OnGtmPolicyChanged`` / ``policy_changed`` (GitOps sync). Each reconcile:
+Wakes on its tick, on ``world_changed`` (world-state loop, node and region
+lifecycles) and on ``OnGtmPolicyChanged`` (GitOps sync). Each reconcile:
 
 1. in one activity (so an idle tick adds few history events): runs the policy's
    active health check against every node (flips reach the store only after N
@@ -31,12 +31,14 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio import workflow
 
-from workflows import ids, policies
+from workflows import policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
+from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
     from activities.gtm import (
         ApplyDnsRequest,
+        GtmActivities,
         GtmTargets,
         ObserveRequest,
         desired_for_provider,
@@ -83,17 +85,18 @@ class GtmLoopParams(BaseModel):
 class GtmLoopWorkflow(ControlLoopWorkflow):
     def __init__(self) -> None:
         super().__init__()
-        self.p = GtmLoopParams(service="")
+        self.params = GtmLoopParams(service="")
         self._interval = timedelta(seconds=10)
         self.gate: dict[str, str] = {}
 
     @workflow.run
     async def run(self, params: GtmLoopParams) -> None:
-        self.p = params
+        self.params = params
         self._interval = timedelta(seconds=params.settings.interval_seconds)
         await self.run_loop(params.loop, params.settings)
 
-    @workflow.signal
+    # One signal per event: the observed nodes changed; the service's policy changed.
+    @workflow.signal(name=ids.WORLD_CHANGED)
     def world_changed(self, reason: str = "world changed") -> None:
         self.request("world_changed")
 
@@ -101,30 +104,25 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
     def on_policy_changed(self, _event: Any = None) -> None:
         self.request("policy_changed")
 
-    @workflow.signal
-    def policy_changed(self, _event: Any = None) -> None:
-        self.request("policy_changed")
-
     def interval(self) -> timedelta:
         return self._interval
 
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
-        service = self.p.service
-        targets: GtmTargets = await workflow.execute_activity(
-            "observe_gtm",
-            ObserveRequest(service=service, health=self.p.health),
-            result_type=GtmTargets,
+        service = self.params.service
+        targets: GtmTargets = await workflow.execute_activity_method(
+            GtmActivities.observe_gtm,
+            ObserveRequest(service=service, health=self.params.health),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=policies.DB,
         )
         if not targets.exists or targets.policy is None or targets.weights is None:
-            self.p.removed = True
+            self.params.removed = True
             return {"removed": True}
-        self.p.removed = False
+        self.params.removed = False
         policy = targets.policy
         self._interval = min(policy.interval, policy.health.interval)
         if targets.health is not None:
-            self.p.health = targets.health.states
+            self.params.health = targets.health.states
         self.gate = targets.gate
 
         target_weights = targets.weights
@@ -132,18 +130,18 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         now = workflow.now()
         quiet = workflow.patched(QUIET_DNS_PATCH)
         if quiet:
-            target_weights, self.p.rtt = smooth_latency(
-                target_weights, self.p.rtt, now, policy.latency
+            target_weights, self.params.rtt = smooth_latency(
+                target_weights, self.params.rtt, now, policy.latency
             )
-        previous = dict(self.p.ramp)
+        previous = dict(self.params.ramp)
         if previous:  # a region joining a running loop slow-starts from 0
             for name in target_weights.regions:
                 previous.setdefault(name, RampState(from_weight=0, target=0, started_at=now))
-        weights, self.p.ramp = ramp_service(
+        weights, self.params.ramp = ramp_service(
             target_weights, previous, now, policy.slow_start, RAMP_STEPS if quiet else None
         )
-        self.p.weights = summarize(weights)
-        self.p.fail_open, self.p.reason = weights.fail_open, weights.reason
+        self.params.weights = summarize(weights)
+        self.params.fail_open, self.params.reason = weights.fail_open, weights.reason
         if weights.fail_open:
             workflow.logger.warning("gtm %s: fail open: %s", service, weights.reason)
 
@@ -154,10 +152,10 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             key = f"{index}:{provider.provider}"
             desired = desired_for_provider(policy, provider, weights)
             fingerprint = digest(desired)
-            last = self.p.applied.get(key)
+            last = self.params.applied.get(key)
             action = "write"
             if last_good:
-                action = dns_action(weights, desired, last is not None, key in self.p.held)
+                action = dns_action(weights, desired, last is not None, key in self.params.held)
                 if action == "hold":
                     held.append(key)
                     continue
@@ -167,8 +165,8 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 last.published if last else None, desired, policy.min_share_change
             ):
                 continue  # inside the deadband: what DNS answers is close enough
-            result: ApplyResult = await workflow.execute_activity(
-                "apply_dns",
+            result: ApplyResult = await workflow.execute_activity_method(
+                GtmActivities.apply_dns,
                 ApplyDnsRequest(
                     service=service,
                     provider_key=key,
@@ -178,13 +176,12 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                     force=action == "force",
                     expected_removals=targets.unready,
                 ),
-                result_type=ApplyResult,
                 start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
                 heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
                 retry_policy=policies.EXTERNAL,
             )
             applied += result.write_calls
-            self.p.applied[key] = ProviderApply(
+            self.params.applied[key] = ProviderApply(
                 at=now.isoformat(),
                 digest=fingerprint,
                 summary=f"{len(result.changes)} change(s)" if result.applied else "in sync",
@@ -192,28 +189,28 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 published=published(desired) if quiet else Published(),
             )
         if last_good:  # only once every provider is done: a failed write is forced again
-            self.p.held = held
+            self.params.held = held
             if held:
                 why = "no node is up" if not weights.live else "nothing to publish"
-                self.p.reason = (
+                self.params.reason = (
                     f"{why}: {', '.join(held)} keep the last good answer ({weights.reason})"
                 )
-        return {"weights": self.p.weights, "fail_open": weights.fail_open, "writes": applied}
+        return {"weights": self.params.weights, "fail_open": weights.fail_open, "writes": applied}
 
     def continue_as_new_args(self) -> list[Any]:
-        return [self.p.model_copy(update={"loop": self.loop})]
+        return [self.params.model_copy(update={"loop": self.loop})]
 
     def status_details(self) -> dict[str, Any]:
         return {
-            "service": self.p.service,
-            "weights": self.p.weights,
-            "fail_open": self.p.fail_open,
-            "reason": self.p.reason,
+            "service": self.params.service,
+            "weights": self.params.weights,
+            "fail_open": self.params.fail_open,
+            "reason": self.params.reason,
             # Without the per-address shares: one entry per node would swamp the status.
             "last_apply": {
-                k: v.model_dump(exclude={"published"}) for k, v in self.p.applied.items()
+                k: v.model_dump(exclude={"published"}) for k, v in self.params.applied.items()
             },
-            "removed": self.p.removed,
-            "holding": self.p.held,
+            "removed": self.params.removed,
+            "holding": self.params.held,
             "gate": self.gate,  # regions the self-health gate holds or rate-limits
         }

@@ -15,97 +15,37 @@ node given up after the grace period signals ``node_lost`` to
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
-from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import ids, policies
+from workflows import policies
+from workflows.autoscale import AutoscaleWorkflow
+from workflows.gtm_loop import GtmLoopWorkflow
+from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
-    from xplane.domain import NodeState
+    from activities.nodes import NodeActivities
+    from xplane.domain import NodeState, NodeStatus
     from xplane.gate import GateQuery, RegionVerdict
-    from xplane.lifecycle.node_fsm import IllegalTransition, NodeEvent, next_state
+    from xplane.lifecycle.node_fsm import IllegalTransition, NodeEvent, event_for, next_state
+    from xplane.messages import (
+        DrainRequest,
+        NodeLifecycleCarry,
+        NodeLifecycleParams,
+        NodeStateRecord,
+        NodeStatusChange,
+        Transition,
+    )
 
 HISTORY_KEEP = 20  # transitions kept in the status query
 # Patch: giving a node up (delete, token revoked, replacement asked) waits for the
 # self-health gate. Runs that started before it give up at once, as they did.
 GATE_PATCH = "node-give-up-waits-for-gate"
 SEEN_KEEP = 8  # transition ids remembered: a retry re-sends within seconds
-
-
-class NodeTimings(BaseModel):
-    warmup_seconds: float = 10.0  # healthy this long in warm -> active
-    down_grace_seconds: float = 120.0  # down this long -> given up
-    dns_ttl_seconds: float = 30.0  # clients may cache the record this long
-    drain_timeout_seconds: float = 30.0  # extra time for connections to finish
-
-    @classmethod
-    def from_env(cls) -> NodeTimings:
-        """Defaults, overridden by XPLANE_NODE_WARMUP / _DOWN_GRACE / _DRAIN_TIMEOUT (seconds).
-
-        Read by whoever starts the workflow (API, world-state activity), never in
-        workflow code, so the values are fixed in the run's input.
-        """
-        import os
-
-        names = {
-            "warmup_seconds": "XPLANE_NODE_WARMUP",
-            "down_grace_seconds": "XPLANE_NODE_DOWN_GRACE",
-            "drain_timeout_seconds": "XPLANE_NODE_DRAIN_TIMEOUT",
-        }
-        return cls(**{k: float(os.environ[v]) for k, v in names.items() if os.environ.get(v)})
-
-
-# The signal's name in Temporal: recorded histories carry it, so it outlives the method's.
-NODE_STATUS_CHANGED_SIGNAL = "heartbeat_state_changed"
-
-
-class NodeStatusChange(BaseModel):
-    """From the world-state loop: the node's observed status changed."""
-
-    status: Literal["up", "down", "drain"]
-    reason: str = ""
-    # Names the scan's transition ("<was>-><status>@<scan time>"): a retried scan that
-    # re-sends one it delivered before dying is ignored. None (older senders): applied.
-    transition: str | None = None
-
-
-class DrainRequest(BaseModel):
-    by: str = "operator"
-    reason: str = "drain requested"
-
-
-class Transition(BaseModel):
-    at: datetime
-    from_state: NodeState
-    to_state: NodeState
-    event: NodeEvent
-    reason: str
-
-
-class NodeLifecycleCarry(BaseModel):
-    state: NodeState = NodeState.IDLE
-    since: datetime | None = None
-    reason: str = "registered"
-    down_since: datetime | None = None
-    # The self-health gate held the give-up: ask again at this time (and why).
-    gate_held_until: datetime | None = None
-    gate_reason: str | None = None
-    history: list[Transition] = Field(default_factory=list)
-    refused: list[str] = Field(default_factory=list)
-    inbox: list[tuple[NodeEvent, str]] = Field(default_factory=list)
-    transitions_seen: list[str] = Field(default_factory=list)  # recent NodeStatusChange ids
-
-
-class NodeLifecycleParams(BaseModel):
-    node_id: str
-    service: str
-    region: str
-    timings: NodeTimings = Field(default_factory=NodeTimings)
-    carry: NodeLifecycleCarry | None = None
 
 
 class NodeLifecycleStatus(BaseModel):
@@ -119,148 +59,132 @@ class NodeLifecycleStatus(BaseModel):
     held_by_gate: str | None = None
 
 
-class NodeStateRecord(BaseModel):
-    """Input of the ``record_node_state`` activity."""
-
-    node_id: str
-    service: str
-    region: str
-    from_state: NodeState
-    state: NodeState
-    event: NodeEvent
-    reason: str
-    at: datetime
-    request_drain: bool = False
-
-
 @workflow.defn(name=ids.NODE_LIFECYCLE)
 class NodeLifecycleWorkflow:
     def __init__(self) -> None:
-        self.c = NodeLifecycleCarry()
-        self.p: NodeLifecycleParams | None = None
+        self.carry = NodeLifecycleCarry()
+        self.params: NodeLifecycleParams | None = None
 
     # ------------------------------------------------------------------ signals
-    @workflow.signal(name=NODE_STATUS_CHANGED_SIGNAL)
+    @workflow.signal(name=ids.NODE_STATUS_CHANGED)
     def node_status_changed(self, change: NodeStatusChange) -> None:
         if change.transition is not None:
-            if change.transition in self.c.transitions_seen:
+            if change.transition in self.carry.transitions_seen:
                 return  # the same transition again: a retried world-state scan
-            self.c.transitions_seen = [
-                *self.c.transitions_seen[-(SEEN_KEEP - 1) :],
+            self.carry.transitions_seen = [
+                *self.carry.transitions_seen[-(SEEN_KEEP - 1) :],
                 change.transition,
             ]
-        event = {"up": NodeEvent.UP, "down": NodeEvent.DOWN, "drain": NodeEvent.DRAIN}[
-            change.status
-        ]
-        self.c.inbox.append((event, change.reason or f"status {change.status}"))
+        event = event_for(NodeStatus(change.status))
+        self.carry.inbox.append((event, change.reason or f"status {change.status}"))
 
     @workflow.signal
     def registered(self, address: str = "") -> None:
         """What the API's signal-with-start carries on (re-)registration: no transition."""
 
-    @workflow.signal
+    @workflow.signal(name=ids.DRAIN)
     def drain(self, request: DrainRequest) -> None:
-        self.c.inbox.append((NodeEvent.DRAIN, f"drain by {request.by}: {request.reason}"))
+        self.carry.inbox.append((NodeEvent.DRAIN, f"drain by {request.by}: {request.reason}"))
 
     @workflow.signal
     def deregistered(self, reason: str = "deregistered") -> None:
-        self.c.inbox.append((NodeEvent.DEREGISTERED, reason))
+        self.carry.inbox.append((NodeEvent.DEREGISTERED, reason))
 
     @workflow.query
     def status(self) -> NodeLifecycleStatus:
         return NodeLifecycleStatus(
             node_id=workflow.info().workflow_id.removeprefix("node-"),
-            state=self.c.state,
-            since=self.c.since,
-            reason=self.c.reason,
-            down_since=self.c.down_since,
-            history=self.c.history,
-            refused=self.c.refused,
-            held_by_gate=self.c.gate_reason if self.c.gate_held_until else None,
+            state=self.carry.state,
+            since=self.carry.since,
+            reason=self.carry.reason,
+            down_since=self.carry.down_since,
+            history=self.carry.history,
+            refused=self.carry.refused,
+            held_by_gate=self.carry.gate_reason if self.carry.gate_held_until else None,
         )
 
     # --------------------------------------------------------------------- run
     @workflow.run
     async def run(self, params: NodeLifecycleParams) -> NodeLifecycleStatus:
-        self.p = params
+        self.params = params
         if params.carry is not None:
             # Keep signals that arrived before this run started (signal-with-start).
-            early, self.c = self.c, params.carry
-            self.c.inbox.extend(early.inbox)
-            self.c.transitions_seen.extend(early.transitions_seen)
-        if self.c.since is None:
-            self.c.since = workflow.now()
-        while self.c.state is not NodeState.DELETE:
+            early, self.carry = self.carry, params.carry
+            self.carry.inbox.extend(early.inbox)
+            self.carry.transitions_seen.extend(early.transitions_seen)
+        if self.carry.since is None:
+            self.carry.since = workflow.now()
+        while self.carry.state is not NodeState.DELETE:
             event, reason = await self._next_event()
             await self._handle(event, reason)
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(params.model_copy(update={"carry": self.c}))
+                workflow.continue_as_new(params.model_copy(update={"carry": self.carry}))
         return self.status()
 
     def _deadline(self) -> tuple[datetime, NodeEvent] | None:
         """The timer-driven event of the current state, if it has one."""
-        assert self.p is not None and self.c.since is not None
-        t = self.p.timings
-        if self.c.state is NodeState.WARM:
-            return self.c.since + timedelta(seconds=t.warmup_seconds), NodeEvent.WARMED
-        if self.c.state is NodeState.IDLE and self.c.down_since is not None:
-            grace = timedelta(seconds=t.down_grace_seconds)
-            at = self.c.down_since + grace
-            if self.c.gate_held_until is not None:
-                at = max(at, self.c.gate_held_until)
+        assert self.params is not None and self.carry.since is not None
+        timings = self.params.timings
+        if self.carry.state is NodeState.WARM:
+            return self.carry.since + timedelta(seconds=timings.warmup_seconds), NodeEvent.WARMED
+        if self.carry.state is NodeState.IDLE and self.carry.down_since is not None:
+            grace = timedelta(seconds=timings.down_grace_seconds)
+            at = self.carry.down_since + grace
+            if self.carry.gate_held_until is not None:
+                at = max(at, self.carry.gate_held_until)
             return at, NodeEvent.GRACE_EXPIRED
-        if self.c.state is NodeState.DRAIN:
-            wait = timedelta(seconds=t.dns_ttl_seconds + t.drain_timeout_seconds)
-            return self.c.since + wait, NodeEvent.DRAINED
+        if self.carry.state is NodeState.DRAIN:
+            wait = timedelta(seconds=timings.dns_ttl_seconds + timings.drain_timeout_seconds)
+            return self.carry.since + wait, NodeEvent.DRAINED
         return None
 
     async def _next_event(self) -> tuple[NodeEvent, str]:
         deadline = self._deadline()
-        if not self.c.inbox:
+        if not self.carry.inbox:
             timeout = None
             if deadline is not None:
                 timeout = max((deadline[0] - workflow.now()).total_seconds(), 0.001)
             try:
-                await workflow.wait_condition(lambda: bool(self.c.inbox), timeout=timeout)
+                await workflow.wait_condition(lambda: bool(self.carry.inbox), timeout=timeout)
             except TimeoutError:
                 assert deadline is not None
                 return deadline[1], _timer_reason(deadline[1])
-        return self.c.inbox.pop(0)
+        return self.carry.inbox.pop(0)
 
     async def _handle(self, event: NodeEvent, reason: str) -> None:
-        assert self.p is not None
-        before = self.c.state
+        assert self.params is not None
+        before = self.carry.state
         if event is NodeEvent.UP and before in (NodeState.WARM, NodeState.ACTIVE):
             return  # already healthy: nothing to do
         gated = event is NodeEvent.GRACE_EXPIRED and workflow.patched(GATE_PATCH)
         if gated and await self._gate_holds():
             return
-        self.c.gate_held_until = self.c.gate_reason = None
+        self.carry.gate_held_until = self.carry.gate_reason = None
         try:
             after = next_state(before, event)
         except IllegalTransition as err:
             message = f"{workflow.now().isoformat()}: refused: {err}"
-            workflow.logger.warning("node %s: %s", self.p.node_id, message)
-            self.c.refused = [*self.c.refused[-(HISTORY_KEEP - 1) :], message]
+            workflow.logger.warning("node %s: %s", self.params.node_id, message)
+            self.carry.refused = [*self.carry.refused[-(HISTORY_KEEP - 1) :], message]
             return
         now = workflow.now()
         if event is NodeEvent.DOWN:
-            self.c.down_since = now
+            self.carry.down_since = now
         elif event in (NodeEvent.UP, NodeEvent.DRAIN, NodeEvent.DEREGISTERED):
-            self.c.down_since = None
-        self.c.state, self.c.since, self.c.reason = after, now, reason
-        self.c.history = [
-            *self.c.history[-(HISTORY_KEEP - 1) :],
+            self.carry.down_since = None
+        self.carry.state, self.carry.since, self.carry.reason = after, now, reason
+        self.carry.history = [
+            *self.carry.history[-(HISTORY_KEEP - 1) :],
             Transition(at=now, from_state=before, to_state=after, event=event, reason=reason),
         ]
         workflow.upsert_search_attributes([ids.SA_STATE.value_set(after.value)])
-        await workflow.execute_activity(
-            "record_node_state",
+        await workflow.execute_activity_method(
+            NodeActivities.record_node_state,
             NodeStateRecord(
-                node_id=self.p.node_id,
-                service=self.p.service,
-                region=self.p.region,
+                node_id=self.params.node_id,
+                service=self.params.service,
+                region=self.params.region,
                 from_state=before,
                 state=after,
                 event=event,
@@ -272,12 +196,24 @@ class NodeLifecycleWorkflow:
             retry_policy=policies.DB,
         )
         if NodeState.ACTIVE in (before, after) or after is NodeState.DELETE:
-            await self._signal(
-                ids.gtm_id(self.p.service), "world_changed", f"node {self.p.node_id} {after.value}"
+            gtm = workflow.get_external_workflow_handle_for(
+                GtmLoopWorkflow.run, ids.gtm_id(self.params.service)
+            )
+            await _best_effort(
+                gtm.signal(
+                    GtmLoopWorkflow.world_changed, f"node {self.params.node_id} {after.value}"
+                ),
+                ids.WORLD_CHANGED,
+                gtm.id,
             )
         if event is NodeEvent.GRACE_EXPIRED:
-            await self._signal(
-                ids.autoscale_id(self.p.service, self.p.region), "node_lost", self.p.node_id
+            autoscale = workflow.get_external_workflow_handle_for(
+                AutoscaleWorkflow.run, ids.autoscale_id(self.params.service, self.params.region)
+            )
+            await _best_effort(
+                autoscale.signal(AutoscaleWorkflow.node_lost, self.params.node_id),
+                "node_lost",
+                autoscale.id,
             )
 
     async def _gate_holds(self) -> bool:
@@ -285,12 +221,13 @@ class NodeLifecycleWorkflow:
 
         A gate that cannot be read holds too: XPlane's view is then not to be trusted.
         """
-        assert self.p is not None
+        assert self.params is not None
         try:
-            verdict: RegionVerdict = await workflow.execute_activity(
-                "gate_verdict",
-                GateQuery(service=self.p.service, region=self.p.region, now=workflow.now()),
-                result_type=RegionVerdict,
+            verdict: RegionVerdict = await workflow.execute_activity_method(
+                NodeActivities.gate_verdict,
+                GateQuery(
+                    service=self.params.service, region=self.params.region, now=workflow.now()
+                ),
                 start_to_close_timeout=policies.DB_TIMEOUT,
                 retry_policy=policies.DB,
             )
@@ -299,19 +236,22 @@ class NodeLifecycleWorkflow:
             held, reason = True, f"gate unreadable: {err}"
         if not held:
             return False
-        recheck = max(1.0, min(self.p.timings.down_grace_seconds / 4, 30.0))
-        self.c.gate_held_until = workflow.now() + timedelta(seconds=recheck)
-        if self.c.gate_reason != reason:
-            workflow.logger.warning("node %s: give-up held by the gate: %s", self.p.node_id, reason)
-        self.c.gate_reason = reason
+        recheck = max(1.0, min(self.params.timings.down_grace_seconds / 4, 30.0))
+        self.carry.gate_held_until = workflow.now() + timedelta(seconds=recheck)
+        if self.carry.gate_reason != reason:
+            workflow.logger.warning(
+                "node %s: give-up held by the gate: %s", self.params.node_id, reason
+            )
+        self.carry.gate_reason = reason
         return True
 
-    async def _signal(self, workflow_id: str, signal: str, arg: str) -> None:
-        """Best effort: the receiver's own tick catches up if it isn't running."""
-        try:
-            await workflow.get_external_workflow_handle(workflow_id).signal(signal, arg)
-        except ApplicationError as err:
-            workflow.logger.info("signal %s to %s not delivered: %s", signal, workflow_id, err)
+
+async def _best_effort(signal: Awaitable[None], name: str, workflow_id: str) -> None:
+    """Send a signal; the receiver's own tick catches up if it isn't running."""
+    try:
+        await signal
+    except ApplicationError as err:
+        workflow.logger.info("signal %s to %s not delivered: %s", name, workflow_id, err)
 
 
 def _timer_reason(event: NodeEvent) -> str:

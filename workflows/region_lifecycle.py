@@ -14,23 +14,27 @@ nodes, scale the pool to 0 via Git, wait for Terraform, remove the directory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
 
-from workflows import ids, policies
+from workflows import policies
+from workflows.gtm_loop import GtmLoopWorkflow
+from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
-    from activities.autoscale import TerraformOutcome
     from activities.regions import (
+        RegionActivities,
         RegionCommit,
         RegionCommitRequest,
         RegionEvent,
         RegionNodes,
         RegionView,
     )
+    from xplane.messages import TerraformOutcome
 
 Phase = Literal[
     "pending",
@@ -75,6 +79,7 @@ class RegionLifecycleWorkflow:
         self.config_changes = 0
         self.retry_requested = False
         self.retire_requested = False
+        self.params = RegionParams(region="")
 
     # ------------------------------------------------------------------ signals
     @workflow.signal(name=ids.ON_REGION_CONFIG_CHANGED)
@@ -107,11 +112,11 @@ class RegionLifecycleWorkflow:
     # --------------------------------------------------------------------- run
     @workflow.run
     async def run(self, params: RegionParams) -> RegionStatus:
-        self.p = params
+        self.params = params
         while True:
             self.config_changes = 0
             self.retry_requested = False
-            view: RegionView = await self._act("describe_region", params.region, RegionView)
+            view: RegionView = await self._act(RegionActivities.describe_region, params.region)
             self.service = view.service or self.service
             if not view.exists or view.retired or self.retire_requested:
                 if self.phase in ("pending",) and not view.exists:
@@ -134,14 +139,13 @@ class RegionLifecycleWorkflow:
             return
         self._step("committing", f"render and commit node pool with {view.min_nodes} node(s)")
         commit: RegionCommit = await self._act(
-            "commit_region_pool",
+            RegionActivities.commit_region_pool,
             RegionCommitRequest(
                 region=view.region,
                 service=view.service,
                 action="bootstrap",
                 node_count=view.min_nodes,
             ),
-            RegionCommit,
             external=True,
         )
         if commit.status == "committed":
@@ -153,16 +157,18 @@ class RegionLifecycleWorkflow:
             self._step("serving", "min_nodes is 0: region ready, no node expected")
             return
         self._step("waiting_node", "waiting for the first node to register and become active")
-        deadline = workflow.now() + timedelta(seconds=self.p.timings.first_node_timeout_seconds)
+        deadline = workflow.now() + timedelta(
+            seconds=self.params.timings.first_node_timeout_seconds
+        )
         while workflow.now() < deadline:
-            nodes: RegionNodes = await self._act("region_nodes", view.region, RegionNodes)
+            nodes: RegionNodes = await self._act(RegionActivities.region_nodes, view.region)
             if nodes.active > 0:
                 self._step(
                     "serving", f"{nodes.active} active node(s): entering GTM with slow start"
                 )
                 await self._wake_gtm(view.service)
                 return
-            await workflow.sleep(timedelta(seconds=self.p.timings.poll_seconds))
+            await workflow.sleep(timedelta(seconds=self.params.timings.poll_seconds))
         self._step("failed", "no node became active in time; retry on config change or `retry`")
         await self._event(view, "region.bootstrap.failed", self.reason)
 
@@ -171,7 +177,7 @@ class RegionLifecycleWorkflow:
         try:
             await workflow.wait_condition(
                 lambda: sha in self.terraform,
-                timeout=timedelta(seconds=self.p.timings.terraform_timeout_seconds),
+                timeout=timedelta(seconds=self.params.timings.terraform_timeout_seconds),
             )
         except TimeoutError:
             self._step("failed", f"terraform did not report on {sha[:8]} in time")
@@ -188,22 +194,20 @@ class RegionLifecycleWorkflow:
         if service:
             await self._wake_gtm(service)
         await workflow.sleep(timedelta(seconds=view.ttl_seconds))
-        drained: list[str] = await self._act("drain_region_nodes", view.region, list[str])
+        drained: list[str] = await self._act(RegionActivities.drain_region_nodes, view.region)
         self._step("retiring", f"draining {len(drained)} node(s)")
-        await workflow.sleep(timedelta(seconds=self.p.timings.drain_seconds))
+        await workflow.sleep(timedelta(seconds=self.params.timings.drain_seconds))
         if service:
             commit: RegionCommit = await self._act(
-                "commit_region_pool",
+                RegionActivities.commit_region_pool,
                 RegionCommitRequest(region=view.region, service=service, action="scale_to_zero"),
-                RegionCommit,
                 external=True,
             )
             if commit.status == "committed" and not await self._wait_terraform(commit.sha):
                 self._step("retiring", "terraform did not confirm scale to 0; removing anyway")
             await self._act(
-                "commit_region_pool",
+                RegionActivities.commit_region_pool,
                 RegionCommitRequest(region=view.region, service=service, action="remove"),
-                RegionCommit,
                 external=True,
             )
         self._step("retired", "node pool removed from Git")
@@ -215,11 +219,12 @@ class RegionLifecycleWorkflow:
         self.steps.append(f"{workflow.now().isoformat()} {phase}: {reason}")
         workflow.upsert_search_attributes([ids.SA_STATE.value_set(phase)])
 
-    async def _act(self, name: str, arg: Any, result_type: Any, external: bool = False) -> Any:
-        return await workflow.execute_activity(
-            name,
+    async def _act(
+        self, activity: Callable[[RegionActivities, Any], Any], arg: Any, external: bool = False
+    ) -> Any:
+        return await workflow.execute_activity_method(
+            activity,
             arg,
-            result_type=result_type,
             start_to_close_timeout=policies.EXTERNAL_TIMEOUT if external else policies.DB_TIMEOUT,
             heartbeat_timeout=policies.HEARTBEAT_TIMEOUT if external else None,  # git: heartbeats
             retry_policy=policies.EXTERNAL if external else policies.DB,
@@ -227,15 +232,14 @@ class RegionLifecycleWorkflow:
 
     async def _event(self, view: RegionView, kind: str, message: str) -> None:
         await self._act(
-            "record_region_event",
+            RegionActivities.record_region_event,
             RegionEvent(region=view.region, service=self.service, kind=kind, message=message),
-            type(None),
         )
 
     async def _wake_gtm(self, service: str) -> None:
         try:
-            await workflow.get_external_workflow_handle(ids.gtm_id(service)).signal(
-                "world_changed", f"region {self.p.region} {self.phase}"
-            )
+            await workflow.get_external_workflow_handle_for(
+                GtmLoopWorkflow.run, ids.gtm_id(service)
+            ).signal(GtmLoopWorkflow.world_changed, f"region {self.params.region} {self.phase}")
         except Exception as err:  # the GTM loop may not run yet: its tick catches up
             workflow.logger.info("gtm-%s not signalled: %s", service, err)

@@ -14,11 +14,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio import workflow
 
-from workflows import ids, policies
+from workflows import policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
+from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
-    from activities.nodes import ScanRequest, ScanResult
+    from activities.nodes import NodeActivities, ScanRequest, ScanResult
 
 
 class WorldStateParams(BaseModel):
@@ -46,10 +47,9 @@ class WorldStateWorkflow(ControlLoopWorkflow):
         await self.run_loop(params.loop, params.settings)
 
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
-        result: ScanResult = await workflow.execute_activity(
-            "scan_node_transitions",
+        result: ScanResult = await workflow.execute_activity_method(
+            NodeActivities.scan_node_transitions,
             ScanRequest(now=workflow.now()),
-            result_type=ScanResult,
             start_to_close_timeout=policies.DB_TIMEOUT,
             heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
             retry_policy=policies.DB,

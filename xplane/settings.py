@@ -9,9 +9,8 @@ from pydantic import BaseModel, Field
 
 from xplane.durations import parse_duration
 from xplane.heartbeat import HeartbeatSettings
+from xplane.ids import TASK_QUEUE
 from xplane.store.db import db_url_from_env
-
-TASK_QUEUE = "xplane"
 
 
 class Settings(BaseModel):

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
-from workflows import ids
+from xplane import ids
 from xplane.gate import GateSettings
 from xplane.heartbeat import HeartbeatSettings
 from xplane.lifecycle.node_status import derive_status
@@ -125,8 +125,8 @@ def store_report(db_url: str, heartbeat_timeout: timedelta | None = None) -> Sta
 
 async def add_temporal(report: StatusReport, address: str, ui: str | None) -> None:
     """Workflow list, and current weights from each GTM loop's ``status`` query."""
-    from workflows.control_loop import LoopStatus
-    from xplane.temporal_client import connect
+    from workflows.gtm_loop import GtmLoopWorkflow
+    from xplane.temporal.client import connect
 
     client = await connect(address)
     report.temporal_ui = ui
@@ -139,13 +139,13 @@ async def add_temporal(report: StatusReport, address: str, ui: str | None) -> No
     services = {line.service for line in report.regions}
     for service in services:
         try:
-            status = await client.get_workflow_handle(ids.gtm_id(service)).query(
-                "status", result_type=LoopStatus
+            loop = await client.get_workflow_handle(ids.gtm_id(service)).query(
+                GtmLoopWorkflow.status
             )
         except Exception:
             continue
-        weights = status.details.get("weights", {})
-        report.fail_open[service] = bool(status.details.get("fail_open"))
+        weights = loop.details.get("weights", {})
+        report.fail_open[service] = bool(loop.details.get("fail_open"))
         for line in report.regions:
             if line.service == service and line.region in weights:
                 line.weight = weights[line.region]

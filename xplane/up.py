@@ -45,10 +45,10 @@ from pydantic import BaseModel
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
-from workflows import ids
 from workflows.control_loop import LoopSettings, LoopStatus
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
+from xplane import ids
 from xplane.heartbeat import INTERVAL_ENV, HeartbeatSettings
 from xplane.localrepo import AUTHOR, example_dir, seed_repo
 from xplane.procs import (
@@ -62,10 +62,10 @@ from xplane.procs import (
     stop_pid_file,
     write_pid_file,
 )
-from xplane.runtime import install_stop_signals
 from xplane.settings import Settings
-from xplane.temporal_client import connect
-from xplane.temporal_dev import TemporalDevServer
+from xplane.temporal.client import connect
+from xplane.temporal.dev import TemporalDevServer
+from xplane.temporal.runtime import install_stop_signals
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -244,7 +244,7 @@ def _reapply_pools(runner_dir: Path, bare: Path) -> None:
 async def _wait_first_sync(handle: WorkflowHandle, timeout: float = 60.0) -> LoopStatus:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        status: LoopStatus = await handle.query("status", result_type=LoopStatus)
+        status = await handle.query(GitOpsSyncWorkflow.status)
         if status.runs or status.errors:
             return status
         if asyncio.get_running_loop().time() > deadline:
@@ -535,7 +535,7 @@ def _create_api(settings: Settings, temporal_address: str, api_port: int) -> Fas
     """Step 5: the API app, signalling workflows through Temporal."""
     from xplane.api.app import create_app
     from xplane.api.settings import ApiSettings
-    from xplane.temporal_notifier import TemporalNotifier
+    from xplane.temporal.notifier import TemporalNotifier
 
     notifier = TemporalNotifier(None, settings.task_queue, address=temporal_address)
     api_settings = ApiSettings.from_env(

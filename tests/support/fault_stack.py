@@ -314,7 +314,7 @@ class FaultStack:
 
     def start(self) -> None:
         from xplane.dns.pdns_server import PdnsServer
-        from xplane.temporal_dev import TemporalDevServer
+        from xplane.temporal.dev import TemporalDevServer
 
         self.db_url = create_database()
         self._seed()
@@ -516,7 +516,7 @@ class FaultStack:
     async def signals(self, workflow_id: str) -> list[str]:
         from temporalio.api.enums.v1 import EventType
 
-        from xplane.temporal_client import connect
+        from xplane.temporal.client import connect
 
         client = await connect(self.temporal.address)
         history = await client.get_workflow_handle(workflow_id).fetch_history()

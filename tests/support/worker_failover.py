@@ -64,7 +64,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from activities.autoscale import AutoscaleActivities
     from workflows.autoscale import AutoscaleWorkflow
     from xplane.store.db import make_engine, make_sessionmaker
-    from xplane.temporal_client import connect
+    from xplane.temporal.client import connect
 
     client = await connect(args.address)
     sessions = make_sessionmaker(make_engine(args.db))
@@ -214,8 +214,8 @@ async def run_failover(
     from workflows.control_loop import LoopSettings
     from xplane.store.db import make_engine, make_sessionmaker
     from xplane.store.events import list_events
-    from xplane.temporal_client import connect
-    from xplane.temporal_dev import SEARCH_ATTRIBUTES
+    from xplane.temporal.client import connect
+    from xplane.temporal.dev import SEARCH_ATTRIBUTES
 
     if hold_s is None:
         hold_s = policies.HEARTBEAT_TIMEOUT.total_seconds() + 2

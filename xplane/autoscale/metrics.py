@@ -15,7 +15,7 @@ neighbours does not weigh more):
 * samples older than ``now - window`` or newer than ``now`` are ignored (a
   replayed world must not see its own future).
 
-:func:`prometheus_region_metrics` (in :mod:`xplane.autoscale.prometheus`) is an
+:func:`prometheus_region_metrics` (in :mod:`xplane.probes.prometheus`) is an
 optional second source producing the same model.
 """
 

@@ -70,7 +70,7 @@ def api(
     notifier = None
     if temporal:
         _check_cluster(settings.db_url, temporal, task_queue)
-        from xplane.temporal_notifier import TemporalNotifier
+        from xplane.temporal.notifier import TemporalNotifier
 
         notifier = TemporalNotifier(None, task_queue, address=temporal)
     else:
@@ -87,7 +87,7 @@ def _check_cluster(db_url: str, temporal: str, task_queue: str) -> None:
     import sys
     from pathlib import Path
 
-    from xplane.cluster import MISMATCH_EXIT_CODE, ClusterMismatch, check_api_replica
+    from xplane.temporal.cluster import MISMATCH_EXIT_CODE, ClusterMismatch, check_api_replica
 
     own_process = Path(sys.argv[0]).name == "xplane"
     namespace = os.environ.get("XPLANE_TEMPORAL_NAMESPACE", "default")

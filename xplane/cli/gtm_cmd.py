@@ -131,9 +131,9 @@ def apply(
 ) -> None:
     """Show each provider's DNS change plan; write it only with --doit (as octoDNS does)."""
     from activities.gtm import desired_for_provider
+    from xplane.cli.gtm_live import live_inputs
     from xplane.dns.base import DnsError
     from xplane.dns.factory import make_provider
-    from xplane.gtm.live import live_inputs
 
     try:
         timeout = HeartbeatSettings.from_env().timeout

@@ -17,12 +17,15 @@ def retire(
     ),
 ) -> None:
     """GTM weight to 0, drain, pool to 0 via Git, remove the pool (also: `retired: true`)."""
-    from workflows import ids
-    from xplane.temporal_client import connect
+    from workflows.region_lifecycle import RegionLifecycleWorkflow
+    from xplane import ids
+    from xplane.temporal.client import connect
 
     async def send() -> None:
         client = await connect(temporal)
-        await client.get_workflow_handle(ids.region_id(name)).signal("retire", "operator")
+        await client.get_workflow_handle(ids.region_id(name)).signal(
+            RegionLifecycleWorkflow.retire, "operator"
+        )
 
     try:
         asyncio.run(send())

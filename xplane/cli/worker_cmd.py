@@ -31,10 +31,10 @@ def register(root: typer.Typer) -> None:
         ),
     ) -> None:
         """Run the XPlane worker (all workflows and activities) until interrupted."""
-        from xplane.cluster import MISMATCH_EXIT_CODE, ClusterMismatch
         from xplane.observability.logging import configure_logging_from_env
-        from xplane.runtime import run_worker_forever
         from xplane.settings import Settings
+        from xplane.temporal.cluster import MISMATCH_EXIT_CODE, ClusterMismatch
+        from xplane.temporal.runtime import run_worker_forever
 
         settings = Settings.from_env(
             temporal_address=temporal_address,

@@ -1,31 +1,24 @@
 """Active health checks: XPlane probes every registered node itself (the policy's ``health``).
 
-Two parts:
-
-* :func:`next_health` / :class:`HealthTracker`, a pure state machine with hysteresis:
-  a node's health flips only after ``healthy_threshold`` consecutive successes or
-  ``unhealthy_threshold`` consecutive failures, so one lost probe doesn't flap DNS;
-* :func:`probe_all`, the I/O: HTTP GETs (httpx) or TCP connects (asyncio), all
-  concurrent under a semaphore, each bounded by the check's timeout.
+The rules, pure: :func:`next_health` / :class:`HealthTracker`, a state machine with
+hysteresis (a node's health flips only after ``healthy_threshold`` consecutive
+successes or ``unhealthy_threshold`` consecutive failures, so one lost probe doesn't
+flap DNS), and where a probe goes (:func:`probe_port`, :func:`probe_url`). The probes
+themselves are I/O: :func:`xplane.probes.health.probe_all`.
 
 The GTM loop's activity persists the tracker's verdicts as ``health_check_ok``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
-import time
 from collections.abc import Iterable, Mapping
 
-import httpx
 from pydantic import BaseModel, Field
 
 from xplane.config.models import HealthCheck
 
 DEFAULT_PORT = 80
-DEFAULT_CONCURRENCY = 100
 
 
 # ------------------------------------------------------------------ state machine
@@ -117,93 +110,3 @@ def probe_url(host: str, port: int, path: str) -> str:
     except ValueError:
         pass  # a host name
     return f"http://{host}:{port}/{path.lstrip('/')}"
-
-
-async def probe_all(
-    targets: list[ProbeTarget],
-    check: HealthCheck,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    host_header: str | None = None,
-) -> list[ProbeResult]:
-    """Probe every target once, at most ``concurrency`` at a time; results in target order.
-
-    A probe fails on a timeout (``check.timeout``), a refused connection or (http) a
-    status not in ``check.expected_status``. It never raises.
-    """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, not {concurrency}")
-    gate = asyncio.Semaphore(concurrency)
-    timeout = check.timeout.total_seconds()
-    headers = {"Host": host_header} if host_header else {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
-    # trust_env=False: a proxy from the environment must never sit between XPlane and nodes.
-    async with httpx.AsyncClient(
-        timeout=timeout, limits=limits, trust_env=False, follow_redirects=False
-    ) as client:
-
-        async def one(target: ProbeTarget) -> ProbeResult:
-            async with gate:
-                if check.type == "tcp":
-                    return await _probe_tcp(target, check, timeout)
-                return await _probe_http(client, target, check, headers)
-
-        return list(await asyncio.gather(*(one(t) for t in targets)))
-
-
-async def _probe_http(
-    client: httpx.AsyncClient,
-    target: ProbeTarget,
-    check: HealthCheck,
-    headers: dict[str, str],
-) -> ProbeResult:
-    port = probe_port(target, check)
-    started = time.perf_counter()
-    status: int | None = None
-    error: str | None = None
-    try:
-        response = await client.get(probe_url(target.address, port, check.path), headers=headers)
-        status = response.status_code
-        if status not in check.expected_status:
-            error = f"unexpected status {status}"
-    except httpx.HTTPError as exc:
-        error = _describe(exc)
-    return ProbeResult(
-        node_id=target.node_id,
-        address=target.address,
-        port=port,
-        ok=error is None,
-        status_code=status,
-        error=error,
-        latency_ms=(time.perf_counter() - started) * 1000,
-    )
-
-
-async def _probe_tcp(target: ProbeTarget, check: HealthCheck, timeout: float) -> ProbeResult:
-    port = probe_port(target, check)
-    started = time.perf_counter()
-    error: str | None = None
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(target.address.strip("[]"), port), timeout
-        )
-        writer.close()
-        with contextlib.suppress(OSError):  # a reset on close still means it was open
-            await writer.wait_closed()
-    except TimeoutError:
-        error = f"timed out after {timeout:g}s"
-    except OSError as exc:
-        error = exc.strerror or type(exc).__name__
-    return ProbeResult(
-        node_id=target.node_id,
-        address=target.address,
-        port=port,
-        ok=error is None,
-        error=error,
-        latency_ms=(time.perf_counter() - started) * 1000,
-    )
-
-
-def _describe(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

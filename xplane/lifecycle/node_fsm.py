@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from xplane.domain import NodeState
+from xplane.domain import NodeState, NodeStatus
 
 
 class NodeEvent(StrEnum):
@@ -57,6 +57,18 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (NodeState.ACTIVE, NodeEvent.DEREGISTERED): NodeState.DELETE,
     (NodeState.DRAIN, NodeEvent.DEREGISTERED): NodeState.DELETE,
 }
+
+# An observed status change (the world-state scan) is the lifecycle event of its name.
+STATUS_EVENTS: dict[NodeStatus, NodeEvent] = {
+    NodeStatus.UP: NodeEvent.UP,
+    NodeStatus.DOWN: NodeEvent.DOWN,
+    NodeStatus.DRAIN: NodeEvent.DRAIN,
+}
+
+
+def event_for(status: NodeStatus) -> NodeEvent:
+    """The lifecycle event a change to the observed ``status`` is."""
+    return STATUS_EVENTS[status]
 
 
 class IllegalTransition(ValueError):

@@ -2,7 +2,7 @@
 
 The row is created by the migration that adds the table, i.e. when a database
 is first migrated, so every replica migrating the same database reads the same
-id. Temporal holds the id of the cluster it serves (:mod:`xplane.cluster`); a
+id. Temporal holds the id of the cluster it serves (:mod:`xplane.temporal.cluster`); a
 worker or API replica pointed at another database sees two ids and refuses to
 run, instead of applying another cluster's config.
 """

@@ -16,12 +16,14 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.autoscale import TerraformOutcome
-from workflows import ids
-from workflows.autoscale import AutoscaleParams
-from workflows.node_lifecycle import NodeLifecycleParams, NodeTimings
+from workflows.autoscale import AutoscaleParams, AutoscaleWorkflow
+from workflows.gitops_sync import GitOpsSyncWorkflow
+from workflows.node_lifecycle import NodeLifecycleWorkflow
+from workflows.region_lifecycle import RegionLifecycleWorkflow
+from xplane import ids
 from xplane.api.routes_webhooks import LoopNotRunning, TerraformWebhook
-from xplane.temporal_client import connect, signal_with_start
+from xplane.messages import NodeLifecycleParams, NodeTimings, TerraformOutcome
+from xplane.temporal.client import connect, signal_with_start
 
 MAX_RPC_TIMEOUT = timedelta(seconds=5)
 
@@ -63,12 +65,12 @@ class TemporalNotifier:
         await self.connect()
         await signal_with_start(
             self._client,
-            workflow_type=ids.NODE_LIFECYCLE,
-            workflow_id=ids.node_id(node_id),
+            workflow_type=NodeLifecycleWorkflow.run,
+            workflow_id=ids.node_workflow_id(node_id),
             start_arg=NodeLifecycleParams(
                 node_id=node_id, service=service, region=region, timings=NodeTimings.from_env()
             ),
-            signal="registered",
+            signal=NodeLifecycleWorkflow.registered,
             signal_arg="",
             task_queue=self._task_queue,
             search_attributes=ids.search_attributes(service=service, region=region, node=node_id),
@@ -82,10 +84,10 @@ class TemporalNotifier:
         )
         await signal_with_start(
             self._client,
-            workflow_type=ids.AUTOSCALE,
+            workflow_type=AutoscaleWorkflow.run,
             workflow_id=ids.autoscale_id(hook.service, hook.region),
             start_arg=AutoscaleParams(service=hook.service, region=hook.region),
-            signal="terraform_finished",
+            signal=AutoscaleWorkflow.terraform_finished,
             signal_arg=outcome,
             task_queue=self._task_queue,
             search_attributes=ids.search_attributes(service=hook.service, region=hook.region),
@@ -94,14 +96,14 @@ class TemporalNotifier:
         # The region lifecycle waits for its bootstrap/retire commits the same way.
         with contextlib.suppress(RPCError):
             await self._client.get_workflow_handle(ids.region_id(hook.region)).signal(
-                "terraform_finished", outcome, rpc_timeout=self._timeout
+                RegionLifecycleWorkflow.terraform_finished, outcome, rpc_timeout=self._timeout
             )
 
     async def sync_now(self) -> None:
         await self.connect()
         try:
             await self._client.get_workflow_handle(ids.GITOPS_SYNC_ID).signal(
-                "sync_now", rpc_timeout=self._timeout
+                GitOpsSyncWorkflow.sync_now, rpc_timeout=self._timeout
             )
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:  # no `xplane sync` / `up` running

@@ -20,15 +20,15 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
 async def run_worker_forever(settings: Settings, *, ensure_loops: bool = True) -> None:
     """Migrate, check the store's cluster id against Temporal's (raises
-    :class:`xplane.cluster.ClusterMismatch` before taking any task), ensure the
+    :class:`xplane.temporal.cluster.ClusterMismatch` before taking any task), ensure the
     singleton loops, then poll until SIGINT/SIGTERM."""
     from workers.loops import ensure_loops as ensure
     from workers.main import build_worker
-    from xplane.cluster import claim_cluster
     from xplane.store.cluster import store_cluster_id
     from xplane.store.db import make_engine, make_sessionmaker
     from xplane.store.migrate import upgrade
-    from xplane.temporal_client import connect
+    from xplane.temporal.client import connect
+    from xplane.temporal.cluster import claim_cluster
 
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)

@@ -21,8 +21,8 @@ import time
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
-from workflows import ids
 from workflows.cluster import MEMO_KEY, ClusterWorkflow
+from xplane import ids
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def store_id_of(db_url: str) -> str:
 
 async def check_once(db_url: str, address: str, namespace: str, task_queue: str) -> str:
     """Connect, claim or compare, within :data:`CHECK_TIMEOUT_S`."""
-    from xplane.temporal_client import connect
+    from xplane.temporal.client import connect
 
     store_id = await asyncio.to_thread(store_id_of, db_url)
 
