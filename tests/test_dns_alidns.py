@@ -18,9 +18,9 @@ from aliyunsdkcore.utils import parameter_helper
 
 from tests.fakes.alidns_api import AliDnsState, start
 from xplane.config.models import AliDnsProvider
-from xplane.dns.alidns import AliDns, AliDnsClient, classify_error, quantise_weights
+from xplane.dns.alidns import AliDns, AliDnsClient, classify_error
 from xplane.dns.alidns_signing import signed_params, string_to_sign
-from xplane.dns.base import (
+from xplane.dns.plan import (
     DesiredEndpoint,
     DesiredRegion,
     DesiredService,
@@ -124,12 +124,6 @@ def test_signature_is_byte_identical_to_the_official_sdk(
         request.get_method(), {k: v for k, v in ours.items() if k != "Signature"}
     ) == (request.string_to_sign)
     assert ours == sdk  # every parameter, Signature included, byte for byte
-
-
-def test_quantise_weights_is_proportional_and_stays_in_1_to_100() -> None:
-    assert quantise_weights({"a": 50, "b": 25, "c": 0.01}) == {"a": 100, "b": 50, "c": 1}
-    assert quantise_weights({"a": 3, "b": 3}) == {"a": 100, "b": 100}
-    assert quantise_weights({"a": 0}) == {"a": 1}
 
 
 def test_error_codes_are_classified() -> None:

@@ -14,7 +14,8 @@ from cloudflare import Cloudflare
 
 from tests.fakes.cloudflare_api import CloudflareState, start
 from xplane.config.models import CloudflareProvider
-from xplane.dns.base import (
+from xplane.dns.cloudflare import CloudflareDns, normalise
+from xplane.dns.plan import (
     DesiredEndpoint,
     DesiredRegion,
     DesiredService,
@@ -25,7 +26,6 @@ from xplane.dns.base import (
     DnsValidationError,
     ownership_value,
 )
-from xplane.dns.cloudflare import CloudflareDns, normalise
 from xplane.dns.ratelimit import DnsThrottledError
 
 TOKEN, ZONE_ID, ZONE, NAME = (

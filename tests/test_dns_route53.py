@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from xplane.config.models import Route53Provider as Route53Config
-from xplane.dns.base import (
+from xplane.dns.plan import (
     DesiredEndpoint,
     DesiredRegion,
     DesiredService,

@@ -100,6 +100,11 @@ class ServiceWeights(BaseModel):
         return {name: r.effective_weight for name, r in self.regions.items()}
 
 
+def summarize(weights: ServiceWeights) -> dict[str, float]:
+    """Region -> published weight, rounded for humans (the GTM loop's status)."""
+    return {name: round(r.effective_weight, 3) for name, r in weights.regions.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class ResolvedRegion:
     """A GTM region with every optional field filled in."""
