@@ -26,6 +26,7 @@ from xplane.dns.plan import (
     quantise,
     region_addresses,
     registry,
+    resting_addresses,
 )
 from xplane.gtm.weights import RegionWeight, ServiceWeights, WeightedRecord
 
@@ -93,6 +94,9 @@ def test_weights_per_address_and_per_region() -> None:
         "jp": (60, {"A": ["192.0.2.1"], "AAAA": ["2001:db8::1"]}),
         "us": (40, {"A": ["192.0.2.1"]}),
     }
+    # what a provider that disables rather than deletes keeps (not also live elsewhere)
+    assert resting_addresses(want) == {"A": ["192.0.2.7", "192.0.2.9"], "AAAA": []}
+    assert resting_addresses(want, "AAAA") == {"AAAA": []}
     with pytest.raises(DnsValidationError, match="not an IP address"):
         endpoint_weights(desired(jp=(1, {"api.example.net": 1})))
 

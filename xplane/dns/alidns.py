@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from xplane.config.models import AliDnsProvider
 from xplane.dns import ratelimit
 from xplane.dns.alidns_signing import signed_params
-from xplane.dns.base import api_error, read_secret
+from xplane.dns.base import api_error, read_secret, unreachable
 from xplane.dns.plan import (
     Capabilities,
     Current,
@@ -42,15 +42,13 @@ from xplane.dns.plan import (
     DnsError,
     DnsPlan,
     DnsProvider,
-    DnsRetryableError,
     DnsValidationError,
     RecordSet,
-    address_type,
-    canonical_address,
     endpoint_weights,
     ownership_value,
     quantise,
     registry,
+    resting_addresses,
     wanted_types,
 )
 
@@ -95,7 +93,7 @@ class AliDnsClient:
         try:
             response = self._http.post(self._endpoint, data=body)
         except httpx.TransportError as err:
-            raise DnsRetryableError(f"alidns: {action}: {type(err).__name__}: {err}") from None
+            raise unreachable(f"alidns: {action}", err) from None
         try:
             answer = response.json()
         except ValueError:
@@ -254,7 +252,6 @@ class AliDns(DnsProvider):
         while two or more of the type are enabled) or disabled (region or node at 0)."""
         marker = ownership_value(desired.owner_id, desired.service)
         out = [RecordSet("TXT owner", "TXT", {"value": marker}, owned=None)]
-        types = wanted_types(self.config.record_type)
         enabled: set[str] = set()
         for rtype, weights in endpoint_weights(desired, self.config.record_type).items():
             slb = len(weights) > 1
@@ -262,12 +259,8 @@ class AliDns(DnsProvider):
             for value, weight in sorted(quantise(weights, self.capabilities.max_weight).items()):
                 out.append(record(rtype, value, desired.ttl, "ENABLE", weight if slb else None))
                 enabled.add(value)
-        for region in desired.regions:
-            for endpoint in region.endpoints:
-                value = canonical_address(endpoint.address)
-                rtype = address_type(value)
-                if rtype in types and value not in enabled:
-                    out.append(record(rtype, value, desired.ttl, "DISABLE", None))
+        for rtype, values in resting_addresses(desired, self.config.record_type).items():
+            out += [record(rtype, value, desired.ttl, "DISABLE", None) for value in values]
         return out
 
     def write(self, plan: DnsPlan) -> int:

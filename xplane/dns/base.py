@@ -27,6 +27,11 @@ def read_secret(env_name: str | None, file_path: str | None = None) -> str:
     raise DnsAuthError(f"credential not set: environment variable {env_name} is empty")
 
 
+def unreachable(where: str, err: Exception) -> DnsRetryableError:
+    """A call that got no answer (connection refused, timeout): retried."""
+    return DnsRetryableError(f"{where}: {type(err).__name__}: {err}")
+
+
 def api_error(
     message: str,
     status: int,

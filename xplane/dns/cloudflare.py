@@ -3,29 +3,19 @@
 Two modes (``CloudflareProvider.mode``):
 
 * ``dns`` (accounts without Load Balancing): one A/AAAA record per address of the
-  regions whose weight is above 0. Plain DNS has no weights, so a region at 0 is
-  simply not published. Ownership is per record: its ``comment`` is
-  :func:`~xplane.dns.base.ownership_value`; A/AAAA records at the name without it
-  (and a CNAME there) are refused unless ``takeover=True`` (then adopted/removed).
-* ``load_balancer``: one pool per region, ``<service>-<region>``, whose origins are
-  the region's ready nodes (origin weight = node weight / heaviest node, 0.01-1),
-  and one load balancer at the name with ``steering_policy: random`` and
-  ``random_steering.pool_weights`` = region weight / heaviest region (0.01-1). A
-  region at 0 has its pool disabled and left out of ``default_pools``; when every
-  region is at 0 (only with force) the pools stay listed so the LB is never empty.
-  Ownership: the pools' and the LB's ``description`` is the ownership value.
+  regions above 0 (plain DNS has no weights). Ownership is per record: its ``comment``
+  is the ownership value; other A/AAAA records at the name, and a CNAME, need takeover.
+* ``load_balancer``: one pool per region, ``<service>-<region>``, whose origins are its
+  ready nodes (weight over the heaviest node, 0.01-1), and one load balancer at the name
+  (``steering_policy: random``, pool weights = region weight over the heaviest). A region
+  at 0 has its pool disabled and left out of ``default_pools``; with every region at 0
+  (only with force) the pools stay listed, so the LB is never empty. Ownership: the
+  pools' and the LB's ``description``.
 
-Both modes read first and write only what differs, so a second sync writes nothing.
-
-SDK pitfalls handled here: its auto-pagination ignores ``total_pages`` (pages are
-walked explicitly with ``result_info.total_pages``), and an HTTP 200 answer with
-``success: false`` parses to ``None`` without raising (every answer's envelope is
-checked). Errors: 401/403 -> :class:`DnsAuthError`; 429, 5xx, connection errors and
-``success: false`` -> :class:`DnsRetryableError`; other 4xx -> :class:`DnsValidationError`
-with Cloudflare's messages.
-
-No Cloudflare server can run here: the tests point the real SDK (``base_url``) at
-a loopback server speaking the documented v4 envelope (``tests/fakes/cloudflare_api.py``).
+SDK pitfalls handled here: its auto-pagination ignores ``total_pages`` (pages are walked
+with ``result_info.total_pages``) and an HTTP 200 answer with ``success: false`` parses
+to ``None`` without raising (every envelope is checked: retryable). The tests point the
+real SDK (``base_url``) at a loopback v4 server (``tests/fakes/cloudflare_api.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +30,7 @@ from pydantic import BaseModel
 
 from xplane.config.models import CloudflareProvider
 from xplane.dns import ratelimit
-from xplane.dns.base import api_error, read_secret
+from xplane.dns.base import api_error, read_secret, unreachable
 from xplane.dns.plan import (
     Capabilities,
     Current,
@@ -99,7 +89,7 @@ class CloudflareApi:
                 text, err.status_code, bucket=self.bucket, retry_after=retry_after
             ) from None
         except cloudflare.APIConnectionError as err:  # includes timeouts
-            raise DnsRetryableError(f"cloudflare: {label}: {err}") from None
+            raise unreachable(f"cloudflare: {label}", err) from None
         except cloudflare.APIResponseValidationError as err:
             raise DnsError(f"cloudflare: {label}: unexpected answer: {err}") from None
         if not isinstance(body, dict) or body.get("success") is not True:
@@ -207,66 +197,16 @@ def lb_set(lb: CfLoadBalancer, owned: bool | None = True) -> RecordSet:
     return RecordSet(key, "load balancer", data, weights, owned=owned, native=native, label=key)
 
 
-def pool_for_region(
-    region: DesiredRegion, name: str, marker: str, existing: CfPool | None
-) -> CfPool | None:
-    """The pool a region should have; None when it needs none (inactive, never created).
-
-    An inactive region (weight 0 or no ready node) keeps its pool's origins, disabled.
-    """
-    ready = {e.address: e.weight for e in region.endpoints if e.weight > 0}
-    if region.weight > 0 and ready:
-        origins = [
-            CfOrigin(name=address, address=address, weight=weight)
-            for address, weight in sorted(normalise(ready).items())
-        ]
-        return CfPool(name=name, description=marker, enabled=True, origins=origins)
-    if existing is None:
-        return None
-    return existing.model_copy(update={"id": None, "description": marker, "enabled": False})
-
-
-def load_balancer_for(
-    name: str,
-    marker: str,
-    ttl: int,
-    proxied: bool,
-    active: dict[str, float],
-    all_pools: list[str],
-) -> CfLoadBalancer | None:
-    """The LB: active pools (by name, with region weights) in rotation; never empty."""
-    if active:
-        pools = sorted(active)
-        weights = normalise(active)
-        fallback = max(pools, key=lambda p: (active[p], p))
-    elif all_pools:  # every region at 0 (forced): keep the pools listed, disabled
-        pools, weights, fallback = sorted(all_pools), {}, sorted(all_pools)[0]
-    else:
-        return None
-    return CfLoadBalancer(
-        name=name,
-        description=marker,
-        ttl=ttl,
-        proxied=proxied,
-        default_pools=pools,
-        fallback_pool=fallback,
-        pool_weights=weights,
-    )
-
-
 # -------------------------------------------------------------------- provider
 class CloudflareDns(DnsProvider):
-    kind = "cloudflare"
+    """One zone (``zone_id``, or found by name) in one of the two modes."""
+
+    capabilities = Capabilities(max_weight=100, weights="region")  # 0.01-1: 1..100 over 100
     config: CloudflareProvider
-    # Weights are 0.01-1 with two decimals: integers 1..100 over 100.
-    capabilities = Capabilities(max_weight=100, weights="region")
+    kind = "cloudflare"
 
     def __init__(
-        self,
-        config: CloudflareProvider,
-        *,
-        client: Cloudflare | None = None,
-        per_page: int = 100,
+        self, config: CloudflareProvider, *, client: Cloudflare | None = None, per_page: int = 100
     ) -> None:
         self.config = config
         if client is None:
@@ -297,21 +237,16 @@ class CloudflareDns(DnsProvider):
         sets = []
         for r in records:
             if r.type in types or r.type == "CNAME":
-                rec = CfRecord(
-                    id=r.id,
-                    type=r.type,
-                    content=str(r.content),
-                    ttl=int(r.ttl),
-                    proxied=bool(getattr(r, "proxied", False)),
-                    comment=r.comment,
-                )
-                sets.append(record_set(rec, r.type != "CNAME" and r.comment == marker))
+                proxied = bool(getattr(r, "proxied", False))
+                found = {"id": r.id, "type": r.type, "content": str(r.content), "ttl": int(r.ttl)}
+                record = CfRecord(**found, proxied=proxied, comment=r.comment)
+                sets.append(record_set(record, r.type != "CNAME" and r.comment == marker))
         return Current(sets, context=context)
 
     def wanted(self, desired: DesiredService, current: Current) -> list[RecordSet]:
-        marker, proxied = current.context["marker"], self.config.proxied
         if self.lb_mode:
             return self._wanted_lb(desired, current)
+        marker, proxied = current.context["marker"], self.config.proxied
         ttl = 1 if proxied else desired.ttl
         return [
             record_set(CfRecord(type=t, content=a, ttl=ttl, proxied=proxied, comment=marker))
@@ -320,33 +255,24 @@ class CloudflareDns(DnsProvider):
         ]
 
     def write(self, plan: DnsPlan) -> int:
+        """CNAMEs go first (they block A/AAAA), then creates and updates, deletes last, so
+        the name keeps answering while it changes. In LB mode, pools before the LB."""
         if self.lb_mode:
             return self._write_lb(plan)
-        zone_id = plan.context["zone_id"]
         records = self.api.client.dns.records.with_raw_response
-
-        # CNAMEs go first (they block A/AAAA), then creates and updates, deletes last,
-        # so the name keeps answering while it changes.
-        def order(c: Any) -> int:
-            return (
-                0
-                if c.key.startswith("CNAME ")
-                else ["create", "update", "delete"].index(c.action) + 1
-            )
-
-        for change in sorted(plan.changes, key=order):
+        steps = ("CNAME", "create", "update", "delete")
+        for change in sorted(
+            plan.changes,
+            key=lambda c: steps.index(c.key[:5] if c.key.startswith("CNAME") else c.action),
+        ):
+            ids = {"dns_record_id": change.before["id"]} if change.before else {}
+            after = change.after or {}
+            body = {k: after[k] for k in ("type", "content", "ttl", "proxied", "comment") if after}
+            if after:
+                body["name"] = plan.name
             label = f"{change.action} {plan.name} {change.key}"
-            if change.action == "delete":
-                self.api.call(
-                    label, records.delete, zone_id=zone_id, dns_record_id=change.before["id"]
-                )
-                continue
-            body = {k: change.after[k] for k in ("type", "content", "ttl", "proxied", "comment")}
-            body |= {"zone_id": zone_id, "name": plan.name}
-            if change.action == "create":
-                self.api.call(label, records.create, **body)
-            else:
-                self.api.call(label, records.update, dns_record_id=change.before["id"], **body)
+            method = getattr(records, change.action)
+            self.api.call(label, method, zone_id=plan.context["zone_id"], **ids, **body)
         return len(plan.changes)
 
     # --------------------------------------------------- mode: load_balancer
@@ -360,24 +286,19 @@ class CloudflareDns(DnsProvider):
         _, page = self.api.call(
             "GET pools", lb_api.pools.with_raw_response.list, account_id=account_id
         )
-        pools = {
-            p.name: CfPool(
-                id=p.id,
-                name=p.name,
-                description=p.description or "",
-                enabled=bool(p.enabled),
-                origins=[
-                    CfOrigin(
-                        name=o.name or o.address,
-                        address=o.address,
-                        weight=float(o.weight if o.weight is not None else 1),
-                        enabled=o.enabled is not False,
-                    )
-                    for o in (p.origins or [])
-                ],
-            )
-            for p in (page.result or [])
-        }
+        pools: dict[str, CfPool] = {}
+        for p in page.result or []:
+            origins = [
+                CfOrigin(
+                    name=o.name or o.address,
+                    address=o.address,
+                    weight=float(o.weight if o.weight is not None else 1),
+                    enabled=o.enabled is not False,
+                )
+                for o in (p.origins or [])
+            ]
+            listed = {"id": p.id, "name": p.name, "description": p.description or ""}
+            pools[p.name] = CfPool(**listed, enabled=bool(p.enabled), origins=origins)
         names = {p.id: name for name, p in pools.items()}
         _, page = self.api.call(
             "GET load_balancers", lb_api.with_raw_response.list, zone_id=context["zone_id"]
@@ -410,57 +331,65 @@ class CloudflareDns(DnsProvider):
         return Current(sets, context=context)
 
     def _wanted_lb(self, desired: DesiredService, current: Current) -> list[RecordSet]:
-        """A pool per region (disabled at 0) and the load balancer over the active ones."""
-        context, out = current.context, []
-        marker, active = context["marker"], {}
-        for name, region in sorted(context["regions"].items()):
-            pool = pool_for_region(region, name, marker, context["pools"].get(name))
-            if pool is not None:
-                out.append(pool_set(pool))
-            if pool is not None and pool.enabled:
+        """A pool per region and the load balancer over the active ones (never empty).
+
+        An inactive region (weight 0 or no ready node) keeps its pool's origins, disabled;
+        one that never had a pool gets none.
+        """
+        marker, out, active = current.context["marker"], [], {}
+        for name, region in sorted(current.context["regions"].items()):
+            ready = {e.address: e.weight for e in region.endpoints if e.weight > 0}
+            existing = current.context["pools"].get(name)
+            if region.weight > 0 and ready:
+                origins = [
+                    CfOrigin(name=a, address=a, weight=w)
+                    for a, w in sorted(normalise(ready).items())
+                ]
+                out.append(pool_set(CfPool(name=name, description=marker, origins=origins)))
                 active[name] = region.weight
-        listed = [s.key.removeprefix("pool ") for s in out]
-        ttl = 30 if self.config.proxied else desired.ttl
-        lb = load_balancer_for(desired.name, marker, ttl, self.config.proxied, active, listed)
-        # No pool at all: an existing load balancer is left as it is, never deleted.
-        kept = [s for s in current.sets if s.type == "load balancer"]
-        return out + ([lb_set(lb)] if lb is not None else kept)
+            elif existing is not None:
+                disabled = {"id": None, "description": marker, "enabled": False}
+                out.append(pool_set(existing.model_copy(update=disabled)))
+        pools = sorted(active) or sorted(s.key.removeprefix("pool ") for s in out)
+        if not pools:  # no pool at all: an existing load balancer is left as it is
+            return [s for s in current.sets if s.type == "load balancer"]
+        lb = CfLoadBalancer(
+            name=desired.name,
+            description=marker,
+            ttl=30 if self.config.proxied else desired.ttl,
+            proxied=self.config.proxied,
+            default_pools=pools,
+            fallback_pool=max(pools, key=lambda p: (active.get(p, 0), p)) if active else pools[0],
+            pool_weights=normalise(active),
+        )
+        return [*out, lb_set(lb)]
 
     def _write_lb(self, plan: DnsPlan) -> int:
-        ctx = plan.context
-        lb_api = self.api.client.load_balancers
+        ctx, lb_api = plan.context, self.api.client.load_balancers
         pool_ids: dict[str, str] = dict(ctx["pool_ids"])
-        # Pools first: the load balancer refers to them by id.
         for change in sorted(plan.changes, key=lambda c: not c.key.startswith("pool ")):
-            label, after = f"{change.action} {change.key}", change.after
+            label, after, action = f"{change.action} {change.key}", change.after, change.action
             if change.key.startswith("pool "):
                 body = {k: after[k] for k in ("name", "description", "enabled", "origins")}
-                body["account_id"] = ctx["account_id"]
-                if change.action == "create":
-                    _, created = self.api.call(label, lb_api.pools.with_raw_response.create, **body)
-                    pool_ids[after["name"]] = str(created.id)
-                else:
-                    pool_id = change.before["id"]
-                    self.api.call(
-                        label, lb_api.pools.with_raw_response.update, pool_id=pool_id, **body
-                    )
+                ids = {"pool_id": change.before["id"]} if change.before else {}
+                method = getattr(lb_api.pools.with_raw_response, action)
+                _, done = self.api.call(label, method, account_id=ctx["account_id"], **ids, **body)
+                pool_ids[after["name"]] = str(done.id)
                 continue
             body = {
                 k: after[k] for k in ("name", "description", "ttl", "proxied", "steering_policy")
             }
-            body |= {
-                "zone_id": ctx["zone_id"],
-                "default_pools": [pool_ids[p] for p in after["default_pools"]],
-                "fallback_pool": pool_ids[after["fallback_pool"]],
-                "random_steering": {
-                    "pool_weights": {pool_ids[p]: w for p, w in after["pool_weights"].items()}
-                },
-            }
-            if change.action == "create":
-                self.api.call(label, lb_api.with_raw_response.create, **body)
-            else:
-                lb_id = change.before["id"]
-                self.api.call(
-                    label, lb_api.with_raw_response.update, load_balancer_id=lb_id, **body
-                )
+            body["default_pools"] = [pool_ids[p] for p in after["default_pools"]]
+            body["fallback_pool"] = pool_ids[after["fallback_pool"]]
+            weights = {pool_ids[p]: w for p, w in after["pool_weights"].items()}
+            ids = {"load_balancer_id": change.before["id"]} if change.before else {}
+            method = getattr(lb_api.with_raw_response, action)
+            self.api.call(
+                label,
+                method,
+                zone_id=ctx["zone_id"],
+                random_steering={"pool_weights": weights},
+                **ids,
+                **body,
+            )
         return len(plan.changes)

@@ -203,6 +203,22 @@ def region_addresses(
     return out
 
 
+def resting_addresses(
+    desired: DesiredService, setting: RecordTypeSetting = "auto"
+) -> dict[AddressType, list[str]]:
+    """Per record type, the addresses at weight 0 (their region or node) and not published
+    elsewhere: what a provider that :attr:`~Capabilities.disables` keeps, disabled."""
+    live = endpoint_weights(desired, setting)
+    out: dict[AddressType, set[str]] = {t: set() for t in live}
+    for region in desired.regions:
+        for endpoint in region.endpoints:
+            address = canonical_address(endpoint.address)
+            rtype = address_type(address)
+            if rtype in out and address not in live[rtype]:
+                out[rtype].add(address)
+    return {t: sorted(a) for t, a in out.items()}
+
+
 def quantise(weights: Mapping[K, float], top: int) -> dict[K, int]:
     """Integer weights in 1..top with the same proportions; zero/negative weights dropped.
 

@@ -21,7 +21,7 @@ import httpx
 
 from xplane.config.models import PowerDnsProvider as PowerDnsConfig
 from xplane.dns import ratelimit
-from xplane.dns.base import api_error, read_secret
+from xplane.dns.base import api_error, read_secret, unreachable
 from xplane.dns.plan import (
     AddressType,
     Capabilities,
@@ -29,7 +29,6 @@ from xplane.dns.plan import (
     DesiredService,
     DnsPlan,
     DnsProvider,
-    DnsRetryableError,
     DnsValidationError,
     RecordSet,
     address_type,
@@ -157,7 +156,7 @@ class PowerDnsProvider(DnsProvider):
                 method, self._base + path, headers={"X-API-Key": self._api_key}, **kwargs
             )
         except httpx.TransportError as err:
-            raise DnsRetryableError(f"{KIND}: {what}: {type(err).__name__}: {err}") from None
+            raise unreachable(f"{KIND}: {what}", err) from None
         status = response.status_code
         if status >= 400 and status != 404:
             detail = _error_text(response).strip()[: 300 if status == 429 else 500]

@@ -35,7 +35,7 @@ from botocore.exceptions import (
 
 from xplane.config.models import Route53Provider as Route53Config
 from xplane.dns import ratelimit
-from xplane.dns.base import api_error
+from xplane.dns.base import api_error, unreachable
 from xplane.dns.plan import (
     Capabilities,
     Current,
@@ -43,7 +43,6 @@ from xplane.dns.plan import (
     DnsAuthError,
     DnsPlan,
     DnsProvider,
-    DnsRetryableError,
     DnsValidationError,
     RecordSet,
     canonical_address,
@@ -206,7 +205,7 @@ class Route53Provider(DnsProvider):
         except ParamValidationError as err:
             raise DnsValidationError(f"{KIND}: {what}: {err}") from None
         except BotoCoreError as err:  # connection errors and timeouts among them
-            raise DnsRetryableError(f"{KIND}: {what}: {type(err).__name__}: {err}") from None
+            raise unreachable(f"{KIND}: {what}", err) from None
 
     # ---------------------------------------------------------------- reads
     def zone_id(self, zone: str) -> str:
