@@ -12,11 +12,10 @@ What XPlane publishes at ``<rr>.<zone>`` on the configured line (``default``,
 * A region at weight 0 (or a node at weight 0) keeps its records, **disabled**
   with ``SetDomainRecordStatus`` (architecture: "AliDNS 0 = disabled record"), so
   bringing it back is one status flip; an address no longer desired at all is deleted.
-* Ownership: a TXT record at the same RR and line whose value is
-  :func:`~xplane.dns.base.ownership_value` (external-dns's TXT registry, as
-  ``base.py`` describes). With the marker every A/AAAA record on that line at
-  that RR is XPlane's; without it any A/AAAA/CNAME there is refused unless
-  ``takeover=True`` (then the marker is created and the records adopted).
+* Ownership: a TXT record at the same RR and line whose value is the ownership
+  value (the TXT registry of :mod:`xplane.dns.plan`). With the marker every A/AAAA
+  record on that line at that RR is XPlane's; without it any A/AAAA/CNAME there is
+  refused unless ``takeover=True`` (then the marker is created and the records adopted).
 
 No AliDNS server can run here: the tests drive :class:`AliDnsClient` against a
 loopback server (``tests/fakes/alidns_api.py``) that verifies every request's v1
