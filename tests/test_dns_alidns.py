@@ -17,12 +17,11 @@ from aliyunsdkalidns.request.v20150109.UpdateDNSSLBWeightRequest import UpdateDN
 from aliyunsdkcore.utils import parameter_helper
 
 from tests.fakes.alidns_api import AliDnsState, start
+from tests.support.dns import desired_service
 from xplane.config.models import AliDnsProvider
 from xplane.dns.alidns import AliDns, AliDnsClient, classify_error
 from xplane.dns.alidns_signing import signed_params, string_to_sign
 from xplane.dns.plan import (
-    DesiredEndpoint,
-    DesiredRegion,
     DesiredService,
     DnsAuthError,
     DnsOwnershipError,
@@ -40,20 +39,7 @@ MARKER = ownership_value("xplane", "api")
 
 def desired(**regions: tuple[float, dict[str, float]]) -> DesiredService:
     """desired(jp=(60, {"192.0.2.1": 30, ...}), ...)"""
-    return DesiredService(
-        service="api",
-        name=NAME,
-        zone=ZONE,
-        ttl=60,
-        regions=[
-            DesiredRegion(
-                region=name,
-                weight=weight,
-                endpoints=[DesiredEndpoint(address=a, weight=w) for a, w in nodes.items()],
-            )
-            for name, (weight, nodes) in regions.items()
-        ],
-    )
+    return desired_service(regions, ttl=60)
 
 
 @pytest.fixture

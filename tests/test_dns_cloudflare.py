@@ -13,11 +13,10 @@ import pytest
 from cloudflare import Cloudflare
 
 from tests.fakes.cloudflare_api import CloudflareState, start
+from tests.support.dns import desired_service
 from xplane.config.models import CloudflareProvider
 from xplane.dns.cloudflare import CloudflareDns, normalise
 from xplane.dns.plan import (
-    DesiredEndpoint,
-    DesiredRegion,
     DesiredService,
     DnsAuthError,
     DnsOwnershipError,
@@ -45,20 +44,7 @@ Regions = dict[str, tuple[float, dict[str, float]]]  # region -> (weight, {addre
 
 
 def desired(regions: Regions, ttl: int = 60) -> DesiredService:
-    return DesiredService(
-        service="api",
-        name=NAME,
-        zone=ZONE,
-        ttl=ttl,
-        regions=[
-            DesiredRegion(
-                region=name,
-                weight=weight,
-                endpoints=[DesiredEndpoint(address=a, weight=w) for a, w in nodes.items()],
-            )
-            for name, (weight, nodes) in regions.items()
-        ],
-    )
+    return desired_service(regions, ttl)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.dns import desired_service
 from xplane.config.models import GtmPolicy, PowerDnsProvider, Route53Provider
 from xplane.dns.plan import (
     DesiredEndpoint,
@@ -35,19 +36,7 @@ MARKER = ownership_value("xplane", "api")
 
 def desired(**regions: tuple[float, dict[str, float]]) -> DesiredService:
     """desired(jp=(60, {"192.0.2.1": 30, ...}), ...)"""
-    return DesiredService(
-        service="api",
-        name="api.svc.plus",
-        zone="svc.plus",
-        regions=[
-            DesiredRegion(
-                region=name,
-                weight=weight,
-                endpoints=[DesiredEndpoint(address=a, weight=w) for a, w in nodes.items()],
-            )
-            for name, (weight, nodes) in regions.items()
-        ],
-    )
+    return desired_service(regions)
 
 
 def address(key: str, owned: bool | None = True, weight: int | None = None) -> RecordSet:
