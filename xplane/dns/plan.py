@@ -35,7 +35,7 @@ import hashlib
 import ipaddress
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -244,6 +244,7 @@ class Registry(NamedTuple):
 
 
 def registry(txt_values: Iterable[str], marker: str) -> Registry:
+    """Ownership by ``marker`` among the (unquoted) TXT values at a name."""
     values = list(txt_values)
     owned = marker in values
     others = [] if owned else [v for v in values if is_marker(v)]
@@ -297,7 +298,7 @@ class RecordSet:
     type: str  # for messages: "A", "CNAME", "pool", ...
     data: Any = None
     weights: Mapping[str, Any] = field(default_factory=dict)
-    addresses: Iterable[str] = ()  # what it answers with (none while disabled)
+    addresses: Collection[str] = ()  # what it answers with (none while disabled)
     owned: bool | None = True  # False: someone else's (takeover); None: claims nothing
     enabled: bool = True  # a disabled wanted set is kept disabled, never created
     native: Any = None  # defaults to data
