@@ -20,6 +20,7 @@ in a batch, weighted and simple sets mixed on one name and type.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -331,14 +332,4 @@ class Route53Provider(DnsProvider):
 
 def _unescape(name: str) -> str:
     """Route53 returns some characters as octal escapes (``\\052`` for ``*``)."""
-    if "\\" not in name:
-        return name
-    out, i = [], 0
-    while i < len(name):
-        if name[i] == "\\" and name[i + 1 : i + 4].isdigit():
-            out.append(chr(int(name[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(name[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), name)
