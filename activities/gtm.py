@@ -1,15 +1,13 @@
 """Activities of the GTM loop: observe + compute targets, active health checks, DNS apply.
 
-Thin wrappers: the algorithms are :mod:`xplane.gtm.weights` (pure) and the
-providers of :mod:`xplane.dns`; these only read the store and talk to the world.
+Thin wrappers: the algorithms are :mod:`xplane.gtm.weights` and :mod:`xplane.dns.plan`
+(pure; what each provider publishes is :func:`~xplane.dns.plan.desired_for_provider`)
+and the providers of :mod:`xplane.dns`; these only read the store and talk to the world.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime, timedelta
-from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,8 +16,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.heartbeating import heartbeating
 from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
-from xplane.dns.base import ApplyResult, DesiredEndpoint, DesiredRegion, DesiredService, DnsError
 from xplane.dns.factory import make_provider
+from xplane.dns.plan import ApplyResult, DesiredService, DnsError
 from xplane.dns.ratelimit import DnsThrottledError
 from xplane.domain import NodeSnapshot, NodeStatus
 from xplane.gate import GateSettings, verdict_for
@@ -77,41 +75,6 @@ class ApplyDnsRequest(BaseModel):
     reason: str = ""
     force: bool = False
     expected_removals: list[str] = Field(default_factory=list)  # see GtmTargets.unready
-
-
-def desired_for_provider(
-    policy: GtmPolicy, provider: DnsProviderConfig, weights: ServiceWeights
-) -> DesiredService:
-    """The record set one provider should publish (only its regions, if it names some)."""
-    allowed = set(provider.regions) if provider.regions else None
-    regions: list[DesiredRegion] = []
-    for name, region in sorted(weights.regions.items()):
-        if allowed is not None and name not in allowed:
-            continue
-        endpoints = [
-            DesiredEndpoint(address=r.address, weight=r.weight)
-            for r in weights.records
-            if r.region == name and r.weight > 0
-        ]
-        endpoints.sort(key=lambda e: e.address)
-        regions.append(
-            DesiredRegion(region=name, weight=region.effective_weight, endpoints=endpoints)
-        )
-    zone = provider.zone or policy.domain.split(".", 1)[-1]
-    return DesiredService(
-        service=policy.service,
-        name=policy.domain.rstrip("."),
-        zone=zone.rstrip("."),
-        ttl=provider.ttl,
-        owner_id=provider.owner_id,
-        regions=regions,
-    )
-
-
-def digest(desired: DesiredService) -> str:
-    """Stable fingerprint of a desired record set: the loop writes only when it changes."""
-    body = json.dumps(desired.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 class GtmActivities:
@@ -290,7 +253,3 @@ def trusted_view(
         if v.verdict != "normal"
     }
     return nodes, gate
-
-
-def summarize(weights: ServiceWeights) -> dict[str, Any]:
-    return {name: round(r.effective_weight, 3) for name, r in weights.regions.items()}

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from xplane.config.models import PowerDnsConfig
-from xplane.dns.base import DesiredEndpoint, DesiredRegion, DesiredService
 from xplane.dns.pdns_server import PdnsServer
+from xplane.dns.plan import DesiredEndpoint, DesiredRegion, DesiredService
 from xplane.dns.powerdns import PowerDnsProvider
 
 

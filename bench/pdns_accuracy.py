@@ -19,8 +19,8 @@ import dns.message
 import dns.query
 
 from xplane.config.models import PowerDnsConfig
-from xplane.dns.base import DesiredEndpoint, DesiredRegion, DesiredService
 from xplane.dns.pdns_server import PdnsServer, pdns_available
+from xplane.dns.plan import DesiredEndpoint, DesiredRegion, DesiredService
 from xplane.dns.powerdns import PowerDnsProvider
 
 WEIGHTS = {"192.0.2.1": 60.0, "192.0.2.2": 30.0, "192.0.2.3": 10.0}

@@ -17,12 +17,11 @@ from aliyunsdkalidns.request.v20150109.UpdateDNSSLBWeightRequest import UpdateDN
 from aliyunsdkcore.utils import parameter_helper
 
 from tests.fakes.alidns_api import AliDnsState, start
+from tests.support.dns import desired_service
 from xplane.config.models import AliDnsConfig
-from xplane.dns.alidns import AliDns, AliDnsClient, classify_error, quantise_weights
+from xplane.dns.alidns import AliDns, AliDnsClient, classify_error
 from xplane.dns.alidns_signing import signed_params, string_to_sign
-from xplane.dns.base import (
-    DesiredEndpoint,
-    DesiredRegion,
+from xplane.dns.plan import (
     DesiredService,
     DnsAuthError,
     DnsOwnershipError,
@@ -40,20 +39,7 @@ MARKER = ownership_value("xplane", "api")
 
 def desired(**regions: tuple[float, dict[str, float]]) -> DesiredService:
     """desired(jp=(60, {"192.0.2.1": 30, ...}), ...)"""
-    return DesiredService(
-        service="api",
-        name=NAME,
-        zone=ZONE,
-        ttl=60,
-        regions=[
-            DesiredRegion(
-                region=name,
-                weight=weight,
-                endpoints=[DesiredEndpoint(address=a, weight=w) for a, w in nodes.items()],
-            )
-            for name, (weight, nodes) in regions.items()
-        ],
-    )
+    return desired_service(regions, ttl=60)
 
 
 @pytest.fixture
@@ -124,12 +110,6 @@ def test_signature_is_byte_identical_to_the_official_sdk(
         request.get_method(), {k: v for k, v in ours.items() if k != "Signature"}
     ) == (request.string_to_sign)
     assert ours == sdk  # every parameter, Signature included, byte for byte
-
-
-def test_quantise_weights_is_proportional_and_stays_in_1_to_100() -> None:
-    assert quantise_weights({"a": 50, "b": 25, "c": 0.01}) == {"a": 100, "b": 50, "c": 1}
-    assert quantise_weights({"a": 3, "b": 3}) == {"a": 100, "b": 100}
-    assert quantise_weights({"a": 0}) == {"a": 1}
 
 
 def test_error_codes_are_classified() -> None:

@@ -13,10 +13,10 @@ import pytest
 from cloudflare import Cloudflare
 
 from tests.fakes.cloudflare_api import CloudflareState, start
+from tests.support.dns import desired_service
 from xplane.config.models import CloudflareConfig
-from xplane.dns.base import (
-    DesiredEndpoint,
-    DesiredRegion,
+from xplane.dns.cloudflare import CloudflareDns, normalise
+from xplane.dns.plan import (
     DesiredService,
     DnsAuthError,
     DnsOwnershipError,
@@ -25,7 +25,6 @@ from xplane.dns.base import (
     DnsValidationError,
     ownership_value,
 )
-from xplane.dns.cloudflare import CloudflareDns, normalise
 from xplane.dns.ratelimit import DnsThrottledError
 
 TOKEN, ZONE_ID, ZONE, NAME = (
@@ -45,20 +44,7 @@ Regions = dict[str, tuple[float, dict[str, float]]]  # region -> (weight, {addre
 
 
 def desired(regions: Regions, ttl: int = 60) -> DesiredService:
-    return DesiredService(
-        service="api",
-        name=NAME,
-        zone=ZONE,
-        ttl=ttl,
-        regions=[
-            DesiredRegion(
-                region=name,
-                weight=weight,
-                endpoints=[DesiredEndpoint(address=a, weight=w) for a, w in nodes.items()],
-            )
-            for name, (weight, nodes) in regions.items()
-        ],
-    )
+    return desired_service(regions, ttl)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import pytest
 
 from tests.support.tools import needs_tool
 from xplane.config.models import PowerDnsConfig
-from xplane.dns.base import (
+from xplane.dns.pdns_server import PdnsServer
+from xplane.dns.plan import (
     DesiredEndpoint,
     DesiredRegion,
     DesiredService,
@@ -28,8 +29,6 @@ from xplane.dns.base import (
     DnsSafetyError,
     DnsValidationError,
 )
-from xplane.dns.common import quantise
-from xplane.dns.pdns_server import PdnsServer
 from xplane.dns.powerdns import PowerDnsProvider, lua_content, parse_lua, validate_lua
 from xplane.netutil import free_port
 
@@ -104,12 +103,6 @@ def raw_patch(pdns: PdnsServer, rrsets: list[dict[str, object]]) -> None:
 
 
 # ------------------------------------------------------------------- pure parts
-def test_quantise_keeps_proportions_and_never_zeroes_a_positive_weight() -> None:
-    assert quantise({"a": 0.6, "b": 0.3, "c": 0.1}, 1000) == {"a": 1000, "b": 500, "c": 167}
-    assert quantise({"a": 100.0, "b": 0.001, "c": 0.0}, 255) == {"a": 255, "b": 1}
-    assert quantise({"a": 0.0}, 255) == {}
-
-
 def test_lua_text_is_validated_before_sending() -> None:
     content = lua_content("A", {"192.0.2.2": 10, "192.0.2.1": 90})
     assert content == "A \"pickwrandom({{90,'192.0.2.1'},{10,'192.0.2.2'}})\""

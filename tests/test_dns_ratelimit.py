@@ -13,7 +13,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.gtm import ApplyDnsRequest, GtmActivities
 from tests.fakes.cloudflare_api import CloudflareState, start
 from xplane.config.models import CloudflareConfig
-from xplane.dns.base import DesiredEndpoint, DesiredRegion, DesiredService
+from xplane.dns.plan import DesiredEndpoint, DesiredRegion, DesiredService
 from xplane.dns.ratelimit import (
     DnsThrottledError,
     RateLimit,

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from xplane.config.models import Route53Config
-from xplane.dns.base import (
+from xplane.dns.plan import (
     DesiredEndpoint,
     DesiredRegion,
     DesiredService,
@@ -35,7 +35,7 @@ from xplane.dns.base import (
     DnsValidationError,
 )
 from xplane.dns.ratelimit import DnsThrottledError
-from xplane.dns.route53 import Route53Provider, validate_change_batch
+from xplane.dns.route53 import Route53Provider, _unescape, validate_change_batch
 from xplane.netutil import free_port, wait_for_port
 
 NAME, ZONE = "api.svc.plus", "svc.plus"
@@ -253,6 +253,11 @@ def test_batches_aws_would_reject_are_refused_before_sending() -> None:
     validate_change_batch(
         [{"Action": "DELETE", "ResourceRecordSet": simple}, _weighted(10)], [simple]
     )
+
+
+def test_octal_escapes_in_listed_names_are_read() -> None:
+    assert _unescape("\\052.svc.plus.") == "*.svc.plus."
+    assert _unescape("api.svc.plus.") == "api.svc.plus."
 
 
 # ------------------------------------------------------- error classification

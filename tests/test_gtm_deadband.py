@@ -12,9 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from activities.gtm import desired_for_provider
 from xplane.config.models import GtmPolicy
-from xplane.dns.base import DesiredEndpoint, DesiredRegion, DesiredService
+from xplane.dns.plan import (
+    DesiredEndpoint,
+    DesiredRegion,
+    DesiredService,
+    desired_for_provider,
+)
 from xplane.domain import NodeSnapshot
 from xplane.gtm.deadband import Published, needs_write, published, shares
 from xplane.gtm.ramp import RAMP_STEPS, RampState, ramp, ramp_service

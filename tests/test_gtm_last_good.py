@@ -1,7 +1,7 @@
 """DNS never empty, never frozen on dead addresses while a live node exists (pure rules).
 
 A small simulation of one provider: each tick computes the weights of a world, asks
-:func:`dns_action`, and "writes" through the real safety check of :mod:`xplane.dns.base`
+:func:`dns_action`, and "writes" through the real safety check of :mod:`xplane.dns.plan`
 (a plan removing most addresses of a name is refused unless forced).
 """
 
@@ -11,9 +11,15 @@ from typing import Any
 
 import pytest
 
-from activities.gtm import desired_for_provider
 from xplane.config.models import DnsProviderConfig, GtmPolicy
-from xplane.dns.base import DesiredService, DnsChange, DnsPlan, DnsSafetyError, check_safety
+from xplane.dns.plan import (
+    DesiredService,
+    DnsChange,
+    DnsPlan,
+    DnsSafetyError,
+    check_safety,
+    desired_for_provider,
+)
 from xplane.domain import NodeSnapshot, NodeState, NodeStatus
 from xplane.gtm.last_good import dns_action
 from xplane.gtm.weights import ServiceWeights, compute_service_weights, unready_addresses

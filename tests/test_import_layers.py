@@ -38,9 +38,9 @@ CORE = (
     "xplane.ids",
     "xplane.lifecycle",
     "xplane.messages",
-    # Not a layer of its own: the DNS record model and plan every provider shares.
-    # Pure, so the core (deadband, last-good) may speak it; checked like the core.
-    "xplane.dns.base",
+    # The DNS plan every provider shares (records, diff, ownership, safety threshold):
+    # pure, so the core (deadband, last-good) and workflows may speak it.
+    "xplane.dns.plan",
 )
 # I/O behind a plain interface: databases, DNS APIs, git, Terraform, HTTP, processes.
 ADAPTERS = (
@@ -114,10 +114,7 @@ CORE_MAY_USE = ("temporalio.common",)
 
 # Arrows other helpers of issue 12 are removing; each goes when its fix is merged.
 # (importer, imported): the importer module (or package prefix) and the imported prefix.
-PENDING: dict[tuple[str, str], str] = {
-    # The provider desired state and digest move from the activity to the core (DNS plan).
-    ("workflows.gtm_loop", "activities.gtm"): "desired_for_provider, digest, summarize",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 Arrow = tuple[str, str, int]  # (importer, imported, line)
 

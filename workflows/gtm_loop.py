@@ -36,21 +36,14 @@ from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
 from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
-    from activities.gtm import (
-        ApplyDnsRequest,
-        GtmActivities,
-        GtmTargets,
-        ObserveRequest,
-        desired_for_provider,
-        digest,
-        summarize,
-    )
-    from xplane.dns.base import ApplyResult
+    from activities.gtm import ApplyDnsRequest, GtmActivities, GtmTargets, ObserveRequest
+    from xplane.dns.plan import ApplyResult, desired_for_provider, digest
     from xplane.gtm.deadband import Published, needs_write, published
     from xplane.gtm.health_checks import CheckState
     from xplane.gtm.last_good import dns_action
     from xplane.gtm.ramp import RAMP_STEPS, RampState, ramp_service
     from xplane.gtm.smoothing import RttAverage, smooth_latency
+    from xplane.gtm.weights import summarize
 
 QUIET_DNS_PATCH = "gtm-quiet-dns-writes"
 LAST_GOOD_PATCH = "gtm-last-good-dns"

@@ -130,10 +130,9 @@ def apply(
     ] = False,
 ) -> None:
     """Show each provider's DNS change plan; write it only with --doit (as octoDNS does)."""
-    from activities.gtm import desired_for_provider
     from xplane.cli.gtm_live import live_inputs
-    from xplane.dns.base import DnsError
     from xplane.dns.factory import make_provider
+    from xplane.dns.plan import DnsError, desired_for_provider
 
     try:
         timeout = HeartbeatSettings.from_env().timeout

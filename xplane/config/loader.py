@@ -28,7 +28,6 @@ from xplane.config.models import (
     AutoscalePolicy,
     ConfigTree,
     GtmPolicy,
-    GtmRegion,
     Region,
     RegionDefaults,
 )
@@ -352,24 +351,5 @@ def _check_references(
 
 def _resolve_gtm(policy: GtmPolicy, regions: dict[str, Region]) -> GtmPolicy:
     """Fill each GTM region's unset weight / min_ready_nodes / health_threshold."""
-    resolved: list[GtmRegion] = []
-    for entry in policy.regions:
-        region = regions[entry.name]
-        resolved.append(
-            entry.model_copy(
-                update={
-                    "weight": region.base_weight if entry.weight is None else entry.weight,
-                    "min_ready_nodes": (
-                        region.min_ready_nodes
-                        if entry.min_ready_nodes is None
-                        else entry.min_ready_nodes
-                    ),
-                    "health_threshold": (
-                        region.health_threshold
-                        if entry.health_threshold is None
-                        else entry.health_threshold
-                    ),
-                }
-            )
-        )
+    resolved = [entry.resolved(regions[entry.name]) for entry in policy.regions]
     return policy.model_copy(update={"regions": resolved})

@@ -126,6 +126,23 @@ class GtmRegion(StrictModel):
     health_threshold: Fraction | None = None
     fallback: bool = False
 
+    def resolved(self, region: Region | None) -> GtmRegion:
+        """Unset fields from the region, else :class:`Region`'s defaults (weight 100): the
+        one place a GTM region's weight / min_ready_nodes / health_threshold resolve."""
+        update = {
+            name: getattr(region, source) if region else Region.model_fields[source].default
+            for name, source in _FROM_REGION.items()
+            if getattr(self, name) is None
+        }
+        return self.model_copy(update=update) if update else self
+
+
+_FROM_REGION = {
+    "weight": "base_weight",
+    "min_ready_nodes": "min_ready_nodes",
+    "health_threshold": "health_threshold",
+}
+
 
 class HealthCheck(StrictModel):
     """Active check XPlane runs against every node's address (origin format + thresholds)."""

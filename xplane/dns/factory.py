@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xplane.config import models
-from xplane.dns.base import DnsProvider
+from xplane.dns.plan import DnsProvider
 
 
 def make_provider(config: models.DnsProviderConfig) -> DnsProvider:

@@ -21,40 +21,30 @@ import httpx
 
 from xplane.config.models import PowerDnsConfig
 from xplane.dns import ratelimit
-from xplane.dns.base import (
-    ApplyResult,
+from xplane.dns.base import api_error, read_secret, unreachable
+from xplane.dns.plan import (
+    AddressType,
+    Capabilities,
+    Current,
     DesiredService,
-    DnsChange,
     DnsPlan,
     DnsProvider,
-    DnsRetryableError,
     DnsValidationError,
-    check_safety,
-    ownership_value,
-    read_secret,
-)
-from xplane.dns.common import (
-    AddressType,
-    RecordTypeSetting,
+    RecordSet,
     address_type,
     canonical_address,
-    check_ownership,
-    effective_desired,
     endpoint_weights,
     fqdn,
-    http_error,
-    is_marker,
+    ownership_value,
     quantise,
+    registry,
     txt_quote,
     txt_unquote,
 )
 
 KIND = "powerdns"
-LUA_TOP_WEIGHT = 1000  # the largest address gets 1000: 0.1% resolution for the others
 # Record types at the name that carry addresses: XPlane replaces them (when it owns the name).
 ADDRESS_TYPES = ("A", "AAAA", "LUA", "CNAME")
-
-RRSet = tuple[int, tuple[str, ...]]  # (ttl, sorted record contents)
 
 _LUA_ITEM = r"\{[1-9][0-9]*,'[0-9A-Fa-f:.]+'\}"
 _LUA_PICK = re.compile(rf"^(A|AAAA) \"pickwrandom\(\{{{_LUA_ITEM}(,{_LUA_ITEM})*\}}\)\"$")
@@ -91,24 +81,6 @@ def parse_lua(content: str) -> tuple[str, dict[str, int]] | None:
     return match.group(1), {a: int(w) for w, a in _LUA_ENTRY.findall(content)}
 
 
-def desired_rrsets(
-    desired: DesiredService, lua_records: bool, record_type: RecordTypeSetting
-) -> dict[str, RRSet]:
-    """The address record sets XPlane wants at the name, by type (TXT not included)."""
-    out: dict[str, RRSet] = {}
-    lua: list[str] = []
-    for rtype, weights in endpoint_weights(desired, record_type).items():
-        if not weights:
-            continue
-        if lua_records:
-            lua.append(lua_content(rtype, quantise(weights, LUA_TOP_WEIGHT)))
-        else:
-            out[rtype] = (desired.ttl, tuple(sorted(weights)))
-    if lua:
-        out["LUA"] = (desired.ttl, tuple(sorted(lua)))
-    return out
-
-
 def normalise_content(rtype: str, content: str) -> str:
     if rtype in ("A", "AAAA"):
         return canonical_address(content)
@@ -117,67 +89,29 @@ def normalise_content(rtype: str, content: str) -> str:
     return content.strip()
 
 
-def current_rrsets(zone_json: dict[str, Any], name: str) -> dict[str, RRSet]:
+def current_rrsets(zone_json: dict[str, Any], name: str) -> dict[str, tuple[int, list[str]]]:
     """The name's record sets from a ``GET /zones/<zone>`` body (disabled records ignored)."""
-    out: dict[str, RRSet] = {}
+    out: dict[str, tuple[int, list[str]]] = {}
     for rrset in zone_json.get("rrsets") or []:
         if str(rrset.get("name", "")).lower() != name:
             continue
         rtype = str(rrset["type"])
         records = [r for r in rrset.get("records") or [] if not r.get("disabled")]
-        contents = tuple(sorted(normalise_content(rtype, str(r["content"])) for r in records))
+        contents = sorted(normalise_content(rtype, str(r["content"])) for r in records)
         if contents:
             out[rtype] = (int(rrset.get("ttl") or 0), contents)
     return out
 
 
-def rrset_addresses(rrsets: dict[str, RRSet]) -> list[str]:
-    """Every address the name's address record sets publish (inside LUA records too)."""
+def rrset(name: str, rtype: str, ttl: int, contents: list[str], owned: bool | None) -> RecordSet:
+    """One rrset as the plan sees it; the addresses inside LUA records are counted."""
     found: set[str] = set()
-    for rtype in ADDRESS_TYPES:
-        for content in rrsets.get(rtype, (0, ()))[1]:
-            parsed = parse_lua(content) if rtype == "LUA" else None
-            found.update(parsed[1] if parsed else [content])
-    return sorted(found)
-
-
-def _rrset_view(rrset: RRSet | None) -> dict[str, Any] | None:
-    return None if rrset is None else {"ttl": rrset[0], "records": list(rrset[1])}
-
-
-def diff(
-    name: str, current: dict[str, RRSet], wanted: dict[str, RRSet], managed: set[str]
-) -> tuple[list[DnsChange], list[dict[str, Any]]]:
-    """Changes and the PATCH ``rrsets`` that turn ``current`` into ``wanted``.
-
-    Only types in ``managed`` are deleted when unwanted; others at the name are left alone.
-    """
-    changes: list[DnsChange] = []
-    patch: list[dict[str, Any]] = []
-    for rtype in sorted(managed | set(wanted)):
-        before, after = current.get(rtype), wanted.get(rtype)
-        if before == after:
-            continue
-        key = f"{name} {rtype}"
-        if after is None:
-            changes.append(DnsChange(action="delete", key=key, before=_rrset_view(before)))
-            patch.append({"name": name, "type": rtype, "changetype": "DELETE"})
-            continue
-        action = "create" if before is None else "update"
-        changes.append(
-            DnsChange(action=action, key=key, before=_rrset_view(before), after=_rrset_view(after))
-        )
-        records = [{"content": c, "disabled": False} for c in after[1]]
-        patch.append(
-            {
-                "name": name,
-                "type": rtype,
-                "ttl": after[0],
-                "changetype": "REPLACE",
-                "records": records,
-            }
-        )
-    return changes, patch
+    for content in contents if rtype in ADDRESS_TYPES else ():
+        parsed = parse_lua(content) if rtype == "LUA" else None
+        found.update(parsed[1] if parsed else [content])
+    data = {"ttl": ttl, "records": sorted(contents)}
+    label = f"{rtype} {', '.join(contents)}"
+    return RecordSet(f"{name} {rtype}", rtype, data, addresses=found, owned=owned, label=label)
 
 
 # ------------------------------------------------------------------- provider
@@ -189,6 +123,9 @@ class PowerDnsProvider(DnsProvider):
     """
 
     kind = KIND
+    config: PowerDnsConfig
+    # pickwrandom takes any integer: the largest address gets 1000, 0.1% resolution.
+    capabilities = Capabilities(max_weight=1000, weights="address")
 
     def __init__(
         self,
@@ -219,18 +156,16 @@ class PowerDnsProvider(DnsProvider):
                 method, self._base + path, headers={"X-API-Key": self._api_key}, **kwargs
             )
         except httpx.TransportError as err:
-            raise DnsRetryableError(f"{KIND}: {what}: {type(err).__name__}: {err}") from None
-        if response.status_code == 429:  # a rate-limiting proxy in front of the API
-            text = f"{KIND}: {what}: HTTP 429: {_error_text(response).strip()[:300]}"
-            retry_after = ratelimit.parse_retry_after(response.headers.get("retry-after"))
-            raise ratelimit.throttled(self.bucket, text, retry_after)
-        if response.status_code >= 400 and response.status_code != 404:
-            raise http_error(KIND, what, response.status_code, _error_text(response))
+            raise unreachable(f"{KIND}: {what}", err) from None
+        status = response.status_code
+        if status >= 400 and status != 404:
+            detail = _error_text(response).strip()[: 300 if status == 429 else 500]
+            retry_after = response.headers.get("retry-after")
+            message = f"{KIND}: {what}: HTTP {status}: {detail}"
+            raise api_error(message, status, bucket=self.bucket, retry_after=retry_after)
         return response
 
-    # ---------------------------------------------------------------- plan
-    def plan(self, desired: DesiredService, *, takeover: bool = False) -> DnsPlan:
-        desired = effective_desired(desired, self.config)
+    def read(self, desired: DesiredService) -> Current:
         name, zone = fqdn(desired.name), fqdn(desired.zone)
         response = self._request("GET", f"/zones/{zone}", params={"rrset_name": name})
         zone_missing = response.status_code == 404
@@ -239,55 +174,52 @@ class PowerDnsProvider(DnsProvider):
                 f"{KIND}: zone {zone} does not exist on {self.config.api_url} "
                 f"(server {self.config.server_id}); create it or allow create_zone"
             )
-        current = {} if zone_missing else current_rrsets(response.json(), name)
+        found = {} if zone_missing else current_rrsets(response.json(), name)
+        txt = [txt_unquote(c) for c in found.get("TXT", (0, []))[1]]
+        owners = registry(txt, ownership_value(desired.owner_id, desired.service))
+        sets = [
+            rrset(name, t, ttl, contents, owners.owned or (None if t == "TXT" else False))
+            for t, (ttl, contents) in found.items()
+            if t in ADDRESS_TYPES or t == "TXT"
+        ]
+        context = {"zone": zone, "create_zone": zone_missing, "txt": owners.values}
+        return Current(sets, owners.others, context)
 
-        wanted = desired_rrsets(desired, self.config.lua_records, self.config.record_type)
-        marker = ownership_value(desired.owner_id, desired.service)
-        txt_values = [txt_unquote(c) for c in current.get("TXT", (0, ()))[1]]
-        present = [t for t in ADDRESS_TYPES if t in current]
-        owned = check_ownership(
-            provider=KIND,
-            name=desired.name,
-            marker=marker,
-            txt_values=txt_values,
-            foreign_address_sets=present,
-            takeover=takeover,
-        )
-        plan = DnsPlan(provider=KIND, service=desired.service, name=desired.name)
-        if not wanted and not present:
-            return plan  # nothing published and nothing to publish: don't mark an empty name
-        # Keep foreign TXT values (site verification, SPF); drop other owners' markers.
-        kept = sorted({v for v in txt_values if not is_marker(v)} | {marker})
-        wanted["TXT"] = (desired.ttl, tuple(txt_quote(v) for v in kept))
-        changes, patch = diff(name, current, wanted, set(ADDRESS_TYPES))
-        plan.changes = changes
-        plan.owned_record_sets = (len(present) + 1) if owned else 0
-        plan.removes_all_addresses = bool(present) and not any(t in wanted for t in ADDRESS_TYPES)
-        if owned:
-            plan.addresses_before = rrset_addresses(current)
-            plan.addresses_after = rrset_addresses(wanted)
-        plan.context = {"zone": zone, "rrsets": patch, "create_zone": zone_missing}
-        return plan
+    def wanted(self, desired: DesiredService, current: Current) -> list[RecordSet]:
+        """A LUA record per address type (or plain A/AAAA sets) and the marker TXT."""
+        name, ttl = fqdn(desired.name), desired.ttl
+        out: list[RecordSet] = []
+        lua: list[str] = []
+        for rtype, weights in endpoint_weights(desired, self.config.record_type).items():
+            if weights and self.config.lua_records:
+                top = self.capabilities.max_weight
+                lua.append(lua_content(rtype, quantise(weights, top)))
+            elif weights:
+                out.append(rrset(name, rtype, ttl, list(weights), True))
+        if lua:
+            out.append(rrset(name, "LUA", ttl, lua, True))
+        quoted = [txt_quote(v) for v in current.context["txt"]]
+        return [*out, rrset(name, "TXT", ttl, quoted, True)]
 
-    # --------------------------------------------------------------- apply
-    def apply(self, plan: DnsPlan, *, force: bool = False) -> ApplyResult:
-        check_safety(plan, self.config.max_change_fraction, force)
-        result = ApplyResult(provider=KIND, name=plan.name, applied=False)
-        if plan.empty:
-            return result
+    def write(self, plan: DnsPlan) -> int:
+        """Every change in one PATCH (REPLACE/DELETE: the only changetypes 4.7 has)."""
         zone = plan.context["zone"]
         writes = 0
         if plan.context.get("create_zone"):
             body = {"name": zone, "kind": "Native", "nameservers": [f"ns1.{zone}"]}
             self._request("POST", "/zones", json=body)
             writes += 1
-        response = self._request("PATCH", f"/zones/{zone}", json={"rrsets": plan.context["rrsets"]})
-        writes += 1
+        rrsets: list[dict[str, Any]] = []
+        for change in plan.changes:
+            name, rtype = change.key.rsplit(" ", 1)
+            rrsets.append({"name": name, "type": rtype, "changetype": "DELETE"})
+            if change.after is not None:
+                records = [{"content": c, "disabled": False} for c in change.after["records"]]
+                rrsets[-1].update(changetype="REPLACE", ttl=change.after["ttl"], records=records)
+        response = self._request("PATCH", f"/zones/{zone}", json={"rrsets": rrsets})
         if response.status_code == 404:
             raise DnsValidationError(f"{KIND}: zone {zone} disappeared before apply")
-        return result.model_copy(
-            update={"applied": True, "write_calls": writes, "changes": plan.changes}
-        )
+        return writes + 1
 
 
 def _error_text(response: httpx.Response) -> str:

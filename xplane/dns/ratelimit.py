@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from xplane.dns.base import DnsRetryableError
+from xplane.dns.plan import DnsRetryableError
 from xplane.durations import parse_duration
 
 DEFAULT_MAX_WAIT_S = 10.0  # wait in-process at most this long for a token, then retry later

@@ -20,6 +20,7 @@ in a batch, weighted and simple sets mixed on one name and type.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,39 +29,29 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    HTTPClientError,
     NoCredentialsError,
     ParamValidationError,
     PartialCredentialsError,
 )
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
 
 from xplane.config.models import Route53Config
 from xplane.dns import ratelimit
-from xplane.dns.base import (
-    ApplyResult,
+from xplane.dns.base import api_error, unreachable
+from xplane.dns.plan import (
+    Capabilities,
+    Current,
     DesiredService,
     DnsAuthError,
-    DnsChange,
-    DnsError,
     DnsPlan,
     DnsProvider,
-    DnsRetryableError,
     DnsValidationError,
-    check_safety,
-    ownership_value,
-)
-from xplane.dns.common import (
-    RecordTypeSetting,
+    RecordSet,
     canonical_address,
-    check_ownership,
-    effective_desired,
     fqdn,
-    is_marker,
+    ownership_value,
     quantise,
     region_addresses,
+    registry,
     txt_quote,
     txt_unquote,
 )
@@ -70,76 +61,45 @@ MAX_WEIGHT = 255
 ADDRESS_TYPES = ("A", "AAAA", "CNAME")  # record types at the name XPlane replaces
 RecordKey = tuple[str, str | None]  # (type, SetIdentifier)
 
-RETRYABLE_CODES = {
-    "Throttling",
-    "ThrottlingException",
-    "PriorRequestNotComplete",
-    "RequestLimitExceeded",
-    "ServiceUnavailable",
-    "InternalFailure",
-}
-THROTTLING_CODES = {"Throttling", "ThrottlingException", "RequestLimitExceeded"}
-AUTH_CODES = {
+RETRYABLE_CODES = ("PriorRequestNotComplete", "ServiceUnavailable", "InternalFailure")
+AUTH_CODES = (
     "AccessDenied",
-    "AccessDeniedException",
     "InvalidClientTokenId",
     "SignatureDoesNotMatch",
     "UnrecognizedClientException",
     "ExpiredToken",
     "MissingAuthenticationToken",
-}
+)
 
 
 # ------------------------------------------------------------------ pure parts
-def set_identifier(service: str, region: str) -> str:
-    return f"{service}-{region}"
-
-
-def desired_record_sets(
-    desired: DesiredService, record_type: RecordTypeSetting
-) -> dict[RecordKey, dict[str, Any]]:
-    """The weighted address record sets XPlane wants at the name (TXT not included)."""
-    regions = region_addresses(desired, record_type)
-    weights = quantise({r: w for r, (w, _) in regions.items()}, MAX_WEIGHT)
-    name = fqdn(desired.name)
-    out: dict[RecordKey, dict[str, Any]] = {}
-    for region, (_, by_type) in sorted(regions.items()):
-        sid = set_identifier(desired.service, region)
-        for rtype, addresses in sorted(by_type.items()):
-            out[(rtype, sid)] = {
-                "Name": name,
-                "Type": rtype,
-                "SetIdentifier": sid,
-                "Weight": weights[region],
-                "TTL": desired.ttl,
-                "ResourceRecords": [{"Value": a} for a in addresses],
-            }
-    return out
-
-
 def record_key(record_set: dict[str, Any]) -> RecordKey:
     return (str(record_set["Type"]), record_set.get("SetIdentifier"))
 
 
-def comparable(record_set: dict[str, Any]) -> dict[str, Any]:
-    """What makes two record sets equal (value order and address spelling ignored)."""
-    rtype = record_set["Type"]
-    values = [str(v["Value"]) for v in record_set.get("ResourceRecords") or []]
+def record_set(native: dict[str, Any], owned: bool | None = True) -> RecordSet:
+    """A Route53 record set as the plan sees it (value order and spelling ignored)."""
+    rtype, sid = record_key(native)
+    values = [str(v["Value"]) for v in native.get("ResourceRecords") or []]
     if rtype in ("A", "AAAA"):
         values = [canonical_address(v) for v in values]
     elif rtype == "TXT":
         values = [txt_quote(txt_unquote(v)) for v in values]
-    view = {
-        "Type": rtype,
-        "SetIdentifier": record_set.get("SetIdentifier"),
-        "Weight": record_set.get("Weight"),
-        "TTL": record_set.get("TTL"),
-        "Values": sorted(values),
-    }
+    data = {"TTL": native.get("TTL"), "Values": sorted(values)}
     for extra in ("HealthCheckId", "AliasTarget", "Region", "Failover", "GeoLocation"):
-        if record_set.get(extra) is not None:
-            view[extra] = record_set[extra]
-    return view
+        if native.get(extra) is not None:
+            data[extra] = native[extra]
+    key = f"{rtype}/{sid}" if sid else rtype
+    return RecordSet(
+        key,
+        rtype,
+        data,
+        weights={"Weight": native.get("Weight")},
+        addresses=values if rtype in ADDRESS_TYPES else (),
+        owned=owned,
+        native=native,
+        label=f"{key} {', '.join(values)}",
+    )
 
 
 def validate_change_batch(changes: list[dict[str, Any]], current: Iterable[dict[str, Any]]) -> None:
@@ -150,9 +110,9 @@ def validate_change_batch(changes: list[dict[str, Any]], current: Iterable[dict[
     seen: set[RecordKey] = set()
     final = {record_key(r): r for r in current}
     for change in changes:
-        record_set = change["ResourceRecordSet"]
-        key = record_key(record_set)
-        where = f"{change['Action']} {record_set.get('Name')} {key[0]}" + (
+        native = change["ResourceRecordSet"]
+        key = record_key(native)
+        where = f"{change['Action']} {native.get('Name')} {key[0]}" + (
             f" {key[1]}" if key[1] else ""
         )
         if key in seen:
@@ -161,7 +121,7 @@ def validate_change_batch(changes: list[dict[str, Any]], current: Iterable[dict[
         if change["Action"] == "DELETE":
             final.pop(key, None)
             continue
-        weight = record_set.get("Weight")
+        weight = native.get("Weight")
         if weight is not None and (not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT):
             raise DnsValidationError(
                 f"{KIND}: {where}: Weight {weight!r} is not in 0..{MAX_WEIGHT}"
@@ -170,9 +130,9 @@ def validate_change_batch(changes: list[dict[str, Any]], current: Iterable[dict[
             raise DnsValidationError(
                 f"{KIND}: {where}: a weighted set needs a 1..128 char SetIdentifier"
             )
-        if not record_set.get("ResourceRecords") and not record_set.get("AliasTarget"):
+        if not native.get("ResourceRecords") and not native.get("AliasTarget"):
             raise DnsValidationError(f"{KIND}: {where}: no values")
-        final[key] = record_set
+        final[key] = native
     for rtype in {k[0] for k in final}:
         kinds = {k[1] is None for k in final if k[0] == rtype}
         if len(kinds) > 1:
@@ -180,32 +140,6 @@ def validate_change_batch(changes: list[dict[str, Any]], current: Iterable[dict[
                 f"{KIND}: the batch would leave simple and weighted {rtype} record sets "
                 "mixed on one name (Route53 rejects this)"
             )
-
-
-def classify_client_error(what: str, code: str, status: int, message: str) -> DnsError:
-    """botocore ClientError -> XPlane's error classes."""
-    text = f"{KIND}: {what}: {code} (HTTP {status}): {message}"
-    if code in RETRYABLE_CODES or status == 429 or status >= 500:
-        return DnsRetryableError(text)
-    if code in AUTH_CODES or status in (401, 403):
-        return DnsAuthError(text)
-    return DnsValidationError(text)
-
-
-def _change_view(record_set: dict[str, Any] | None) -> dict[str, Any] | None:
-    if record_set is None:
-        return None
-    view = comparable(record_set)
-    view.pop("Type")
-    return {k: v for k, v in view.items() if v is not None}
-
-
-def _values(record_sets: Iterable[dict[str, Any]]) -> list[str]:
-    return sorted({str(v["Value"]) for rs in record_sets for v in rs.get("ResourceRecords") or []})
-
-
-def _key_text(key: RecordKey) -> str:
-    return f"{key[0]}/{key[1]}" if key[1] else key[0]
 
 
 # ------------------------------------------------------------------- provider
@@ -217,6 +151,8 @@ class Route53Provider(DnsProvider):
     """
 
     kind = KIND
+    config: Route53Config
+    capabilities = Capabilities(max_weight=MAX_WEIGHT, weights="region")
 
     def __init__(self, config: Route53Config, *, client: Any = None) -> None:
         self.config = config
@@ -254,20 +190,23 @@ class Route53Provider(DnsProvider):
             meta = err.response.get("ResponseMetadata", {})
             status = int(meta.get("HTTPStatusCode", 0))
             code = str(error.get("Code", ""))
-            classified = classify_client_error(what, code, status, str(error.get("Message", "")))
-            if code in THROTTLING_CODES or status == 429:
-                headers = meta.get("HTTPHeaders") or {}
-                retry_after = ratelimit.parse_retry_after(headers.get("retry-after"))
-                raise ratelimit.throttled(self.bucket, str(classified), retry_after) from None
-            raise classified from None
+            message = f"{KIND}: {what}: {code} (HTTP {status}): {error.get('Message', '')}"
+            retry_after = (meta.get("HTTPHeaders") or {}).get("retry-after")
+            raise api_error(
+                message,
+                status,
+                code,
+                bucket=self.bucket,
+                retry_after=retry_after,
+                retryable=RETRYABLE_CODES,
+                auth=AUTH_CODES,
+            ) from None
         except (NoCredentialsError, PartialCredentialsError) as err:
             raise DnsAuthError(f"{KIND}: {what}: {err}") from None
         except ParamValidationError as err:
             raise DnsValidationError(f"{KIND}: {what}: {err}") from None
-        except (BotoConnectionError, HTTPClientError) as err:
-            raise DnsRetryableError(f"{KIND}: {what}: {type(err).__name__}: {err}") from None
-        except BotoCoreError as err:
-            raise DnsRetryableError(f"{KIND}: {what}: {type(err).__name__}: {err}") from None
+        except BotoCoreError as err:  # connection errors and timeouts among them
+            raise unreachable(f"{KIND}: {what}", err) from None
 
     # ---------------------------------------------------------------- reads
     def zone_id(self, zone: str) -> str:
@@ -333,80 +272,51 @@ class Route53Provider(DnsProvider):
             seen_starts.add(marker)
         return list(found.values())
 
-    # ---------------------------------------------------------------- plan
-    def plan(self, desired: DesiredService, *, takeover: bool = False) -> DnsPlan:
-        desired = effective_desired(desired, self.config)
-        name = fqdn(desired.name)
+    def read(self, desired: DesiredService) -> Current:
         zone_id = self.zone_id(desired.zone)
-        current = {record_key(r): r for r in self.record_sets(zone_id, name)}
-
-        marker = ownership_value(desired.owner_id, desired.service)
-        txt_values = [
+        found = self.record_sets(zone_id, fqdn(desired.name))
+        txt = [
             txt_unquote(str(v["Value"]))
-            for (rtype, _), r in current.items()
-            if rtype == "TXT"
+            for r in found
+            if r["Type"] == "TXT"
             for v in r.get("ResourceRecords") or []
         ]
-        present = sorted({k for k in current if k[0] in ADDRESS_TYPES})
-        owned = check_ownership(
-            provider=KIND,
-            name=desired.name,
-            marker=marker,
-            txt_values=txt_values,
-            foreign_address_sets=[k[0] for k in present],
-            takeover=takeover,
-        )
-        plan = DnsPlan(provider=KIND, service=desired.service, name=desired.name)
-        wanted = desired_record_sets(desired, self.config.record_type)
-        if not wanted and not present:
-            return plan  # nothing published and nothing to publish
-        kept = sorted({v for v in txt_values if not is_marker(v)} | {marker})
-        wanted[("TXT", None)] = {
-            "Name": name,
-            "Type": "TXT",
-            "TTL": desired.ttl,
-            "ResourceRecords": [{"Value": txt_quote(v)} for v in kept],
-        }
-        managed = [k for k in current if k[0] in ADDRESS_TYPES or k[0] == "TXT"]
+        owners = registry(txt, ownership_value(desired.owner_id, desired.service))
+        sets = [
+            record_set(r, owners.owned or (None if r["Type"] == "TXT" else False))
+            for r in found
+            if r["Type"] in ADDRESS_TYPES or r["Type"] == "TXT"
+        ]
+        context = {"zone_id": zone_id, "txt": owners.values, "listed": found}
+        return Current(sets, owners.others, context)
 
-        deletes: list[dict[str, Any]] = []
-        upserts: list[dict[str, Any]] = []
-        for key in sorted(set(managed) | set(wanted), key=lambda k: (k[0], k[1] or "")):
-            before, after = current.get(key), wanted.get(key)
-            if after is None:
-                assert before is not None
-                deletes.append({"Action": "DELETE", "ResourceRecordSet": before})
-                plan.changes.append(
-                    DnsChange(action="delete", key=_key_text(key), before=_change_view(before))
-                )
-            elif before is None or comparable(before) != comparable(after):
-                upserts.append({"Action": "UPSERT", "ResourceRecordSet": after})
-                plan.changes.append(
-                    DnsChange(
-                        action="create" if before is None else "update",
-                        key=_key_text(key),
-                        before=_change_view(before),
-                        after=_change_view(after),
-                    )
-                )
-        batch = deletes + upserts  # deletes first: a simple set may give way to weighted ones
-        validate_change_batch(batch, current.values())
-        plan.owned_record_sets = len(managed) if owned else 0
-        plan.removes_all_addresses = bool(present) and not any(
-            k[0] in ADDRESS_TYPES for k in wanted
-        )
-        if owned:
-            plan.addresses_before = _values(current[k] for k in present)
-            plan.addresses_after = _values(s for k, s in wanted.items() if k[0] in ADDRESS_TYPES)
-        plan.context = {"zone_id": zone_id, "changes": batch}
-        return plan
+    def wanted(self, desired: DesiredService, current: Current) -> list[RecordSet]:
+        """Per region and address type a weighted set (``<service>-<region>``); the TXT."""
+        regions = region_addresses(desired, self.config.record_type)
+        weights = quantise({r: w for r, (w, _) in regions.items()}, self.capabilities.max_weight)
+        name, ttl = fqdn(desired.name), desired.ttl
+        values = [{"Value": txt_quote(v)} for v in current.context["txt"]]
+        out = [record_set({"Name": name, "Type": "TXT", "TTL": ttl, "ResourceRecords": values})]
+        for region, (_, by_type) in sorted(regions.items()):
+            sid = f"{desired.service}-{region}"
+            for rtype, addresses in sorted(by_type.items()):
+                native: dict[str, Any] = {"Name": name, "Type": rtype, "SetIdentifier": sid}
+                native |= {"Weight": weights[region], "TTL": ttl}
+                native["ResourceRecords"] = [{"Value": a} for a in addresses]
+                out.append(record_set(native))
+        return out
 
-    # --------------------------------------------------------------- apply
-    def apply(self, plan: DnsPlan, *, force: bool = False) -> ApplyResult:
-        check_safety(plan, self.config.max_change_fraction, force)
-        result = ApplyResult(provider=KIND, name=plan.name, applied=False)
-        if plan.empty:
-            return result
+    def check(self, plan: DnsPlan) -> None:
+        """The one ChangeResourceRecordSets batch, checked as AWS would: deletes first (a
+        simple set may give way to weighted ones), then UPSERTs (a retry is no duplicate)."""
+        deletes = [c for c in plan.changes if c.action == "delete"]
+        batch = [{"Action": "DELETE", "ResourceRecordSet": c.before} for c in deletes]
+        upserts = [c for c in plan.changes if c.action != "delete"]
+        batch += [{"Action": "UPSERT", "ResourceRecordSet": c.after} for c in upserts]
+        validate_change_batch(batch, plan.context.pop("listed", []))
+        plan.context["changes"] = batch
+
+    def write(self, plan: DnsPlan) -> int:
         zone_id = plan.context["zone_id"]
         self._call(
             f"ChangeResourceRecordSets {zone_id} {plan.name}",
@@ -417,21 +327,9 @@ class Route53Provider(DnsProvider):
                 "Changes": plan.context["changes"],
             },
         )
-        return result.model_copy(
-            update={"applied": True, "write_calls": 1, "changes": plan.changes}
-        )
+        return 1
 
 
 def _unescape(name: str) -> str:
     """Route53 returns some characters as octal escapes (``\\052`` for ``*``)."""
-    if "\\" not in name:
-        return name
-    out, i = [], 0
-    while i < len(name):
-        if name[i] == "\\" and name[i + 1 : i + 4].isdigit():
-            out.append(chr(int(name[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(name[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), name)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
 
-from xplane.dns.base import DesiredService
+from xplane.dns.plan import DesiredService
 
 DEFAULT_MIN_SHARE_CHANGE = 0.02
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from xplane.dns.base import DesiredService
+from xplane.dns.plan import DesiredService
 from xplane.gtm.weights import ServiceWeights
 
 DnsAction = Literal["write", "hold", "force"]

@@ -45,11 +45,6 @@ from pydantic import BaseModel, Field
 from xplane.config.models import GtmPolicy, GtmRegion, Region
 from xplane.domain import NodeSnapshot, NodeState, NodeStatus, PoolSnapshot
 
-# Built-in defaults when neither the GTM entry nor the region says (same as Region's).
-DEFAULT_BASE_WEIGHT = 100.0
-DEFAULT_MIN_READY_NODES = 1
-DEFAULT_HEALTH_THRESHOLD = 0.5
-
 _GONE_STATES = (NodeState.DRAIN, NodeState.DELETE)
 
 
@@ -100,6 +95,11 @@ class ServiceWeights(BaseModel):
         return {name: r.effective_weight for name, r in self.regions.items()}
 
 
+def summarize(weights: ServiceWeights) -> dict[str, float]:
+    """Region -> published weight, rounded for humans (the GTM loop's status)."""
+    return {name: round(r.effective_weight, 3) for name, r in weights.regions.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class ResolvedRegion:
     """A GTM region with every optional field filled in."""
@@ -113,34 +113,19 @@ class ResolvedRegion:
 
 
 def resolve_region(entry: GtmRegion, region: Region | None) -> ResolvedRegion:
-    """GTM entry first, then the region's own value, then the built-in default.
-
-    The config loader normally fills the entry already; this keeps raw models working.
-    """
+    """The entry as :meth:`GtmRegion.resolved` fills it (the config loader has already:
+    this keeps raw models working), with the region's ``retired``."""
+    full = entry.resolved(region)
+    assert full.weight is not None and full.min_ready_nodes is not None
+    assert full.health_threshold is not None
     return ResolvedRegion(
         name=entry.name,
-        base_weight=_first(
-            entry.weight, region.base_weight if region else None, DEFAULT_BASE_WEIGHT
-        ),
-        min_ready_nodes=int(
-            _first(
-                entry.min_ready_nodes,
-                region.min_ready_nodes if region else None,
-                DEFAULT_MIN_READY_NODES,
-            )
-        ),
-        health_threshold=_first(
-            entry.health_threshold,
-            region.health_threshold if region else None,
-            DEFAULT_HEALTH_THRESHOLD,
-        ),
+        base_weight=float(full.weight),
+        min_ready_nodes=full.min_ready_nodes,
+        health_threshold=float(full.health_threshold),
         fallback=entry.fallback,
         retired=bool(region and region.retired),
     )
-
-
-def _first(*values: float | None) -> float:
-    return float(next(v for v in values if v is not None))
 
 
 def pools_of_service(service: str, pools: Iterable[PoolSnapshot]) -> dict[str, int]:
