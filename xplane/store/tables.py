@@ -5,7 +5,7 @@ Alembic's env and the test fixtures import this one module.
 
 from sqlalchemy import String
 
-from xplane.store import cluster, config_store, events, gate, nodes, pools  # noqa: F401
+from xplane.store import api_tokens, cluster, config_store, events, gate, nodes, pools  # noqa: F401
 from xplane.store.db import Base
 from xplane.webhooks import deliveries  # noqa: F401
 
