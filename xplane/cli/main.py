@@ -22,6 +22,7 @@ from xplane.cli import (
     regions_cmd,
     status_cmd,
     sync_cmd,
+    tokens_cmd,
     up_cmd,
     worker_cmd,
 )
@@ -56,6 +57,7 @@ for module in (
     status_cmd,
     demo_cmd,
     regions_cmd,
+    tokens_cmd,
 ):
     module.register(app)
 
