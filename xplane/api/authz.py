@@ -20,6 +20,7 @@ the right is 403. Adding a route is adding one line here, e.g.::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -285,43 +286,53 @@ class AuthzMiddleware:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         audit = _Audit(self.authn.factory, rule, headers, body)
         identity: Identity | None = None
-        target = Target()
+        target: Target | None = None
+        call = Call(params, _query(scope), body, self.authn.factory)
         try:
             identity = await self.authn.identify(headers.get("authorization", ""))
             if rule.target is not None:
-                query = _query(scope)
-                call = Call(params, query, body, self.authn.factory)
                 target = await run_in_threadpool(rule.target, call)
-            if not self._allowed(identity, rule, target):
+            if not self._allowed(identity, rule, target or Target()):
                 assert rule.permission is not None
                 raise ApiError(
                     403,
                     "forbidden",
-                    [("authorization", _refusal(identity, rule.permission, target))],
+                    [("authorization", _refusal(identity, rule.permission, target or Target()))],
                 )
         except ApiError as exc:
-            await audit.write(identity, target, exc.status)
+            if target is None and rule.action is not None and rule.target is not None:
+                # Refused before the lookup (401): the audit still names what was aimed at.
+                with contextlib.suppress(Exception):
+                    target = await run_in_threadpool(rule.target, call)
+            await audit.write(identity, target or Target(), exc.status)
             response = render_error(exc, where)
             response.headers[REQUEST_ID_HEADER] = audit.request_id
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["identity"] = identity
+        target = target or Target()
         status = 500
+        audited = False
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
+        async def send_audited(message: Message) -> None:
+            nonlocal status, audited
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER.encode(), audit.request_id.encode()),
                 ]
+            elif not message.get("more_body", False) and not audited:
+                # Written before the answer completes: a caller that got it finds the event.
+                audited = True
+                await audit.write(identity, target, status)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_audited)
         finally:
-            await audit.write(identity, target, status)
+            if not audited:  # the route raised, or the client went away
+                await audit.write(identity, target, status)
 
     def _match(self, scope: Scope) -> tuple[str, dict[str, Any]] | None:
         if self._routes is None:
