@@ -1,0 +1,165 @@
+"""API tokens: created through the API (and ``xplane tokens``), shown once, stored
+hashed, refused once expired or revoked; plus the pure rules of roles and scopes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from tests.test_api_support import (
+    ADMIN,
+    Api,
+    bearer,
+    module_database,
+    reset_database,
+    running_api,
+)
+from xplane.auth.roles import (
+    Grant,
+    Identity,
+    Permission,
+    Role,
+    Scope,
+    Target,
+    claim_names,
+    grants_for,
+    parse_role_map,
+)
+from xplane.cli.main import app as cli
+from xplane.store import api_tokens
+from xplane.store.db import make_sessionmaker, transaction, utcnow
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
+    yield from module_database("sqlite", str(tmp_path_factory.mktemp("tokens")))
+
+
+@pytest.fixture(scope="module")
+def server(database: tuple[str, Engine]) -> Iterator[Api]:
+    with running_api(database[1], database[0]) as running:
+        yield running
+
+
+@pytest.fixture
+def api(server: Api) -> Api:
+    reset_database(server.engine)
+    return server
+
+
+def _cli(api: Api, *args: str, token: str = ADMIN) -> tuple[int, str, str]:
+    env = {"XPLANE_API_URL": api.url, "XPLANE_ADMIN_TOKEN": token}
+    result = CliRunner().invoke(cli, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_creates_lists_and_revokes_a_token(api: Api) -> None:
+    code, out, err = _cli(api, "tokens", "create", "deploy-bot", "--role", "operator",
+                          "--scope", "web/jp", "--expires-in", "2h", "--reason", "CI")  # fmt: skip
+    assert code == 0, err
+    secret = out.strip()
+    assert secret.startswith("xpt_") and "shown once" in err
+    assert api.http.get("/nodes", headers=bearer(secret)).status_code == 200
+    assert api.http.get("/tokens", headers=bearer(secret)).status_code == 403  # operator
+
+    code, out, err = _cli(api, "tokens", "list", "--json")
+    assert code == 0, err
+    [listed] = json.loads(out)
+    assert (listed["name"], listed["role"], listed["scopes"], listed["state"]) == (
+        "deploy-bot", "operator", ["web/jp"], "active",
+    )  # fmt: skip
+    assert listed["created_by"] == "admin-token"
+    assert secret not in out
+
+    code, out, err = _cli(api, "tokens", "revoke", "deploy-bot", "--reason", "leaked")
+    assert code == 0, err
+    assert "deploy-bot: revoked at" in out
+    assert api.http.get("/nodes", headers=bearer(secret)).status_code == 401
+    assert api.admin("GET", "/tokens").json()[0]["state"] == "revoked"
+
+
+def test_cli_without_admin_rights_fails_with_the_reason(api: Api) -> None:
+    code, _out, err = _cli(api, "tokens", "list", token="nonsense")
+    assert code == 1 and "401" in err
+
+
+def test_names_are_never_reused_and_bad_input_names_the_field(api: Api) -> None:
+    body = {"name": "bot", "role": "viewer"}
+    assert api.admin("POST", "/tokens", json=body).status_code == 201
+    api.admin("DELETE", "/tokens/bot")
+    again = api.admin("POST", "/tokens", json=body)
+    assert again.status_code == 409 and again.json()["detail"][0]["field"] == "name"
+    for bad, field in (
+        ({"name": "x", "role": "root"}, "role"),
+        ({"name": "x", "role": "viewer", "scopes": ["a/b/c"]}, "scopes[0]"),
+        ({"name": "x", "role": "viewer", "expires_in": "100y"}, "expires_in"),
+        ({"name": "x", "role": "viewer", "expires_in": "0s"}, "expires_in"),
+        ({"name": "UPPER", "role": "viewer"}, "name"),
+    ):
+        response = api.admin("POST", "/tokens", json=bad)
+        assert response.status_code == 422, (bad, response.text)
+        assert response.json()["detail"][0]["field"] == field, response.json()
+    assert [t["name"] for t in api.admin("GET", "/tokens").json()] == ["bot"]
+    assert api.admin("DELETE", "/tokens/nobody").status_code == 404
+
+
+def test_expired_token_is_refused(api: Api) -> None:
+    with transaction(make_sessionmaker(api.engine)) as session:
+        old = api_tokens.create_token(
+            session, "old", "admin", [], utcnow() - timedelta(seconds=1), "t"
+        ).token
+        live = api_tokens.create_token(
+            session, "live", "admin", [], utcnow() + timedelta(minutes=5), "t"
+        ).token
+    assert api.http.get("/tokens", headers=bearer(old)).status_code == 401
+    listed = {t["name"]: t["state"] for t in api.http.get("/tokens", headers=bearer(live)).json()}
+    assert listed == {"old": "expired", "live": "active"}
+
+
+def test_only_the_hash_is_stored(api: Api) -> None:
+    created = api.admin("POST", "/tokens", json={"name": "bot", "role": "viewer"}).json()
+    with make_sessionmaker(api.engine)() as session:
+        row = session.get(api_tokens.ApiTokenRow, "bot")
+        assert row is not None
+        assert row.token_hash == api_tokens.hash_token(created["token"])
+        assert created["token"] not in repr(vars(row))
+
+
+# ------------------------------------------------------------------ pure rules
+def test_roles_include_the_lower_ones_and_scopes_limit_them() -> None:
+    jp = Target("svc-plus", "jp", "jp-1")
+    sg = Target("svc-plus", "sg", "sg-1")
+    op_jp = Identity("t", "s", "n", (Grant(Role.operator, Scope.parse("svc-plus/jp")),))
+    assert op_jp.allows(Permission.operate, jp) and op_jp.allows(Permission.read, jp)
+    assert not op_jp.allows(Permission.operate, sg)
+    assert not op_jp.allows(Permission.admin, jp)
+    assert not op_jp.allows(Permission.operate, Target())  # service-less: unscoped only
+    svc = Identity("t", "s", "n", (Grant(Role.viewer, Scope.parse("svc-plus")),))
+    assert svc.allows(Permission.read, sg) and not svc.allows(Permission.read, Target("other"))
+    admin = Identity("t", "s", "n", (Grant(Role.admin),))
+    assert all(admin.allows(p, Target()) for p in Permission)
+    assert not Identity("t", "s", "n").allows(Permission.read, jp)
+
+
+def test_casdoor_roles_and_groups_map_to_grants() -> None:
+    claims = {
+        "roles": [{"name": "jp-oncall", "owner": "built-in"}, "viewer", {"no": "name"}, 3],
+        "groups": ["built-in/sre"],
+    }
+    names = claim_names(claims)
+    assert names == ["jp-oncall", "viewer", "built-in/sre"]
+    mapping = parse_role_map("jp-oncall=operator@svc-plus/jp, built-in/sre=admin")
+    assert grants_for(names, mapping) == (
+        Grant(Role.operator, Scope("svc-plus", "jp")),
+        Grant(Role.viewer),
+        Grant(Role.admin),
+    )
+    assert claim_names({"xroles": "admin"}, "xroles") == ["admin"]
+    for bad in ("nope", "a=emperor", "a=viewer@x/y/z"):
+        with pytest.raises(ValueError):
+            parse_role_map(bad)
