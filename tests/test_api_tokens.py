@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -33,6 +34,7 @@ from xplane.auth.roles import (
 from xplane.cli.main import app as cli
 from xplane.store import api_tokens
 from xplane.store.db import make_sessionmaker, transaction, utcnow
+from xplane.up import admin_login
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +165,19 @@ def test_casdoor_roles_and_groups_map_to_grants() -> None:
     for bad in ("nope", "a=emperor", "a=viewer@x/y/z"):
         with pytest.raises(ValueError):
             parse_role_map(bad)
+
+
+def test_up_prints_a_working_admin_login_and_replaces_it_next_run(api: Api, tmp_path: Path) -> None:
+    said: list[str] = []
+    factory = make_sessionmaker(api.engine)
+    first = admin_login(factory, tmp_path, api.url, said.append)
+    old = first.read_text().strip()
+    assert first.stat().st_mode & 0o777 == 0o600
+    assert f"XPLANE_ADMIN_TOKEN=$(cat {first})" in said[0] and api.url in said[0]
+    assert api.http.get("/tokens", headers=bearer(old)).status_code == 200  # admin
+
+    second = admin_login(factory, tmp_path, api.url, said.append)
+    new = second.read_text().strip()
+    assert new != old
+    assert api.http.get("/tokens", headers=bearer(old)).status_code == 401
+    assert api.http.get("/tokens", headers=bearer(new)).status_code == 200
