@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 from tests.test_api_support import (
@@ -34,6 +34,7 @@ from xplane.auth.roles import (
 from xplane.cli.main import app as cli
 from xplane.store import api_tokens
 from xplane.store.db import make_sessionmaker, transaction, utcnow
+from xplane.store.events import EventRow
 from xplane.up import admin_login
 
 
@@ -181,3 +182,30 @@ def test_up_prints_a_working_admin_login_and_replaces_it_next_run(api: Api, tmp_
     assert new != old
     assert api.http.get("/tokens", headers=bearer(old)).status_code == 401
     assert api.http.get("/tokens", headers=bearer(new)).status_code == 200
+
+
+def test_cli_writes_the_store_directly_with_db_and_is_audited(
+    api: Api, database: tuple[str, Engine]
+) -> None:
+    code, out, err = _cli(api, "tokens", "create", "first-admin", "--role", "admin",
+                          "--db", database[0], "--reason", "bootstrap", token="")  # fmt: skip
+    assert code == 0, err
+    secret = out.strip()
+    assert api.http.get("/tokens", headers=bearer(secret)).status_code == 200
+    code, out, err = _cli(api, "tokens", "create", "first-admin", "--role", "admin",
+                          "--db", database[0], token="")  # fmt: skip
+    assert code == 1 and "exists" in err
+    code, out, err = _cli(api, "tokens", "revoke", "first-admin", "--db", database[0], token="")
+    assert code == 0, err
+    assert api.http.get("/tokens", headers=bearer(secret)).status_code == 401
+    with make_sessionmaker(api.engine)() as session:
+        audit = [
+            (e.kind, e.source, e.data["who"]["kind"], e.data["reason"])
+            for e in session.scalars(select(EventRow).order_by(EventRow.id))
+            if e.kind.startswith("audit.")
+        ]
+    assert audit == [
+        ("audit.token.create", "cli", "cli", "bootstrap"),
+        ("audit.token.revoke", "cli", "cli", None),
+    ]
+    assert secret not in json.dumps(audit)

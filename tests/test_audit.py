@@ -204,3 +204,35 @@ def test_events_cli_lists_audit_events(api: Api, database: tuple[str, Engine]) -
     listed = json.loads(result.output)
     assert [e["kind"] for e in listed] == ["audit.node.drain"]
     assert listed[0]["data"]["reason"] == "cli"
+
+
+def test_gate_cli_switches_are_audited(api: Api, database: tuple[str, Engine]) -> None:
+    for verb in ("close", "open"):
+        result = CliRunner().invoke(
+            cli, ["gate", verb, "--reason", "db failover", "--db", database[0]]
+        )
+        assert result.exit_code == 0, result.output
+
+    events = _audit(api)
+    assert [(e.kind, e.source, e.data["reason"]) for e in events] == [
+        ("audit.gate.close", "cli", "db failover"),
+        ("audit.gate.open", "cli", "db failover"),
+    ]
+    assert events[0].data["who"]["name"].startswith("cli:")
+
+
+def test_control_characters_in_what_callers_send_are_stored_harmlessly(api: Api) -> None:
+    assert api.admin("POST", "/nodes/jp%00x/drain", json={}).status_code == 422
+    forged = {"X-XPlane-Reason": "ok\tthen", "X-Request-ID": "bad id with spaces"}
+    assert (
+        api.http.post("/nodes/jp-x/drain", json={}, headers={**bearer(ADMIN), **forged}).status_code
+        == 404
+    )
+    assert api.admin("POST", "/nodes/jp-x/drain", json={"reason": "a\nb\u0000c"}).status_code == 422
+
+    events = _audit(api)
+    assert [e.data["outcome"] for e in events] == ["failed"] * 3
+    assert events[0].node_id == "jp?x"
+    assert events[1].data["reason"] == "ok?then"
+    assert events[1].data["request_id"] != "bad id with spaces"  # replaced by a generated one
+    assert events[2].data["reason"] == "a?b?c"

@@ -73,8 +73,11 @@ def no_target(_call: Call) -> Target:
 def node_target(call: Call) -> Target:
     """The node in the path, with its service and region from the store."""
     from xplane.store.nodes import NodeRow
+    from xplane.store.tables import column_length
 
     node_id = str(call.path_params.get("node_id", ""))
+    if "\x00" in node_id or len(node_id) > column_length("nodes", "id"):
+        return Target(node_id=node_id)  # no such node can exist; the route answers 422
     with call.factory() as session:
         row = session.get(NodeRow, node_id)
     if row is None:  # the handler answers 404; only an unscoped grant gets that far

@@ -9,6 +9,7 @@ Never a token or a secret: identities are named, not quoted.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -44,7 +45,8 @@ def record_audit(
 ) -> EventRow:
     who = identity.name if identity is not None else ANONYMOUS
     role = identity.role if identity is not None else "none"
-    reason = (reason or "").strip()[:REASON_MAX] or None
+    reason = _clean((reason or "").strip()[:REASON_MAX]) or None
+    target = Target(**{k: _clean(v) if v is not None else None for k, v in vars(target).items()})
     message = f"{who} ({role}): {action} {target.describe()}: {outcome}"
     if reason:
         message += f" ({reason})"
@@ -77,5 +79,24 @@ def record_audit(
     )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _clean(value: str) -> str:
+    """Control characters out (PostgreSQL refuses NUL; a newline would forge log lines)."""
+    return _CONTROL.sub("?", value)
+
+
 def _fit(value: str | None, column: str) -> str | None:
     return None if value is None else value[: column_length("events", column)]
+
+
+def cli_identity() -> Identity:
+    """Who runs a CLI command that writes the store directly: the OS user, with the
+    store's own rights (whoever holds the database URL holds everything)."""
+    import getpass
+
+    from xplane.auth.roles import Grant, Role
+
+    name = f"cli:{getpass.getuser()}"
+    return Identity("cli", subject=name, name=name, grants=(Grant(Role.admin),))
