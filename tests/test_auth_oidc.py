@@ -218,3 +218,22 @@ def test_provider_down_at_first_use_is_503_not_401(tmp_path: Path) -> None:
     token = jwt.encode({"sub": "x"}, rsa.generate_private_key(65537, 2048), algorithm="RS256")
     with pytest.raises(ProviderUnavailable):
         verifier.claims(token)
+
+
+def test_provider_down_after_first_fetch_keeps_the_cached_keys(tmp_path: Path) -> None:
+    mock = OidcMock(tmp_path)
+    mock.start()
+    try:
+        verifier = OidcVerifier(
+            OidcSettings(issuer=mock.issuer, audiences=("xplane",), refresh_interval=0, timeout=2)
+        )
+        mock.set_user("alice", OPERATOR_CLAIMS)
+        token = mock.id_token("alice")
+        assert verifier.claims(token)["sub"] == "alice"
+    finally:
+        mock.stop()
+    assert verifier.claims(token)["sub"] == "alice"  # cached key, provider gone
+    rogue = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(_claims(token), rogue, algorithm="RS256", headers={"kid": "new"})
+    with pytest.raises(InvalidToken):  # refetch fails: refused, not a 5xx
+        verifier.claims(forged)

@@ -14,6 +14,7 @@ Casdoor's JWT access tokens both carry it), ``exp`` and ``nbf`` with ``leeway``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from jwt import PyJWK, PyJWKClient
 
 from xplane.auth.roles import DEFAULT_ROLE_MAP, Grant, Identity, claim_names, grants_for
 
+log = logging.getLogger(__name__)
 ALGORITHMS = ("RS256", "ES256")
 
 
@@ -61,6 +63,7 @@ class OidcVerifier:
         self._jwks: PyJWKClient | None = None
         self._keys: list[PyJWK] = []
         self._fetched_at = float("-inf")
+        self._failed_at = float("-inf")
 
     # ------------------------------------------------------------------ keys
     def _client(self) -> PyJWKClient:
@@ -100,15 +103,28 @@ class OidcVerifier:
     def _cached_keys(self) -> list[PyJWK]:
         with self._lock:
             if self._fetched_at == float("-inf"):
-                return self._fetch()
+                # Never fetched: try, but not on every request while the provider is down.
+                if time.monotonic() - self._failed_at < self.settings.refresh_interval:
+                    raise ProviderUnavailable("unreachable moments ago")
+                try:
+                    return self._fetch()
+                except ProviderUnavailable:
+                    self._failed_at = time.monotonic()
+                    raise
             return self._keys
 
     def _refreshed_keys(self) -> list[PyJWK] | None:
-        """The keys fetched again, or None when the last fetch is too recent."""
+        """The keys fetched again, or None when the last fetch is too recent (or this
+        one failed: the cached keys stay, and a token none of them verifies is refused)."""
         with self._lock:
             if time.monotonic() - self._fetched_at < self.settings.refresh_interval:
                 return None
-            return self._fetch()
+            try:
+                return self._fetch()
+            except ProviderUnavailable as exc:
+                log.warning("refreshing the OIDC keys failed (cached keys kept): %s", exc)
+                self._fetched_at = time.monotonic()  # retried after the interval, not sooner
+                return None
 
     # ------------------------------------------------------------------ tokens
     def claims(self, token: str) -> dict[str, Any]:
@@ -121,25 +137,24 @@ class OidcVerifier:
         if alg not in ALGORITHMS:
             raise InvalidToken(f"algorithm {alg!r} is not accepted ({', '.join(ALGORITHMS)})")
         kid = header.get("kid")
-        keys: list[PyJWK] | None = self._cached_keys()
-        refreshed = False
-        while keys is not None:
-            candidates = [k for k in keys if k.algorithm_name == alg and kid in (None, k.key_id)]
-            error: Exception | None = None
-            for key in candidates:
+        keys = self._cached_keys()
+        for attempt in range(2):
+            for key in keys:
+                if key.algorithm_name != alg or kid not in (None, key.key_id):
+                    continue
                 try:
                     return self._decode(token, key, alg)
-                except jwt.InvalidSignatureError as exc:
-                    error = exc  # another key may be the one (no kid), or a rotated one
+                except jwt.InvalidSignatureError:
+                    continue  # another key may be the one (a token without kid)
                 except jwt.InvalidTokenError as exc:
                     raise InvalidToken(str(exc)) from None
-            if refreshed:
-                break
             # An unknown kid, or no cached key verifies it: maybe the provider rotated.
-            keys, refreshed = self._refreshed_keys(), True
-            if error is None and not candidates and keys is None:
-                raise InvalidToken(f"no key {kid!r} at the issuer")
-        raise InvalidToken("signature verification failed")
+            refreshed = self._refreshed_keys() if attempt == 0 else None
+            if refreshed is None:
+                break
+            keys = refreshed
+        which = f"key {kid!r}" if kid else "key"
+        raise InvalidToken(f"no {which} of the issuer verifies the signature")
 
     def _decode(self, token: str, key: PyJWK, alg: str) -> dict[str, Any]:
         claims: dict[str, Any] = jwt.decode(
