@@ -108,6 +108,25 @@ def body_target(service: str = "service", region: str = "region") -> TargetFinde
     return find
 
 
+def loop_target(call: Call) -> Target:
+    """A control loop's workflow id: ``gtm-<service>``, ``autoscale-<service>-<region>``
+    (split by the configured services, as both names may hold dashes), or a singleton
+    loop (``gitops-sync``, ``world-state``) that belongs to no service."""
+    from xplane.store.config_store import service_regions
+
+    loop = str(call.path_params.get("workflow_id", ""))
+    if loop.startswith("gtm-"):
+        return Target(service=loop.removeprefix("gtm-"), name=loop)
+    if loop.startswith("autoscale-"):
+        with call.factory() as session:
+            known = service_regions(session)
+        for service, regions in known.items():
+            for region in regions:
+                if loop == f"autoscale-{service}-{region}":
+                    return Target(service=service, region=region, name=loop)
+    return Target(name=loop)
+
+
 def named_target(param: str = "name") -> TargetFinder:
     """A named thing that belongs to no service (an API token)."""
     return lambda call: Target(name=str(call.path_params.get(param, "")) or None)
@@ -160,6 +179,16 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/nodes/{node_id}"): read(node_target),
     ("GET", "/regions"): read(),
     ("POST", "/nodes/{node_id}/drain"): operate("node.drain", node_target),
+    # Operator actions answered by Workflow Updates (xplane/api/routes_actions.py).
+    ("POST", "/nodes/{node_id}/undrain"): operate("node.undrain", node_target),
+    ("POST", "/loops/{workflow_id}/pause"): operate("loop.pause", loop_target),
+    ("POST", "/loops/{workflow_id}/resume"): operate("loop.resume", loop_target),
+    ("POST", "/sync"): operate("sync", no_target),
+    ("POST", "/regions/{service}/{region}/retry"): operate("region.retry", path_target()),
+    ("POST", "/gate/close"): operate("gate.close", no_target),
+    ("POST", "/gate/open"): operate("gate.open", no_target),
+    ("POST", "/gtm/{service}/plan/approve"): admin("gtm.plan.approve", path_target()),
+    ("POST", "/gtm/{service}/plan/reject"): admin("gtm.plan.reject", path_target()),
     ("GET", "/tokens"): admin(None),
     ("POST", "/tokens"): admin("token.create"),
     ("DELETE", "/tokens/{name}"): admin("token.revoke", named_target()),
@@ -312,7 +341,8 @@ class AuthzMiddleware:
             response.headers[REQUEST_ID_HEADER] = audit.request_id
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})["identity"] = identity
+        state = scope.setdefault("state", {})
+        state["identity"], state["actor"] = identity, identity.name  # actor: for workflow records
         target = target or Target()
         status = 500
         audited = False
