@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner
@@ -19,7 +20,10 @@ from tests.test_api_support import (
     module_database,
     reset_database,
     running_api,
+    settings_for,
 )
+from xplane.api import create_app
+from xplane.api.serve import serve_in_thread
 from xplane.auth.roles import (
     Grant,
     Identity,
@@ -32,6 +36,7 @@ from xplane.auth.roles import (
     parse_role_map,
 )
 from xplane.cli.main import app as cli
+from xplane.netutil import free_port
 from xplane.store import api_tokens
 from xplane.store.db import make_sessionmaker, transaction, utcnow
 from xplane.store.events import EventRow
@@ -209,3 +214,14 @@ def test_cli_writes_the_store_directly_with_db_and_is_audited(
         ("audit.token.revoke", "cli", "cli", None),
     ]
     assert secret not in json.dumps(audit)
+
+
+def test_store_down_while_authorizing_is_503_not_500() -> None:
+    url = f"postgresql+psycopg://xplane@127.0.0.1:{free_port()}/nowhere?connect_timeout=2"
+    app = create_app(settings_for(url))
+    with serve_in_thread(app) as served, httpx.Client(base_url=served.url, timeout=30) as http:
+        response = http.get("/nodes", headers=bearer("xpt_" + "x" * 43))
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "1"
+        # The shared admin token needs no store to be known; the node lookup then fails.
+        assert http.get("/nodes/jp-1", headers=bearer(ADMIN)).status_code == 503

@@ -315,15 +315,23 @@ class AuthzMiddleware:
             return
         raw, receive = await _buffered(scope, receive)
         body = _json(raw)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:  # the first of each, as Starlette reads them
+            headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
         audit = _Audit(self.authn.factory, rule, headers, body)
         identity: Identity | None = None
         target: Target | None = None
         call = Call(params, _query(scope), body, self.authn.factory)
         try:
-            identity = await self.authn.identify(headers.get("authorization", ""))
-            if rule.target is not None:
-                target = await run_in_threadpool(rule.target, call)
+            try:
+                identity = await self.authn.identify(headers.get("authorization", ""))
+                if rule.target is not None:
+                    target = await run_in_threadpool(rule.target, call)
+            except ApiError:
+                raise
+            except Exception as exc:  # the store, mostly: nothing was decided
+                log.error("authorizing %s failed: %s", where, type(exc).__name__, exc_info=exc)
+                raise ApiError(503, "store unavailable", headers={"Retry-After": "1"}) from None
             if not self._allowed(identity, rule, target or Target()):
                 assert rule.permission is not None
                 raise ApiError(
