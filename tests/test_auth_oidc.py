@@ -13,9 +13,11 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import Engine
 
 from tests.support.oidc_mock import OidcMock
@@ -237,3 +239,93 @@ def test_provider_down_after_first_fetch_keeps_the_cached_keys(tmp_path: Path) -
     forged = jwt.encode(_claims(token), rogue, algorithm="RS256", headers={"kid": "new"})
     with pytest.raises(InvalidToken):  # refetch fails: refused, not a 5xx
         verifier.claims(forged)
+
+
+class _Issuer:
+    """A minimal issuer on loopback (stdlib HTTP server): discovery and a JWKS whose keys
+    carry ``kid``s (as Casdoor's do), ES256 and RS256, replaceable while it runs."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, Any] = {}
+        self.fetches = 0
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body: dict[str, Any]
+                if self.path == "/.well-known/openid-configuration":
+                    body = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks"}
+                elif self.path == "/jwks":
+                    issuer.fetches += 1
+                    body = {"keys": [issuer._public(kid, k) for kid, k in issuer.keys.items()]}
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _public(kid: str, key: Any) -> dict[str, Any]:
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            text = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())
+        else:
+            text = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())
+        jwk: dict[str, Any] = json.loads(text)
+        return {**jwk, "kid": kid, "use": "sig"}
+
+    def token(self, kid: str, **claims: Any) -> str:
+        key = self.keys[kid]
+        alg = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
+        now = int(time.time())
+        payload = {"iss": self.url, "aud": "xplane", "sub": "svc", "iat": now, "exp": now + 60}
+        return jwt.encode({**payload, **claims}, key, algorithm=alg, headers={"kid": kid})
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def test_es256_and_kid_selection_and_rotation_by_kid() -> None:
+    issuer = _Issuer()
+    try:
+        issuer.keys = {
+            "ec-1": ec.generate_private_key(ec.SECP256R1()),
+            "rsa-1": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        }
+        verifier = OidcVerifier(
+            OidcSettings(issuer=issuer.url, audiences=("xplane",), refresh_interval=0.5)
+        )
+        roles = {"roles": [{"name": "admin"}]}
+        assert verifier.identity(issuer.token("ec-1", **roles)).grants[0].role.name == "admin"
+        assert verifier.claims(issuer.token("rsa-1"))["sub"] == "svc"
+        # Signed by ec-1's key but naming rsa-1: the named key is used, and fails.
+        _header, payload, signature = issuer.token("ec-1").split(".")
+        forged_header = _b64({"alg": "ES256", "kid": "rsa-1", "typ": "JWT"})
+        with pytest.raises(InvalidToken):
+            verifier.claims(f"{forged_header}.{payload}.{signature}")
+        assert issuer.fetches == 1
+
+        issuer.keys["ec-2"] = ec.generate_private_key(ec.SECP256R1())  # rotation: a new kid
+        time.sleep(0.6)
+        assert verifier.claims(issuer.token("ec-2"))["sub"] == "svc"
+        assert issuer.fetches == 2
+        unknown = _b64({"alg": "ES256", "kid": "zz"})
+        for _ in range(5):  # an unknown kid inside the interval: no fetch
+            with pytest.raises(InvalidToken):
+                verifier.claims(f"{unknown}.{payload}.{signature}")
+        assert issuer.fetches == 2
+    finally:
+        issuer.stop()
