@@ -23,7 +23,9 @@ from tests.test_api_support import (
     module_database,
     reset_database,
     running_api,
+    settings_for,
 )
+from xplane.api import create_app
 from xplane.cli.main import app as cli
 from xplane.store import api_tokens
 from xplane.store.db import make_sessionmaker, transaction, utcnow
@@ -236,3 +238,27 @@ def test_control_characters_in_what_callers_send_are_stored_harmlessly(api: Api)
     assert events[1].data["reason"] == "ok?then"
     assert events[1].data["request_id"] != "bad id with spaces"  # replaced by a generated one
     assert events[2].data["reason"] == "a?b?c"
+
+
+def test_the_api_pruning_loop_prunes_events_only_with_a_retention(
+    api: Api, database: tuple[str, Engine]
+) -> None:
+    from xplane.api.app import _prune
+
+    long_ago = utcnow() - timedelta(days=400)
+    with transaction(make_sessionmaker(api.engine)) as session:
+        record_event(session, "node.down", "old", source="t", at=long_ago)
+        record_event(session, "audit.token.create", "old audit", source="api", at=long_ago)
+    kept = create_app(settings_for(database[0]))
+    _prune(kept.state.ctx, utcnow())
+    kept.state.ctx.engine.dispose()
+    assert len(_all_events(api)) == 2  # no retention set: events are kept
+    pruning = create_app(settings_for(database[0], event_retention=timedelta(days=90)))
+    _prune(pruning.state.ctx, utcnow())
+    pruning.state.ctx.engine.dispose()
+    assert _all_events(api) == ["old audit"]
+
+
+def _all_events(api: Api) -> list[str]:
+    with make_sessionmaker(api.engine)() as session:
+        return [e.message for e in session.scalars(select(EventRow))]
