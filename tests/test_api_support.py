@@ -24,7 +24,7 @@ from xplane.api.serve import serve_in_thread
 from xplane.config.models import ConfigTree, GtmPolicy, GtmRegion, Region
 from xplane.store.config_store import save_revision
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
-from xplane.store.events import EventRow
+from xplane.store.events import AUDIT_PREFIX, EventRow
 from xplane.store.node_tables import MetricSampleRow, NodeRow
 
 BOOT = "boot-secret"
@@ -102,12 +102,19 @@ class Api:
         return self.http.request(method, path, headers=bearer(ADMIN), **kwargs)
 
     def counts(self) -> tuple[int, int, int]:
-        """(nodes, metric samples, events) rows."""
+        """(nodes, metric samples, events) rows; not audit events (every mutating call,
+        refused or failed too, leaves one)."""
         with self.engine.connect() as conn:
-            return tuple(  # type: ignore[return-value]
+            nodes, samples = (
                 conn.scalar(select(func.count()).select_from(table)) or 0
-                for table in (NodeRow, MetricSampleRow, EventRow)
+                for table in (NodeRow, MetricSampleRow)
             )
+            events = conn.scalar(
+                select(func.count())
+                .select_from(EventRow)
+                .where(~EventRow.kind.startswith(AUDIT_PREFIX))
+            )
+            return nodes, samples, events or 0
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ PACKAGES = ("xplane", "activities", "workflows", "workers")
 # The pure core: rules and the types they speak. Shared ids and messages live here so
 # activities and workflows (and the edges) import them without an upward arrow.
 CORE = (
+    "xplane.auth.roles",  # who may do what: roles, scopes, grants (pure)
     "xplane.autoscale",
     "xplane.config",
     "xplane.domain",
@@ -44,6 +45,7 @@ CORE = (
 )
 # I/O behind a plain interface: databases, DNS APIs, git, Terraform, HTTP, processes.
 ADAPTERS = (
+    "xplane.auth",  # identities: OIDC token verification (JWKS over HTTP), the audit trail
     "xplane.dns",
     "xplane.filelock",
     "xplane.gitops",

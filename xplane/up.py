@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import git
 from pydantic import BaseModel
+from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
 
@@ -121,6 +122,24 @@ def _secret(directory: Path, name: str) -> tuple[str, Path]:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(24))
     return path.read_text().strip(), path
+
+
+def admin_login(factory: sessionmaker[Session], secret_dir: Path, api_url: str, say: Say) -> Path:
+    """A fresh admin API token for this machine's operator (the one of an earlier run
+    is replaced), kept in a 0600 file, and how to use it."""
+    from xplane.store.api_tokens import create_token
+    from xplane.store.db import transaction, utcnow
+
+    with transaction(factory) as session:
+        expires = utcnow() + timedelta(days=30)
+        new = create_token(session, "local-admin", "admin", [], expires, "xplane up", replace=True)
+    path = secret_dir / "admin-api.token"
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(new.token + "\n")
+    say(f"      log in as admin: export XPLANE_API_URL={api_url} "
+        f"XPLANE_ADMIN_TOKEN=$(cat {path})  (API token local-admin, 30 days)")  # fmt: skip
+    return path
 
 
 def _prepare_config_repo(options: UpOptions, say: Say) -> str:
@@ -527,6 +546,7 @@ async def _serve_api_worker_and_loops(
             info_path.write_text(json.dumps(info.model_dump(mode="json"), indent=2))
             say(f"XPlane is up. Temporal UI: {server.ui_url}  API: {api_url}  "
                 "(Ctrl-C stops everything)")  # fmt: skip
+            admin_login(make_sessionmaker(engine), options.data_dir / "secrets", api_url, say)
             await _show_progress_until_stopped(stop, options, say, settings, pdns is not None)
             say("stopping: worker and api")
 

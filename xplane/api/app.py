@@ -15,6 +15,7 @@ from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.orm import Session, sessionmaker
 
 from xplane.api.auth import TokenCache
+from xplane.api.authz import Authenticator, AuthzMiddleware, missing_rules
 from xplane.api.context import ApiContext, NodeNotifier
 from xplane.api.errors import BodyLimitMiddleware, install_error_handlers
 from xplane.api.guards import BodyDeadlines, InFlightLimit
@@ -22,6 +23,7 @@ from xplane.api.hot_path import XPlaneApi
 from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
 from xplane.api.routes_nodes import router as nodes_router
+from xplane.api.routes_tokens import router as tokens_router
 from xplane.api.routes_webhooks import TerraformWebhook, WebhookNotifier
 from xplane.api.routes_webhooks import make_router as make_webhook_router
 from xplane.api.schemas import ErrorBody
@@ -30,6 +32,7 @@ from xplane.api.writer import HeartbeatWriter
 from xplane.observability.metrics import metrics_router
 from xplane.observability.tracing import tracing_requested
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
+from xplane.store.events import prune_events
 from xplane.store.samples import prune_samples
 from xplane.store.webhook_deliveries import prune_deliveries
 from xplane.webhooks.dispatcher import DeliveryDispatcher, DeliveryRefused, DispatchSettings
@@ -110,15 +113,24 @@ def create_app(
     app.state.webhook_notifier = webhook_notifier
     app.state.dispatcher = dispatcher
     install_error_handlers(app)
+    # Added before the body-size guard, so inside it: the bodies it reads are bounded.
+    app.add_middleware(
+        AuthzMiddleware,
+        api=app,
+        authenticator=Authenticator(settings, factory),
+    )
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         deadlines=deadlines,
     )
-    routers = (health_router, nodes_router, admin_router, make_webhook_router())
+    routers = (health_router, nodes_router, admin_router, tokens_router, make_webhook_router())
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     for router in (*routers, metrics_router(factory, token=metrics_token), *extra_routers):
         app.include_router(router)
+    unruled = missing_rules(app)
+    if unruled:  # every route is authorized from xplane/api/authz.py's table, or none runs
+        raise RuntimeError(f"routes without an authorization rule: {unruled}")
     return app
 
 
@@ -183,7 +195,12 @@ def _prune(ctx: ApiContext, now: datetime) -> None:
     with transaction(ctx.factory) as session:
         removed = prune_samples(session, now - ctx.settings.sample_retention)
         deliveries = prune_deliveries(session, now - ctx.settings.webhook_delivery_retention)
+        events = 0
+        if ctx.settings.event_retention is not None:  # never audit events
+            events = prune_events(session, now - ctx.settings.event_retention)
     if removed:
         log.info("pruned %d metric samples", removed)
     if deliveries:
         log.info("pruned %d webhook deliveries", deliveries)
+    if events:
+        log.info("pruned %d events", events)

@@ -1,4 +1,6 @@
-"""Bearer tokens: bootstrap (registration), per-node (heartbeats), admin (reads, drain).
+"""Bearer tokens of machines: bootstrap (registration), per-node (heartbeats).
+
+People and their API tokens are authenticated and authorized in :mod:`xplane.api.authz`.
 
 Node tokens are random 32 bytes, so a plain sha256 is a safe at-rest hash (no
 salt or slow hash needed: there is nothing to brute-force). Every comparison
@@ -60,16 +62,6 @@ async def bearer_token(request: Request) -> str:
     """FastAPI dependency form of :func:`bearer`: async, so it runs inline on the event
     loop (a sync dependency costs a thread-pool round trip per request)."""
     return bearer(request)
-
-
-def require_admin(request: Request) -> None:
-    """FastAPI dependency: the XPLANE_ADMIN_TOKEN bearer, or 401."""
-    admin = request.app.state.settings.admin_token
-    token = bearer(request)
-    if admin is None or not matches_any(token, [admin.get_secret_value()]):
-        raise ApiError(
-            401, "invalid admin token", [("authorization", "not the admin token")], UNAUTHORIZED
-        )
 
 
 class TokenCache:

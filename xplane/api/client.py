@@ -62,3 +62,17 @@ class AdminClient:
         params = {"service": service} if service else {}
         result: list[dict[str, Any]] = self._call("GET", "/regions", params=params)
         return result
+
+    # ------------------------------------------------------------------ API tokens
+    def list_tokens(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/tokens")
+        return result
+
+    def create_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/tokens", json=body)
+        return result
+
+    def revoke_token(self, name: str, reason: str | None = None) -> dict[str, Any]:
+        headers = {"X-XPlane-Reason": reason} if reason else {}
+        result: dict[str, Any] = self._call("DELETE", f"/tokens/{name}", headers=headers)
+        return result

@@ -1,13 +1,17 @@
-"""Operator endpoints (admin token): node and region reads, drain; plus liveness/readiness."""
+"""Operator endpoints: node and region reads, drain; plus liveness/readiness.
+
+Who may call them is decided by :mod:`xplane.api.authz`; listings show only
+what the caller's scopes cover.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy import text
 
-from xplane.api.auth import require_admin
+from xplane.api.authz import current_identity
 from xplane.api.context import ApiContext, get_ctx
 from xplane.api.errors import ApiError
 from xplane.api.schemas import NO_NUL_PATTERN, DrainRequest, ErrorBody, NodeOut
@@ -18,10 +22,10 @@ from xplane.store.db import transaction, utcnow
 from xplane.store.node_tables import NodeRow
 from xplane.store.tables import column_length
 
-router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(tags=["admin"])
 health_router = APIRouter(tags=["health"])
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422)
 }
 # Path and query strings reach SQL: no NUL (PostgreSQL refuses it), at most the column.
 NodeIdPath = Annotated[str, Path(max_length=column_length("nodes", "id"), pattern=NO_NUL_PATTERN)]
@@ -65,14 +69,18 @@ def node_out(row: NodeRow, ctx: ApiContext) -> NodeOut:
 
 @router.get("/nodes", response_model=list[NodeOut], responses=_ERRORS)
 def list_nodes(
+    request: Request,
     service: ServiceQuery = None,
     region: RegionQuery = None,
     state: NodeState | None = None,
     ctx: ApiContext = Depends(get_ctx),
 ) -> list[NodeOut]:
+    identity = current_identity(request)
     with ctx.factory() as session:
         rows = store.list_nodes(session, service=service, region=region, state=state)
-        return [node_out(r, ctx) for r in rows]
+        return [
+            node_out(r, ctx) for r in rows if identity is None or identity.sees(r.service, r.region)
+        ]
 
 
 @router.get("/nodes/{node_id}", response_model=NodeOut, responses=_ERRORS)
@@ -99,14 +107,19 @@ def drain_node(
 
 @router.get("/regions", response_model=list[store.RegionSummary], responses=_ERRORS)
 def regions(
-    service: ServiceQuery = None, ctx: ApiContext = Depends(get_ctx)
+    request: Request, service: ServiceQuery = None, ctx: ApiContext = Depends(get_ctx)
 ) -> list[store.RegionSummary]:
+    identity = current_identity(request)
     with ctx.factory() as session:
         known = config_store.service_regions(session)
         if service is not None:
             known = {s: r for s, r in known.items() if s == service}
         rows = store.list_nodes(session, service=service)
-        return store.region_summaries(rows, utcnow(), ctx.settings.timeout, known)
+    if identity is not None:  # only what the caller's scopes cover
+        known = {s: {r for r in rs if identity.sees(s, r)} for s, rs in known.items()}
+        known = {s: rs for s, rs in known.items() if rs}
+        rows = [r for r in rows if identity.sees(r.service, r.region)]
+    return store.region_summaries(rows, utcnow(), ctx.settings.timeout, known)
 
 
 @health_router.get("/healthz")

@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from xplane.auth.oidc import OidcSettings
+from xplane.auth.roles import parse_role_map
 from xplane.durations import parse_duration
 from xplane.heartbeat import HeartbeatSettings
 from xplane.store.db import DEFAULT_DB_URL
@@ -36,6 +38,19 @@ class ApiSettings(BaseModel):
     # Per-region bootstrap tokens, keyed by the env-var suffix (REGION upper, - -> _).
     region_bootstrap_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     admin_token: SecretStr | None = None
+    # The shared admin token is an identity of its own (role admin): its name in the audit log.
+    admin_token_name: str = Field(default="admin-token", min_length=1, max_length=64)
+    # OIDC bearer tokens (XPLANE_OIDC_*): off unless an issuer is set.
+    oidc_issuer: str | None = None
+    oidc_audience: list[str] = Field(default_factory=list)  # the client id(s)
+    oidc_roles_claim: str = "roles"
+    # "idp-role=xplane-role[@service[/region]],...": viewer/operator/admin map to themselves.
+    oidc_role_map: str = ""
+    oidc_leeway: timedelta = Field(default=timedelta(seconds=60), ge=timedelta(0))
+    # Least time between two fetches of the issuer's keys (unknown kid, failed signature).
+    oidc_jwks_refresh: timedelta = Field(default=timedelta(seconds=30), ge=timedelta(0))
+    # Set: events older than this are pruned (audit events never are). None: kept.
+    event_retention: timedelta | None = Field(default=None, gt=timedelta(0))
     metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a bearer token
     # The interval told to agents and the timeout of the API's views (XPLANE_HEARTBEAT_*).
     heartbeat: HeartbeatSettings = HeartbeatSettings()
@@ -66,6 +81,31 @@ class ApiSettings(BaseModel):
     delivery_retry_max: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
     # Webhook delivery ids are remembered this long (replay protection), then pruned.
     webhook_delivery_retention: timedelta = Field(default=DEFAULT_RETENTION, ge=MIN_RETENTION)
+
+    @field_validator("oidc_role_map")
+    @classmethod
+    def _role_map_parses(cls, value: str) -> str:
+        parse_role_map(value)  # ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _audience_with_issuer(self) -> ApiSettings:
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError("XPLANE_OIDC_AUDIENCE (the client id) is required with an issuer")
+        return self
+
+    @property
+    def oidc(self) -> OidcSettings | None:
+        if not self.oidc_issuer:
+            return None
+        return OidcSettings(
+            issuer=self.oidc_issuer,
+            audiences=tuple(self.oidc_audience),
+            roles_claim=self.oidc_roles_claim,
+            role_map=parse_role_map(self.oidc_role_map),
+            leeway=self.oidc_leeway.total_seconds(),
+            refresh_interval=self.oidc_jwks_refresh.total_seconds(),
+        )
 
     @property
     def writer_concurrency(self) -> int:
@@ -107,6 +147,22 @@ class ApiSettings(BaseModel):
             },
             "heartbeat": HeartbeatSettings.from_env(env),
         }
+        if env.get("XPLANE_ADMIN_TOKEN_NAME"):
+            values["admin_token_name"] = env["XPLANE_ADMIN_TOKEN_NAME"]
+        if env.get("XPLANE_OIDC_ISSUER"):
+            values["oidc_issuer"] = env["XPLANE_OIDC_ISSUER"]
+        if env.get("XPLANE_OIDC_AUDIENCE"):
+            values["oidc_audience"] = [
+                a.strip() for a in env["XPLANE_OIDC_AUDIENCE"].split(",") if a.strip()
+            ]
+        if env.get("XPLANE_OIDC_ROLES_CLAIM"):
+            values["oidc_roles_claim"] = env["XPLANE_OIDC_ROLES_CLAIM"]
+        if env.get("XPLANE_OIDC_ROLE_MAP"):
+            values["oidc_role_map"] = env["XPLANE_OIDC_ROLE_MAP"]
+        if env.get("XPLANE_OIDC_JWKS_REFRESH"):
+            values["oidc_jwks_refresh"] = parse_duration(env["XPLANE_OIDC_JWKS_REFRESH"])
+        if env.get("XPLANE_EVENT_RETENTION"):
+            values["event_retention"] = parse_duration(env["XPLANE_EVENT_RETENTION"])
         if env.get("XPLANE_API_HOST"):
             values["host"] = env["XPLANE_API_HOST"]
         if env.get("XPLANE_API_PORT"):

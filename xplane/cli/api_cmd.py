@@ -33,7 +33,8 @@ def api(
     """Serve node registration, heartbeats and the read endpoints.
 
     Tokens come from the environment only: XPLANE_BOOTSTRAP_TOKEN (and optionally
-    XPLANE_BOOTSTRAP_TOKEN_<REGION>), XPLANE_ADMIN_TOKEN.
+    XPLANE_BOOTSTRAP_TOKEN_<REGION>), XPLANE_ADMIN_TOKEN; people log in with OIDC
+    (XPLANE_OIDC_ISSUER, XPLANE_OIDC_AUDIENCE) or API tokens (`xplane tokens`).
     """
     from xplane.api.app import create_app
     from xplane.api.serve import serve_forever
@@ -59,9 +60,11 @@ def api(
         typer.echo(
             "warning: no XPLANE_BOOTSTRAP_TOKEN set: every registration is refused", err=True
         )
-    if settings.admin_token is None:
+    if settings.admin_token is None and settings.oidc_issuer is None:
         typer.echo(
-            "warning: no XPLANE_ADMIN_TOKEN set: the read endpoints refuse everyone", err=True
+            "warning: neither XPLANE_ADMIN_TOKEN nor XPLANE_OIDC_ISSUER set: only API tokens "
+            "are accepted (`xplane tokens create NAME --role admin --db URL` makes one)",
+            err=True,
         )
     if migrate:
         from xplane.store.migrate import upgrade

@@ -44,6 +44,8 @@ def register(root: typer.Typer) -> None:
             typer.echo(line)
 
     def _set(closed: bool, reason: str, db: str | None) -> None:
+        from xplane.auth.audit import cli_identity, record_audit
+        from xplane.auth.roles import Target
         from xplane.store import gate as gate_store
         from xplane.store.db import db_url_from_env, make_engine, make_sessionmaker, transaction
 
@@ -51,6 +53,15 @@ def register(root: typer.Typer) -> None:
         try:
             with transaction(make_sessionmaker(engine)) as session:
                 gate_store.set_operator(session, closed, reason, by=f"cli:{getpass.getuser()}")
+                record_audit(
+                    session,
+                    action="gate.close" if closed else "gate.open",
+                    identity=cli_identity(),
+                    target=Target(),
+                    outcome="ok",
+                    reason=reason,
+                    source="cli",
+                )
         finally:
             engine.dispose()
         typer.echo(f"gate {'closed' if closed else 'opened'}: {reason}")

@@ -23,6 +23,7 @@ from xplane.cli import (
     regions_cmd,
     status_cmd,
     sync_cmd,
+    tokens_cmd,
     up_cmd,
     worker_cmd,
 )
@@ -58,6 +59,7 @@ for module in (
     demo_cmd,
     regions_cmd,
     login_cmd,
+    tokens_cmd,
 ):
     module.register(app)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, select
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from xplane.store.db import Base, UTCDateTime, utcnow
@@ -88,3 +88,14 @@ def list_events(
     if since:
         query = query.where(EventRow.at >= since)
     return list(session.scalars(query.order_by(EventRow.id.desc()).limit(limit)))
+
+
+AUDIT_PREFIX = "audit."
+
+
+def prune_events(session: Session, older_than: datetime) -> int:
+    """Delete events older than ``older_than``, never an audit event (``audit.*``)."""
+    result = session.execute(
+        delete(EventRow).where(EventRow.at < older_than, ~EventRow.kind.startswith(AUDIT_PREFIX))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ Alembic's env and the test fixtures import this one module.
 from sqlalchemy import String
 
 from xplane.store import (  # noqa: F401
+    api_tokens,
     cluster,
     config_tables,
     events,
