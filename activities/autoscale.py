@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.calendar import region_calendar
 from activities.errors import from_repo_error
 from activities.heartbeating import heartbeating
 from activities.operation import operation_id
 from workflows import ids
+from xplane.autoscale.calendar import CalendarFloor, Entered
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.prometheus import PrometheusError, prometheus_region_metrics
@@ -55,6 +57,9 @@ class DecideRequest(BaseModel):
     # The workflow's clock (workflow.now()): cooldowns and windows are judged on the
     # same time line as the history the workflow keeps. None: the wall clock.
     now: datetime | None = None
+    # Windows a Temporal Schedule's action told the workflow to enter (calendar, maintenance).
+    windows: list[Entered] = Field(default_factory=list)
+    maintenance: list[Entered] = Field(default_factory=list)
 
 
 class DecideResult(BaseModel):
@@ -70,6 +75,7 @@ class DecideResult(BaseModel):
     node_ready_timeout_seconds: float = 600.0
     cooldown_seconds: float = 60.0
     gate: str | None = None  # the self-health gate's verdict when not normal
+    calendar: CalendarFloor | None = None  # scheduled windows and maintenance now
 
 
 class CommitRequest(BaseModel):
@@ -210,6 +216,20 @@ class AutoscaleActivities:
         judge = bool(request.lost_nodes or nodes or (settled and current > 0))
         if gate.verdict == "held":
             judge = False  # no replacement while XPlane cannot trust its view; load still counts
+        with transaction(self._sessions) as session:
+            cal = region_calendar(
+                session,
+                config,
+                policy,
+                request.service,
+                request.region,
+                now,
+                current,
+                windows=request.windows,
+                maintenance=request.maintenance,
+            )
+        if cal.maintenance is not None:
+            judge = False  # nodes drained for maintenance are not replaced
         decision = desired(
             metrics,
             region_policy,
@@ -221,6 +241,7 @@ class AutoscaleActivities:
             healthy_nodes=len(healthy) if judge else None,
             held_nodes=len(held),
             max_replace=policy.max_replace,
+            calendar=cal.calendar,
         )
         if gate.verdict == "held" and decision.desired < decision.current:
             decision = decision.model_copy(  # nor a scale-down on data the gate distrusts
@@ -246,6 +267,7 @@ class AutoscaleActivities:
             node_ready_timeout_seconds=policy.node_ready_timeout.total_seconds(),
             cooldown_seconds=policy.cooldown.scale_up.total_seconds(),
             gate=None if gate.verdict == "normal" else f"{gate.verdict}: {gate.reason}",
+            calendar=cal.calendar if cal.calendar.reason else None,
         )
 
     def _verdict(
