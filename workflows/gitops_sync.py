@@ -7,6 +7,10 @@ publishes ``OnGtmPolicyChanged`` / ``OnAutoscaleChanged`` /
 delivered are kept in the workflow's state (and carried across
 continue-as-new), so a publish failure after a successful write loses nothing:
 the next reconcile delivers them.
+
+The calendar's Temporal Schedules follow the config (``reconcile_schedules``, behind
+``SCHEDULES_PATCH``): after a revision is applied, and once per run for the revision
+in force (a new deployment creates the schedules of a config that did not change).
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
 with workflow.unsafe.imports_passed_through():
     from activities.gitops import SyncRequest
     from activities.publish import ConfigEvent, ConfigEventPayload
+    from activities.schedules import ScheduleSync
     from xplane.config.diff import ConfigChanges
     from xplane.gitops.sync import SyncResult
+
+
+SCHEDULES_PATCH = "calendar-schedules"
 
 
 class GitOpsSyncParams(BaseModel):
@@ -33,6 +41,7 @@ class GitOpsSyncParams(BaseModel):
     loop: LoopCarry | None = None
     undelivered: list[ConfigEvent] = Field(default_factory=list)
     last_sync: dict[str, Any] = Field(default_factory=dict)
+    schedules_sha: str | None = None  # the revision the Temporal Schedules were made for
 
 
 def events_for_changes(changes: ConfigChanges, sha: str) -> list[ConfigEvent]:
@@ -115,6 +124,19 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
             "issues": len(result.issues),
         }
         self.params.last_sync = summary
+        if (
+            result.ok
+            and result.sha != self.params.schedules_sha
+            and workflow.patched(SCHEDULES_PATCH)
+        ):
+            synced: ScheduleSync = await workflow.execute_activity(
+                "reconcile_schedules",
+                result_type=ScheduleSync,
+                start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+                retry_policy=policies.EXTERNAL,
+            )
+            self.params.schedules_sha = result.sha
+            summary["schedules"] = {k: len(v) for k, v in synced.model_dump().items()}
         if self.params.undelivered:
             delivered = await workflow.execute_activity(
                 "publish_config_events",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -36,6 +37,17 @@ RECENT_LEADS = 20  # measurements the p95 is taken over (the recent ones)
 class Entered(BaseModel):
     """A window an owner was told to enter (a Temporal Schedule's action), until it closes."""
 
+    name: str
+    opens: datetime
+    closes: datetime
+
+
+class WindowSignal(BaseModel):
+    """What a window's Temporal Schedule tells the owning workflow (signal ``enter_window``)."""
+
+    NAME: ClassVar[str] = "enter_window"
+
+    kind: Literal["capacity", "maintenance"]
     name: str
     opens: datetime
     closes: datetime
