@@ -86,7 +86,9 @@ def region_calendar(
         # for the work are no reason to scale in or to replace.
         why = f"maintenance {factor.name!r} until {factor.closes.isoformat()}"
         reason = f"{floor.reason}; {why}" if floor.reason else why
-        floor = floor.model_copy(update={"no_scale_in": True, "reason": reason})
+        floor = floor.model_copy(
+            update={"no_scale_in": True, "reason": reason, "maintenance": factor.name}
+        )
     if floor.windows:
         _record_prewarms(session, floor, policy, service, region, now, current)
     return RegionCalendar(calendar=floor, maintenance=factor)

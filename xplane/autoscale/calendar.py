@@ -76,6 +76,7 @@ class CalendarFloor(BaseModel):
     floor: int = 0
     reason: str = ""
     no_scale_in: bool = False  # a window is open now
+    maintenance: str | None = None  # the maintenance window on the region now, if any
     lead_seconds: float = 0.0
     windows: list[Prewarm] = Field(default_factory=list)
 
