@@ -39,6 +39,7 @@ from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import list_events, record_event
+from xplane.store.load_hours import add_load
 from xplane.store.node_tables import NodeRow
 from xplane.store.pools import NodePoolRow, finish_commit, set_pool
 from xplane.store.samples import metric_samples
@@ -228,6 +229,17 @@ class AutoscaleActivities:
                 windows=request.windows,
                 maintenance=request.maintenance,
             )
+            if metrics.is_fresh(now, window) and metrics.cpu is not None:
+                # The forecast's history (heartbeat samples are kept for minutes only).
+                cpu_nodes = metrics.cpu * metrics.nodes_reporting
+                add_load(
+                    session,
+                    request.service,
+                    request.region,
+                    now,
+                    qps_total=metrics.qps_total,
+                    cpu_nodes=cpu_nodes,
+                )
         if cal.maintenance is not None:
             judge = False  # nodes drained for maintenance are not replaced
         decision = desired(

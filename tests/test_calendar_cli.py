@@ -170,3 +170,45 @@ def test_forecast_fits_the_hour_of_week_profile_and_changes_nothing(
     missing = runner.invoke(app, ["autoscale", "forecast", "--region", "us", "--db", url])
     assert missing.exit_code == 1 and "no autoscale policy has region 'us'" in missing.output
     engine.dispose()
+
+
+def test_forecast_reads_the_hourly_rollup_the_autoscaler_keeps(
+    config_dir: Path, tmp_path: Path
+) -> None:
+    """Samples are pruned after minutes: two weeks of history come from region_load_hours."""
+    import xplane.store.tables  # noqa: F401
+    from xplane.store.load_hours import KEEP, RegionLoadHourRow, add_load
+
+    url = f"sqlite:///{tmp_path}/rollup.db"
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    now = datetime.now(UTC)
+    with transaction(sessions) as session:
+        save_revision(session, "e" * 40, load_config(config_dir), "test")
+        at = now - timedelta(days=40)  # older than KEEP: pruned as newer hours come in
+        while at < now:
+            busy = at.astimezone(tokyo).hour == 20
+            for minute in (0, 30):  # two autoscaler ticks an hour
+                add_load(
+                    session,
+                    "svc",
+                    "jp",
+                    at + timedelta(minutes=minute),
+                    qps_total=550.0 if busy else 90.0,
+                    cpu_nodes=1.0,
+                )
+            at += timedelta(hours=1)
+    with sessions() as session:
+        oldest = min(r.hour for r in session.query(RegionLoadHourRow))
+    assert now - oldest <= KEEP + timedelta(hours=2)
+    args = ["autoscale", "forecast", "--region", "jp", "--db", url, "--output", "json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)["svc"]
+    assert body["samples"] == 0 and body["history_hours"] >= 14 * 24 - 1
+    for row in body["hours"]:
+        busy = datetime.fromisoformat(row["at"]).astimezone(tokyo).hour == 20
+        assert row["suggested"] == (6 if busy else 1), row  # ceil(550 / 100); 90 -> 1
+    engine.dispose()

@@ -32,6 +32,7 @@ from xplane.store import nodes as node_store
 from xplane.store.config_store import save_revision
 from xplane.store.db import transaction
 from xplane.store.events import list_events
+from xplane.store.load_hours import hourly_loads
 from xplane.store.node_tables import MetricSampleRow
 from xplane.store.pools import set_pool
 
@@ -141,6 +142,9 @@ async def test_a_window_floor_is_committed_ahead_by_the_lead_and_released_after(
         assert (await _status(handle)).details["last_outcome"] == "3 nodes ready"
         measured = _events(rig, "autoscale.nodes_active")
         assert len(measured) == 1 and "3 nodes active" in measured[0]
+        with rig.sessions() as session:  # each tick's load is kept for the forecast
+            loads = hourly_loads(session, "svc", "jp", t0 - timedelta(hours=1))
+        assert loads and all(cpu > 0 for _, cpu in loads.values())
 
         # Inside the window, load is low for minutes: no scale-in.
         now = await rig.env.get_current_time()

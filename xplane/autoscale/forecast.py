@@ -4,9 +4,10 @@ AWS's predictive scaling in ForecastOnly mode: the last weeks of load say what e
 of the week usually needs, and :func:`suggest` turns that into a suggested floor for the
 next hours, shown next to the configured windows. Nothing here changes capacity.
 
-* **Load** of one clock hour: from the heartbeat samples in it, the mean over the hour's
-  samples of the region's total QPS (sum of the nodes' QPS at each sample time, one
-  time slice per minute) and total CPU (in node units: 3 nodes at 50 % = 1.5).
+* **Load** of one clock hour: the region's mean total QPS and total CPU (in node units:
+  3 nodes at 50 % = 1.5) over the hour, from the autoscaler's hourly rollup
+  (:mod:`xplane.store.load_hours`, kept five weeks) or, for hours it lacks, from the
+  heartbeat samples still kept (:func:`sample_hours`: one time slice per minute).
 * **Profile**: per hour of the week (Monday 00:00 = 0 .. Sunday 23:00 = 167, in the
   given zone), the p90 of that hour's loads over the weeks seen (a busy Monday is not
   averaged away by a quiet one).
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -57,7 +58,10 @@ def _p90(values: Sequence[float]) -> float:
     return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
 
 
-def hourly_loads(samples: Iterable[Sample]) -> dict[datetime, tuple[float | None, float]]:
+Load = tuple[float | None, float]  # (total QPS or None, total CPU in nodes)
+
+
+def sample_hours(samples: Iterable[Sample]) -> dict[datetime, Load]:
     """Clock hour (UTC) -> (total QPS, total CPU in nodes), averaged over its minutes."""
     slices: dict[datetime, dict[str, Sample]] = defaultdict(dict)
     for s in samples:
@@ -78,10 +82,11 @@ def hourly_loads(samples: Iterable[Sample]) -> dict[datetime, tuple[float | None
     return out
 
 
-def profile(samples: Iterable[Sample], tz: ZoneInfo) -> dict[int, HourLoad]:
-    """Hour of the week -> the p90 load of that hour over the history."""
-    by_slot: dict[int, list[tuple[float | None, float]]] = defaultdict(list)
-    for hour, load in hourly_loads(samples).items():
+def profile(hours: Mapping[datetime, Load], tz: ZoneInfo) -> dict[int, HourLoad]:
+    """Hour of the week -> the p90 load of that hour over the history (clock hour -> load:
+    the store's hourly rollup, :mod:`xplane.store.load_hours`, or :func:`sample_hours`)."""
+    by_slot: dict[int, list[Load]] = defaultdict(list)
+    for hour, load in hours.items():
         by_slot[hour_of_week(hour, tz)].append(load)
     result: dict[int, HourLoad] = {}
     for slot, loads in by_slot.items():

@@ -219,11 +219,12 @@ def forecast_cmd(
     nothing), next to the configured windows' floors."""
     from zoneinfo import ZoneInfo
 
-    from xplane.autoscale.forecast import profile, suggest
+    from xplane.autoscale.forecast import profile, sample_hours, suggest
     from xplane.config.errors import ConfigError
     from xplane.config.loader import load_config
     from xplane.store import config_store
     from xplane.store.db import db_url_from_env, make_engine, make_sessionmaker
+    from xplane.store.load_hours import hourly_loads
     from xplane.store.samples import metric_samples
     from xplane.windows import check_timezone
 
@@ -258,8 +259,11 @@ def forecast_cmd(
                     tz = ZoneInfo(check_timezone(zone_name))
                 except ValueError as exc:
                     raise _fail(f"--timezone: {exc}") from None
-                samples = metric_samples(session, name, region, now - timedelta(days=days))
-                history = profile(samples, tz)
+                since = now - timedelta(days=days)
+                samples = metric_samples(session, name, region, since)
+                # The rollup first; samples (kept for minutes) fill the hours it lacks.
+                loads = {**sample_hours(samples), **hourly_loads(session, name, region, since)}
+                history = profile(loads, tz)
                 rows = suggest(history, policy, now, hours, tz)
                 result[name] = {
                     "region": region,
