@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 from workflows import ids, policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
@@ -124,19 +125,6 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
             "issues": len(result.issues),
         }
         self.params.last_sync = summary
-        if (
-            result.ok
-            and result.sha != self.params.schedules_sha
-            and workflow.patched(SCHEDULES_PATCH)
-        ):
-            synced: ScheduleSync = await workflow.execute_activity(
-                "reconcile_schedules",
-                result_type=ScheduleSync,
-                start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
-                retry_policy=policies.EXTERNAL,
-            )
-            self.params.schedules_sha = result.sha
-            summary["schedules"] = {k: len(v) for k, v in synced.model_dump().items()}
         if self.params.undelivered:
             delivered = await workflow.execute_activity(
                 "publish_config_events",
@@ -147,6 +135,25 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
             )
             summary["published"] = delivered
             self.params.undelivered = []
+        # After the events: a Schedules API that fails must not hold config changes back.
+        if (
+            result.ok
+            and result.sha != self.params.schedules_sha
+            and workflow.patched(SCHEDULES_PATCH)
+        ):
+            try:
+                synced: ScheduleSync = await workflow.execute_activity(
+                    "reconcile_schedules",
+                    result_type=ScheduleSync,
+                    start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+                    retry_policy=policies.EXTERNAL,
+                )
+            except ActivityError as err:  # tried again on the next tick
+                workflow.logger.warning("schedules not reconciled: %s", err.cause or err)
+                summary["schedules"] = "failed"
+            else:
+                self.params.schedules_sha = result.sha
+                summary["schedules"] = {k: len(v) for k, v in synced.model_dump().items()}
         return summary
 
     def continue_as_new_args(self) -> list[Any]:
