@@ -15,12 +15,13 @@ import textwrap
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import git
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, ScheduleBackfill, ScheduleOverlapPolicy
 from temporalio.worker import Worker
 
 from activities.gitops import GitOpsActivities
@@ -219,6 +220,27 @@ async def test_the_sync_creates_updates_and_deletes_window_schedules(
             return any(s.startswith("enter_window:") and "'patch'" in s for s in got)
 
         await _eventually(told)
+
+        # A backfill of last Tuesday's window opens it when it was due (02:00 Tokyo):
+        # the owner is told a window that is already over (and so enters nothing).
+        tokyo = ZoneInfo("Asia/Tokyo")
+        due = datetime.now(tokyo).replace(hour=2, minute=0, second=0, microsecond=0)
+        while due.weekday() != 1 or due > datetime.now(tokyo) - timedelta(hours=2):
+            due -= timedelta(days=1)
+        await client.get_schedule_handle("xplane-maint-svc-patch").backfill(
+            ScheduleBackfill(
+                start_at=due - timedelta(minutes=1),
+                end_at=due + timedelta(minutes=1),
+                overlap=ScheduleOverlapPolicy.ALLOW_ALL,
+            )
+        )
+        stamp = due.astimezone(UTC).isoformat().replace("+00:00", "")
+
+        async def backfilled() -> bool:
+            got = await client.get_workflow_handle("gtm-svc").query(RecorderWorkflow.signals)
+            return any("'patch'" in s and stamp in s for s in got)
+
+        await _eventually(backfilled)
 
         # Policies removed from Git: their schedules go away.
         _push(clone, {"regions/all.yaml": REGIONS}, "no more windows")

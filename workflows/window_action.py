@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeKey
 
 from workflows import policies
 
@@ -21,11 +22,16 @@ with workflow.unsafe.imports_passed_through():
     from xplane.schedules import WINDOW_ACTION, WindowAction
 
 
+# Set by Temporal on a schedule's runs: the time the action was due. A backfilled (or
+# late) run opens the window when it was due, so a window already over is not entered.
+SCHEDULED_AT = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+
+
 @workflow.defn(name=WINDOW_ACTION)
 class WindowActionWorkflow:
     @workflow.run
     async def run(self, action: WindowAction) -> int:
-        opens = workflow.now()
+        opens = workflow.info().typed_search_attributes.get(SCHEDULED_AT) or workflow.now()
         closes = action.end or opens + timedelta(seconds=action.duration_seconds)
         signal = WindowSignal(kind=action.kind, name=action.name, opens=opens, closes=closes)
         delivered: int = await workflow.execute_activity(
