@@ -217,3 +217,48 @@ def test_maintenance_drops_at_once_and_comes_back_through_slow_start() -> None:
 def test_maintenance_windows_validate_directly() -> None:
     window = MaintenanceWindow(region="jp", cron="0 2 * * 2", duration=timedelta(hours=1))
     assert window.label(3) == "jp-3"
+
+
+def test_forecast_profile_is_the_p90_of_each_hour_of_the_week() -> None:
+    from xplane.autoscale.forecast import HourLoad, profile, sample_hours, suggest, suggested_floor
+    from xplane.store.samples import Sample
+
+    utc = ZoneInfo("UTC")
+    monday = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+    # Ten Mondays 09:00: nine quiet, one busy. p90 of 10 values is the 9th: quiet wins.
+    hours = {monday - timedelta(weeks=w): (100.0 if w else 900.0, 1.0) for w in range(10)}
+    slot = profile(hours, utc)[0 * 24 + 9]
+    assert slot == HourLoad(qps=100.0, cpu_nodes=1.0, hours=10)
+    # Two busy Mondays of ten: the p90 is busy.
+    hours[monday - timedelta(weeks=3)] = (900.0, 1.0)
+    assert profile(hours, utc)[9].qps == 900.0
+
+    # Samples: two nodes in the same minute add up; minutes of an hour average.
+    def s(node: str, at: datetime, qps: float | None, cpu: float) -> Sample:
+        return Sample(
+            node_id=node,
+            service="svc",
+            region="jp",
+            at=at,
+            cpu=cpu,
+            rtt_ms=1,
+            error_rate=0,
+            qps=qps,
+        )
+
+    got = sample_hours(
+        [
+            s("a", monday, 10, 0.5),
+            s("b", monday + timedelta(seconds=5), 30, 0.5),
+            s("a", monday + timedelta(minutes=1), 20, 1.0),
+            s("b", monday + timedelta(minutes=1), None, 1.0),
+        ]
+    )
+    assert got == {monday: ((40 + 20) / 2, (1.0 + 2.0) / 2)}
+
+    cpu_policy = AutoscaleRegion(min_nodes=2, max_nodes=6, target_cpu=0.5)
+    assert suggested_floor(HourLoad(qps=None, cpu_nodes=2.2, hours=1), cpu_policy)[0] == 5
+    assert suggested_floor(HourLoad(qps=None, cpu_nodes=9.0, hours=1), cpu_policy)[0] == 6
+    assert suggested_floor(HourLoad(qps=None, cpu_nodes=0.1, hours=1), cpu_policy)[0] == 2
+    rows = suggest({9: HourLoad(qps=None, cpu_nodes=2.2, hours=3)}, cpu_policy, monday, 3, utc)
+    assert [(r.at.hour, r.suggested) for r in rows] == [(9, 5), (10, None), (11, None)]
