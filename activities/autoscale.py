@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.calendar import region_calendar
 from activities.errors import from_repo_error
 from activities.heartbeating import heartbeating
 from activities.operation import operation_id
 from xplane import ids
+from xplane.autoscale.calendar import CalendarFloor, Entered
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.scale_down import nodes_removed_by_scale_down
@@ -37,6 +39,7 @@ from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import list_events, record_event
+from xplane.store.load_hours import add_load
 from xplane.store.node_tables import NodeRow
 from xplane.store.pools import NodePoolRow, finish_commit, set_pool
 from xplane.store.samples import metric_samples
@@ -55,6 +58,9 @@ class DecideRequest(BaseModel):
     # The workflow's clock (workflow.now()): cooldowns and windows are judged on the
     # same time line as the history the workflow keeps. None: the wall clock.
     now: datetime | None = None
+    # Windows a Temporal Schedule's action told the workflow to enter (calendar, maintenance).
+    windows: list[Entered] = Field(default_factory=list)
+    maintenance: list[Entered] = Field(default_factory=list)
 
 
 class DecideResult(BaseModel):
@@ -70,6 +76,7 @@ class DecideResult(BaseModel):
     node_ready_timeout_seconds: float = 600.0
     cooldown_seconds: float = 60.0
     gate: str | None = None  # the self-health gate's verdict when not normal
+    calendar: CalendarFloor | None = None  # scheduled windows and maintenance now
 
 
 class CommitRequest(BaseModel):
@@ -201,6 +208,31 @@ class AutoscaleActivities:
         judge = bool(request.lost_nodes or nodes or (settled and current > 0))
         if gate.verdict == "held":
             judge = False  # no replacement while XPlane cannot trust its view; load still counts
+        with transaction(self._sessions) as session:
+            cal = region_calendar(
+                session,
+                config,
+                policy,
+                request.service,
+                request.region,
+                now,
+                current,
+                windows=request.windows,
+                maintenance=request.maintenance,
+            )
+            if metrics.is_fresh(now, window) and metrics.cpu is not None:
+                # The forecast's history (heartbeat samples are kept for minutes only).
+                cpu_nodes = metrics.cpu * metrics.nodes_reporting
+                add_load(
+                    session,
+                    request.service,
+                    request.region,
+                    now,
+                    qps_total=metrics.qps_total,
+                    cpu_nodes=cpu_nodes,
+                )
+        if cal.maintenance is not None:
+            judge = False  # nodes drained for maintenance are not replaced
         decision = desired(
             metrics,
             region_policy,
@@ -212,6 +244,7 @@ class AutoscaleActivities:
             healthy_nodes=len(healthy) if judge else None,
             held_nodes=len(held),
             max_replace=policy.max_replace,
+            calendar=cal.calendar,
         )
         if gate.verdict == "held" and decision.desired < decision.current:
             decision = decision.model_copy(  # nor a scale-down on data the gate distrusts
@@ -237,6 +270,7 @@ class AutoscaleActivities:
             node_ready_timeout_seconds=policy.node_ready_timeout.total_seconds(),
             cooldown_seconds=policy.cooldown.scale_up.total_seconds(),
             gate=None if gate.verdict == "normal" else f"{gate.verdict}: {gate.reason}",
+            calendar=cal.calendar if cal.calendar.reason else None,
         )
 
     def _verdict(

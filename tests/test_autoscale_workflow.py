@@ -25,6 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.autoscale import AutoscaleActivities, CommitRequest, PoolCommit
+from activities.calendar import CalendarActivities
 from tests.support.temporal import pydantic_client
 from workflows.autoscale import AutoscaleParams, AutoscaleWorkflow
 from workflows.control_loop import LoopSettings, LoopStatus
@@ -159,6 +160,7 @@ def _worker(rig: Rig, tmp: Path, commit_activity: Callable[..., Any] | None = No
             acts.count_ready_nodes,
             acts.drain_nodes,
             acts.nodes_not_yet_drained,
+            CalendarActivities(rig.sessions).record_nodes_active,
         ],
         activity_executor=ThreadPoolExecutor(4),
     )

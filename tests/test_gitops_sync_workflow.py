@@ -9,12 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import git
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.gitops import GitOpsActivities
 from activities.publish import PublishActivities
+from activities.schedules import ScheduleSync
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
 from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopSettings
@@ -24,6 +26,13 @@ from xplane.store.db import Base, make_engine, make_sessionmaker
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example" / "gitops-config"
 TQ = "gitops-sync-tests"
+
+
+@activity.defn(name="reconcile_schedules")
+async def no_schedules() -> ScheduleSync:
+    """The time-skipping server has no Schedules API (tests/test_schedules.py uses the
+    dev server)."""
+    return ScheduleSync()
 
 
 def _push(clone: git.Repo, message: str) -> str:
@@ -63,7 +72,7 @@ async def test_sync_loop_publishes_only_what_changed(
         client,
         task_queue=queue,
         workflows=[GitOpsSyncWorkflow, AnyWorkflowRecorder],
-        activities=[gitops.sync_config_repo, publish.publish_config_events],
+        activities=[gitops.sync_config_repo, publish.publish_config_events, no_schedules],
         activity_executor=ThreadPoolExecutor(4),
     ):
         handle = await client.start_workflow(

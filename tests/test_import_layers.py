@@ -39,6 +39,8 @@ CORE = (
     "xplane.ids",
     "xplane.lifecycle",
     "xplane.messages",
+    "xplane.schedules",  # what Temporal Schedule each configured window is (pure specs)
+    "xplane.windows",  # when a cron/fixed window is open
     # The DNS plan every provider shares (records, diff, ownership, safety threshold):
     # pure, so the core (deadband, last-good) and workflows may speak it.
     "xplane.dns.plan",

@@ -14,6 +14,7 @@ from workflows.gtm_loop import GtmLoopWorkflow
 from workflows.node_lifecycle import NodeLifecycleWorkflow
 from workflows.region_lifecycle import RegionLifecycleWorkflow
 from xplane import ids
+from xplane.autoscale.calendar import WindowSignal
 from xplane.temporal.client import signal_name
 
 
@@ -47,6 +48,7 @@ def test_the_gtm_loop_has_one_signal_per_event() -> None:
     assert set(signals) == {
         ids.WORLD_CHANGED,
         ids.ON_GTM_POLICY_CHANGED,
+        WindowSignal.NAME,  # a maintenance window opened (its Temporal Schedule fired)
         "wake",
         "pause",
         "resume",

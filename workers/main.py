@@ -15,17 +15,20 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.autoscale import AutoscaleActivities
+from activities.calendar import CalendarActivities
 from activities.gitops import GitOpsActivities
 from activities.gtm import GtmActivities
 from activities.nodes import NodeActivities
 from activities.publish import PublishActivities
 from activities.regions import RegionActivities
+from activities.schedules import ScheduleActivities
 from workflows.autoscale import AutoscaleWorkflow
 from workflows.cluster import ClusterWorkflow
 from workflows.gitops_sync import GitOpsSyncWorkflow
 from workflows.gtm_loop import GtmLoopWorkflow
 from workflows.node_lifecycle import NodeLifecycleWorkflow
 from workflows.region_lifecycle import RegionLifecycleWorkflow
+from workflows.window_action import WindowActionWorkflow
 from workflows.world_state import WorldStateWorkflow
 from xplane.settings import Settings
 
@@ -37,6 +40,7 @@ WORKFLOWS: list[type] = [
     NodeLifecycleWorkflow,
     RegionLifecycleWorkflow,
     ClusterWorkflow,
+    WindowActionWorkflow,
 ]
 
 
@@ -67,6 +71,8 @@ def activities_for(
         provider_override=pool_provider_override,
         heartbeat=heartbeat,
     )
+    calendar = CalendarActivities(session_factory)
+    schedules = ScheduleActivities(session_factory, client, settings.task_queue)
     return [
         gitops.sync_config_repo,
         publish.publish_config_events,
@@ -81,6 +87,9 @@ def activities_for(
         autoscale.count_ready_nodes,
         autoscale.drain_nodes,
         autoscale.nodes_not_yet_drained,
+        calendar.record_nodes_active,
+        schedules.reconcile_schedules,
+        schedules.deliver_window,
         regions.describe_region,
         regions.commit_region_pool,
         regions.region_nodes,

@@ -12,6 +12,12 @@ event log, the pool stays where Git says, and the cooldown (from
 A scale-down first drains the nodes the smaller pool loses (the highest indexes,
 which Terraform's ``count`` destroys) and waits for their drain to finish.
 
+Scheduled windows (``schedules:``) raise the floor from ``opens - lead``
+(:mod:`xplane.autoscale.calendar`, judged in ``decide_autoscale`` at the workflow's
+clock); a Temporal Schedule's action enters a window by the ``enter_window`` signal
+(kept until it closes). When a scale-up's nodes are active, the time it took is
+recorded (``record_nodes_active``, behind ``LEAD_PATCH``): it is the next lead.
+
 Reacts to ``OnAutoscaleChanged`` (GitOps sync) and ``node_lost`` (node lifecycle);
 a node lost while new ones are awaited ends that wait, so it is replaced without
 sitting out ``node_ready_timeout``.
@@ -20,7 +26,7 @@ sitting out ``node_ready_timeout``.
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -40,11 +46,14 @@ with workflow.unsafe.imports_passed_through():
         PoolCommit,
         TerraformRecord,
     )
+    from activities.calendar import CalendarActivities, NodesActive
+    from xplane.autoscale.calendar import Entered, WindowSignal
     from xplane.autoscale.desired import ScaleHistory
     from xplane.messages import TerraformOutcome
 
 READY_POLL = timedelta(seconds=5)
 DRAIN_BEFORE_COMMIT = "drain-before-commit"  # patch: runs started earlier commit at once
+LEAD_PATCH = "calendar-record-lead"  # patch: measure commit -> nodes active for the lead
 
 
 class Waiting(BaseModel):
@@ -69,6 +78,9 @@ class AutoscaleParams(BaseModel):
     last_reason: str = ""
     last_outcome: str = ""
     commits: int = 0
+    # Windows entered by a Temporal Schedule's action, until they close.
+    windows: list[Entered] = Field(default_factory=list)
+    maintenance: list[Entered] = Field(default_factory=list)
 
 
 @workflow.defn(name=ids.AUTOSCALE)
@@ -100,6 +112,15 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         self.params.lost_nodes += 1
         self.request(f"node_lost:{node_id}")
 
+    @workflow.signal(name=WindowSignal.NAME)
+    def enter_window(self, window: WindowSignal) -> None:
+        """A window's Temporal Schedule fired (or was triggered): it is open until it closes."""
+        kept = self.params.maintenance if window.kind == "maintenance" else self.params.windows
+        entry = Entered(name=window.name, opens=window.opens, closes=window.closes)
+        if entry not in kept:
+            kept.append(entry)
+        self.request(f"window:{window.name}")
+
     @workflow.signal(name=ids.ON_AUTOSCALE_CHANGED)
     def on_policy_changed(self, _event: Any = None) -> None:
         self.request("policy_changed")
@@ -109,12 +130,17 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
 
     # --------------------------------------------------------------- reconcile
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
+        now = workflow.now()
+        self.params.windows = [w for w in self.params.windows if w.closes > now]
+        self.params.maintenance = [w for w in self.params.maintenance if w.closes > now]
         key = DecideRequest(
             service=self.params.service,
             region=self.params.region,
             history=self.params.history,
             lost_nodes=self.params.lost_nodes,
-            now=workflow.now(),
+            now=now,
+            windows=self.params.windows,
+            maintenance=self.params.maintenance,
         )
         result: DecideResult = await workflow.execute_activity_method(
             AutoscaleActivities.decide_autoscale,
@@ -227,6 +253,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
                 await self._record(commit.sha, "timeout", "no terraform_finished signal in time")
                 return "terraform timeout"
             outcome = self.params.terraform.pop(commit.sha)
+            terraform_at = workflow.now()
             await self._record(commit.sha, outcome.status, outcome.run_url or "")
             if outcome.status != "succeeded":
                 return "terraform failed"
@@ -242,6 +269,7 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
                     retry_policy=policies.DB,
                 )
                 if ready >= desired:
+                    await self._measured(commit, now, terraform_at, desired)
                     return f"{ready} nodes ready"
                 # A node lost meanwhile would keep `ready` short until the deadline:
                 # stop waiting and decide again (its node_lost request is pending).
@@ -254,6 +282,28 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             return "nodes not ready in time"
         finally:
             self.waiting = None
+
+    async def _measured(
+        self, commit: PoolCommit, committed_at: datetime, terraform_at: datetime, desired: int
+    ) -> None:
+        """A scale-up's nodes are active: keep how long it took (the calendar's lead)."""
+        grew = commit.previous_count is None or desired > commit.previous_count
+        if not grew or not workflow.patched(LEAD_PATCH):
+            return
+        await workflow.execute_activity_method(
+            CalendarActivities.record_nodes_active,
+            NodesActive(
+                service=self.params.service,
+                region=self.params.region,
+                commit=commit.sha,
+                count=desired,
+                committed_at=committed_at,
+                terraform_at=terraform_at,
+                active_at=workflow.now(),
+            ),
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DB,
+        )
 
     async def _record(
         self, commit: str, status: Literal["succeeded", "failed", "timeout"], detail: str

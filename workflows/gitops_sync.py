@@ -7,6 +7,10 @@ publishes ``OnGtmPolicyChanged`` / ``OnAutoscaleChanged`` /
 delivered are kept in the workflow's state (and carried across
 continue-as-new), so a publish failure after a successful write loses nothing:
 the next reconcile delivers them.
+
+The calendar's Temporal Schedules follow the config (``reconcile_schedules``, behind
+``SCHEDULES_PATCH``): after a revision is applied, and once per run for the revision
+in force (a new deployment creates the schedules of a config that did not change).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 from workflows import policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
@@ -23,7 +28,11 @@ from xplane import ids
 with workflow.unsafe.imports_passed_through():
     from activities.gitops import GitOpsActivities, SyncRequest
     from activities.publish import ConfigEvent, ConfigEventPayload, PublishActivities
+    from activities.schedules import ScheduleActivities, ScheduleSync
     from xplane.config.diff import ConfigChanges
+
+
+SCHEDULES_PATCH = "calendar-schedules"
 
 
 class GitOpsSyncParams(BaseModel):
@@ -33,6 +42,7 @@ class GitOpsSyncParams(BaseModel):
     loop: LoopCarry | None = None
     undelivered: list[ConfigEvent] = Field(default_factory=list)
     last_sync: dict[str, Any] = Field(default_factory=dict)
+    schedules_sha: str | None = None  # the revision the Temporal Schedules were made for
 
 
 def events_for_changes(changes: ConfigChanges, sha: str) -> list[ConfigEvent]:
@@ -123,6 +133,24 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
             )
             summary["published"] = delivered
             self.params.undelivered = []
+        # After the events: a Schedules API that fails must not hold config changes back.
+        if (
+            result.ok
+            and result.sha != self.params.schedules_sha
+            and workflow.patched(SCHEDULES_PATCH)
+        ):
+            try:
+                synced: ScheduleSync = await workflow.execute_activity_method(
+                    ScheduleActivities.reconcile_schedules,
+                    start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+                    retry_policy=policies.EXTERNAL,
+                )
+            except ActivityError as err:  # tried again on the next tick
+                workflow.logger.warning("schedules not reconciled: %s", err.cause or err)
+                summary["schedules"] = "failed"
+            else:
+                self.params.schedules_sha = result.sha
+                summary["schedules"] = {k: len(v) for k, v in synced.model_dump().items()}
         return summary
 
     def continue_as_new_args(self) -> list[Any]:

@@ -18,6 +18,11 @@ recorded before them replay with the old behaviour. So does the last-good rule
 DNS keeps the last answer written while one was (never empty), and the first answer
 with an up node after that is written past the providers' safety threshold.
 
+Maintenance windows (``maintenance:``, :mod:`xplane.gtm.maintenance`) scale a region's
+target weight before the damping, at the workflow's clock (``MAINTENANCE_PATCH``): the
+drop is at once, the way back goes through slow start and the deadband. A window's
+Temporal Schedule enters it by the ``enter_window`` signal (kept until it closes).
+
 The ramp state, health-check trackers and last applied digests live in the
 workflow and are carried across continue-as-new, so an idle tick costs a timer,
 one activity and no DNS write (11 history events).
@@ -37,16 +42,19 @@ from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
     from activities.gtm import ApplyDnsRequest, GtmActivities, GtmTargets, ObserveRequest
+    from xplane.autoscale.calendar import Entered, WindowSignal
     from xplane.dns.plan import ApplyResult, desired_for_provider, digest
     from xplane.gtm.deadband import Published, needs_write, published
     from xplane.gtm.health_checks import CheckState
     from xplane.gtm.last_good import dns_action
+    from xplane.gtm.maintenance import apply_maintenance, maintenance_factors
     from xplane.gtm.ramp import RAMP_STEPS, RampState, ramp_service
     from xplane.gtm.smoothing import RttAverage, smooth_latency
     from xplane.gtm.weights import summarize
 
 QUIET_DNS_PATCH = "gtm-quiet-dns-writes"
 LAST_GOOD_PATCH = "gtm-last-good-dns"
+MAINTENANCE_PATCH = "gtm-maintenance-windows"
 
 
 class ProviderApply(BaseModel):
@@ -72,6 +80,9 @@ class GtmLoopParams(BaseModel):
     removed: bool = False
     # Providers whose DNS kept its last good answer on the last tick (xplane.gtm.last_good).
     held: list[str] = Field(default_factory=list)
+    # Maintenance windows entered by a Temporal Schedule's action, until they close.
+    maintenance: list[Entered] = Field(default_factory=list)
+    in_maintenance: dict[str, str] = Field(default_factory=dict)  # region -> window now
 
 
 @workflow.defn(name=ids.GTM_LOOP)
@@ -96,6 +107,14 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
     @workflow.signal(name=ids.ON_GTM_POLICY_CHANGED)
     def on_policy_changed(self, _event: Any = None) -> None:
         self.request("policy_changed")
+
+    @workflow.signal(name=WindowSignal.NAME)
+    def enter_window(self, window: WindowSignal) -> None:
+        """A maintenance window's Temporal Schedule fired (or was triggered)."""
+        entry = Entered(name=window.name, opens=window.opens, closes=window.closes)
+        if window.kind == "maintenance" and entry not in self.params.maintenance:
+            self.params.maintenance.append(entry)
+        self.request(f"window:{window.name}")
 
     def interval(self) -> timedelta:
         return self._interval
@@ -126,6 +145,18 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             target_weights, self.params.rtt = smooth_latency(
                 target_weights, self.params.rtt, now, policy.latency
             )
+        self.params.maintenance = [w for w in self.params.maintenance if w.closes > now]
+        # Addresses taken out for maintenance are removed on purpose (as unready ones are):
+        # not counted against the providers' safety threshold.
+        planned = list(targets.unready)
+        if (policy.maintenance or self.params.in_maintenance) and workflow.patched(
+            MAINTENANCE_PATCH
+        ):
+            factors = maintenance_factors(policy, now, self.params.maintenance)
+            before = {r.address for r in target_weights.records}
+            target_weights = apply_maintenance(target_weights, factors)
+            planned += sorted(before - {r.address for r in target_weights.records})
+            self.params.in_maintenance = {r: f"{f.name} x{f.factor:g}" for r, f in factors.items()}
         previous = dict(self.params.ramp)
         if previous:  # a region joining a running loop slow-starts from 0
             for name in target_weights.regions:
@@ -167,7 +198,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                     desired=desired,
                     reason=", ".join(reasons),
                     force=action == "force",
-                    expected_removals=targets.unready,
+                    expected_removals=planned,
                 ),
                 start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
                 heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
@@ -205,5 +236,6 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             },
             "removed": self.params.removed,
             "holding": self.params.held,
+            "maintenance": self.params.in_maintenance,
             "gate": self.gate,  # regions the self-health gate holds or rate-limits
         }

@@ -62,6 +62,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from temporalio.worker import Worker
 
     from activities.autoscale import AutoscaleActivities
+    from activities.calendar import CalendarActivities
     from workflows.autoscale import AutoscaleWorkflow
     from xplane.store.db import make_engine, make_sessionmaker
     from xplane.temporal.client import connect
@@ -80,6 +81,7 @@ async def _serve(args: argparse.Namespace) -> None:
             acts.count_ready_nodes,
             acts.drain_nodes,
             acts.nodes_not_yet_drained,
+            CalendarActivities(sessions).record_nodes_active,
         ],
         activity_executor=ThreadPoolExecutor(4),
     )

@@ -72,7 +72,7 @@ def no_target(_call: Call) -> Target:
 
 def node_target(call: Call) -> Target:
     """The node in the path, with its service and region from the store."""
-    from xplane.store.nodes import NodeRow
+    from xplane.store.node_tables import NodeRow
     from xplane.store.tables import column_length
 
     node_id = str(call.path_params.get("node_id", ""))

@@ -26,7 +26,8 @@
      The budget (``max_replace``, :func:`replace_budget`) bounds how many one
      decision replaces, as Karpenter's disruption budgets do.
 
-2. **Bounds**: clamp to ``[min_nodes, cap]`` where ``cap = min(max_nodes, quota)``.
+2. **Bounds**: clamp to ``[min_nodes, cap]`` where ``cap = min(max_nodes, quota)``
+   (``min_nodes`` raised to a calendar window's floor while it is open or pre-warming).
    The quota is a hard account limit, so when ``min_nodes > cap`` the cap wins:
    the result is always within ``[min(min_nodes, cap), cap]``. Bounds are policy,
    not signals: they apply at once, whatever the cooldowns or the metrics say.
@@ -35,6 +36,9 @@
    signal exists without them); a low signal must have held for the whole window
    (``history.low_since``), and ``cooldown.scale_down`` must have passed since
    the last change.
+
+   Inside a calendar window (:mod:`xplane.autoscale.calendar`) or a maintenance
+   window the region never scales in (``blocked_by="window"``).
 
 4. **Scale-up gate**: ``cooldown.scale_up`` since the last change. Lost-node
    replacement is gated too: it is not idempotent (the replacement is not ready
@@ -53,11 +57,12 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from xplane.autoscale.calendar import CalendarFloor
 from xplane.autoscale.metrics import RegionMetrics, as_utc
 from xplane.config.models import AutoscaleRegion, Cooldown
 
 Direction = Literal["up", "down", "none"]
-BlockedBy = Literal["cooldown", "stabilization", "stale_metrics", "max_nodes", "quota"]
+BlockedBy = Literal["cooldown", "stabilization", "stale_metrics", "max_nodes", "quota", "window"]
 
 QPS_TOLERANCE = 0.1  # HPA's default: ignore QPS within 10% of the target (no flapping)
 DEFAULT_MAX_REPLACE = "25%"  # AutoscalePolicy.max_replace's default
@@ -177,15 +182,21 @@ def desired(
     *,
     held_nodes: int = 0,
     max_replace: int | str = DEFAULT_MAX_REPLACE,
+    calendar: CalendarFloor | None = None,
 ) -> Decision:
     """The node count ``current`` should move to now; see the module docstring.
 
     ``healthy_nodes``: serving or coming up (None: not judged yet); ``held_nodes``:
     not healthy but not given up by their lifecycle either (never replaced).
+    ``calendar``: what scheduled windows ask now (a floor; no scale-in while one is open).
     """
     now = as_utc(now)
     cap = policy.max_nodes if policy.quota is None else min(policy.max_nodes, policy.quota)
-    floor = min(policy.min_nodes, cap)
+    scheduled = calendar.floor if calendar else 0
+    floor = min(max(policy.min_nodes, scheduled), cap)
+    floor_text = f"min_nodes {floor}"
+    if calendar and scheduled > policy.min_nodes:
+        floor_text = f"scheduled floor {floor}: {calendar.reason}"
 
     fresh = metrics is not None and metrics.is_fresh(now, window)
     recs = _signals(metrics, policy, current, window) if fresh and metrics else []
@@ -235,7 +246,7 @@ def desired(
 
     # Bounds first: they are policy and bypass every gate below.
     if current < floor:
-        return decide(max(floor, min(target, cap)), f"below min_nodes {floor}; {reason}")
+        return decide(max(floor, min(target, cap)), f"below {floor_text}; {reason}")
     limit: BlockedBy = "quota" if cap < policy.max_nodes else "max_nodes"
     if current > cap:
         return decide(cap, f"above {limit} {cap}; {reason}")
@@ -252,7 +263,9 @@ def desired(
 
     if target < current:
         if clamped == current:
-            return decide(current, f"{reason}; at min_nodes {floor}")
+            return decide(current, f"{reason}; at {floor_text}")
+        if calendar and calendar.no_scale_in:
+            return decide(current, f"{reason}; no scale-in: {calendar.reason}", "window")
         held = now - (low_since or now)
         if held < window:
             why = f"{reason}, low for {_secs(held)} < window {_secs(window)}"

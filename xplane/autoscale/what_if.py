@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
+from xplane.autoscale.calendar import CalendarFloor
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import Sample, aggregate, as_utc
 from xplane.config.models import AutoscaleRegion, ConfigTree
@@ -63,9 +64,15 @@ def _effective_policy(config: ConfigTree, region: str, policy: AutoscaleRegion) 
 
 
 def decide_region(
-    config: ConfigTree, service: str, region: str, world: WorldSnapshot, now: datetime
+    config: ConfigTree,
+    service: str,
+    region: str,
+    world: WorldSnapshot,
+    now: datetime,
+    calendar: CalendarFloor | None = None,
 ) -> Decision:
-    """The decision for one service's region in ``world`` at ``now``."""
+    """The decision for one service's region in ``world`` at ``now`` (``calendar``: the
+    scheduled floor and maintenance then; see :mod:`xplane.autoscale.calendar_plan`)."""
     policy = config.autoscale[service]
     window = policy.global_.cpu_window
     nodes = [
@@ -93,9 +100,15 @@ def decide_region(
         current,
         history,
         now,
-        healthy_nodes=sum(_is_healthy(n) for n in nodes) if nodes else None,
+        # In maintenance, nodes drained for the work are not replaced.
+        healthy_nodes=(
+            sum(_is_healthy(n) for n in nodes)
+            if nodes and not (calendar and calendar.maintenance)
+            else None
+        ),
         held_nodes=sum(_is_held(n) for n in nodes),
         max_replace=policy.max_replace,
+        calendar=calendar,
     )
 
 

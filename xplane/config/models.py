@@ -9,7 +9,7 @@ region's ``base_weight``) and runs the cross-file checks.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, AliasChoices, Field, ValidationInfo, model_validator
@@ -17,6 +17,7 @@ from pydantic import AfterValidator, AliasChoices, Field, ValidationInfo, model_
 from xplane.config.errors import NAME_PATTERN, FieldErrors, Loc
 from xplane.domain import StrictModel
 from xplane.durations import Duration, format_duration
+from xplane.windows import MAX_WINDOW, check_cron, check_timezone, fixed_occurrence
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -47,6 +48,8 @@ def _zone_name(value: str) -> str:
 
 
 Fqdn = Annotated[str, AfterValidator(_fqdn)]
+Cron = Annotated[str, AfterValidator(check_cron)]
+TimeZone = Annotated[str, AfterValidator(check_timezone)]
 ZoneName = Annotated[str, AfterValidator(_zone_name)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
@@ -68,6 +71,16 @@ def _raise(errors: list[tuple[Loc, str]]) -> None:
 def _min_max(low: int | None, high: int | None, lo_key: str, hi_key: str) -> list[tuple[Loc, str]]:
     if low is not None and high is not None and low > high:
         return [((lo_key,), f"must be <= {hi_key} ({high}), not {low}")]
+    return []
+
+
+def _duration_errors(duration: timedelta | None) -> list[tuple[Loc, str]]:
+    if duration is None:
+        return []
+    if duration <= timedelta(0):
+        return [(("duration",), "must be longer than 0")]
+    if duration > MAX_WINDOW:
+        return [(("duration",), f"must be at most {format_duration(MAX_WINDOW)}")]
     return []
 
 
@@ -226,6 +239,51 @@ DnsProviderConfig = Annotated[
 ]
 
 
+class MaintenanceWindow(StrictModel):
+    """A region's traffic taken down to ``weight`` (0: none) for a window, then ramped back.
+
+    Recurring (``cron`` + ``duration``) or one-off (``start`` + ``end`` or ``duration``);
+    ``start``/``end`` without an offset are read in ``timezone``.
+    """
+
+    name: Name | None = None  # default: <region>-<index in the list>
+    region: str
+    cron: Cron | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    timezone: TimeZone = "UTC"
+    duration: Duration | None = None
+    weight: Fraction = 0.0  # share of the region's weight kept during the window
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        errors: list[tuple[Loc, str]] = []
+        if (self.cron is None) == (self.start is None):
+            both = "both are set" if self.cron else "neither is set"
+            errors.append((("cron",), f"set either cron or start (with end or duration): {both}"))
+        elif self.cron is not None:
+            if self.end is not None:
+                errors.append((("end",), "a cron window lasts for duration; end is for start"))
+            if self.duration is None:
+                errors.append((("duration",), "is required with cron"))
+        elif self.start is not None:
+            if (self.end is None) == (self.duration is None):
+                errors.append((("end",), "set end or duration (one of them) with start"))
+            elif self.end is not None and not self._opens_before_end(self.start, self.end):
+                errors.append((("end",), f"must be after start ({self.start.isoformat()})"))
+        errors += _duration_errors(self.duration)
+        _raise(errors)
+        return self
+
+    def _opens_before_end(self, start: datetime, end: datetime) -> bool:
+        occurrence = fixed_occurrence(start, end, self.timezone)
+        return occurrence.opens < occurrence.closes
+
+    def label(self, index: int) -> str:
+        """Name of the window (unique in its policy): ``name``, else ``<region>-<index>``."""
+        return self.name or f"{self.region}-{index}"
+
+
 class GtmPolicy(StrictModel):
     """``gtm/<service>.yaml``: how a service's traffic is shared between regions."""
 
@@ -245,6 +303,8 @@ class GtmPolicy(StrictModel):
     # Envoy's panic threshold: when every region is at 0 and the service's healthy
     # share is below this, fail open spreads over every registered node.
     panic_threshold: Fraction = 0.5
+    # Maintenance windows: a region's weight held down (ramped back by slow_start after).
+    maintenance: list[MaintenanceWindow] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -286,6 +346,16 @@ class GtmPolicy(StrictModel):
                     known = ", ".join(r.name for r in self.regions)
                     msg = f"region {name!r} is not one of this service's gtm regions ({known})"
                     errors.append(((*loc, "regions", j), msg))
+        labels: set[str] = set()
+        for i, window in enumerate(self.maintenance):
+            if window.region not in seen:
+                known = ", ".join(r.name for r in self.regions)
+                msg = f"region {window.region!r} is not one of this service's gtm regions ({known})"
+                errors.append((("maintenance", i, "region"), msg))
+            label = window.label(i)
+            if label in labels:
+                errors.append((("maintenance", i, "name"), f"window {label!r} is listed twice"))
+            labels.add(label)
         _raise(errors)
         return self
 
@@ -313,6 +383,22 @@ class AutoscaleGlobal(StrictModel):
         return self
 
 
+class ScheduleWindow(StrictModel):
+    """Scheduled capacity: while open (``cron`` in ``timezone``, for ``duration``), the
+    region's floor is at least ``min_nodes``; capacity is committed ahead by the lead."""
+
+    name: Name
+    cron: Cron
+    timezone: TimeZone = "UTC"
+    duration: Duration
+    min_nodes: NonNegInt
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _raise(_duration_errors(self.duration))
+        return self
+
+
 class AutoscaleRegion(StrictModel):
     """Capacity policy of one region (origin fields first, XPlane's after)."""
 
@@ -328,6 +414,7 @@ class AutoscaleRegion(StrictModel):
     max_rtt_ms: float | None = Field(default=None, gt=0)  # above -> scale up
     max_error_rate: Fraction | None = None  # above -> scale up
     prometheus_url: str | None = None  # optional extra metrics source
+    schedules: list[ScheduleWindow] = Field(default_factory=list)  # scheduled floors
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -335,6 +422,16 @@ class AutoscaleRegion(StrictModel):
         if self.scale_down_cpu >= self.scale_up_cpu:
             msg = f"must be below scale_up_cpu ({self.scale_up_cpu}), not {self.scale_down_cpu}"
             errors.append((("scale_down_cpu",), msg))
+        names: set[str] = set()
+        for i, window in enumerate(self.schedules):
+            if window.min_nodes > self.max_nodes:
+                msg = (
+                    f"must be <= the region's max_nodes ({self.max_nodes}), not {window.min_nodes}"
+                )
+                errors.append((("schedules", i, "min_nodes"), msg))
+            if window.name in names:
+                errors.append((("schedules", i, "name"), f"window {window.name!r} is listed twice"))
+            names.add(window.name)
         _raise(errors)
         return self
 
@@ -379,6 +476,9 @@ class AutoscalePolicy(StrictModel):
     # Replacement budget per decision (Karpenter's disruption budgets): at most this
     # many given-up nodes are replaced at once; a percentage is of the pool, at least 1.
     max_replace: MaxReplace = "25%"
+    # Scheduled windows are committed this long ahead at least (more when XPlane measured
+    # commit -> terraform -> nodes active taking longer: the recent p95).
+    lead_min: Duration = timedelta(minutes=10)
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
 

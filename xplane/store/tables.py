@@ -11,6 +11,7 @@ from xplane.store import (  # noqa: F401
     config_tables,
     events,
     gate,
+    load_hours,
     node_tables,
     pools,
     webhook_deliveries,
