@@ -222,7 +222,7 @@ def published_reason(published: float | None, effective: float) -> str:
         return f"slow start {published / effective:.0%}".replace("%", " %")
     if abs(published - effective) <= max(0.01, effective * 0.01):
         return "as computed"
-    return "last applied (the loop writes past its deadband)"
+    return "last applied"  # the loop rewrites only past its deadband
 
 
 def region_health(weight: RegionWeight, tally: RegionTally | None) -> Health:
