@@ -14,7 +14,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from xplane.api.console_auth import (
@@ -48,7 +47,7 @@ from xplane.store import console_queries as q
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import utcnow
-from xplane.store.events import EventRow, list_events
+from xplane.store.events import list_events
 from xplane.store.pools import list_pools
 from xplane.store.tables import column_length
 
@@ -90,21 +89,18 @@ def load_overview(session: Session, ctx: ApiContext, who: Identity | None) -> Ov
     rates = {s: p.max_error_rate for s, p in (config.gtm if config else {}).items()}
     tallies = q.region_tallies(session, now, ctx.settings.timeout, rates)
     pools = list_pools(session)
-    applies = q.latest_dns_applies(session)
     stored = gate_store.read_gate(session)
     gate_settings = GateSettings.from_env()
     heartbeat = ctx.settings.heartbeat
     services = sorted(config.gtm) if config else []
+    # The newest per provider is among a service's last few applies (a handful of providers).
+    applies = [row for s in services for row in q.latest_dns_applies(session, s, limit=20)]
     loop_ids = {f"gtm-{s}" for s in services} | {
         f"autoscale-{s}-{r.name}"
         for s in services
         for r in config.gtm[s].regions  # type: ignore[union-attr]
     }
-    latest: dict[str, EventRow] = {}
-    recent = select(EventRow).order_by(EventRow.id.desc()).limit(RECENT_SOURCES)
-    for row in session.scalars(recent):
-        if row.source in loop_ids:
-            latest.setdefault(row.source, row)
+    latest = q.latest_by_source(session, loop_ids, RECENT_SOURCES)
     holds: dict[tuple[str, str], str] = {}
     for service in services:
         for entry in config.gtm[service].regions:  # type: ignore[union-attr]

@@ -8,7 +8,6 @@ GTM formula's (:mod:`xplane.gtm.weights`), expressed in SQL.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -120,6 +119,7 @@ def region_tallies(
 def _median_rtts(
     session: Session, ready: ColumnElement[bool]
 ) -> dict[tuple[str, str], float | None]:
+    """The median RTT of each region's ready nodes, computed by the database."""
     measured = and_(ready, NodeRow.rtt_ms.is_not(None))
     if session.get_bind().dialect.name == "postgresql":
         median = func.percentile_cont(0.5).within_group(NodeRow.rtt_ms)
@@ -129,18 +129,45 @@ def _median_rtts(
             .group_by(NodeRow.service, NodeRow.region)
         )
         return {(s, r): float(m) if m is not None else None for s, r, m in session.execute(query)}
-    # SQLite has no percentile: one column of the ready nodes (the embedded, small case).
-    rtts: dict[tuple[str, str], list[float]] = {}
-    for service, region, rtt in session.execute(
-        select(NodeRow.service, NodeRow.region, NodeRow.rtt_ms).where(measured)
-    ):
-        if rtt is not None:  # excluded by the query; for the type checker
-            rtts.setdefault((service, region), []).append(rtt)
-    return {key: statistics.median(values) for key, values in rtts.items()}
+    # SQLite has no percentile: rank the values per region, average the middle one or two.
+    region = (NodeRow.service, NodeRow.region)
+    ranked = (
+        select(
+            NodeRow.service,
+            NodeRow.region,
+            NodeRow.rtt_ms.label("rtt"),
+            func.row_number().over(partition_by=region, order_by=NodeRow.rtt_ms).label("rn"),
+            func.count().over(partition_by=region).label("n"),
+        )
+        .where(measured)
+        .subquery()
+    )
+    middle = or_(ranked.c.rn == (ranked.c.n + 1) / 2, ranked.c.rn == (ranked.c.n + 2) / 2)
+    query = (
+        select(ranked.c.service, ranked.c.region, func.avg(ranked.c.rtt))
+        .where(middle)
+        .group_by(ranked.c.service, ranked.c.region)
+    )
+    return {(s, r): float(m) if m is not None else None for s, r, m in session.execute(query)}
+
+
+def latest_by_source(session: Session, sources: set[str], window: int) -> dict[str, EventRow]:
+    """Each source's newest event among the last ``window`` events (a primary-key range:
+    the events table has no index on ``source``)."""
+    if not sources:
+        return {}
+    newest = last_event_id(session)
+    ids = (
+        select(func.max(EventRow.id))
+        .where(EventRow.id > newest - window, EventRow.source.in_(sorted(sources)))
+        .group_by(EventRow.source)
+    )
+    rows = session.scalars(select(EventRow).where(EventRow.id.in_(ids)))
+    return {row.source: row for row in rows}
 
 
 def latest_dns_applies(
-    session: Session, service: str | None = None, limit: int = 500
+    session: Session, service: str | None = None, limit: int = 50
 ) -> list[EventRow]:
     """The newest ``dns.applied`` events (newest first): the last one per provider is in it."""
     query = select(EventRow).where(EventRow.kind == DNS_APPLIED)
