@@ -452,7 +452,7 @@ async def _run_up(options: UpOptions, say: Say) -> None:
                 )
                 info_path.write_text(json.dumps(info.model_dump(mode="json"), indent=2))
                 say(f"XPlane is up. Temporal UI: {server.ui_url}  API: {api_url}  "
-                    "(Ctrl-C stops everything)")  # fmt: skip
+                    f"Console: {api_url}/ui  (Ctrl-C stops everything)")  # fmt: skip
                 domain = _first_domain(db_url)
                 progress = asyncio.create_task(
                     _show_progress(stop, options, say, settings, domain, pdns is not None)
