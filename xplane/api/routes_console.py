@@ -23,6 +23,7 @@ from xplane.api.console_auth import (
     region_actions,
     require_console_reader,
 )
+from xplane.api.console_loops import app_loops, with_loop_states
 from xplane.api.console_views import (
     ConfigPage,
     EventOut,
@@ -222,12 +223,23 @@ def load_events(
 # -- routes -----------------------------------------------------------------------------
 
 
+async def overview_with_loops(request: Request, ctx: ApiContext, who: Identity) -> Overview:
+    """The store's overview (in a thread), then each loop's state from Temporal."""
+
+    def load() -> Overview:
+        with ctx.factory() as session:
+            return load_overview(session, ctx, who)
+
+    view = await asyncio.to_thread(load)
+    return await with_loop_states(view, app_loops(request))
+
+
 @router.get("/overview", response_model=Overview, responses=_ERRORS)
-def overview(who: Reader, ctx: ApiContext = Depends(get_ctx)) -> Overview:
+async def overview(request: Request, who: Reader, ctx: ApiContext = Depends(get_ctx)) -> Overview:
     """Every service and region: base, effective and published weights with their
-    reasons, nodes, pools, the last DNS apply per provider, loops and the health gate."""
-    with ctx.factory() as session:
-        return load_overview(session, ctx, who)
+    reasons, nodes, pools, the last DNS apply per provider, loops (paused and why, from
+    Temporal when the API has a client) and the health gate."""
+    return await overview_with_loops(request, ctx, who)
 
 
 @router.get("/traffic", response_model=Traffic, responses=_ERRORS)

@@ -30,8 +30,8 @@ from xplane.api.routes_console import (
     load_config,
     load_events,
     load_node,
-    load_overview,
     load_region,
+    overview_with_loops,
 )
 
 HERE = Path(__file__).parent
@@ -125,12 +125,11 @@ def _viewer(request: Request) -> Identity | None:
 
 @router.get("", response_class=HTMLResponse)
 @router.get("/", response_class=HTMLResponse)
-def overview_page(request: Request, ctx: ApiContext = Depends(get_ctx)) -> Response:
+async def overview_page(request: Request, ctx: ApiContext = Depends(get_ctx)) -> Response:
     who = _viewer(request)
     if who is None:
         return _login_redirect()
-    with ctx.factory() as session:
-        view = load_overview(session, ctx, who)
+    view = await overview_with_loops(request, ctx, who)
     return _page(request, "overview.html", who, view=view, page="overview")
 
 
