@@ -9,20 +9,24 @@ committed ones in README come from that).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from tests.support.console_seed import REJECTED_ISSUE, Seeded, add_event, seed_console_store
 from tests.support.stack import BIN
 from xplane.netutil import free_port
-from xplane.store.db import make_engine, make_sessionmaker
+from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.migrate import upgrade
+from xplane.store.node_tables import NodeRow
 
 CHROMIUM = Path("/usr/bin/chromium")
 ADMIN = "browser-admin-token"
@@ -236,5 +240,35 @@ async def test_a_node_action_posts_its_reason_and_shows_the_answer(
         f"{console.url}/nodes/{node}", headers={"Authorization": f"Bearer {ADMIN}"}
     ).json()
     assert node_json["drain_requested"] is True
+    await page.context.close()
+    assert console.problems == [], console.problems
+
+
+async def test_the_overview_follows_the_store_without_a_reload(
+    browser: Any, console: Console
+) -> None:
+    """Agents of a region stop heartbeating: its weight, reason and colour change in place."""
+    console.problems.clear()
+    page = await _page(browser, console, DESKTOP)
+    await _login(page, console)
+    region = console.seeded.regions[4]
+    row = page.locator(f"tr.region[data-region='{region}']")
+    assert "full weight" in await row.locator(".why").inner_text()
+    engine = make_engine(console.db_url)
+    with transaction(make_sessionmaker(engine)) as session:
+        session.execute(
+            update(NodeRow)
+            .where(NodeRow.region == region)
+            .values(last_heartbeat_at=utcnow() - timedelta(minutes=10))
+        )
+    engine.dispose()
+    # A locator wait: the CSP forbids the string evaluation wait_for_function would use.
+    await playwright_api.expect(row.locator(".why")).to_have_text(
+        re.compile(r"^0 ready node\(s\) < min_ready_nodes 2"), timeout=20_000
+    )
+    assert await row.locator(".effective").inner_text() == "0.0"
+    assert "down" in (
+        await page.locator(f".tile[data-region='{region}']").get_attribute("class") or ""
+    )
     await page.context.close()
     assert console.problems == [], console.problems

@@ -132,7 +132,12 @@ def load_overview(session: Session, ctx: ApiContext, who: Identity | None) -> Ov
 
 
 def load_region(
-    session: Session, ctx: ApiContext, who: Identity | None, service: str, region: str
+    session: Session,
+    ctx: ApiContext,
+    who: Identity | None,
+    service: str,
+    region: str,
+    events: int = 200,
 ) -> RegionPage:
     overview = load_overview(session, ctx, who)
     summary = next(
@@ -153,8 +158,8 @@ def load_region(
         node_line(r, now, ctx.settings.timeout, node_actions(who, r.id, r.drain_requested))
         for r in rows
     ]
-    events = list_events(session, service=service, region=region, limit=200)
-    return build_region_page(summary, nodes, events, region_actions(who, service, region))
+    recent = list_events(session, service=service, region=region, limit=events)
+    return build_region_page(summary, nodes, recent, region_actions(who, service, region))
 
 
 def load_node(session: Session, ctx: ApiContext, who: Identity | None, node_id: str) -> NodePage:
@@ -255,11 +260,15 @@ def traffic(
 
 @router.get("/regions/{service}/{region}", response_model=RegionPage, responses=_ERRORS)
 def region_page(
-    service: ServicePath, region: RegionPath, who: Reader, ctx: ApiContext = Depends(get_ctx)
+    service: ServicePath,
+    region: RegionPath,
+    who: Reader,
+    events: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ctx: ApiContext = Depends(get_ctx),
 ) -> RegionPage:
-    """A region's nodes, autoscale decisions, Terraform runs and events."""
+    """A region's nodes, autoscale decisions, Terraform runs and its newest ``events``."""
     with ctx.factory() as session:
-        return load_region(session, ctx, who, service, region)
+        return load_region(session, ctx, who, service, region, events)
 
 
 @router.get("/nodes/{node_id}", response_model=NodePage, responses=_ERRORS)
@@ -316,13 +325,14 @@ async def events_stream(
     service: ServiceQuery = None,
     region: RegionQuery = None,
     node: NodeQuery = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     ctx: ApiContext = Depends(get_ctx),
 ) -> StreamingResponse:
     """New events as they are recorded (server-sent events). Starts after ``after`` (or
     the ``Last-Event-ID`` header), else after the newest event at connection time."""
     header = request.headers.get("last-event-id", "")
-    start = after if after is not None else (int(header) if header.isdigit() else None)
+    resume = int(header) if header.isdigit() and int(header) < 2**63 else None
+    start = after if after is not None else resume
 
     def poll(last: int) -> list[EventOut]:
         with ctx.factory() as session:

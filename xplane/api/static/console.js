@@ -167,7 +167,42 @@ function initEvents() {
   });
 }
 
+const REFRESH_MS = 10_000;
+
+// The overview's numbers follow the store without a reload.
+function initOverviewRefresh() {
+  if (document.body.dataset.page !== "overview") return;
+  setInterval(async () => {
+    const response = await fetch("/console/overview", { credentials: "same-origin" });
+    if (!response.ok) return;
+    const view = await response.json();
+    for (const svc of view.services) {
+      const section = document.querySelector(`section.service[data-service="${CSS.escape(svc.service)}"]`);
+      if (!section) continue;
+      for (const r of svc.regions) {
+        const name = CSS.escape(r.region);
+        const row = section.querySelector(`tr.region[data-region="${name}"]`);
+        const tile = section.querySelector(`.tile[data-region="${name}"]`);
+        if (row) {
+          row.className = `region ${r.health}`;
+          row.querySelector(".effective").textContent = r.effective_weight.toFixed(1);
+          row.querySelector(".why").textContent = r.reason;
+          row.querySelector(".ready").textContent = `${r.ready_nodes}/${r.total_nodes}`;
+        }
+        if (tile) {
+          tile.className = `tile ${r.health}`;
+          tile.title = `${r.region}: ${r.reason}`;
+          tile.querySelector("span").textContent = Math.round(r.effective_weight);
+        }
+      }
+    }
+    const stamp = document.getElementById("generated");
+    if (stamp) stamp.textContent = new Date(view.generated_at).toISOString().slice(11, 19);
+  }, REFRESH_MS);
+}
+
 initLogin();
+initOverviewRefresh();
 initLogout();
 initActions();
 initEvents();
