@@ -221,7 +221,9 @@ def test_overview_json_has_weights_reasons_and_actions(api: object) -> None:
     assert {a["path"] for a in view["actions"]} >= {"/sync", "/gate/close", "/gtm/web/plan/approve"}
 
 
-def test_login_sets_a_strict_http_only_session_and_pages_carry_a_csp(api: object) -> None:
+def test_login_sets_a_strict_http_only_session_and_pages_carry_a_csp(
+    api: object, engine: Engine
+) -> None:
     url = api.url  # type: ignore[attr-defined]
     with httpx.Client(base_url=url) as client:
         assert client.get("/ui").headers["location"] == "/ui/login"
@@ -238,6 +240,10 @@ def test_login_sets_a_strict_http_only_session_and_pages_carry_a_csp(api: object
         assert "<script>" not in page.text  # no inline script
         assert client.get("/console/overview").status_code == 200  # the cookie reads JSON
         assert client.get("/ui/static/../routes_ui.py").status_code == 404
+        add_event(make_sessionmaker(engine), "<script>alert(1)</script>")
+        events = client.get("/ui/events").text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in events and "<script>alert" not in events
+        assert client.get("/ui/nodes/a%00b").status_code == 422  # NUL never reaches SQL
 
 
 def test_the_event_stream_delivers_a_new_event(api: object, engine: Engine) -> None:

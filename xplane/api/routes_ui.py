@@ -21,12 +21,18 @@ from xplane.api.console_auth import (
     identify,
     is_admin_token,
     make_session,
-    read_session,
     set_session_cookie,
 )
 from xplane.api.context import ApiContext, get_ctx
 from xplane.api.errors import ApiError
 from xplane.api.routes_console import (
+    KindQuery,
+    NodePath,
+    NodeQuery,
+    RegionPath,
+    RegionQuery,
+    ServicePath,
+    ServiceQuery,
     load_config,
     load_events,
     load_node,
@@ -89,9 +95,11 @@ def static(path: str) -> Response:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_page(request: Request, error: str | None = None) -> Response:
+def login_page(request: Request, error: bool = False) -> Response:
+    # A flag, not a message: nothing from the URL is echoed into the page.
+    message = "That token is not valid." if error else None
     response = templates.TemplateResponse(
-        request, "login.html", {"who": None, "csrf": "", "error": error}
+        request, "login.html", {"who": None, "csrf": "", "error": message}
     )
     return secured(response)
 
@@ -104,7 +112,7 @@ async def login(request: Request) -> Response:
         raise ApiError(413, "login form too large", [("token", "too long")])
     token = (parse_qs(body.decode(errors="replace")).get("token") or [""])[0].strip()
     if not token or not is_admin_token(request, token):
-        response = RedirectResponse("/ui/login?error=invalid+token", status_code=303)
+        response = RedirectResponse("/ui/login?error=1", status_code=303)
         return secured(response)
     response = RedirectResponse("/ui", status_code=303)
     set_session_cookie(response, make_session(token), secure=_is_tls(request))
@@ -135,7 +143,10 @@ async def overview_page(request: Request, ctx: ApiContext = Depends(get_ctx)) ->
 
 @router.get("/regions/{service}/{region}", response_class=HTMLResponse)
 def region_page(
-    request: Request, service: str, region: str, ctx: ApiContext = Depends(get_ctx)
+    request: Request,
+    service: ServicePath,
+    region: RegionPath,
+    ctx: ApiContext = Depends(get_ctx),
 ) -> Response:
     who = _viewer(request)
     if who is None:
@@ -146,7 +157,7 @@ def region_page(
 
 
 @router.get("/nodes/{node_id}", response_class=HTMLResponse)
-def node_page(request: Request, node_id: str, ctx: ApiContext = Depends(get_ctx)) -> Response:
+def node_page(request: Request, node_id: NodePath, ctx: ApiContext = Depends(get_ctx)) -> Response:
     who = _viewer(request)
     if who is None:
         return _login_redirect()
@@ -158,10 +169,10 @@ def node_page(request: Request, node_id: str, ctx: ApiContext = Depends(get_ctx)
 @router.get("/events", response_class=HTMLResponse)
 def events_page(
     request: Request,
-    kind: str | None = None,
-    service: str | None = None,
-    region: str | None = None,
-    node: str | None = None,
+    kind: KindQuery = None,
+    service: ServiceQuery = None,
+    region: RegionQuery = None,
+    node: NodeQuery = None,
     ctx: ApiContext = Depends(get_ctx),
 ) -> Response:
     who = _viewer(request)
@@ -186,6 +197,3 @@ def config_page(request: Request, ctx: ApiContext = Depends(get_ctx)) -> Respons
     with ctx.factory() as session:
         view = load_config(session)
     return _page(request, "config.html", who, view=view, page="config")
-
-
-__all__ = ["read_session", "router"]
