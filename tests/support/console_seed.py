@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -124,74 +125,62 @@ def seed_console_store(
 
 
 def _history(factory: sessionmaker[Session], seeded: Seeded, now: datetime) -> None:
-    """An hour of events: applies ramping the regions up, a lifecycle for the first node."""
-    service, names = seeded.service, seeded.regions
+    """An hour of events: applies ramping the regions up, a lifecycle for the first node,
+    an autoscale commit and a Terraform run; recorded in time order, as they happen live."""
+    service, first = seeded.service, seeded.regions[0]
+    node = seeded.nodes[first][0]
+    events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def add(kind: str, message: str, minutes_ago: int, **fields: Any) -> None:
+        events.append((kind, message, {**fields, "at": now - timedelta(minutes=minutes_ago)}))
+
+    for minutes_ago, share in ((55, 0.2), (40, 0.6), (20, 1.0)):
+        # Each region ramps to its own level, so the chart's lines part.
+        weights = {
+            n: round(100 * share * (1 - 0.12 * (i % 6)), 1) for i, n in enumerate(seeded.regions)
+        }
+        add(
+            "dns.applied",
+            f"powerdns: {len(weights)} regions updated (slow start)",
+            minutes_ago,
+            source=f"gtm-{service}",
+            service=service,
+            data={"provider": "powerdns", "changes": [], "regions": weights},
+        )
+    where = {"service": service, "region": first, "node_id": node}
+    add("node.registered", f"node {node} registered at 10.0.0.1", 59, source="api", **where)
+    for to_state, from_state, minutes_ago in (("warm", "idle", 58), ("active", "warm", 57)):
+        add(
+            f"node.{to_state}",
+            f"node {node}: {from_state} -> {to_state} (ready): health checks passed",
+            minutes_ago,
+            source=f"node-{node}",
+            correlation_id=node,
+            data={"from": from_state, "event": "ready"},
+            **where,
+        )
+    loop = f"autoscale-{service}-{first}"
+    add(
+        "autoscale.committed",
+        f"{first}: pool 4 -> 5 (commit c0ffee12): cpu 0.82 > target 0.6",
+        5,
+        source=loop,
+        service=service,
+        region=first,
+        data={"commit": "c0ffee12" * 5, "metrics": {}},
+    )
+    add(
+        "terraform.succeeded",
+        f"{first}: terraform for 0badf00d succeeded",
+        25,
+        source=loop,
+        service=service,
+        region=first,
+        data={"commit": "0badf00d" * 5},
+    )
     with transaction(factory) as session:
-        for minutes_ago, share in ((55, 0.2), (40, 0.6), (20, 1.0)):
-            record_event(
-                session,
-                "dns.applied",
-                f"powerdns: {len(names)} regions updated (slow start)",
-                source=f"gtm-{service}",
-                service=service,
-                data={
-                    "provider": "powerdns",
-                    "changes": [],
-                    # Each region ramps to its own level, so the chart's lines part.
-                    "regions": {
-                        n: round(100 * share * (1 - 0.12 * (i % 6)), 1) for i, n in enumerate(names)
-                    },
-                },
-                at=now - timedelta(minutes=minutes_ago),
-            )
-        node = seeded.nodes[names[0]][0]
-        steps = (("registered", None, 59), ("warm", "idle", 58), ("active", "warm", 57))
-        for kind, from_state, minutes_ago in steps:
-            at = now - timedelta(minutes=minutes_ago)
-            if kind == "registered":
-                record_event(
-                    session,
-                    "node.registered",
-                    f"node {node} registered at 10.0.0.1",
-                    source="api",
-                    service=service,
-                    region=names[0],
-                    node_id=node,
-                    at=at,
-                )
-                continue
-            record_event(
-                session,
-                f"node.{kind}",
-                f"node {node}: {from_state} -> {kind} (ready): health checks passed",
-                source=f"node-{node}",
-                service=service,
-                region=names[0],
-                node_id=node,
-                correlation_id=node,
-                data={"from": from_state, "event": "ready"},
-                at=at,
-            )
-        record_event(
-            session,
-            "autoscale.committed",
-            f"{names[0]}: pool 4 -> 5 (commit c0ffee12): cpu 0.82 > target 0.6",
-            source=f"autoscale-{service}-{names[0]}",
-            service=service,
-            region=names[0],
-            data={"commit": "c0ffee12" * 5, "metrics": {}},
-            at=now - timedelta(minutes=5),
-        )
-        record_event(
-            session,
-            "terraform.succeeded",
-            f"{names[0]}: terraform for 0badf00d succeeded",
-            source=f"autoscale-{service}-{names[0]}",
-            service=service,
-            region=names[0],
-            data={"commit": "0badf00d" * 5},
-            at=now - timedelta(minutes=25),
-        )
+        for kind, message, fields in sorted(events, key=lambda e: e[2]["at"]):
+            record_event(session, kind, message, **fields)
 
 
 def add_event(factory: sessionmaker[Session], message: str, kind: str = "audit.drain") -> int:
