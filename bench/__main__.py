@@ -118,6 +118,11 @@ def summary(results: dict[str, Any]) -> list[str]:
         rows.append(f"| worker SIGKILLed during git push -> survivor resumes the activity | "
                     f"{failover['resume_median_s']} s median, {failover['resume_max_s']} s max "
                     f"(was {failover['before_heartbeats_s']:.0f} s) | < 15 s |")  # fmt: skip
+    for r in results.get(CONSOLE, []):
+        page, html = r["overview_json"], r["overview_html"]
+        rows.append(f"| console overview, {r['regions']} regions x {r['nodes']:,} nodes, "
+                    f"{r['backend']} | {page['median_ms']} ms JSON, {html['median_ms']} ms "
+                    f"HTML (median) | <= 200 ms |")  # fmt: skip
     outage = results.get(DNS_OUTAGE, {})
     if outage:
         rows.append(f"| healthy addresses lost from DNS, {outage['outage_s']:.0f} s database "
@@ -128,6 +133,7 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 
 DNS_OUTAGE = "Healthy addresses lost from DNS during a database outage"
+CONSOLE = "Console overview server time"
 WORKER_FAILOVER = "Worker failover: a worker killed during git push"
 WORKER_FAILOVER_NOTE = (
     "real dev server, two worker processes, SIGKILL while the remote holds the push open "
@@ -139,6 +145,7 @@ WORKER_FAILOVER_NOTE = (
 def main() -> None:
     from bench import (
         agent_failover,
+        console_overview,
         dns_outage,
         dns_writes,
         e2e_loop,
@@ -205,6 +212,7 @@ def main() -> None:
     )
     section(WORKER_FAILOVER, WORKER_FAILOVER_NOTE, worker_failover.run)
     section(DNS_OUTAGE, dns_outage.NOTE, dns_outage.run)
+    section(CONSOLE, console_overview.NOTE, console_overview.run)
 
     git_rev = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT

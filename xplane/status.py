@@ -50,6 +50,7 @@ class WorkflowLine(BaseModel):
 class StatusReport(BaseModel):
     revision: str | None = None
     temporal_ui: str | None = None
+    console: str | None = None  # the API's web console (/ui)
     regions: list[RegionLine] = Field(default_factory=list)
     nodes: list[NodeLine] = Field(default_factory=list)
     last_dns_apply: str | None = None

@@ -13,6 +13,7 @@ def render(report: StatusReport) -> Group:
     head = Text(
         f"config revision {(report.revision or 'none')[:8]}   "
         f"Temporal UI {report.temporal_ui or '-'}   "
+        f"Console {report.console or '-'}   "
         f"last DNS apply: {report.last_dns_apply or '-'}"
     )
     regions = Table(title="regions")

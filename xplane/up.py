@@ -545,7 +545,7 @@ async def _serve_api_worker_and_loops(
             info = _up_info(server, api_url, settings, repos, pdns, options)
             info_path.write_text(json.dumps(info.model_dump(mode="json"), indent=2))
             say(f"XPlane is up. Temporal UI: {server.ui_url}  API: {api_url}  "
-                "(Ctrl-C stops everything)")  # fmt: skip
+                f"Console: {api_url}/ui  (Ctrl-C stops everything)")  # fmt: skip
             admin_login(make_sessionmaker(engine), options.data_dir / "secrets", api_url, say)
             await _show_progress_until_stopped(stop, options, say, settings, pdns is not None)
             say("stopping: worker and api")

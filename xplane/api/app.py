@@ -22,8 +22,10 @@ from xplane.api.guards import BodyDeadlines, InFlightLimit
 from xplane.api.hot_path import XPlaneApi
 from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
+from xplane.api.routes_console import router as console_router
 from xplane.api.routes_nodes import router as nodes_router
 from xplane.api.routes_tokens import router as tokens_router
+from xplane.api.routes_ui import router as ui_router
 from xplane.api.routes_webhooks import TerraformWebhook, WebhookNotifier
 from xplane.api.routes_webhooks import make_router as make_webhook_router
 from xplane.api.schemas import ErrorBody
@@ -124,7 +126,15 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         deadlines=deadlines,
     )
-    routers = (health_router, nodes_router, admin_router, tokens_router, make_webhook_router())
+    routers = (
+        health_router,
+        nodes_router,
+        admin_router,
+        tokens_router,
+        make_webhook_router(),
+        console_router,
+        ui_router,
+    )
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     for router in (*routers, metrics_router(factory, token=metrics_token), *extra_routers):
         app.include_router(router)

@@ -34,6 +34,8 @@ def register(root: typer.Typer) -> None:
             # `xplane up` runs with its own heartbeat setting: judge its store by it.
             up_timeout = up.get("heartbeat_timeout_seconds") if up.get("db_url") == db_url else None
             report = store_report(db_url, timedelta(seconds=up_timeout) if up_timeout else None)
+            if up.get("api_url"):
+                report.console = f"{up['api_url']}/ui"
             if address:
                 try:
                     asyncio.run(add_temporal(report, address, up.get("temporal_ui")))

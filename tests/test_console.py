@@ -1,0 +1,304 @@
+"""The console's view models, store aggregates, sessions and JSON routes (no browser).
+
+The aggregates are checked against GTM's own weight function on the same nodes, on
+SQLite and PostgreSQL: the overview must say what the GTM loop computes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from tests.support.console_seed import REJECTED_ISSUE, add_event, seed_console_store
+from xplane.api import ApiSettings, create_app
+from xplane.api.console_auth import (
+    SESSION_COOKIE,
+    Identity,
+    make_session,
+    read_session,
+    require_console_reader,
+)
+from xplane.api.console_views import (
+    build_config_page,
+    published_reason,
+    region_weight,
+    timeline,
+    traffic_history,
+)
+from xplane.api.errors import install_error_handlers
+from xplane.api.serve import serve_in_thread
+from xplane.config.revisions import RevisionInfo, RevisionStatus
+from xplane.gtm.weights import compute_service_weights
+from xplane.store import config_store
+from xplane.store import console_queries as q
+from xplane.store import nodes as node_store
+from xplane.store.db import make_sessionmaker, transaction, utcnow
+from xplane.store.events import EventRow
+from xplane.store.node_tables import NodeRow
+from xplane.store.pools import list_pools
+
+ADMIN = "console-admin"
+TIMEOUT = timedelta(seconds=15)
+
+
+def test_region_aggregates_give_gtm_weights(engine: Engine) -> None:
+    factory = make_sessionmaker(engine)
+    now = utcnow()
+    seeded = seed_console_store(factory, regions=4, nodes_per_region=6, now=now, history=False)
+    with transaction(factory) as session:  # a mix GTM must not count as ready
+        rows = {r.id: r for r in node_store.list_nodes(session, region=seeded.regions[3])}
+        ids = sorted(rows)
+        rows[ids[0]].error_rate = 0.9  # above max_error_rate
+        rows[ids[1]].health_check_ok = False
+        rows[ids[2]].probes_ok = 0  # every probe failing: down
+        rows[ids[3]].state = "warm"
+        rows[ids[4]].reported_status = "drain"
+    with factory() as session:
+        config = config_store.current_config(session)
+        assert config is not None
+        policy = config.gtm[seeded.service]
+        tallies = q.region_tallies(session, now, TIMEOUT, {seeded.service: policy.max_error_rate})
+        snapshots = [
+            node_store.to_snapshot(r, now, TIMEOUT) for r in node_store.list_nodes(session)
+        ]
+        pools = {p.region: p.node_count for p in list_pools(session)}
+    gtm = compute_service_weights(policy, config.regions, snapshots, pools, TIMEOUT.total_seconds())
+    for name in seeded.regions:
+        ours = region_weight(policy, config, name, tallies.get((seeded.service, name)), pools[name])
+        theirs = gtm.regions[name]
+        assert ours.model_dump() == theirs.model_dump(), name
+    assert tallies[(seeded.service, seeded.regions[3])].ready == 1
+    assert gtm.regions[seeded.thin_region].reason == "1 ready node(s) < min_ready_nodes 2"
+
+
+def test_published_reason_names_the_slow_start() -> None:
+    assert published_reason(40.0, 100.0) == "slow start 40 %"
+    assert published_reason(100.0, 100.0) == "as computed"
+    assert published_reason(None, 50.0) == "not published by this provider"
+
+
+def _event(id: int, kind: str, minutes_ago: int, **kw: object) -> EventRow:
+    now = utcnow()
+    return EventRow(
+        id=id,
+        kind=kind,
+        at=now - timedelta(minutes=minutes_ago),
+        source="t",
+        message=str(kw.pop("message", kind)),
+        service="web",
+        region="jp",
+        node_id="n1",
+        data=kw.pop("data", {}),
+    )
+
+
+def test_timeline_keeps_every_lifecycle_step_with_its_reason() -> None:
+    events = [
+        _event(1, "node.registered", 9),
+        _event(2, "node.warm", 8, data={"from": "idle", "event": "booted"}),
+        _event(
+            3,
+            "node.active",
+            7,
+            data={"from": "warm", "event": "ready"},
+            message="node n1: warm -> active (ready): checks passed",
+        ),
+        _event(4, "node.drain_requested", 6, message="drain requested by operator: upgrade"),
+        _event(5, "node.drain", 5, data={"from": "active", "event": "drain"}),
+        _event(6, "dns.applied", 4),  # not a node step
+    ]
+    steps = timeline(events)
+    assert [(s.from_state, s.to_state) for s in steps] == [
+        (None, "idle"),
+        ("idle", "warm"),
+        ("warm", "active"),
+        (None, None),
+        ("active", "drain"),
+    ]
+    assert steps[2].why == "ready: checks passed"
+    assert "upgrade" in steps[3].why
+
+
+def test_traffic_rebuilds_node_counts_backwards_through_the_hour() -> None:
+    now = utcnow()
+    tally = q.RegionTally(service="web", region="jp", by_state={"active": 3, "drain": 1})
+    node_events = [
+        _event(1, "node.registered", 50),
+        _event(2, "node.active", 40, data={"from": "idle"}),
+        _event(3, "node.drain", 10, data={"from": "active"}),
+    ]
+    applies = [_event(4, "dns.applied", 30, data={"regions": {"jp": 80.0}})]
+    applies[0].service = "web"
+    traffic = traffic_history(
+        now=now,
+        since=now - timedelta(hours=1),
+        regions=[("web", "jp")],
+        applies=applies,
+        node_events=node_events,
+        tallies={("web", "jp"): tally},
+        weight_before={("web", "jp"): 50.0},
+    )
+    points = traffic.series[0].points
+    assert (points[0].weight, points[0].active_nodes, points[0].alive_nodes) == (50.0, 3, 3)
+    after_register = next(p for p in points if p.alive_nodes == 4)
+    assert after_register.active_nodes == 3
+    assert max(p.active_nodes or 0 for p in points) == 4  # before the drain
+    assert (points[-1].weight, points[-1].active_nodes, points[-1].alive_nodes) == (80.0, 3, 4)
+    assert points[-1].at == now
+
+
+def test_config_page_shows_only_a_rejection_newer_than_the_revision_in_force() -> None:
+    def rev(id: int, status: RevisionStatus) -> RevisionInfo:
+        errors = [REJECTED_ISSUE] if status is RevisionStatus.REJECTED else []
+        return RevisionInfo(
+            id=id, sha=f"{id:040d}", source="s", received_at=utcnow(), status=status, errors=errors
+        )
+
+    applied, old_reject = rev(2, RevisionStatus.APPLIED), rev(1, RevisionStatus.REJECTED)
+    assert build_config_page(applied, [applied, old_reject]).rejected is None
+    new_reject = rev(3, RevisionStatus.REJECTED)
+    page = build_config_page(applied, [new_reject, applied, old_reject])
+    assert page.rejected == new_reject
+    assert page.errors == [REJECTED_ISSUE]
+
+
+def test_a_session_cookie_is_refused_when_forged_tampered_or_expired() -> None:
+    cookie = make_session(ADMIN)
+    who = read_session(cookie, ADMIN)
+    assert who is not None and who.role == "admin" and who.csrf
+    body, sig = cookie.split(".")
+    assert read_session(cookie, "another admin token") is None  # rotated token
+    assert read_session(body + "x." + sig, ADMIN) is None
+    assert read_session(body + "." + sig[:-2] + "AA", ADMIN) is None
+    assert read_session(make_session(ADMIN, now=time.time() - 10, ttl_s=5), ADMIN) is None
+    assert read_session("garbage", ADMIN) is None
+
+
+@pytest.fixture
+def api(engine: Engine, db_url: str) -> object:
+    seed_console_store(make_sessionmaker(engine))
+    app = create_app(ApiSettings(db_url=db_url, admin_token=ADMIN))
+    with serve_in_thread(app) as running:
+        yield running
+
+
+def test_console_routes_need_credentials_and_name_bad_input(api: object) -> None:
+    url = api.url  # type: ignore[attr-defined]
+    assert httpx.get(f"{url}/console/overview").status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.get(f"{url}/console/overview", headers=wrong).status_code == 401
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    bad = httpx.get(f"{url}/console/events", params={"limit": 0}, headers=auth)
+    assert bad.status_code == 422 and "limit" in bad.text
+    missing = httpx.get(f"{url}/console/nodes/nope", headers=auth)
+    assert missing.status_code == 404
+    assert httpx.get(f"{url}/console/regions/web/nowhere", headers=auth).status_code == 404
+    schema = httpx.get(f"{url}/openapi.json").json()
+    for path in ("/console/overview", "/console/traffic", "/console/events/stream"):
+        assert path in schema["paths"]
+    assert not any(p.startswith("/ui") for p in schema["paths"])
+
+
+def test_overview_json_has_weights_reasons_and_actions(api: object) -> None:
+    url = api.url  # type: ignore[attr-defined]
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    view = httpx.get(f"{url}/console/overview", headers=auth).json()
+    regions = {r["region"]: r for r in view["services"][0]["regions"]}
+    assert regions["r001"]["reason"] == "latency 180 ms > target 100 ms"
+    assert regions["r001"]["effective_weight"] == pytest.approx(55.556, abs=0.01)
+    assert regions["r002"]["effective_weight"] == 0
+    assert regions["r002"]["health"] == "down"
+    assert regions["r000"]["pending_commit"].startswith("c0ffee12")
+    assert regions["r000"]["published"][0]["provider"] == "powerdns"
+    assert {a["path"] for a in view["actions"]} >= {"/sync", "/gate/close", "/gtm/web/plan/approve"}
+
+
+def test_login_sets_a_strict_http_only_session_and_pages_carry_a_csp(
+    api: object, engine: Engine
+) -> None:
+    url = api.url  # type: ignore[attr-defined]
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/ui").headers["location"] == "/ui/login"
+        refused = client.post("/ui/session", data={"token": "wrong"})
+        assert refused.status_code == 303 and "error" in refused.headers["location"]
+        answer = client.post("/ui/session", data={"token": ADMIN})
+        cookie = answer.headers["set-cookie"]
+        assert SESSION_COOKIE in cookie and "HttpOnly" in cookie
+        assert "samesite=strict" in cookie.lower() and "Secure" not in cookie  # plain HTTP
+        page = client.get("/ui")
+        assert page.status_code == 200
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "<script>" not in page.text  # no inline script
+        assert client.get("/console/overview").status_code == 200  # the cookie reads JSON
+        assert client.get("/ui/static/../routes_ui.py").status_code == 404
+        add_event(make_sessionmaker(engine), "<script>alert(1)</script>")
+        events = client.get("/ui/events").text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in events and "<script>alert" not in events
+        assert client.get("/ui/nodes/a%00b").status_code == 422  # NUL never reaches SQL
+
+
+def test_the_event_stream_delivers_a_new_event(api: object, engine: Engine) -> None:
+    url = api.url  # type: ignore[attr-defined]
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    received: list[dict[str, object]] = []
+    with make_sessionmaker(engine)() as session:
+        after = q.last_event_id(session)  # the stream starts here, however late it connects
+
+    def listen() -> None:
+        with httpx.stream(
+            "GET", f"{url}/console/events/stream", params={"kind": "audit.", "after": after},
+            headers=auth,
+            timeout=20,
+        ) as response:  # fmt: skip
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    received.append(json.loads(line.removeprefix("data: ")))
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    time.sleep(0.5)  # the events come while the stream is open (or before: no matter)
+    add_event(make_sessionmaker(engine), "not audit", kind="dns.applied")
+    event_id = add_event(make_sessionmaker(engine), "drained r000-n00001 by alice")
+    thread.join(timeout=15)
+    assert received and received[0]["id"] == event_id
+    assert received[0]["message"] == "drained r000-n00001 by alice"
+
+
+def test_a_state_change_with_the_cookie_needs_the_csrf_token(api: object) -> None:
+    """The console's dependency refuses a cookie-carried POST without the CSRF token."""
+    app: FastAPI = api.app  # type: ignore[attr-defined]
+    probe = FastAPI()
+    probe.state.settings = app.state.settings
+    install_error_handlers(probe)
+
+    @probe.post("/probe")
+    def _probe(who: Identity = Depends(require_console_reader)) -> dict[str, str]:
+        return {"who": who.name}
+
+    cookie = make_session(ADMIN)
+    who = read_session(cookie, ADMIN)
+    assert who is not None
+    client = TestClient(probe, cookies={SESSION_COOKIE: cookie})
+    assert client.post("/probe").status_code == 403
+    assert client.post("/probe", headers={"X-CSRF-Token": "wrong"}).status_code == 403
+    assert client.post("/probe", headers={"X-CSRF-Token": who.csrf or ""}).status_code == 200
+
+
+def test_tallies_count_every_node_once(engine: Engine) -> None:
+    factory = make_sessionmaker(engine)
+    seed_console_store(factory, regions=3, nodes_per_region=50, history=False)
+    with factory() as session:
+        tallies = q.region_tallies(session, utcnow(), TIMEOUT, {"web": 0.5})
+        assert sum(t.total for t in tallies.values()) == 150
+        assert session.query(NodeRow).count() == 150
