@@ -21,6 +21,7 @@ from xplane.dns.plan import ApplyResult, DesiredService, DnsError
 from xplane.dns.ratelimit import DnsThrottledError
 from xplane.gate import GateSettings, trusted_view
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health
+from xplane.gtm.smoothing import RttAverage, RttSmoother
 from xplane.gtm.weights import ServiceWeights, compute_service_weights, unready_addresses
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
@@ -48,6 +49,10 @@ class HealthCheckResult(BaseModel):
 class ObserveRequest(BaseModel):
     service: str
     health: dict[str, CheckState] = Field(default_factory=dict)  # node id -> tracker state
+    # The loop's RTT averages (region -> smoothed RTT) and its clock: each region's RTT
+    # is smoothed before the weights are computed (xplane.gtm.smoothing).
+    rtt: dict[str, RttAverage] = Field(default_factory=dict)
+    at: datetime | None = None
 
 
 class GtmTargets(BaseModel):
@@ -63,6 +68,8 @@ class GtmTargets(BaseModel):
     gate: dict[str, str] = Field(default_factory=dict)
     # Addresses of nodes judged not ready (in the gate's view): removed on purpose.
     unready: list[str] = Field(default_factory=list)
+    # The new RTT averages; None in results recorded before the RTT was smoothed here.
+    rtt: dict[str, RttAverage] | None = None
 
 
 class ApplyDnsRequest(BaseModel):
@@ -111,7 +118,10 @@ class GtmActivities:
         nodes, gate = trusted_view(
             snapshots, rows, stored, request.service, now, self._heartbeat, self._gate
         )
-        weights = compute_service_weights(policy, config.regions, nodes, pools, timeout)
+        rtt = RttSmoother(request.rtt, request.at or now)
+        weights = compute_service_weights(
+            policy, config.regions, nodes, pools, timeout, smooth_rtt=rtt
+        )
         metrics.set_region_weights(request.service, weights.weights(), weights.fail_open)
         metrics.observe_loop(f"gtm-{request.service}", now)
         return GtmTargets(
@@ -123,6 +133,7 @@ class GtmActivities:
             observed_at=now,
             gate=gate,
             unready=unready_addresses(policy, nodes, timeout),
+            rtt=rtt.averages,
         )
 
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
