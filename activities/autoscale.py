@@ -27,11 +27,11 @@ from xplane.autoscale.calendar import CalendarFloor, Entered
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import RegionMetrics, Sample, aggregate, as_utc
 from xplane.autoscale.scale_down import nodes_removed_by_scale_down
-from xplane.domain import NodeState, NodeStatus
-from xplane.gate import GateSettings, RegionVerdict, verdict_for
+from xplane.domain import NodeState
+from xplane.gate import GateSettings, RegionVerdict, unconfirmed_silence, verdict_for
 from xplane.gitops.infra_repo import CommitResult, RepoError, commit_node_count
 from xplane.heartbeat import HeartbeatSettings
-from xplane.lifecycle.node_status import is_coming_up, is_serving
+from xplane.lifecycle.node_status import derive_status, is_coming_up, is_held, is_serving
 from xplane.observability import metrics as prom
 from xplane.probes.prometheus import PrometheusError, prometheus_region_metrics
 from xplane.store import config_store
@@ -45,9 +45,6 @@ from xplane.store.pools import NodePoolRow, finish_commit, set_pool
 from xplane.store.samples import metric_samples
 
 GONE = (NodeState.DELETE.value,)
-# Lifecycle states of a node not given up: if it is silent, its lifecycle's down grace
-# decides (drain and delete are on their way out).
-HELD_STATES = (NodeState.IDLE.value, NodeState.WARM.value, NodeState.ACTIVE.value)
 
 
 class DecideRequest(BaseModel):
@@ -166,17 +163,12 @@ class AutoscaleActivities:
                 healthy |= {
                     n.id
                     for n in nodes
-                    if gate_store.unconfirmed_silence(
-                        n.last_heartbeat_at, n.recorded_status, now, timeout
-                    )
+                    if unconfirmed_silence(n.last_heartbeat_at, n.recorded_status, now, timeout)
                 }
             held = sorted(
                 n.id
                 for n in nodes
-                if n.id not in healthy
-                and n.state in HELD_STATES
-                and not n.drain_requested
-                and n.reported_status != NodeStatus.DRAIN.value
+                if is_held(n.state, derive_status(n, now, timeout), n.id in healthy)
             )
             lost = sorted(n.id for n in nodes if n.id not in healthy and n.id not in held)
         samples = [

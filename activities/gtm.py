@@ -19,9 +19,9 @@ from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
 from xplane.dns.factory import make_provider
 from xplane.dns.plan import ApplyResult, DesiredService, DnsError
 from xplane.dns.ratelimit import DnsThrottledError
-from xplane.domain import NodeSnapshot, NodeStatus
-from xplane.gate import GateSettings, verdict_for
+from xplane.gate import GateSettings, trusted_view
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health
+from xplane.gtm.smoothing import RttAverage, RttSmoother
 from xplane.gtm.weights import ServiceWeights, compute_service_weights, unready_addresses
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
@@ -31,7 +31,6 @@ from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import record_event
-from xplane.store.node_tables import NodeRow
 from xplane.store.pools import list_pools
 
 
@@ -50,6 +49,10 @@ class HealthCheckResult(BaseModel):
 class ObserveRequest(BaseModel):
     service: str
     health: dict[str, CheckState] = Field(default_factory=dict)  # node id -> tracker state
+    # The loop's RTT averages (region -> smoothed RTT) and its clock: each region's RTT
+    # is smoothed before the weights are computed (xplane.gtm.smoothing).
+    rtt: dict[str, RttAverage] = Field(default_factory=dict)
+    at: datetime | None = None
 
 
 class GtmTargets(BaseModel):
@@ -65,6 +68,8 @@ class GtmTargets(BaseModel):
     gate: dict[str, str] = Field(default_factory=dict)
     # Addresses of nodes judged not ready (in the gate's view): removed on purpose.
     unready: list[str] = Field(default_factory=list)
+    # The new RTT averages; None in results recorded before the RTT was smoothed here.
+    rtt: dict[str, RttAverage] | None = None
 
 
 class ApplyDnsRequest(BaseModel):
@@ -109,8 +114,14 @@ class GtmActivities:
             rows = node_store.list_nodes(session, service=request.service)
             stored = gate_store.read_gate(session)
             pools = {p.region: p.node_count for p in list_pools(session, request.service)}
-        nodes, gate = trusted_view(rows, stored, request.service, now, self._heartbeat, self._gate)
-        weights = compute_service_weights(policy, config.regions, nodes, pools, timeout)
+        snapshots = [node_store.to_snapshot(r, now, self._heartbeat.timeout) for r in rows]
+        nodes, gate = trusted_view(
+            snapshots, rows, stored, request.service, now, self._heartbeat, self._gate
+        )
+        rtt = RttSmoother(request.rtt, request.at or now)
+        weights = compute_service_weights(
+            policy, config.regions, nodes, pools, timeout, smooth_rtt=rtt
+        )
         metrics.set_region_weights(request.service, weights.weights(), weights.fail_open)
         metrics.observe_loop(f"gtm-{request.service}", now)
         return GtmTargets(
@@ -122,6 +133,7 @@ class GtmActivities:
             observed_at=now,
             gate=gate,
             unready=unready_addresses(policy, nodes, timeout),
+            rtt=rtt.averages,
         )
 
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
@@ -202,54 +214,3 @@ class GtmActivities:
                     },
                 )
         return result
-
-
-def trusted_view(
-    rows: list[NodeRow],
-    stored: gate_store.StoredGate,
-    service: str,
-    now: datetime,
-    heartbeat: HeartbeatSettings,
-    settings: GateSettings,
-) -> tuple[list[NodeSnapshot], dict[str, str]]:
-    """The nodes as the self-health gate lets GTM see them, and the regions it holds.
-
-    Without a gate decision (no world-state scan ever ran) the store's view as is.
-    Otherwise a silence the world-state scan has not confirmed (it holds or has not
-    judged it yet) keeps the node as last recorded, up, so it stays in DNS; in a
-    held region a failing active check is not trusted either (XPlane's own probes
-    may be what is cut off). Drains and operator changes still apply.
-    """
-    timeout = heartbeat.timeout
-    nodes = [node_store.to_snapshot(r, now, timeout) for r in rows]
-    if stored.decision is None and not stored.operator_closed:
-        return nodes, {}
-    verdicts = {
-        region: verdict_for(
-            stored.decision,
-            service,
-            region,
-            now,
-            heartbeat,
-            settings,
-            operator_closed=stored.operator_closed,
-            operator_reason=stored.operator_reason,
-        )
-        for region in {r.region for r in rows}
-    }
-    for i, row in enumerate(rows):
-        held = verdicts[row.region].verdict == "held"
-        node = nodes[i]
-        if node.status is NodeStatus.DOWN and gate_store.unconfirmed_silence(
-            row.last_heartbeat_at, row.recorded_status, now, timeout
-        ):
-            node = node.model_copy(update={"status": NodeStatus.UP, "heartbeat_age_seconds": 0.0})
-        if held and node.health_check_ok is False:
-            node = node.model_copy(update={"health_check_ok": None})
-        nodes[i] = node
-    gate = {
-        region: f"{v.verdict}: {v.reason}"
-        for region, v in sorted(verdicts.items())
-        if v.verdict != "normal"
-    }
-    return nodes, gate

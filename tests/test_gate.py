@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from xplane.domain import NodeSnapshot, NodeStatus
 from xplane.gate import (
     EVERYWHERE,
     GateDecision,
@@ -16,6 +18,8 @@ from xplane.gate import (
     RegionInput,
     decide_gate,
     spend,
+    trusted_view,
+    unconfirmed_silence,
     verdict_for,
 )
 from xplane.heartbeat import HeartbeatSettings
@@ -338,3 +342,76 @@ def test_the_scan_lets_a_rate_limited_region_lose_one_node_per_timeout() -> None
     assert [t.node_id for t in gate_transitions([down("jp-2")], after, T0)[0]] == ["jp-2"]
     held_all = decide([region("jp", 6, 6), region("us", 6, 6)])
     assert gate_transitions([down("jp-1"), back], held_all, T0)[0] == [back]
+
+
+# ---------------------------------------------------------------- trusted view
+@dataclass(frozen=True)
+class Facts:
+    last_heartbeat_at: datetime | None
+    recorded_status: str | None
+
+
+@dataclass(frozen=True)
+class Stored:
+    decision: GateDecision | None
+    operator_closed: bool = False
+    operator_reason: str | None = None
+
+
+SILENT = Facts(T0 - HB.timeout - timedelta(seconds=1), "up")  # not yet recorded down
+
+
+def snapshot(node_id: str, status: NodeStatus, check: bool | None = None) -> NodeSnapshot:
+    return NodeSnapshot(
+        id=node_id,
+        service="web",
+        region="jp",
+        address=f"192.0.2.{len(node_id)}",
+        status=status,
+        heartbeat_age_seconds=40.0,
+        health_check_ok=check,
+    )
+
+
+def test_unconfirmed_silence_is_silent_but_last_recorded_up() -> None:
+    assert unconfirmed_silence(SILENT.last_heartbeat_at, "up", T0, HB.timeout)
+    assert unconfirmed_silence(None, "up", T0, HB.timeout)
+    assert not unconfirmed_silence(SILENT.last_heartbeat_at, "down", T0, HB.timeout)
+    assert not unconfirmed_silence(T0 - HB.timeout, "up", T0, HB.timeout)  # not silent yet
+
+
+def test_trusted_view_without_a_gate_decision_is_the_nodes_as_they_are() -> None:
+    nodes = [snapshot("a", NodeStatus.DOWN)]
+    view, gate = trusted_view(nodes, [SILENT], Stored(None), "web", T0, HB, SETTINGS)
+    assert view == nodes and gate == {}
+
+
+def test_trusted_view_keeps_an_unconfirmed_silence_up() -> None:
+    normal = decide([region("jp", 6, 0)])
+    recorded_down = Facts(SILENT.last_heartbeat_at, "down")
+    nodes = [snapshot("a", NodeStatus.DOWN), snapshot("bb", NodeStatus.DOWN)]
+    view, gate = trusted_view(
+        nodes, [SILENT, recorded_down], Stored(normal), "web", T0, HB, SETTINGS
+    )
+    assert [n.status for n in view] == [NodeStatus.UP, NodeStatus.DOWN]
+    assert view[0].heartbeat_age_seconds == 0.0
+    assert gate == {}
+
+
+def test_trusted_view_in_a_held_region_distrusts_a_failing_check() -> None:
+    fresh = Facts(T0, "up")
+    nodes = [snapshot("a", NodeStatus.UP, check=False)]
+    view, gate = trusted_view(
+        nodes,
+        [fresh],
+        Stored(None, operator_closed=True, operator_reason="maintenance"),
+        "web",
+        T0,
+        HB,
+        SETTINGS,
+    )
+    assert view[0].health_check_ok is None
+    assert gate == {"jp": "held: closed by operator: maintenance"}
+    normal = decide([region("jp", 6, 0)])
+    view, _ = trusted_view(nodes, [fresh], Stored(normal), "web", T0, HB, SETTINGS)
+    assert view[0].health_check_ok is False  # a normal region trusts its checks

@@ -24,7 +24,6 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.gtm import trusted_view
 from activities.nodes import NodeActivities
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
 from tests.support.temporal import pydantic_client
@@ -32,7 +31,7 @@ from workflows.control_loop import LoopSettings
 from workflows.node_lifecycle import NodeLifecycleWorkflow
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
 from xplane.config.loader import load_config_from_mapping
-from xplane.gate import GateSettings
+from xplane.gate import GateSettings, trusted_view
 from xplane.gtm.weights import compute_service_weights
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability.metrics import REGISTRY
@@ -119,7 +118,9 @@ class Rig:
         with self.sessions() as session:
             rows = node_store.list_nodes(session, service="svc")
             stored = gate_store.read_gate(session)
-        nodes, _ = trusted_view(rows, stored, "svc", await self.now(), HB, GATE)
+        now = await self.now()
+        snapshots = [node_store.to_snapshot(r, now, HB.timeout) for r in rows]
+        nodes, _ = trusted_view(snapshots, rows, stored, "svc", now, HB, GATE)
         weights = compute_service_weights(
             config.gtm["svc"], config.regions, nodes, {}, HB.timeout_seconds
         )

@@ -1,8 +1,8 @@
 """DNS writes in proportion to traffic changes: deadband, stepped ramps, smoothed RTT.
 
-Pure functions, no Temporal: each test runs the loop's own pipeline (weights ->
-smoothed latency -> ramp -> one provider's desired record set -> deadband) tick by
-tick and counts the writes it would make.
+Pure functions, no Temporal: each test runs the loop's own pipeline (weights from the
+smoothed RTT -> ramp -> one provider's desired record set -> deadband) tick by tick and
+counts the writes it would make.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from xplane.dns.plan import (
 from xplane.domain import NodeSnapshot
 from xplane.gtm.deadband import Published, needs_write, published, shares
 from xplane.gtm.ramp import RAMP_STEPS, RampState, ramp, ramp_service
-from xplane.gtm.smoothing import RttAverage, ewma, smooth_latency
+from xplane.gtm.smoothing import RttAverage, RttSmoother
 from xplane.gtm.weights import compute_service_weights
 
 T0 = datetime(2025, 1, 1, 12, 0, 3, tzinfo=UTC)  # deliberately off the ramp grid
@@ -151,9 +151,9 @@ def _run(
     writes: list[dict[str, float]] = []
     for i, world in enumerate(worlds):
         now = start + i * TICK
-        target = compute_service_weights(POLICY, {}, world, {}, 30)
-        if quiet:
-            target, rtt = smooth_latency(target, rtt, now, POLICY.latency)
+        smoother = RttSmoother(rtt, now) if quiet else None
+        target = compute_service_weights(POLICY, {}, world, {}, 30, smooth_rtt=smoother)
+        rtt = smoother.averages if smoother else {}
         previous = dict(ramp_state)
         if previous:
             for name in target.regions:
@@ -200,12 +200,3 @@ def test_noisy_rtts_do_not_move_dns() -> None:
     smoothed, _ = _run(worlds, quiet=True)
     assert raw >= 60  # unsmoothed, almost every tick is a write
     assert smoothed <= 3  # the first write, and at most a couple as the average settles
-
-
-def test_ewma_weighs_by_elapsed_time() -> None:
-    first = ewma(None, 100, T0)
-    assert first == RttAverage(rtt_ms=100, at=T0)
-    after_a_minute = ewma(first, 200, T0 + timedelta(minutes=1))
-    assert after_a_minute.rtt_ms == pytest.approx(100 + 100 * (1 - 2.718281828**-1))
-    assert ewma(first, 200, T0 + timedelta(seconds=5)).rtt_ms < 110
-    assert ewma(first, 200, T0) == first  # no time passed: no change

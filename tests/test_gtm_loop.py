@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 
 from activities.gtm import GtmActivities
 from tests.fakes.cloudflare_api import CloudflareState, start
+from tests.support.histories import keep
 from tests.support.temporal import pydantic_client
 from tests.support.tools import needs_tool
 from workflows.control_loop import LoopSettings, LoopStatus
@@ -591,4 +592,40 @@ async def test_all_nodes_die_and_one_comes_back_dns_is_never_empty_nor_frozen_on
             assert status.details["holding"] == []
         finally:
             _stop(back)
+    engine.dispose()
+
+
+async def test_noisy_rtts_are_smoothed_before_the_weights(
+    time_env: WorkflowEnvironment,
+    tmp_path: Path,
+    pdns: PdnsServer,
+    health_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """jp's RTT jumps between 150 and 300 ms every 5 s tick (target 100 ms): raw, its
+    latency factor would jump between 0.67 and 0.33; smoothed over a minute, its weight
+    stays between the two and DNS is written about once."""
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    engine, sessions = _seed(tmp_path, pdns, health_port)
+
+    def beat(jp_rtt: float) -> None:
+        for node_id in NODES:
+            _beat(sessions, node_id)
+            with transaction(sessions) as session:
+                row = node_store.get_node(session, node_id)
+                row.rtt_ms = jp_rtt if node_id.startswith("jp") else 10.0
+
+    queue = f"rtt-{uuid.uuid4().hex[:6]}"
+    beat(150)
+    async with _gtm_loop(time_env, sessions, "svc", queue, "rtt", interval=5) as handle:
+        await time_env.sleep(1)
+        for i in range(12):
+            beat(300 if i % 2 == 0 else 150)
+            await time_env.sleep(5)
+        status: LoopStatus = await handle.query(GtmLoopWorkflow.status)
+        jp = status.details["weights"]["jp"]
+        assert 100 * 100 / 300 + 1 < jp < 100 * 100 / 150 - 1, jp
+        with sessions() as session:
+            assert len(list_events(session, kind_prefix="dns.applied")) <= 3
+        await keep(handle, "gtm_loop_smoothed_rtt")
     engine.dispose()

@@ -15,8 +15,11 @@ from xplane.lifecycle.node_status import (
     derive_status,
     heartbeat_action,
     is_coming_up,
+    is_healthy_snapshot,
+    is_held,
     is_live,
     is_serving,
+    serves,
 )
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -130,3 +133,54 @@ def test_is_coming_up_is_warm_or_a_live_idle_node_not_seen_down(
 )
 def test_is_live_unless_deleted_or_silent(node: Node, now: datetime, expected: bool) -> None:
     assert is_live(node, now, TIMEOUT) is expected
+
+
+UP, DOWN, DRAIN = NodeStatus.UP, NodeStatus.DOWN, NodeStatus.DRAIN
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "expected"),
+    [("active", UP, True), ("active", DOWN, False), ("active", DRAIN, False), ("warm", UP, False)],
+)
+def test_serves_is_is_serving_from_a_derived_status(
+    state: str, status: NodeStatus, expected: bool
+) -> None:
+    assert serves(state, status) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "healthy", "expected"),
+    [
+        ("active", DOWN, False, True),  # down within its grace: held, not replaced
+        ("warm", DOWN, False, True),
+        ("idle", DOWN, False, True),
+        ("active", UP, True, False),  # healthy: nothing to hold
+        ("active", DRAIN, False, False),  # leaving on purpose
+        ("drain", DOWN, False, False),
+        ("delete", DOWN, False, False),  # given up
+    ],
+)
+def test_is_held_is_unhealthy_not_given_up_not_draining(
+    state: str, status: NodeStatus, healthy: bool, expected: bool
+) -> None:
+    assert is_held(state, status, healthy) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "check", "expected"),
+    [
+        ("active", UP, None, True),  # not checked yet
+        ("active", UP, True, True),
+        ("active", UP, False, False),  # its active check fails
+        ("active", DOWN, None, False),
+        ("warm", UP, False, True),  # warming with good heartbeats
+        ("idle", UP, None, True),
+        ("warm", DOWN, None, False),
+        ("drain", UP, None, False),
+        ("delete", UP, None, False),
+    ],
+)
+def test_is_healthy_snapshot(
+    state: str, status: NodeStatus, check: bool | None, expected: bool
+) -> None:
+    assert is_healthy_snapshot(state, status, check) is expected

@@ -6,12 +6,14 @@ lifecycles) and on ``OnGtmPolicyChanged`` (GitOps sync). Each reconcile:
 1. in one activity (so an idle tick adds few history events): runs the policy's
    active health check against every node (flips reach the store only after N
    consecutive results), then observes the store and computes target weights;
-2. damps them here (RTT smoothed over a minute; drops at once, rises ramped over
-   ``slow_start`` in steps; a region that joins a running loop starts from 0);
+2. damps them here (drops at once, rises ramped over ``slow_start`` in steps; a
+   region that joins a running loop starts from 0); the RTT behind the latency factor
+   is smoothed over a minute before the weights are computed (the loop hands the
+   activity its averages and keeps the new ones);
 3. applies to each DNS provider only when its desired record set changed past the
    deadband (an address came or went, or a share moved by ``min_share_change``).
 
-Steps 2's smoothing and stepping and 3's deadband change which activities a tick
+Smoothing, step 2's stepping and 3's deadband change which activities a tick
 schedules, so they run behind ``workflow.patched(QUIET_DNS_PATCH)``: histories
 recorded before them replay with the old behaviour. So does the last-good rule
 (:mod:`xplane.gtm.last_good`, ``LAST_GOOD_PATCH``): while no node of the service is up,
@@ -123,7 +125,9 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         service = self.params.service
         targets: GtmTargets = await workflow.execute_activity_method(
             GtmActivities.observe_gtm,
-            ObserveRequest(service=service, health=self.params.health),
+            ObserveRequest(
+                service=service, health=self.params.health, rtt=self.params.rtt, at=workflow.now()
+            ),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=policies.DB,
         )
@@ -141,10 +145,13 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         assert target_weights is not None
         now = workflow.now()
         quiet = workflow.patched(QUIET_DNS_PATCH)
-        if quiet:
-            target_weights, self.params.rtt = smooth_latency(
-                target_weights, self.params.rtt, now, policy.latency
-            )
+        if targets.rtt is None:  # recorded before observe_gtm smoothed the RTT itself
+            if quiet:
+                target_weights, self.params.rtt = smooth_latency(
+                    target_weights, self.params.rtt, now, policy.latency
+                )
+        elif quiet:  # an unpatched run keeps no averages: its RTTs stay raw
+            self.params.rtt = targets.rtt
         self.params.maintenance = [w for w in self.params.maintenance if w.closes > now]
         # Addresses taken out for maintenance are removed on purpose (as unready ones are):
         # not counted against the providers' safety threshold.

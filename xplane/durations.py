@@ -52,3 +52,8 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]
+
+
+def retry_delay(attempts: int, base: timedelta, cap: timedelta) -> timedelta:
+    """Exponential backoff after ``attempts`` failed attempts (1, 2, ...), capped."""
+    return min(cap, base * 2 ** min(max(attempts - 1, 0), 30))

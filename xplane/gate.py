@@ -25,18 +25,20 @@ A hold ends by itself once its inputs have been healthy for ``stable_period``.
 
 Everything here is pure (no I/O, no clock): the world-state scan calls
 :func:`decide_gate` each tick and stores the :class:`GateDecision`; GTM, the
-autoscaler and node lifecycles read it back through :func:`verdict_for`.
+autoscaler and node lifecycles read it back through :func:`verdict_for` (GTM's view
+of the nodes through :func:`trusted_view`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from xplane.domain import NodeSnapshot, NodeStatus
 from xplane.durations import Duration, format_duration
 from xplane.heartbeat import HeartbeatSettings
 
@@ -424,3 +426,91 @@ def verdict_for(
 
 def _round(delta: timedelta) -> timedelta:
     return timedelta(seconds=round(delta.total_seconds()))
+
+
+def unconfirmed_silence(
+    last_heartbeat_at: datetime | None,
+    recorded_status: str | None,
+    now: datetime,
+    timeout: timedelta,
+) -> bool:
+    """Silent past the timeout, but the world-state scan has not let its down through.
+
+    Once a gate decision exists, readers (GTM, autoscaler) take silence as down only
+    when the scan recorded it: the scan judges it with the gate in the same tick, so
+    a reader never acts on a silence the gate is holding (nor races the gate's
+    closing). The node still counts as it was last recorded: up.
+    """
+    silent = last_heartbeat_at is None or now - last_heartbeat_at > timeout
+    return silent and recorded_status == NodeStatus.UP.value
+
+
+class RecordedFacts(Protocol):
+    """What :func:`trusted_view` reads of a node besides its snapshot (a store row)."""
+
+    @property
+    def last_heartbeat_at(self) -> datetime | None: ...
+    @property
+    def recorded_status(self) -> str | None: ...
+
+
+class GateRecord(Protocol):
+    """The gate as stored: the scan's last decision and the operator's switch."""
+
+    @property
+    def decision(self) -> GateDecision | None: ...
+    @property
+    def operator_closed(self) -> bool: ...
+    @property
+    def operator_reason(self) -> str | None: ...
+
+
+def trusted_view(
+    nodes: Sequence[NodeSnapshot],
+    facts: Sequence[RecordedFacts],
+    stored: GateRecord,
+    service: str,
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    settings: GateSettings,
+) -> tuple[list[NodeSnapshot], dict[str, str]]:
+    """The nodes as the self-health gate lets GTM see them, and the regions it holds.
+
+    ``facts[i]`` are the recorded facts of ``nodes[i]``. Without a gate decision (no
+    world-state scan ever ran) the nodes as they are. Otherwise a silence the
+    world-state scan has not confirmed (it holds or has not judged it yet) keeps the
+    node as last recorded, up, so it stays in DNS; in a held region a failing active
+    check is not trusted either (XPlane's own probes may be what is cut off). Drains
+    and operator changes still apply.
+    """
+    out = list(nodes)
+    if stored.decision is None and not stored.operator_closed:
+        return out, {}
+    verdicts = {
+        region: verdict_for(
+            stored.decision,
+            service,
+            region,
+            now,
+            heartbeat,
+            settings,
+            operator_closed=stored.operator_closed,
+            operator_reason=stored.operator_reason,
+        )
+        for region in {n.region for n in nodes}
+    }
+    for i, (node, fact) in enumerate(zip(nodes, facts, strict=True)):
+        held = verdicts[node.region].verdict == "held"
+        if node.status is NodeStatus.DOWN and unconfirmed_silence(
+            fact.last_heartbeat_at, fact.recorded_status, now, heartbeat.timeout
+        ):
+            node = node.model_copy(update={"status": NodeStatus.UP, "heartbeat_age_seconds": 0.0})
+        if held and node.health_check_ok is False:
+            node = node.model_copy(update={"health_check_ok": None})
+        out[i] = node
+    gate = {
+        region: f"{v.verdict}: {v.reason}"
+        for region, v in sorted(verdicts.items())
+        if v.verdict != "normal"
+    }
+    return out, gate

@@ -18,6 +18,7 @@ from fastapi import Request
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from workflows.control_loop import ControlLoopWorkflow
 from xplane.api.console_views import LoopState, Overview
 
 QUERY_TIMEOUT_S = 1.5
@@ -55,7 +56,8 @@ async def query_loops(client: Client, ids: Sequence[str]) -> dict[str, LoopState
 
     async def one(workflow_id: str) -> tuple[str, LoopState | None]:
         try:
-            status = await client.get_workflow_handle(workflow_id).query("status", result_type=dict)
+            answer = await client.get_workflow_handle(workflow_id).query(ControlLoopWorkflow.status)
+            status = answer.model_dump(mode="json")
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return workflow_id, LoopState(

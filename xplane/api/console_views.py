@@ -195,7 +195,7 @@ def region_weight(
         registered=tally.registered if tally else 0,
         alive=tally.alive if tally else 0,
     )
-    return _region_weight(spec, counted, pool, policy.latency.target_ms, policy.latency.floor)
+    return _region_weight(spec, counted, pool, policy.latency.target_ms, policy.latency.floor, None)
 
 
 def weight_reason(weight: RegionWeight, target_ms: float) -> str:

@@ -29,7 +29,8 @@ from xplane.autoscale.calendar import CalendarFloor
 from xplane.autoscale.desired import Decision, ScaleHistory, desired
 from xplane.autoscale.metrics import Sample, aggregate, as_utc
 from xplane.config.models import AutoscaleRegion, ConfigTree
-from xplane.domain import NodeSnapshot, NodeState, NodeStatus, WorldSnapshot
+from xplane.domain import NodeSnapshot, NodeState, WorldSnapshot
+from xplane.lifecycle.node_status import is_healthy_snapshot, is_held, serves
 
 
 class RegionWhatIf(BaseModel):
@@ -44,17 +45,8 @@ class AutoscaleWhatIf(BaseModel):
     services: dict[str, dict[str, RegionWhatIf]]
 
 
-def _is_healthy(node: NodeSnapshot) -> bool:
-    """Serving, or warming up with good heartbeats: not a node to replace."""
-    if node.state == NodeState.ACTIVE:
-        return node.status == NodeStatus.UP and node.health_check_ok is not False
-    return node.state in (NodeState.IDLE, NodeState.WARM) and node.status == NodeStatus.UP
-
-
-def _is_held(node: NodeSnapshot) -> bool:
-    """Down or silent but not given up by its lifecycle (not deleted): not replaced."""
-    held = node.state in (NodeState.IDLE, NodeState.WARM, NodeState.ACTIVE)
-    return held and node.status != NodeStatus.DRAIN and not _is_healthy(node)
+def _healthy(node: NodeSnapshot) -> bool:
+    return is_healthy_snapshot(node.state, node.status, node.health_check_ok)
 
 
 def _effective_policy(config: ConfigTree, region: str, policy: AutoscaleRegion) -> AutoscaleRegion:
@@ -85,7 +77,7 @@ def decide_region(
     samples = [
         Sample(node_id=n.id, at=now, cpu=n.cpu, rtt_ms=n.rtt_ms, error_rate=n.error_rate, qps=n.qps)
         for n in nodes
-        if n.state == NodeState.ACTIVE and n.status == NodeStatus.UP
+        if serves(n.state, n.status)
     ]
     metrics = aggregate(samples, now, window) if samples else None
     history = ScaleHistory(
@@ -102,11 +94,11 @@ def decide_region(
         now,
         # In maintenance, nodes drained for the work are not replaced.
         healthy_nodes=(
-            sum(_is_healthy(n) for n in nodes)
+            sum(_healthy(n) for n in nodes)
             if nodes and not (calendar and calendar.maintenance)
             else None
         ),
-        held_nodes=sum(_is_held(n) for n in nodes),
+        held_nodes=sum(is_held(n.state, n.status, _healthy(n)) for n in nodes),
         max_replace=policy.max_replace,
         calendar=calendar,
     )

@@ -6,7 +6,11 @@ the deadband) rewrites DNS for nothing. The loop replaces each region's observed
 median RTT by an exponentially weighted moving average with a time constant of
 ``window`` (60 s by default): irregular ticks weigh by elapsed time, a region seen
 for the first time (or again after a gap of several windows) starts from its sample.
-Pure: the loop keeps one :class:`RttAverage` per region.
+
+It smooths the *input*: :class:`RttSmoother` is the ``smooth_rtt`` the GTM loop's
+observe activity hands :func:`~xplane.gtm.weights.compute_service_weights`, so the
+weights are computed once, from the smoothed RTT. Pure: the loop keeps one
+:class:`RttAverage` per region and passes them in each tick.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel
 
 from xplane.config.models import LatencyPolicy
+from xplane.gtm import weights as gtm_weights
 from xplane.gtm.weights import ServiceWeights, WeightedRecord
 
 DEFAULT_WINDOW = timedelta(minutes=1)
@@ -41,11 +46,29 @@ def ewma(
     return RttAverage(rtt_ms=previous.rtt_ms + alpha * (sample - previous.rtt_ms), at=now)
 
 
+class RttSmoother:
+    """Each region's observed RTT -> its average (what the latency factor uses), keeping
+    the new averages in :attr:`averages`. Regions without an RTT sample this tick are
+    not called, so their average is dropped."""
+
+    def __init__(
+        self,
+        previous: Mapping[str, RttAverage],
+        now: datetime,
+        window: timedelta = DEFAULT_WINDOW,
+    ) -> None:
+        self._previous, self._now, self._window = previous, now, window
+        self.averages: dict[str, RttAverage] = {}
+
+    def __call__(self, region: str, observed_ms: float) -> float:
+        average = ewma(self._previous.get(region), observed_ms, self._now, self._window)
+        self.averages[region] = average
+        return average.rtt_ms
+
+
 def latency_factor(rtt_ms: float | None, policy: LatencyPolicy) -> float:
-    """The weights module's factor: clamp(target / rtt, floor, 1); 1 without RTT data."""
-    if not rtt_ms:
-        return 1.0
-    return max(policy.floor, min(1.0, policy.target_ms / rtt_ms))
+    """The weights module's factor for ``policy``."""
+    return gtm_weights.latency_factor(rtt_ms, policy.target_ms, policy.floor)
 
 
 def smooth_latency(
@@ -57,6 +80,8 @@ def smooth_latency(
 ) -> tuple[ServiceWeights, dict[str, RttAverage]]:
     """``weights`` with every region's latency factor recomputed from its smoothed RTT.
 
+    Kept for GTM loop histories whose observe results predate :class:`RttSmoother`
+    (they carry raw weights): the loop re-scales those after the fact, as it did then.
     A fail-open answer is left alone (it publishes base weights); its RTTs still feed the
     averages. Regions without an RTT sample drop their average.
     """

@@ -9,8 +9,9 @@ For each region ``r`` of a service's GTM policy::
     registered         = nodes not draining or deleted (state not drain/delete, status != drain)
     health_ratio       = ready / registered                      (0 when registered == 0)
     ready_nodes_factor = min(1, ready / desired)   desired = the pool's node_count, else registered
-    latency_factor     = clamp(latency.target_ms / median RTT of ready nodes, latency.floor, 1)
-                         (1 without RTT data)
+    latency_factor     = clamp(latency.target_ms / RTT, latency.floor, 1)   (1 without RTT data)
+                         RTT = the median RTT of ready nodes, smoothed over time when the
+                         caller passes ``smooth_rtt`` (the GTM loop: :mod:`xplane.gtm.smoothing`)
     effective_weight   = base_weight * health_ratio * ready_nodes_factor * latency_factor
                          and 0 when ready < min_ready_nodes or health_ratio < health_threshold
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import gc
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
@@ -93,6 +94,17 @@ class ServiceWeights(BaseModel):
     def weights(self) -> dict[str, float]:
         """Region -> published weight."""
         return {name: r.effective_weight for name, r in self.regions.items()}
+
+
+# The RTT a region's latency factor uses, given (region, its observed median RTT).
+RttInput = Callable[[str, float], float]
+
+
+def latency_factor(rtt_ms: float | None, target_ms: float, floor: float) -> float:
+    """clamp(target / rtt, floor, 1); 1 without RTT data."""
+    if not rtt_ms:
+        return 1.0
+    return max(floor, min(1.0, target_ms / rtt_ms))
 
 
 def summarize(weights: ServiceWeights) -> dict[str, float]:
@@ -215,6 +227,7 @@ def _region_weight(
     desired: int | None,
     target_ms: float,
     floor: float,
+    smooth_rtt: RttInput | None,
 ) -> RegionWeight:
     ready, registered = len(tally.ready), tally.registered
     health_ratio = ready / registered if registered else 0.0
@@ -222,7 +235,9 @@ def _region_weight(
     # A pool that wants no node: any ready node makes a full region.
     ready_factor = min(1.0, ready / wanted) if wanted > 0 else float(ready > 0)
     observed = statistics.median(tally.rtts) if tally.rtts else None
-    latency = 1.0 if not observed else max(floor, min(1.0, target_ms / observed))
+    if observed is not None and smooth_rtt is not None:
+        observed = smooth_rtt(spec.name, observed)
+    latency = latency_factor(observed, target_ms, floor)
 
     if spec.retired:
         reason = "region is retired"
@@ -363,12 +378,15 @@ def compute_service_weights(
     nodes: Iterable[NodeSnapshot],
     pools: Mapping[str, int],
     heartbeat_timeout_s: float,
+    *,
+    smooth_rtt: RttInput | None = None,
 ) -> ServiceWeights:
     """Weights of ``policy.service`` in each of its regions (see the module docstring).
 
     ``regions``: the config's regions by name (for defaults and ``retired``); ``nodes``:
     every known node (other services and regions are ignored); ``pools``: region ->
-    desired node count of this service (see :func:`pools_of_service`).
+    desired node count of this service (see :func:`pools_of_service`); ``smooth_rtt``:
+    the RTT each region's latency factor uses instead of its observed median.
     """
     # The call allocates one record per ready node and no reference cycles: pausing the
     # cyclic GC keeps it from re-scanning every live node model (that made 100k nodes
@@ -376,7 +394,7 @@ def compute_service_weights(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _compute(policy, regions, nodes, pools, heartbeat_timeout_s)
+        return _compute(policy, regions, nodes, pools, heartbeat_timeout_s, smooth_rtt)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -388,6 +406,7 @@ def _compute(
     nodes: Iterable[NodeSnapshot],
     pools: Mapping[str, int],
     heartbeat_timeout_s: float,
+    smooth_rtt: RttInput | None,
 ) -> ServiceWeights:
     specs = [resolve_region(r, regions.get(r.name)) for r in policy.regions]
     service = policy.service
@@ -398,7 +417,7 @@ def _compute(
     )
     target_ms, floor = policy.latency.target_ms, policy.latency.floor
     result = {
-        s.name: _region_weight(s, tallies[s.name], pools.get(s.name), target_ms, floor)
+        s.name: _region_weight(s, tallies[s.name], pools.get(s.name), target_ms, floor, smooth_rtt)
         for s in specs
     }
 

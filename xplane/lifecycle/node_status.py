@@ -15,6 +15,9 @@ from typing import Literal, Protocol
 from xplane.domain import NodeState, NodeStatus
 
 HeartbeatAction = Literal["none", "drain", "deregister"]
+# Lifecycle states of a node not given up: if it is silent, its lifecycle's down grace
+# decides (drain and delete are on their way out).
+HELD_STATES = (NodeState.IDLE.value, NodeState.WARM.value, NodeState.ACTIVE.value)
 
 
 class StatusInputs(Protocol):
@@ -79,9 +82,12 @@ def heartbeat_action(state: str, drain_requested: bool) -> HeartbeatAction:
 
 def is_serving(node: NodeFacts, now: datetime, timeout: timedelta) -> bool:
     """Lifecycle ``active`` and status ``up``: what the autoscaler and regions count as ready."""
-    return (
-        node.state == NodeState.ACTIVE.value and derive_status(node, now, timeout) is NodeStatus.UP
-    )
+    return serves(node.state, derive_status(node, now, timeout))
+
+
+def serves(state: str, status: NodeStatus) -> bool:
+    """:func:`is_serving` from a status already derived."""
+    return state == NodeState.ACTIVE.value and status is NodeStatus.UP
 
 
 def is_coming_up(node: NodeFacts, now: datetime, timeout: timedelta) -> bool:
@@ -112,3 +118,20 @@ def is_live(node: LivenessInputs, now: datetime, timeout: timedelta) -> bool:
         return False
     seen = node.last_heartbeat_at or node.registered_at
     return seen is not None and now - seen <= timeout
+
+
+def is_held(state: str, status: NodeStatus, healthy: bool) -> bool:
+    """Not healthy, yet neither given up by its lifecycle nor leaving on purpose (drain):
+    down or silent within its lifecycle's down grace. The autoscaler never replaces a
+    held node on silence alone."""
+    return not healthy and state in HELD_STATES and status is not NodeStatus.DRAIN
+
+
+def is_healthy_snapshot(state: str, status: NodeStatus, health_check_ok: bool | None) -> bool:
+    """Healthy (not a node to replace) judged from a status already derived, without the
+    heartbeat times :func:`is_coming_up` reads (a what-if's WORLD.json): serving with an
+    active check that did not fail, or ``idle``/``warm`` and up (warming with good
+    heartbeats)."""
+    if state == NodeState.ACTIVE.value:
+        return serves(state, status) and health_check_ok is not False
+    return state in (NodeState.IDLE.value, NodeState.WARM.value) and status is NodeStatus.UP

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import JSON, Boolean, Float, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from xplane.domain import NodeStatus
 from xplane.durations import format_duration
 from xplane.gate import EVERYWHERE, GateDecision, GateSettings, IntakeInput
 from xplane.heartbeat import HeartbeatSettings
@@ -130,23 +129,6 @@ def read_intake(session: Session, now: datetime, recent: timedelta) -> IntakeInp
         received_per_s=sum(r.received_per_s for r in fresh),
         written_per_s=sum(r.written_per_s for r in fresh),
     )
-
-
-def unconfirmed_silence(
-    last_heartbeat_at: datetime | None,
-    recorded_status: str | None,
-    now: datetime,
-    timeout: timedelta,
-) -> bool:
-    """Silent past the timeout, but the world-state scan has not let its down through.
-
-    Once a gate decision exists, readers (GTM, autoscaler) take silence as down only
-    when the scan recorded it: the scan judges it with the gate in the same tick, so
-    a reader never acts on a silence the gate is holding (nor races the gate's
-    closing). The node still counts as it was last recorded: up.
-    """
-    silent = last_heartbeat_at is None or now - last_heartbeat_at > timeout
-    return silent and recorded_status == NodeStatus.UP.value
 
 
 def describe(

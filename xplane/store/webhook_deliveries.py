@@ -202,11 +202,6 @@ def mark_failed(
     return row.state
 
 
-def retry_delay(attempts: int, base: timedelta, cap: timedelta) -> timedelta:
-    """Exponential backoff after ``attempts`` failed attempts (1, 2, ...), capped."""
-    return min(cap, base * 2 ** min(max(attempts - 1, 0), 30))
-
-
 def prune_deliveries(session: Session, older_than: datetime) -> int:
     """Delete deliveries received before ``older_than`` that are done; how many went.
 

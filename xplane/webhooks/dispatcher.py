@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.service import RPCError, RPCStatusCode
 
+from xplane.durations import retry_delay
 from xplane.observability import metrics
 from xplane.store import webhook_deliveries as store
 from xplane.store.db import transaction, utcnow
@@ -147,7 +148,7 @@ class DeliveryDispatcher:
         refused = is_refusal(exc)
         error = _describe(exc)
         attempts = delivery.attempts + 1
-        retry_in = store.retry_delay(attempts, self.settings.retry_base, self.settings.retry_max)
+        retry_in = retry_delay(attempts, self.settings.retry_base, self.settings.retry_max)
         with transaction(self._factory) as session:
             state = store.mark_failed(
                 session,
