@@ -21,7 +21,8 @@ import xplane.store.tables  # noqa: F401  (every table on Base.metadata)
 from tests.conftest import POSTGRES_AVAILABLE, _create_pg_database, _drop_pg_database
 from tests.support.console_seed import seed_console_store
 from xplane.api import ApiSettings, create_app
-from xplane.api.console_auth import make_session
+from xplane.api.console_auth import make_session, session_key
+from xplane.auth.roles import Grant, Identity, Role
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.events import EventRow
 
@@ -84,10 +85,12 @@ def measure(db_url: str, nodes: int, repeat: int = 15) -> dict[str, Any]:
     _filler(factory, FILLER_EVENTS)
     seeded_s = time.perf_counter() - started
     engine.dispose()
-    app = create_app(ApiSettings(db_url=db_url, admin_token=ADMIN))
+    settings = ApiSettings(db_url=db_url, admin_token=ADMIN)
+    app = create_app(settings)
+    admin = Identity("admin-token", "admin-token", "admin-token", (Grant(Role.admin),))
     bearer = {"Authorization": f"Bearer {ADMIN}"}
     with TestClient(app) as client:
-        client.cookies.set("xplane_session", make_session(ADMIN))
+        client.cookies.set("xplane_session", make_session(admin, session_key(settings)))
         json_times = _time(client, "/console/overview", bearer, repeat)
         html_times = _time(client, "/ui", {}, repeat)
     return {

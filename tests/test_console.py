@@ -13,18 +13,15 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
-from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from tests.support.console_seed import REJECTED_ISSUE, add_event, seed_console_store
 from xplane.api import ApiSettings, create_app
 from xplane.api.console_auth import (
     SESSION_COOKIE,
-    Identity,
     make_session,
     read_session,
-    require_console_reader,
+    session_key,
 )
 from xplane.api.console_views import (
     build_config_page,
@@ -33,8 +30,8 @@ from xplane.api.console_views import (
     timeline,
     traffic_history,
 )
-from xplane.api.errors import install_error_handlers
 from xplane.api.serve import serve_in_thread
+from xplane.auth.roles import Grant, Identity, Role, Scope
 from xplane.config.revisions import RevisionInfo, RevisionStatus
 from xplane.gtm.weights import compute_service_weights
 from xplane.store import config_store
@@ -46,6 +43,8 @@ from xplane.store.node_tables import NodeRow
 from xplane.store.pools import list_pools
 
 ADMIN = "console-admin"
+KEY = b"k" * 32
+ALICE = Identity("oidc", "u-17", "alice", (Grant(Role.operator, Scope("web", "r000")),))
 TIMEOUT = timedelta(seconds=15)
 
 
@@ -170,16 +169,20 @@ def test_config_page_shows_only_a_rejection_newer_than_the_revision_in_force() -
     assert page.errors == [REJECTED_ISSUE]
 
 
-def test_a_session_cookie_is_refused_when_forged_tampered_or_expired() -> None:
-    cookie = make_session(ADMIN)
-    who = read_session(cookie, ADMIN)
-    assert who is not None and who.role == "admin" and who.csrf
+def test_a_session_cookie_holds_the_identity_and_is_refused_when_forged_tampered_or_expired() -> (
+    None
+):
+    cookie = make_session(ALICE, KEY)
+    session = read_session(cookie, KEY)
+    assert session is not None and session.identity == ALICE and session.csrf
     body, sig = cookie.split(".")
-    assert read_session(cookie, "another admin token") is None  # rotated token
-    assert read_session(body + "x." + sig, ADMIN) is None
-    assert read_session(body + "." + sig[:-2] + "AA", ADMIN) is None
-    assert read_session(make_session(ADMIN, now=time.time() - 10, ttl_s=5), ADMIN) is None
-    assert read_session("garbage", ADMIN) is None
+    assert read_session(cookie, b"another key" * 3) is None  # rotated key
+    assert read_session(body + "x." + sig, KEY) is None
+    assert read_session(body + "." + sig[:-2] + "AA", KEY) is None
+    assert read_session(make_session(ALICE, KEY, now=time.time() - 10, ttl_s=5), KEY) is None
+    assert read_session("garbage", KEY) is None
+    capped = read_session(make_session(ALICE, KEY, not_after=time.time() + 60), KEY)
+    assert capped is not None and capped.expires <= time.time() + 61
 
 
 @pytest.fixture
@@ -218,7 +221,7 @@ def test_overview_json_has_weights_reasons_and_actions(api: object) -> None:
     assert regions["r002"]["health"] == "down"
     assert regions["r000"]["pending_commit"].startswith("c0ffee12")
     assert regions["r000"]["published"][0]["provider"] == "powerdns"
-    assert {a["path"] for a in view["actions"]} >= {"/sync", "/gate/close", "/gtm/web/plan/approve"}
+    assert {a["path"] for a in view["actions"]} >= {"/sync", "/gate/close", "/loops/gtm-web/pause"}
 
 
 def test_login_sets_a_strict_http_only_session_and_pages_carry_a_csp(
@@ -275,24 +278,77 @@ def test_the_event_stream_delivers_a_new_event(api: object, engine: Engine) -> N
     assert received[0]["message"] == "drained r000-n00001 by alice"
 
 
-def test_a_state_change_with_the_cookie_needs_the_csrf_token(api: object) -> None:
-    """The console's dependency refuses a cookie-carried POST without the CSRF token."""
-    app: FastAPI = api.app  # type: ignore[attr-defined]
-    probe = FastAPI()
-    probe.state.settings = app.state.settings
-    install_error_handlers(probe)
+def _session(api: object, identity: Identity) -> tuple[str, str]:
+    settings = api.app.state.settings  # type: ignore[attr-defined]
+    cookie = make_session(identity, session_key(settings))
+    session = read_session(cookie, session_key(settings))
+    assert session is not None
+    return cookie, session.csrf
 
-    @probe.post("/probe")
-    def _probe(who: Identity = Depends(require_console_reader)) -> dict[str, str]:
-        return {"who": who.name}
 
-    cookie = make_session(ADMIN)
-    who = read_session(cookie, ADMIN)
-    assert who is not None
-    client = TestClient(probe, cookies={SESSION_COOKIE: cookie})
-    assert client.post("/probe").status_code == 403
-    assert client.post("/probe", headers={"X-CSRF-Token": "wrong"}).status_code == 403
-    assert client.post("/probe", headers={"X-CSRF-Token": who.csrf or ""}).status_code == 200
+def test_the_session_cookie_is_an_identity_of_every_route_and_state_changes_need_csrf(
+    api: object, engine: Engine
+) -> None:
+    """The authz middleware takes the cookie on the action routes too: without the CSRF
+    token a POST is 403 (and audited as refused), with it the rule table decides, and
+    the audit event names the console user. Bearer callers need no CSRF token."""
+    url = api.url  # type: ignore[attr-defined]
+    cookie, csrf = _session(api, ALICE)
+    with make_sessionmaker(engine)() as session:
+        nodes = node_store.list_nodes(session, region="r000")
+        other = node_store.list_nodes(session, region="r001")[0].id
+    node = nodes[0].id
+    with httpx.Client(base_url=url, cookies={SESSION_COOKIE: cookie}) as client:
+        assert client.get("/console/overview").status_code == 200
+        no_csrf = client.post(f"/nodes/{node}/drain", json={"reason": "kernel"})
+        assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
+        wrong = client.post(
+            f"/nodes/{node}/drain", json={"reason": "kernel"}, headers={"X-CSRF-Token": "x"}
+        )
+        assert wrong.status_code == 403
+        ok = client.post(
+            f"/nodes/{node}/drain", json={"reason": "kernel"}, headers={"X-CSRF-Token": csrf}
+        )
+        assert ok.status_code == 200, ok.text
+        # Outside ALICE's scope (web/r000): the rule table refuses, CSRF or not.
+        scoped = client.post(
+            f"/nodes/{other}/drain", json={"reason": "x"}, headers={"X-CSRF-Token": csrf}
+        )
+        assert scoped.status_code == 403 and "alice" in scoped.text
+    with make_sessionmaker(engine)() as session:
+        audits = [e for e in session.query(EventRow).all() if e.kind == "audit.node.drain"]
+    outcomes = [(e.data or {}).get("outcome") for e in audits if e.node_id == node]
+    assert len(outcomes) == 3 and outcomes.count("ok") == 1, outcomes
+    assert all("alice" in e.message or (e.data or {}).get("name") == "alice" for e in audits)
+    bearer = httpx.post(
+        f"{url}/nodes/{nodes[1].id}/drain",
+        json={"reason": "r"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert bearer.status_code == 200  # no CSRF token for bearer callers
+    expired = make_session(ALICE, session_key(api.app.state.settings), ttl_s=-5)  # type: ignore[attr-defined]
+    refused = httpx.get(f"{url}/console/overview", cookies={SESSION_COOKIE: expired})
+    assert refused.status_code == 401
+
+
+def test_buttons_follow_the_rule_table(api: object) -> None:
+    url = api.url  # type: ignore[attr-defined]
+    viewer = Identity("oidc", "v", "vera", (Grant(Role.viewer),))
+    cookie, _ = _session(api, viewer)
+    with httpx.Client(base_url=url, cookies={SESSION_COOKIE: cookie}) as client:
+        view = client.get("/console/overview").json()
+        assert view["actions"] == []
+        node = client.get("/console/regions/web/r000").json()["nodes"][0]
+        assert node["actions"] == []
+        assert 'form class="action' not in client.get(f"/ui/nodes/{node['id']}").text
+    cookie, _ = _session(api, ALICE)
+    with httpx.Client(base_url=url, cookies={SESSION_COOKIE: cookie}) as client:
+        view = client.get("/console/overview").json()
+        assert view["actions"] == []  # sync and the gate need an unscoped operator
+        mine = client.get("/console/regions/web/r000").json()
+        assert [a["id"] for a in mine["nodes"][0]["actions"]] in (["drain"], ["undrain"])
+        # Another region is outside ALICE's scope altogether (reads included).
+        assert client.get("/console/regions/web/r001").status_code == 403
 
 
 def test_tallies_count_every_node_once(engine: Engine) -> None:

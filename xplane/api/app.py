@@ -115,11 +115,12 @@ def create_app(
     app.state.webhook_notifier = webhook_notifier
     app.state.dispatcher = dispatcher
     install_error_handlers(app)
+    app.state.authenticator = Authenticator(settings, factory)  # the console's pages use it too
     # Added before the body-size guard, so inside it: the bodies it reads are bounded.
     app.add_middleware(
         AuthzMiddleware,
         api=app,
-        authenticator=Authenticator(settings, factory),
+        authenticator=app.state.authenticator,
     )
     app.add_middleware(
         BodyLimitMiddleware,

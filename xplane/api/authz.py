@@ -6,7 +6,8 @@
 * ``own(...)``: the route checks a credential of its own (node bootstrap and node
   tokens, webhook signatures, the metrics token): people's identities play no part;
 * ``read(...)``, ``operate(...)``, ``admin(...)``: an identity (OIDC bearer token,
-  API token, or the shared admin token) holding the permission on the route's
+  API token, the shared admin token, or the console's session cookie, whose
+  state-changing requests must echo its CSRF token) holding the permission on the route's
   target (a service, a region of it, a node: found by the rule's ``target``).
   ``operate`` and ``admin`` rules name an action: every call is audited.
 
@@ -33,9 +34,11 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import RouteContext, iter_route_contexts
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import cookie_parser
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xplane.api import console_auth
 from xplane.api.auth import matches_any, parse_bearer
 from xplane.api.errors import ApiError, render_error
 from xplane.api.settings import ApiSettings
@@ -196,11 +199,16 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/console/events"): read(),
     ("GET", "/console/events/stream"): read(),
     ("GET", "/console/config"): read(),
-    # The console's pages and assets: the page handlers check the session cookie.
+    ("GET", "/console/plans"): read(),
+    # The console's pages and assets: the page handlers check the session cookie
+    # (and send a browser without one to the login page rather than a 401).
     ("GET", "/ui/static/{path:path}"): PUBLIC,
     ("GET", "/ui/login"): PUBLIC,
     ("POST", "/ui/session"): own("an API token, exchanged for a session cookie"),
+    ("GET", "/ui/oidc/login"): PUBLIC,
+    ("GET", "/ui/oidc/callback"): own("an OIDC authorization code, state and nonce"),
     ("POST", "/ui/logout"): own("the console session cookie"),
+    ("GET", "/ui/plans"): own("the console session cookie"),
     ("GET", "/ui"): own("the console session cookie"),
     ("GET", "/ui/"): own("the console session cookie"),
     ("GET", "/ui/regions/{service}/{region}"): own("the console session cookie"),
@@ -251,6 +259,40 @@ class Authenticator:
     def __post_init__(self) -> None:
         if self.oidc is None and self.settings.oidc is not None:
             self.oidc = OidcVerifier(self.settings.oidc)
+
+    async def identify_request(
+        self, headers: dict[str, str]
+    ) -> tuple[Identity, console_auth.Session | None]:
+        """The caller: a bearer token when one is sent, else the console's session
+        cookie (returned too: its CSRF token guards state changes)."""
+        if "authorization" not in headers:
+            cookie = cookie_parser(headers.get("cookie", "")).get(console_auth.SESSION_COOKIE)
+            if cookie:
+                session = console_auth.read_session(cookie, console_auth.session_key(self.settings))
+                if session is None:
+                    raise _unauthorized("the console session is expired or not valid: log in")
+                identity = await self._still_valid(session.identity)
+                return identity, session
+        return await self.identify(headers.get("authorization", "")), None
+
+    async def _still_valid(self, identity: Identity) -> Identity:
+        """A session opened with an API token lasts only as long as the token (and
+        holds its current grants)."""
+        if identity.kind != "api-token":
+            return identity
+        found = await run_in_threadpool(self._api_token_named, identity.subject)
+        if found is None:
+            raise _unauthorized("the API token of this session is expired or revoked")
+        return found
+
+    def _api_token_named(self, name: str) -> Identity | None:
+        from xplane.store.db import utcnow
+
+        with self.factory() as session:
+            row = session.get(api_tokens.ApiTokenRow, name)
+            if row is None or row.revoked_at is not None or row.expires_at <= utcnow():
+                return None
+            return Identity("api-token", row.name, row.name, api_tokens.grants_of(row))
 
     async def identify(self, authorization: str) -> Identity:
         token = parse_bearer(authorization)
@@ -342,7 +384,17 @@ class AuthzMiddleware:
         call = Call(params, _query(scope), body, self.authn.factory)
         try:
             try:
-                identity = await self.authn.identify(headers.get("authorization", ""))
+                identity, session = await self.authn.identify_request(headers)
+                if (
+                    session is not None
+                    and scope["method"] not in console_auth.SAFE_METHODS
+                    and not console_auth.csrf_ok(session, headers.get(console_auth.CSRF_HEADER, ""))
+                ):
+                    raise ApiError(
+                        403,
+                        "CSRF token missing or wrong",
+                        [(console_auth.CSRF_HEADER, "send this session's CSRF token")],
+                    )
                 if rule.target is not None:
                     target = await run_in_threadpool(rule.target, call)
             except ApiError:

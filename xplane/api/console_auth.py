@@ -1,15 +1,21 @@
-"""Who is looking at the console, and which buttons they get.
+"""The console's session: one of the API's identities, carried by a cookie.
 
-Two ways in: the ``Authorization: Bearer`` admin token on every request (automation,
-tests, the XControl panel), or a session cookie the login page sets after checking
-that token (a browser: ``EventSource`` cannot send headers). The cookie is signed
-with a key derived from the admin token, so every replica accepts it, nothing is
-kept server-side, and rotating the admin token ends every session. It is
-``HttpOnly`` and ``SameSite=Strict`` (``Secure`` over TLS) and carries a CSRF token
-that state-changing requests made with the cookie must echo in ``X-CSRF-Token``.
+A browser logs in once (an API token, or OIDC authorization code + PKCE, see
+:mod:`xplane.api.console_oidc`) and gets a signed session cookie holding who logged
+in (kind, subject, name, grants) and until when. The authorization middleware
+(:mod:`xplane.api.authz`) accepts that cookie as an identity on every route, the
+console's JSON and the action routes alike, so one rule table decides for the
+browser, the CLI and any dashboard. Nothing is kept server-side: every replica
+holding the same key (``XPLANE_CONSOLE_SESSION_KEY``, else derived from the admin
+token) accepts the cookie; rotating the key ends every session.
 
-The OIDC identities and roles of the RBAC work plug in here: :class:`Identity`
-gets the role, and :func:`allowed_actions` filters by it.
+The cookie is ``HttpOnly`` and ``SameSite=Strict`` (``Secure`` over TLS) and
+carries a CSRF token that every state-changing request made with the cookie must
+echo in ``X-CSRF-Token`` (the middleware refuses it otherwise). Bearer callers send
+no cookie and need no CSRF token.
+
+Which buttons a page shows is decided by the same rules: an action is offered when
+:data:`xplane.api.authz.RULES` lets the identity call its route on its target.
 """
 
 from __future__ import annotations
@@ -21,31 +27,38 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 from fastapi import Request, Response
 
-from xplane.api.auth import UNAUTHORIZED, matches_any, parse_bearer
 from xplane.api.console_views import Action
-from xplane.api.errors import ApiError
+from xplane.api.settings import ApiSettings
+from xplane.auth.roles import Identity, Permission, Target, parse_grant
 
 SESSION_COOKIE = "xplane_session"
 CSRF_HEADER = "x-csrf-token"
 SESSION_TTL_S = 8 * 3600
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
-Role = Literal["viewer", "operator", "admin"]
+# Without a configured key or an admin token: random per process (sessions end on restart).
+_PROCESS_KEY = secrets.token_bytes(32)
 
 
 @dataclass(frozen=True)
-class Identity:
-    name: str
-    role: Role
-    via: Literal["bearer", "session"]
-    csrf: str | None = None  # the session's CSRF token (None for bearer callers)
+class Session:
+    identity: Identity
+    csrf: str
+    expires: int
 
 
-def _key(admin_token: str) -> bytes:
-    return hashlib.sha256(b"xplane-console-session\0" + admin_token.encode()).digest()
+def session_key(settings: ApiSettings) -> bytes:
+    if settings.console_session_key is not None:
+        secret = settings.console_session_key.get_secret_value()
+    elif settings.admin_token is not None and settings.admin_token.get_secret_value():
+        secret = settings.admin_token.get_secret_value()
+    else:
+        return _PROCESS_KEY
+    return hashlib.sha256(b"xplane-console-session\0" + secret.encode()).digest()
 
 
 def _b64(data: bytes) -> str:
@@ -56,85 +69,64 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def make_session(admin_token: str, now: float | None = None, ttl_s: int = SESSION_TTL_S) -> str:
-    """A signed cookie value: ``payload.signature`` (payload: subject, expiry, CSRF)."""
+def _sign(key: bytes, body: str) -> str:
+    return _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
+
+
+def make_session(
+    identity: Identity,
+    key: bytes,
+    now: float | None = None,
+    ttl_s: int = SESSION_TTL_S,
+    not_after: float | None = None,
+) -> str:
+    """A signed cookie value ``payload.signature``; ``not_after`` caps the expiry (the
+    API token's or the ID token's own)."""
+    expires = (now or time.time()) + ttl_s
+    if not_after is not None:
+        expires = min(expires, not_after)
     payload = {
-        "sub": "admin token",
-        "role": "admin",
-        "exp": int((now or time.time()) + ttl_s),
+        "kind": identity.kind,
+        "sub": identity.subject,
+        "name": identity.name,
+        "grants": [str(g) for g in identity.grants],
+        "exp": int(expires),
         "csrf": secrets.token_urlsafe(24),
     }
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-    sig = _b64(hmac.new(_key(admin_token), body.encode(), hashlib.sha256).digest())
-    return f"{body}.{sig}"
+    return f"{body}.{_sign(key, body)}"
 
 
-def read_session(value: str, admin_token: str, now: float | None = None) -> Identity | None:
-    """The session's identity, or None when forged, tampered with or expired."""
+def read_session(value: str, key: bytes, now: float | None = None) -> Session | None:
+    """The session, or None when forged, tampered with or expired."""
     body, _, sig = value.partition(".")
-    expected = _b64(hmac.new(_key(admin_token), body.encode(), hashlib.sha256).digest())
-    if not sig or not hmac.compare_digest(sig.encode(), expected.encode()):
+    if not sig or not hmac.compare_digest(sig.encode(), _sign(key, body).encode()):
         return None
     try:
-        payload = json.loads(_unb64(body))
-    except ValueError:
-        return None
-    if not isinstance(payload, dict) or int(payload.get("exp", 0)) < (now or time.time()):
-        return None
-    return Identity(name=str(payload["sub"]), role="admin", via="session", csrf=payload["csrf"])
-
-
-def _admin_token(request: Request) -> str | None:
-    admin = request.app.state.settings.admin_token
-    return admin.get_secret_value() if admin is not None and admin.get_secret_value() else None
-
-
-def is_admin_token(request: Request, token: str) -> bool:
-    admin = _admin_token(request)
-    return admin is not None and matches_any(token, [admin])
-
-
-def identify(request: Request) -> Identity | None:
-    """The caller, from a bearer token or the session cookie; None when neither is valid."""
-    admin = _admin_token(request)
-    if admin is None:
-        return None
-    header = request.headers.get("authorization")
-    if header:
-        try:
-            token = parse_bearer(header)
-        except ApiError:
-            return None
-        if matches_any(token, [admin]):
-            return Identity(name="admin token", role="admin", via="bearer")
-        return None
-    cookie = request.cookies.get(SESSION_COOKIE)
-    return read_session(cookie, admin) if cookie else None
-
-
-def require_console_reader(request: Request) -> Identity:
-    """FastAPI dependency of the console's reads: a valid identity, or 401.
-
-    A request carried by the session cookie that changes state must also echo the
-    session's CSRF token (GET/HEAD never change state here).
-    """
-    who = identify(request)
-    if who is None:
-        raise ApiError(
-            401,
-            "invalid credentials",
-            [("authorization", "the admin token as a bearer token, or a console session")],
-            UNAUTHORIZED,
+        payload: Any = json.loads(_unb64(body))
+        expires = int(payload["exp"])
+        identity = Identity(
+            kind=str(payload["kind"]),
+            subject=str(payload["sub"]),
+            name=str(payload["name"]),
+            grants=tuple(parse_grant(g) for g in payload["grants"]),
         )
-    if who.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
-        check_csrf(request, who)
-    return who
+        csrf = str(payload["csrf"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if expires < (now or time.time()):
+        return None
+    return Session(identity=identity, csrf=csrf, expires=expires)
 
 
-def check_csrf(request: Request, who: Identity) -> None:
-    sent = request.headers.get(CSRF_HEADER, "")
-    if who.csrf is None or not hmac.compare_digest(sent.encode(), who.csrf.encode()):
-        raise ApiError(403, "CSRF token missing or wrong", [(CSRF_HEADER, "not this session's")])
+def csrf_ok(session: Session, sent: str) -> bool:
+    return bool(sent) and hmac.compare_digest(sent.encode(), session.csrf.encode())
+
+
+def request_session(request: Request) -> Session | None:
+    """The request's session cookie, if valid."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return read_session(cookie, session_key(request.app.state.settings)) if cookie else None
 
 
 def set_session_cookie(response: Response, value: str, secure: bool) -> None:
@@ -155,31 +147,25 @@ def clear_session_cookie(response: Response, secure: bool) -> None:
     )
 
 
-# -- actions -------------------------------------------------------------------------------
-
-# The least role each action needs (the RBAC issue's table).
-ACTION_ROLES: dict[str, Role] = {
-    "drain": "operator",
-    "undrain": "operator",
-    "pause": "operator",
-    "resume": "operator",
-    "retry": "operator",
-    "sync": "operator",
-    "gate_open": "operator",
-    "gate_close": "operator",
-    "plan_approve": "admin",
-    "plan_reject": "admin",
-}
-_RANK = {"viewer": 0, "operator": 1, "admin": 2}
+# -- actions: offered when the rule table allows them ----------------------------------------
 
 
-def may(who: Identity | None, action: str) -> bool:
-    return who is not None and _RANK[who.role] >= _RANK[ACTION_ROLES[action]]
+def may(who: Identity | None, path: str, target: Target) -> bool:
+    """Whether ``who`` may POST to the route ``path`` (a template of RULES) on ``target``."""
+    from xplane.api.authz import RULES
+
+    rule = RULES.get(("POST", path))
+    if who is None or rule is None or rule.permission is None:
+        return False
+    return who.allows(rule.permission, target)
 
 
-def node_actions(who: Identity | None, node_id: str, drain_requested: bool) -> list[Action]:
+def node_actions(
+    who: Identity | None, node_id: str, drain_requested: bool, service: str, region: str
+) -> list[Action]:
     action = "undrain" if drain_requested else "drain"
-    if not may(who, action):
+    target = Target(service=service, region=region, node_id=node_id)
+    if not may(who, f"/nodes/{{node_id}}/{action}", target):
         return []
     return [
         Action(
@@ -193,13 +179,14 @@ def node_actions(who: Identity | None, node_id: str, drain_requested: bool) -> l
 
 def region_actions(who: Identity | None, service: str, region: str) -> list[Action]:
     out = []
-    if may(who, "retry"):
+    target = Target(service=service, region=region)
+    if may(who, "/regions/{service}/{region}/retry", target):
         out.append(
             Action(id="retry", label="Retry region", path=f"/regions/{service}/{region}/retry")
         )
+    loop = f"autoscale-{service}-{region}"
     for verb in ("pause", "resume"):
-        if may(who, verb):
-            loop = f"autoscale-{service}-{region}"
+        if may(who, f"/loops/{{workflow_id}}/{verb}", Target(service, region, name=loop)):
             out.append(
                 Action(
                     id=verb, label=f"{verb.capitalize()} autoscaler", path=f"/loops/{loop}/{verb}"
@@ -208,35 +195,46 @@ def region_actions(who: Identity | None, service: str, region: str) -> list[Acti
     return out
 
 
+def plan_actions(who: Identity | None, service: str) -> list[Action]:
+    """Approve or reject a DNS plan held by the safety threshold (admins)."""
+    out = []
+    for verb in ("approve", "reject"):
+        if may(who, f"/gtm/{{service}}/plan/{verb}", Target(service=service)):
+            out.append(
+                Action(
+                    id=f"plan_{verb}",
+                    label=f"{verb.capitalize()} held DNS plan of {service}",
+                    path=f"/gtm/{service}/plan/{verb}",
+                    danger=verb == "approve",
+                )
+            )
+    return out
+
+
 def overview_actions(who: Identity | None, services: list[str]) -> list[Action]:
     out = []
-    if may(who, "sync"):
+    if may(who, "/sync", Target()):
         out.append(Action(id="sync", label="Sync config now", path="/sync"))
-    if may(who, "gate_close"):
+    if may(who, "/gate/close", Target()):
         out.append(
             Action(id="gate_close", label="Close health gate", path="/gate/close", danger=True)
         )
-    if may(who, "gate_open"):
+    if may(who, "/gate/open", Target()):
         out.append(Action(id="gate_open", label="Open health gate", path="/gate/open"))
     for service in services:
         for verb in ("pause", "resume"):
-            if may(who, verb):
+            loop = f"gtm-{service}"
+            if may(who, f"/loops/{{workflow_id}}/{verb}", Target(service=service, name=loop)):
                 out.append(
                     Action(
                         id=verb,
-                        label=f"{verb.capitalize()} gtm-{service}",
-                        path=f"/loops/gtm-{service}/{verb}",
+                        label=f"{verb.capitalize()} {loop}",
+                        path=f"/loops/{loop}/{verb}",
                         danger=verb == "pause",
                     )
                 )
-        for verb in ("approve", "reject"):
-            if may(who, f"plan_{verb}"):
-                out.append(
-                    Action(
-                        id=f"plan_{verb}",
-                        label=f"{verb.capitalize()} held DNS plan of {service}",
-                        path=f"/gtm/{service}/plan/{verb}",
-                        danger=verb == "approve",
-                    )
-                )
     return out
+
+
+def can_read(who: Identity) -> bool:
+    return any(g.permits(Permission.read) for g in who.grants)

@@ -132,3 +132,29 @@ async def with_loop_states(view: Overview, querier: LoopQuerier | None) -> Overv
     for service in view.services:
         service.loops = [states.get(loop.id, loop) for loop in service.loops]
     return view
+
+
+async def loop_statuses(request: Request, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each loop's raw ``status`` answer (the held DNS plans read the GTM loops' details);
+    empty without Temporal or when it does not answer in time."""
+    ctx = request.app.state.ctx
+    connect = getattr(ctx.notifier, "connect", None) if ctx.notifier else None
+    if connect is None:
+        return {}
+
+    async def one(client: Client, workflow_id: str) -> tuple[str, dict[str, Any] | None]:
+        try:
+            answer = await client.get_workflow_handle(workflow_id).query(ControlLoopWorkflow.status)
+        except Exception:  # not running, or the query failed: nothing to show for it
+            return workflow_id, None
+        return workflow_id, answer.model_dump(mode="json")
+
+    try:
+        await asyncio.wait_for(connect(), QUERY_TIMEOUT_S)
+        client: Client = ctx.notifier._client
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(one(client, i) for i in ids)), timeout=QUERY_TIMEOUT_S
+        )
+    except Exception:
+        return {}
+    return {i: s for i, s in answers if s is not None}

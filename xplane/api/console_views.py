@@ -593,3 +593,57 @@ def build_config_page(
         errors=list(rejected.errors) if rejected else [],
         revisions=list(revisions),
     )
+
+
+# -- held DNS plans ------------------------------------------------------------------------
+
+
+class PlanChange(BaseModel):
+    """One record of a held plan: the weight DNS answers now and the one the loop wants."""
+
+    record: str  # the region (each region is one weighted record set per provider)
+    old_weight: float | None  # None: not published by the last apply
+    new_weight: float | None  # None: the plan takes it out
+
+
+class HeldPlan(BaseModel):
+    service: str
+    reason: str  # the provider's refusal, as the GTM loop reported it
+    holding: list[str] = Field(default_factory=list)  # providers kept at their last answer
+    changes: list[PlanChange] = Field(default_factory=list)
+    actions: list[Action] = Field(default_factory=list)
+
+
+SAFETY_MARKERS = ("DnsSafetyError", "use force to apply")
+
+
+def held_plan(
+    service: str,
+    status: dict[str, Any] | None,
+    published: dict[str, float],
+    actions: list[Action],
+) -> HeldPlan | None:
+    """The plan of ``service`` that the safety threshold refused, if its GTM loop's last
+    run failed on it (the loop's ``status``); the diff is the last applied weights
+    (``published``) against the weights the loop computed since."""
+    if not status:
+        return None
+    error = str(status.get("last_error") or "")
+    if not int(status.get("consecutive_errors") or 0) or not any(
+        m in error for m in SAFETY_MARKERS
+    ):
+        return None
+    details = status.get("details") or {}
+    wanted = {str(k): float(v) for k, v in (details.get("weights") or {}).items()}
+    changes = [
+        PlanChange(record=r, old_weight=published.get(r), new_weight=wanted.get(r))
+        for r in sorted(set(published) | set(wanted))
+        if published.get(r) != wanted.get(r)
+    ]
+    return HeldPlan(
+        service=service,
+        reason=error,
+        holding=[str(h) for h in details.get("holding") or []],
+        changes=changes,
+        actions=actions,
+    )

@@ -16,17 +16,18 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from xplane.api.authz import current_identity
 from xplane.api.console_auth import (
-    Identity,
     node_actions,
     overview_actions,
+    plan_actions,
     region_actions,
-    require_console_reader,
 )
-from xplane.api.console_loops import app_loops, with_loop_states
+from xplane.api.console_loops import app_loops, loop_statuses, with_loop_states
 from xplane.api.console_views import (
     ConfigPage,
     EventOut,
+    HeldPlan,
     NodePage,
     Overview,
     RegionPage,
@@ -36,12 +37,14 @@ from xplane.api.console_views import (
     build_overview,
     build_region_page,
     event_out,
+    held_plan,
     node_line,
     traffic_history,
 )
 from xplane.api.context import ApiContext, get_ctx
 from xplane.api.errors import ApiError
 from xplane.api.schemas import NO_NUL_PATTERN, ErrorBody
+from xplane.auth.roles import Identity
 from xplane.gate import GateSettings, verdict_for
 from xplane.store import config_store
 from xplane.store import console_queries as q
@@ -54,8 +57,18 @@ from xplane.store.tables import column_length
 
 router = APIRouter(prefix="/console", tags=["console"])
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 422)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 422)
 }
+
+
+def require_console_reader(request: Request) -> Identity:
+    """The caller as the authorization middleware found it (bearer token or session)."""
+    who = current_identity(request)
+    if who is None:  # only if a rule is missing: the middleware authenticates every read
+        raise ApiError(401, "invalid credentials", [("authorization", "no identity")])
+    return who
+
+
 Reader = Annotated[Identity, Depends(require_console_reader)]
 
 
@@ -155,7 +168,12 @@ def load_region(
     now = utcnow()
     rows = node_store.list_nodes(session, service=service, region=region)
     nodes = [
-        node_line(r, now, ctx.settings.timeout, node_actions(who, r.id, r.drain_requested))
+        node_line(
+            r,
+            now,
+            ctx.settings.timeout,
+            node_actions(who, r.id, r.drain_requested, r.service, r.region),
+        )
         for r in rows
     ]
     recent = list_events(session, service=service, region=region, limit=events)
@@ -168,7 +186,10 @@ def load_node(session: Session, ctx: ApiContext, who: Identity | None, node_id: 
     except node_store.NodeNotFound as exc:
         raise ApiError(404, "unknown node", [("node_id", str(exc))]) from None
     line = node_line(
-        row, utcnow(), ctx.settings.timeout, node_actions(who, row.id, row.drain_requested)
+        row,
+        utcnow(),
+        ctx.settings.timeout,
+        node_actions(who, row.id, row.drain_requested, row.service, row.region),
     )
     return build_node_page(line, q.node_events(session, node_id))
 
@@ -202,6 +223,35 @@ def load_traffic(session: Session, ctx: ApiContext, minutes: int) -> Traffic:
         tallies=tallies,
         weight_before=before,
     )
+
+
+def load_published(session: Session, services: list[str]) -> dict[str, dict[str, float]]:
+    """Per service, the region weights of its newest DNS apply."""
+    out: dict[str, dict[str, float]] = {}
+    for service in services:
+        for row in q.latest_dns_applies(session, service, limit=1):
+            regions = (row.data or {}).get("regions") or {}
+            out[service] = {str(r): float(w) for r, w in regions.items()}
+    return out
+
+
+async def held_plans(request: Request, ctx: ApiContext, who: Identity) -> list[HeldPlan]:
+    """Plans the safety threshold refused, from each GTM loop's status in Temporal (the
+    store has no record of a refused plan); empty without Temporal."""
+
+    def load() -> tuple[list[str], dict[str, dict[str, float]]]:
+        with ctx.factory() as session:
+            config = config_store.current_config(session)
+            services = [s for s in sorted(config.gtm if config else {}) if who.sees(s)]
+            return services, load_published(session, services)
+
+    services, published = await asyncio.to_thread(load)
+    statuses = await loop_statuses(request, [f"gtm-{s}" for s in services])
+    plans = [
+        held_plan(s, statuses.get(f"gtm-{s}"), published.get(s, {}), plan_actions(who, s))
+        for s in services
+    ]
+    return [p for p in plans if p is not None]
 
 
 def load_config(session: Session) -> ConfigPage:
@@ -293,6 +343,15 @@ def events(
         return load_events(
             session, kind=kind, service=service, region=region, node=node, limit=limit
         )
+
+
+@router.get("/plans", response_model=list[HeldPlan], responses=_ERRORS)
+async def plans(
+    request: Request, who: Reader, ctx: ApiContext = Depends(get_ctx)
+) -> list[HeldPlan]:
+    """DNS plans held by the providers' safety threshold, as a diff (region, weight
+    published -> weight wanted), with approve/reject for those allowed."""
+    return await held_plans(request, ctx, who)
 
 
 @router.get("/config", response_model=ConfigPage, responses=_ERRORS)

@@ -49,6 +49,13 @@ class ApiSettings(BaseModel):
     oidc_leeway: timedelta = Field(default=timedelta(seconds=60), ge=timedelta(0))
     # Least time between two fetches of the issuer's keys (unknown kid, failed signature).
     oidc_jwks_refresh: timedelta = Field(default=timedelta(seconds=30), ge=timedelta(0))
+    # The console's OIDC login (authorization code + PKCE): its client at the issuer
+    # (default: the first XPLANE_OIDC_AUDIENCE) and, for confidential clients, its secret.
+    console_client_id: str | None = None
+    console_client_secret: SecretStr | None = None
+    # Signs console session cookies; every replica needs the same one. Unset: derived
+    # from the admin token, else random per process (sessions then end on restart).
+    console_session_key: SecretStr | None = None
     # Set: events older than this are pruned (audit events never are). None: kept.
     event_retention: timedelta | None = Field(default=None, gt=timedelta(0))
     metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a bearer token
@@ -108,6 +115,13 @@ class ApiSettings(BaseModel):
         )
 
     @property
+    def console_client(self) -> str | None:
+        """The console's client id at the issuer (None: no OIDC login)."""
+        if not self.oidc_issuer:
+            return None
+        return self.console_client_id or (self.oidc_audience[0] if self.oidc_audience else None)
+
+    @property
     def writer_concurrency(self) -> int:
         if self.batch_concurrency is not None:
             return self.batch_concurrency
@@ -161,6 +175,9 @@ class ApiSettings(BaseModel):
             values["oidc_role_map"] = env["XPLANE_OIDC_ROLE_MAP"]
         if env.get("XPLANE_OIDC_JWKS_REFRESH"):
             values["oidc_jwks_refresh"] = parse_duration(env["XPLANE_OIDC_JWKS_REFRESH"])
+        for key in ("console_client_id", "console_client_secret", "console_session_key"):
+            if env.get(f"XPLANE_{key.upper()}"):
+                values[key] = env[f"XPLANE_{key.upper()}"]
         if env.get("XPLANE_EVENT_RETENTION"):
             values["event_retention"] = parse_duration(env["XPLANE_EVENT_RETENTION"])
         if env.get("XPLANE_API_HOST"):
