@@ -10,12 +10,14 @@ import json
 import threading
 import time
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from sqlalchemy import Engine
 
 from tests.support.console_seed import REJECTED_ISSUE, add_event, seed_console_store
+from tests.support.oidc import OidcProvider, oidc_provider  # noqa: F401 (fixture)
 from xplane.api import ApiSettings, create_app
 from xplane.api.console_auth import (
     SESSION_COOKIE,
@@ -25,6 +27,7 @@ from xplane.api.console_auth import (
 )
 from xplane.api.console_views import (
     build_config_page,
+    held_plan,
     published_reason,
     region_weight,
     timeline,
@@ -358,3 +361,69 @@ def test_tallies_count_every_node_once(engine: Engine) -> None:
         tallies = q.region_tallies(session, utcnow(), TIMEOUT, {"web": 0.5})
         assert sum(t.total for t in tallies.values()) == 150
         assert session.query(NodeRow).count() == 150
+
+
+def test_held_plan_is_a_diff_of_published_against_wanted_weights() -> None:
+    refused = {
+        "consecutive_errors": 2,
+        "last_error": "DnsSafetyError: powerdns: plan for api removes 3 of 4 published "
+        "addresses (75% > 50%); use force to apply",
+        "details": {"weights": {"jp": 0.0, "sg": 100.0, "us": 50.0}, "holding": []},
+    }
+    published = {"jp": 60.0, "sg": 40.0, "us": 50.0}
+    plan = held_plan("web", refused, published, [])
+    assert plan is not None and "75% > 50%" in plan.reason
+    assert [(c.record, c.old_weight, c.new_weight) for c in plan.changes] == [
+        ("jp", 60.0, 0.0),
+        ("sg", 40.0, 100.0),
+    ]
+    assert held_plan("web", {**refused, "consecutive_errors": 0}, published, []) is None
+    other = {**refused, "last_error": "DnsThrottledError: slow down"}
+    assert held_plan("web", other, published, []) is None
+    assert held_plan("web", None, published, []) is None
+
+
+def test_oidc_login_checks_state_and_opens_a_session(
+    engine: Engine,
+    db_url: str,
+    oidc_provider: OidcProvider,  # noqa: F811
+) -> None:
+    seed_console_store(make_sessionmaker(engine), regions=2, nodes_per_region=2, history=False)
+    oidc_provider.set_user("u-9", {"preferred_username": "olga", "roles": ["operator"]})
+    settings = ApiSettings(
+        db_url=db_url,
+        oidc_issuer=oidc_provider.issuer,
+        oidc_audience=["xplane-console"],
+        console_client_secret="any",
+    )
+    with (
+        serve_in_thread(create_app(settings)) as running,
+        httpx.Client(base_url=running.url) as client,
+    ):
+        assert 'id="oidc-login"' in client.get("/ui/login").text
+        start = client.get("/ui/oidc/login")
+        assert start.status_code == 303
+        authorize = start.headers["location"]
+        query = parse_qs(urlsplit(authorize).query)
+        assert query["code_challenge_method"] == ["S256"] and query["client_id"] == [
+            "xplane-console"
+        ]
+        assert query["state"] and query["nonce"]
+        flow = start.headers["set-cookie"]
+        assert "path=/ui/oidc" in flow.lower() and "httponly" in flow.lower()
+        callback = urlsplit(oidc_provider.approve(authorize, "u-9"))
+        forged = client.get("/ui/oidc/callback?" + callback.query.replace("state=", "state=x"))
+        assert forged.headers["location"] == "/ui/login?error=oidc"
+        assert SESSION_COOKIE not in client.cookies
+        # A refused callback ends the flow: the genuine code cannot be replayed with it.
+        replay = client.get("/ui/oidc/callback?" + callback.query)
+        assert replay.headers["location"] == "/ui/login?error=oidc"
+        start = client.get("/ui/oidc/login")
+        callback = urlsplit(oidc_provider.approve(start.headers["location"], "u-9"))
+        done = client.get("/ui/oidc/callback?" + callback.query)
+        assert done.status_code == 200 and 'http-equiv="refresh"' in done.text
+        cookie = done.headers.get_list("set-cookie")
+        assert any(SESSION_COOKIE in c and "samesite=strict" in c.lower() for c in cookie)
+        page = client.get("/ui")
+        assert page.status_code == 200 and "olga · operator" in page.text
+        assert client.get("/console/overview").status_code == 200

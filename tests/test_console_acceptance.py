@@ -11,6 +11,7 @@ console errors on any of the console's pages.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -25,7 +26,7 @@ from sqlalchemy import update
 
 from tests.support.console_seed import REJECTED_ISSUE, Seeded, seed_console_store
 from tests.support.oidc import OidcProvider, oidc_provider  # noqa: F401 (fixture)
-from tests.support.stack import BIN
+from tests.support.stack import BIN, Stack, kill_leftover_agents, wait_for
 from tests.test_console_browser import CHROMIUM, DESKTOP, _wait_ready
 from xplane.netutil import free_port
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
@@ -93,7 +94,7 @@ def api(tmp_path: Path, oidc_provider: OidcProvider) -> Iterator[Api]:  # noqa: 
 
 
 @pytest.fixture
-async def browser(api: Api) -> AsyncIterator[Any]:
+async def browser() -> AsyncIterator[Any]:
     async with playwright_api.async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
@@ -102,7 +103,7 @@ async def browser(api: Api) -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def _log_in(browser: Any, api: Api, sub: str) -> Any:
+async def _log_in(browser: Any, api: Api | Any, sub: str) -> Any:
     """A fresh browser context logged in as ``sub`` through the provider's form."""
     context = await browser.new_context(viewport=DESKTOP)
     page = await context.new_page()
@@ -204,3 +205,93 @@ async def test_operator_and_viewer_through_oidc(browser: Any, api: Api) -> None:
     assert len(refused) == 1 and refused[0]["message"].startswith("vic (viewer)")
     await page.context.close()
     assert api.problems == [], api.problems
+
+
+async def test_on_a_running_stack_a_killed_agent_and_a_drain_show_through_temporal(
+    tmp_path: Path,
+    oidc_provider: OidcProvider,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    browser: Any,
+) -> None:
+    """``xplane up`` (Temporal, PowerDNS, real agents) with the OIDC provider: the
+    overview follows a killed agent, and a drain from the node page reaches the node's
+    lifecycle workflow in Temporal, audited under the operator's name."""
+    from temporalio.client import Client
+
+    for key, value in {
+        "XPLANE_OIDC_ISSUER": oidc_provider.issuer,
+        "XPLANE_OIDC_AUDIENCE": CLIENT_ID,
+        "XPLANE_CONSOLE_CLIENT_SECRET": "mock-provider-wants-any-secret",
+    }.items():
+        monkeypatch.setenv(key, value)
+    oidc_provider.set_user("olga", {"preferred_username": "olga", "roles": ["operator"]})
+    stack = Stack(tmp_path, pin_cpu=0.5)
+    try:
+        wait_for("XPlane is up", lambda: "XPlane is up" in stack.output(), 120)
+        info = stack.info()
+        token = (stack.data / "secrets" / "admin-api.token").read_text().strip()
+        view = Api(info["api_url"], "", Seeded(service="svc-plus", regions=[]))
+        wait_for("jp in DNS", lambda: "jp" in _published_regions(view.url, token), 90)
+        page = await _log_in(browser, view, "olga")
+        jp = page.locator("tr.region[data-region='jp']")
+        await playwright_api.expect(jp.locator(".why")).not_to_have_text(
+            re.compile(r"ready node\(s\) <"), timeout=30_000
+        )
+        before = await jp.locator(".effective").inner_text()
+        assert float(before) > 0
+
+        node = next(n for n in stack.status()["nodes"] if n["region"] == "jp")
+        killed = subprocess.run(
+            [str(BIN / "xplane"), "demo", "fail-node", "--node", node["id"],
+             "--data-dir", str(stack.data)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert killed.returncode == 0, killed.stderr
+        await playwright_api.expect(jp.locator(".effective")).to_have_text("0.0", timeout=40_000)
+
+        target = next(
+            n for n in stack.status()["nodes"] if n["id"] != node["id"] and n["state"] == "active"
+        )
+        await page.goto(f"{view.url}/ui/nodes/{target['id']}")
+        form = page.locator("form.action[data-action='drain']")
+        await form.locator("input[name=reason]").fill("acceptance drain")
+        await form.locator("button").click()
+        answer = page.locator(".answer")
+        await answer.wait_for(state="visible")
+        assert await answer.get_attribute("data-status") == "200", await answer.inner_text()
+
+        client = await Client.connect(info["temporal_address"])
+
+        async def drained() -> bool:
+            status = await client.get_workflow_handle(f"node-{target['id']}").query("status")
+            return any(t["to_state"] == "drain" for t in status["history"])
+
+        for _ in range(60):
+            if await drained():
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError(f"node-{target['id']} never went to drain")
+        audits = httpx.get(
+            f"{view.url}/console/events",
+            params={"kind": "audit.node.drain", "node": target["id"]},
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        assert len(audits) == 1 and audits[0]["message"].startswith("olga (operator)"), audits
+        await page.context.close()
+        assert view.problems == [], view.problems
+    finally:
+        stack.stop()
+        kill_leftover_agents(stack)
+
+
+def _published_regions(url: str, token: str) -> set[str]:
+    overview = httpx.get(
+        f"{url}/console/overview", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    return {
+        r["region"]
+        for s in overview.get("services", [])
+        for r in s["regions"]
+        if r["effective_weight"] > 0
+    }
