@@ -225,6 +225,7 @@ async def test_on_a_running_stack_a_killed_agent_and_a_drain_show_through_tempor
     }.items():
         monkeypatch.setenv(key, value)
     oidc_provider.set_user("olga", {"preferred_username": "olga", "roles": ["operator"]})
+    oidc_provider.set_user("vic", {"preferred_username": "vic", "roles": ["viewer"]})
     stack = Stack(tmp_path, pin_cpu=0.5)
     try:
         wait_for("XPlane is up", lambda: "XPlane is up" in stack.output(), 120)
@@ -278,6 +279,20 @@ async def test_on_a_running_stack_a_killed_agent_and_a_drain_show_through_tempor
             headers={"Authorization": f"Bearer {token}"},
         ).json()
         assert len(audits) == 1 and audits[0]["message"].startswith("olga (operator)"), audits
+        await page.context.close()
+
+        # A viewer of the same stack: no buttons; a forged drain with its session is 403.
+        page = await _log_in(browser, view, "vic")
+        await page.goto(f"{view.url}/ui/nodes/{target['id']}")
+        await page.wait_for_selector("ol.timeline")
+        assert await page.locator("form.action").count() == 0
+        csrf = await page.locator("meta[name=csrf-token]").get_attribute("content")
+        forged = await page.context.request.post(
+            f"{view.url}/nodes/{node['id']}/drain",
+            data={"reason": "forged"},
+            headers={"X-CSRF-Token": csrf or ""},
+        )
+        assert forged.status == 403, await forged.text()
         await page.context.close()
         assert view.problems == [], view.problems
     finally:

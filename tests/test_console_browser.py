@@ -204,6 +204,11 @@ async def test_every_page_renders_without_console_errors(
     await _fits(page, viewport)
     await _shot(page, console, "config", width)
 
+    # Held DNS plans: none without Temporal (the GTM loops' status says which are held).
+    await page.click("nav a[href='/ui/plans']")
+    await page.wait_for_selector("#no-plans")
+    await _fits(page, viewport)
+
     # Events: live over server-sent events.
     await page.click("nav a[href='/ui/events']")
     await page.wait_for_selector("#live[data-state='live']")
