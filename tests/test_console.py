@@ -348,6 +348,12 @@ def test_buttons_follow_the_rule_table(api: object) -> None:
     with httpx.Client(base_url=url, cookies={SESSION_COOKIE: cookie}) as client:
         view = client.get("/console/overview").json()
         assert view["actions"] == []  # sync and the gate need an unscoped operator
+        # A scoped grant reads its own region only: overview, traffic and events.
+        assert [r["region"] for s in view["services"] for r in s["regions"]] == ["r000"]
+        traffic = client.get("/console/traffic").json()
+        assert {t["region"] for t in traffic["series"]} == {"r000"}
+        events = client.get("/console/events").json()
+        assert events and all(e["region"] == "r000" for e in events)
         mine = client.get("/console/regions/web/r000").json()
         assert [a["id"] for a in mine["nodes"][0]["actions"]] in (["drain"], ["undrain"])
         # Another region is outside ALICE's scope altogether (reads included).

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import RouteContext, iter_route_contexts
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import cookie_parser
@@ -143,6 +144,8 @@ class Rule:
     # None: a listing, filtered by the handler to what the identity may see.
     target: TargetFinder | None = None
     note: str = ""
+    # A console page: without credentials the browser is sent to the login page (303).
+    page: bool = False
 
 
 PUBLIC = Rule("public")
@@ -154,6 +157,11 @@ def own(credential: str) -> Rule:
 
 def read(target: TargetFinder | None = None) -> Rule:
     return Rule("identity", Permission.read, target=target)
+
+
+def page(target: TargetFinder | None = None) -> Rule:
+    """A console page: a read, by the session cookie or a bearer token."""
+    return Rule("identity", Permission.read, target=target, page=True)
 
 
 def operate(action: str, target: TargetFinder) -> Rule:
@@ -200,21 +208,21 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/console/events/stream"): read(),
     ("GET", "/console/config"): read(),
     ("GET", "/console/plans"): read(),
-    # The console's pages and assets: the page handlers check the session cookie
-    # (and send a browser without one to the login page rather than a 401).
+    # The console's pages: read like their JSON (a browser without a session is sent
+    # to the login page); its assets and login steps.
+    ("GET", "/ui"): page(),
+    ("GET", "/ui/"): page(),
+    ("GET", "/ui/regions/{service}/{region}"): page(path_target()),
+    ("GET", "/ui/nodes/{node_id}"): page(node_target),
+    ("GET", "/ui/events"): page(),
+    ("GET", "/ui/config"): page(),
+    ("GET", "/ui/plans"): page(),
     ("GET", "/ui/static/{path:path}"): PUBLIC,
     ("GET", "/ui/login"): PUBLIC,
     ("POST", "/ui/session"): own("an API token, exchanged for a session cookie"),
-    ("GET", "/ui/oidc/login"): PUBLIC,
+    ("GET", "/ui/oidc/login"): own("none: starts an OIDC login (404 without an issuer)"),
     ("GET", "/ui/oidc/callback"): own("an OIDC authorization code, state and nonce"),
-    ("POST", "/ui/logout"): own("the console session cookie"),
-    ("GET", "/ui/plans"): own("the console session cookie"),
-    ("GET", "/ui"): own("the console session cookie"),
-    ("GET", "/ui/"): own("the console session cookie"),
-    ("GET", "/ui/regions/{service}/{region}"): own("the console session cookie"),
-    ("GET", "/ui/nodes/{node_id}"): own("the console session cookie"),
-    ("GET", "/ui/events"): own("the console session cookie"),
-    ("GET", "/ui/config"): own("the console session cookie"),
+    ("POST", "/ui/logout"): own("none: clears the session cookie"),
     ("GET", "/tokens"): admin(None),
     ("POST", "/tokens"): admin("token.create"),
     ("DELETE", "/tokens/{name}"): admin("token.revoke", named_target()),
@@ -415,7 +423,9 @@ class AuthzMiddleware:
                 with contextlib.suppress(Exception):
                     target = await run_in_threadpool(rule.target, call)
             await audit.write(identity, target or Target(), exc.status)
-            response = render_error(exc, where)
+            response: Response = render_error(exc, where)
+            if rule.page and exc.status == 401:
+                response = RedirectResponse("/ui/login", status_code=303)
             response.headers[REQUEST_ID_HEADER] = audit.request_id
             await response(scope, receive, send)
             return

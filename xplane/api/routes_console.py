@@ -130,18 +130,38 @@ def load_overview(session: Session, ctx: ApiContext, who: Identity | None) -> Ov
             )
             if verdict.verdict != "normal":
                 holds[(service, entry.name)] = f"{verdict.verdict}: {verdict.reason}"
-    return build_overview(
-        now=now,
-        config=config,
-        revision=revision.sha if revision else None,
-        tallies=tallies,
-        pools=pools,
-        applies=applies,
-        latest_by_source=latest,
-        gate_lines=gate_store.describe(stored, now, heartbeat, gate_settings),
-        gate_holds=holds,
-        actions=overview_actions(who, services),
+    return visible_overview(
+        who,
+        build_overview(
+            now=now,
+            config=config,
+            revision=revision.sha if revision else None,
+            tallies=tallies,
+            pools=pools,
+            applies=applies,
+            latest_by_source=latest,
+            gate_lines=gate_store.describe(stored, now, heartbeat, gate_settings),
+            gate_holds=holds,
+            actions=overview_actions(who, services),
+        ),
     )
+
+
+def visible_overview(who: Identity | None, view: Overview) -> Overview:
+    """Only the services and regions ``who`` may read (a scoped grant sees its own)."""
+    if who is None or who.unrestricted_reader:
+        return view
+    for service in view.services:
+        service.regions = [r for r in service.regions if who.sees(service.service, r.region)]
+    view.services = [s for s in view.services if s.regions]
+    return view
+
+
+def visible_event(who: Identity | None, service: str | None, region: str | None) -> bool:
+    """An event about a service is for those who may read it; others for unscoped readers."""
+    if who is None or who.unrestricted_reader:
+        return True
+    return service is not None and who.sees(service, region)
 
 
 def load_region(
@@ -194,7 +214,9 @@ def load_node(session: Session, ctx: ApiContext, who: Identity | None, node_id: 
     return build_node_page(line, q.node_events(session, node_id))
 
 
-def load_traffic(session: Session, ctx: ApiContext, minutes: int) -> Traffic:
+def load_traffic(
+    session: Session, ctx: ApiContext, minutes: int, who: Identity | None = None
+) -> Traffic:
     now = utcnow()
     since = now - timedelta(minutes=minutes)
     config = config_store.current_config(session)
@@ -214,7 +236,7 @@ def load_traffic(session: Session, ctx: ApiContext, minutes: int) -> Traffic:
         if row.at < since:
             for region, weight in ((row.data or {}).get("regions") or {}).items():
                 before.setdefault((row.service or "", region), float(weight))
-    return traffic_history(
+    traffic = traffic_history(
         now=now,
         since=since,
         regions=regions,
@@ -223,6 +245,8 @@ def load_traffic(session: Session, ctx: ApiContext, minutes: int) -> Traffic:
         tallies=tallies,
         weight_before=before,
     )
+    traffic.series = [t for t in traffic.series if visible_event(who, t.service, t.region)]
+    return traffic
 
 
 def load_published(session: Session, services: list[str]) -> dict[str, dict[str, float]]:
@@ -268,11 +292,12 @@ def load_events(
     region: str | None,
     node: str | None,
     limit: int,
+    who: Identity | None = None,
 ) -> list[EventOut]:
     rows = list_events(
         session, service=service, region=region, node_id=node, kind_prefix=kind, limit=limit
     )
-    return [event_out(r) for r in rows]
+    return [event_out(r) for r in rows if visible_event(who, r.service, r.region)]
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -299,13 +324,13 @@ async def overview(request: Request, who: Reader, ctx: ApiContext = Depends(get_
 
 @router.get("/traffic", response_model=Traffic, responses=_ERRORS)
 def traffic(
-    _who: Reader,
+    who: Reader,
     minutes: Annotated[int, Query(ge=1, le=24 * 60)] = 60,
     ctx: ApiContext = Depends(get_ctx),
 ) -> Traffic:
     """Per region, the published weight and the active/alive node counts over time."""
     with ctx.factory() as session:
-        return load_traffic(session, ctx, minutes)
+        return load_traffic(session, ctx, minutes, who)
 
 
 @router.get("/regions/{service}/{region}", response_model=RegionPage, responses=_ERRORS)
@@ -330,7 +355,7 @@ def node_page(node_id: NodePath, who: Reader, ctx: ApiContext = Depends(get_ctx)
 
 @router.get("/events", response_model=list[EventOut], responses=_ERRORS)
 def events(
-    _who: Reader,
+    who: Reader,
     kind: KindQuery = None,
     service: ServiceQuery = None,
     region: RegionQuery = None,
@@ -341,7 +366,7 @@ def events(
     """The newest events first; ``kind`` is a prefix (``audit.``, ``dns.``)."""
     with ctx.factory() as session:
         return load_events(
-            session, kind=kind, service=service, region=region, node=node, limit=limit
+            session, kind=kind, service=service, region=region, node=node, limit=limit, who=who
         )
 
 
@@ -379,7 +404,7 @@ STREAM_MAX_S = 300.0  # the browser's EventSource reconnects (with Last-Event-ID
 )
 async def events_stream(
     request: Request,
-    _who: Reader,
+    who: Reader,
     kind: KindQuery = None,
     service: ServiceQuery = None,
     region: RegionQuery = None,
@@ -398,7 +423,7 @@ async def events_stream(
             rows = q.events_after(
                 session, last, kind_prefix=kind, service=service, region=region, node_id=node
             )
-            return [event_out(r) for r in rows]
+            return [event_out(r) for r in rows if visible_event(who, r.service, r.region)]
 
     def newest() -> int:
         with ctx.factory() as session:

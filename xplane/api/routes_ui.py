@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from xplane.api import console_auth, console_oidc
-from xplane.api.authz import Authenticator
+from xplane.api.authz import Authenticator, current_identity
 from xplane.api.console_auth import clear_session_cookie, make_session, set_session_cookie
 from xplane.api.context import ApiContext, get_ctx
 from xplane.api.errors import ApiError
@@ -198,18 +198,12 @@ LOGIN_ERRORS = {
 
 
 async def _viewer(request: Request) -> Viewer | None:
-    """Pages take the session cookie (or a bearer token, for tools), through the same
-    authenticator as the API's middleware."""
-    authn: Authenticator = request.app.state.authenticator
-    headers: dict[str, str] = {}
-    for key, value in request.headers.items():
-        headers.setdefault(key, value)
-    try:
-        identity, session = await authn.identify_request(headers)
-    except ApiError:
+    """Who the authorization middleware found (the page's rule is a read), and the
+    session's CSRF token when the cookie carried the request."""
+    identity = current_identity(request)
+    if identity is None:
         return None
-    if not console_auth.can_read(identity):
-        return None
+    session = None if "authorization" in request.headers else console_auth.request_session(request)
     return identity, session.csrf if session else ""
 
 
@@ -280,7 +274,13 @@ async def events_page(
     def load() -> Any:
         with ctx.factory() as session:
             return load_events(
-                session, kind=kind, service=service, region=region, node=node, limit=200
+                session,
+                kind=kind,
+                service=service,
+                region=region,
+                node=node,
+                limit=200,
+                who=who[0],
             )
 
     rows = await asyncio.to_thread(load)
