@@ -21,15 +21,22 @@ with an up node after that is written past the providers' safety threshold.
 The ramp state, health-check trackers and last applied digests live in the
 workflow and are carried across continue-as-new, so an idle tick costs a timer,
 one activity and no DNS write (11 history events).
+
+A plan the provider's safety threshold refuses (too many addresses removed at once)
+is held (``HELD_PLAN_PATCH``; before it the reconcile failed, every tick): the loop
+keeps it, does not try the same record set again, and answers the ``approve_plan``
+Workflow Update by applying exactly that plan once, past the threshold, or
+``reject_plan`` by leaving DNS as it is until the loop wants another record set.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 from workflows import ids, policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
@@ -43,7 +50,8 @@ with workflow.unsafe.imports_passed_through():
         digest,
         summarize,
     )
-    from xplane.dns.base import ApplyResult
+    from xplane.config.models import DnsProviderConfig
+    from xplane.dns.base import ApplyResult, DesiredService
     from xplane.gtm.deadband import Published, needs_write, published
     from xplane.gtm.health_checks import CheckState
     from xplane.gtm.last_good import dns_action
@@ -52,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
 
 QUIET_DNS_PATCH = "gtm-quiet-dns-writes"
 LAST_GOOD_PATCH = "gtm-last-good-dns"
+HELD_PLAN_PATCH = "gtm-hold-refused-dns-plan"
 
 
 class ProviderApply(BaseModel):
@@ -61,6 +70,55 @@ class ProviderApply(BaseModel):
     write_calls: int
     # What was written, for the deadband (empty in carries from before it: write).
     published: Published = Field(default_factory=Published)
+
+
+class HeldPlan(BaseModel):
+    """A record set the provider's safety threshold refused, kept for an admin's decision."""
+
+    provider_key: str
+    provider: DnsProviderConfig
+    desired: DesiredService
+    digest: str
+    refused: str  # the threshold's message
+    at: str
+    expected_removals: list[str] = Field(default_factory=list)
+
+
+class PlanDecision(BaseModel):
+    """``approve_plan`` / ``reject_plan``: the provider key may be left out when one plan
+    is held; ``digest`` (from ``status``) guards against deciding a plan not seen."""
+
+    reason: str
+    by: str = "admin"
+    provider: str | None = None
+    digest: str | None = None
+
+
+class PlanDecisionResult(BaseModel):
+    service: str
+    action: Literal["approve", "reject"]
+    provider: str
+    digest: str
+    message: str
+    write_calls: int = 0
+    changes: int = 0
+
+
+def held_plan_refusal(
+    service: str, held: dict[str, HeldPlan], provider: str | None, digest: str | None
+) -> str | None:
+    """Why a decision on a held plan is refused (None: ``provider`` or the only one is held)."""
+    if not held:
+        return f"no DNS plan is held for gtm-{service}"
+    if provider is None and len(held) > 1:
+        return f"{len(held)} DNS plans are held ({', '.join(sorted(held))}): name the provider"
+    key = provider if provider is not None else next(iter(held))
+    plan = held.get(key)
+    if plan is None:
+        return f"no DNS plan is held for provider {key} (held: {', '.join(sorted(held))})"
+    if digest is not None and digest != plan.digest:
+        return f"the plan held for {key} is now {plan.digest}, not {digest}"
+    return None
 
 
 class GtmLoopParams(BaseModel):
@@ -77,6 +135,9 @@ class GtmLoopParams(BaseModel):
     removed: bool = False
     # Providers whose DNS kept its last good answer on the last tick (xplane.gtm.last_good).
     held: list[str] = Field(default_factory=list)
+    # Plans the safety threshold refused, waiting for approve_plan / reject_plan.
+    held_plans: dict[str, HeldPlan] = Field(default_factory=dict)
+    rejected: dict[str, str] = Field(default_factory=dict)  # provider key -> rejected digest
 
 
 @workflow.defn(name=ids.GTM_LOOP)
@@ -107,6 +168,89 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
 
     def interval(self) -> timedelta:
         return self._interval
+
+    # ------------------------------------------------------------------ updates
+    @workflow.update(name="approve_plan")
+    async def approve_plan(self, decision: PlanDecision) -> PlanDecisionResult:
+        key, seen = self._decided(decision)
+        async with self._reconcile_lock:  # never beside a reconcile's own DNS write
+            plan = self.p.held_plans.get(key)
+            if plan is None or plan.digest != seen:
+                raise ApplicationError(
+                    f"the plan held for {key} changed before it could be applied "
+                    f"(now: {plan.digest if plan else 'none'}); decide again",
+                    type="ActionRefused",
+                    non_retryable=True,
+                )
+            result: ApplyResult = await workflow.execute_activity(
+                "apply_dns",
+                ApplyDnsRequest(
+                    service=self.p.service,
+                    provider_key=key,
+                    provider=plan.provider,
+                    desired=plan.desired,
+                    reason=f"held plan approved by {decision.by}: {decision.reason}",
+                    force=True,
+                    expected_removals=plan.expected_removals,
+                ),
+                result_type=ApplyResult,
+                start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+                heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
+                retry_policy=policies.EXTERNAL,
+            )
+            self.p.applied[key] = ProviderApply(
+                at=workflow.now().isoformat(),
+                digest=plan.digest,
+                summary=f"{len(result.changes)} change(s), approved",
+                write_calls=result.write_calls,
+                published=published(plan.desired),
+            )
+            del self.p.held_plans[key]
+            self.p.rejected.pop(key, None)
+        return PlanDecisionResult(
+            service=self.p.service,
+            action="approve",
+            provider=key,
+            digest=plan.digest,
+            message=f"applied the held plan for {key} past the safety threshold: "
+            f"{len(result.changes)} change(s)",
+            write_calls=result.write_calls,
+            changes=len(result.changes),
+        )
+
+    @approve_plan.validator
+    def _validate_approve(self, decision: PlanDecision) -> None:
+        self._decided(decision)
+
+    @workflow.update(name="reject_plan")
+    async def reject_plan(self, decision: PlanDecision) -> PlanDecisionResult:
+        key, seen = self._decided(decision)
+        del self.p.held_plans[key]
+        self.p.rejected[key] = seen
+        return PlanDecisionResult(
+            service=self.p.service,
+            action="reject",
+            provider=key,
+            digest=seen,
+            message=f"rejected the held plan for {key}: DNS keeps its answer until the "
+            "loop wants another record set",
+        )
+
+    @reject_plan.validator
+    def _validate_reject(self, decision: PlanDecision) -> None:
+        self._decided(decision)
+
+    def _decided(self, decision: PlanDecision) -> tuple[str, str]:
+        """The provider key and digest of the plan a decision is about, or the refusal."""
+        if not decision.reason.strip():
+            raise ValueError("a reason is required")
+        refusal = held_plan_refusal(
+            self.p.service, self.p.held_plans, decision.provider, decision.digest
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
+        key = decision.provider if decision.provider is not None else next(iter(self.p.held_plans))
+        return key, self.p.held_plans[key].digest
 
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
         service = self.p.service
@@ -163,6 +307,11 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                     continue
             if last is not None and last.digest == fingerprint:
                 continue
+            held_plan = self.p.held_plans.get(key)
+            if held_plan is not None and held_plan.digest == fingerprint:
+                continue  # refused before and waiting for a decision: not again each tick
+            if self.p.rejected.get(key) == fingerprint:
+                continue  # an admin rejected exactly this record set
             if quiet and not needs_write(
                 last.published if last else None, desired, policy.min_share_change
             ):
@@ -177,12 +326,25 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                     reason=", ".join(reasons),
                     force=action == "force",
                     expected_removals=targets.unready,
+                    hold_refused=workflow.patched(HELD_PLAN_PATCH),
                 ),
                 result_type=ApplyResult,
                 start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
                 heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
                 retry_policy=policies.EXTERNAL,
             )
+            if result.refused is not None:
+                self.p.held_plans[key] = HeldPlan(
+                    provider_key=key,
+                    provider=provider,
+                    desired=desired,
+                    digest=fingerprint,
+                    refused=result.refused,
+                    at=now.isoformat(),
+                    expected_removals=targets.unready,
+                )
+                continue
+            self.p.held_plans.pop(key, None)  # written: whatever was held is moot
             applied += result.write_calls
             self.p.applied[key] = ProviderApply(
                 at=now.isoformat(),
@@ -216,4 +378,8 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             "removed": self.p.removed,
             "holding": self.p.held,
             "gate": self.gate,  # regions the self-health gate holds or rate-limits
+            "held_plans": {
+                k: {"digest": v.digest, "refused": v.refused, "at": v.at}
+                for k, v in self.p.held_plans.items()
+            },
         }

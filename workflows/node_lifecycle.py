@@ -16,7 +16,7 @@ node given up after the grace period signals ``node_lost`` to
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -27,7 +27,12 @@ from workflows import ids, policies
 with workflow.unsafe.imports_passed_through():
     from xplane.domain import NodeState
     from xplane.gate import GateQuery, RegionVerdict
-    from xplane.lifecycle.node_fsm import IllegalTransition, NodeEvent, next_state
+    from xplane.lifecycle.node_fsm import (
+        IllegalTransition,
+        NodeEvent,
+        next_state,
+        operator_refusal,
+    )
 
 HISTORY_KEEP = 20  # transitions kept in the status query
 # Patch: giving a node up (delete, token revoked, replacement asked) waits for the
@@ -72,6 +77,26 @@ class HeartbeatChange(BaseModel):
 class DrainRequest(BaseModel):
     by: str = "operator"
     reason: str = "drain requested"
+
+
+class NodeActionRequest(BaseModel):
+    """An operator's ``drain`` / ``undrain`` Workflow Update: answered, or refused."""
+
+    reason: str
+    by: str = "operator"
+
+
+class NodeActionResult(BaseModel):
+    """What a ``drain`` / ``undrain`` update did."""
+
+    node_id: str
+    action: Literal["drain", "undrain"]
+    from_state: NodeState
+    state: NodeState
+    message: str
+
+
+InboxItem: TypeAlias = tuple[NodeEvent, str]
 
 
 class Transition(BaseModel):
@@ -127,6 +152,7 @@ class NodeStateRecord(BaseModel):
     reason: str
     at: datetime
     request_drain: bool = False
+    withdraw_drain: bool = False  # undrain: the agent is no longer told to drain
 
 
 @workflow.defn(name=ids.NODE_LIFECYCLE)
@@ -134,6 +160,10 @@ class NodeLifecycleWorkflow:
     def __init__(self) -> None:
         self.c = NodeLifecycleCarry()
         self.p: NodeLifecycleParams | None = None
+        # Inbox items an update waits for (by identity), and their outcome once handled:
+        # (state before, state after, refusal or None).
+        self._awaited: list[InboxItem] = []
+        self._answers: dict[int, tuple[NodeState, NodeState, str | None]] = {}
 
     # ------------------------------------------------------------------ signals
     @workflow.signal
@@ -162,6 +192,63 @@ class NodeLifecycleWorkflow:
     def deregistered(self, reason: str = "deregistered") -> None:
         self.c.inbox.append((NodeEvent.DEREGISTERED, reason))
 
+    # ------------------------------------------------------------------ updates
+    # Operators' actions, answered: the validator refuses what cannot apply (the caller
+    # sees why, nothing reaches history), the handler queues the event behind the
+    # machine events already in the inbox and answers once the run loop handled it.
+    @workflow.update(name="drain")
+    async def drain_update(self, request: NodeActionRequest) -> NodeActionResult:
+        return await self._operator(
+            NodeEvent.DRAIN, f"drain by {request.by}: {request.reason}", "drain"
+        )
+
+    @drain_update.validator
+    def _validate_drain(self, request: NodeActionRequest) -> None:
+        self._validate(NodeEvent.DRAIN, request)
+
+    @workflow.update(name="undrain")
+    async def undrain_update(self, request: NodeActionRequest) -> NodeActionResult:
+        return await self._operator(
+            NodeEvent.UNDRAIN, f"undrain by {request.by}: {request.reason}", "undrain"
+        )
+
+    @undrain_update.validator
+    def _validate_undrain(self, request: NodeActionRequest) -> None:
+        self._validate(NodeEvent.UNDRAIN, request)
+
+    def _node(self) -> str:
+        return workflow.info().workflow_id.removeprefix("node-")
+
+    def _validate(self, event: NodeEvent, request: NodeActionRequest) -> None:
+        if not request.reason.strip():
+            raise ValueError("a reason is required")
+        refusal = operator_refusal(self._node(), self.c.state, event)
+        if refusal is not None:
+            raise ValueError(refusal)
+
+    async def _operator(
+        self, event: NodeEvent, reason: str, action: Literal["drain", "undrain"]
+    ) -> NodeActionResult:
+        item: InboxItem = (event, reason)
+        self._awaited.append(item)
+        self.c.inbox.append(item)
+        await workflow.wait_condition(lambda: id(item) in self._answers)
+        before, after, refusal = self._answers.pop(id(item))
+        self._awaited = [i for i in self._awaited if i is not item]
+        if refusal is not None:  # the state moved on between validation and handling
+            raise ApplicationError(refusal, type="ActionRefused", non_retryable=True)
+        return NodeActionResult(
+            node_id=self._node(),
+            action=action,
+            from_state=before,
+            state=after,
+            message=f"node {self._node()}: {before.value} -> {after.value}",
+        )
+
+    def _answer(self, item: InboxItem, before: NodeState, refusal: str | None) -> None:
+        if any(i is item for i in self._awaited):
+            self._answers[id(item)] = (before, self.c.state, refusal)
+
     @workflow.query
     def status(self) -> NodeLifecycleStatus:
         return NodeLifecycleStatus(
@@ -187,11 +274,17 @@ class NodeLifecycleWorkflow:
         if self.c.since is None:
             self.c.since = workflow.now()
         while self.c.state is not NodeState.DELETE:
-            event, reason = await self._next_event()
-            await self._handle(event, reason)
-            if workflow.info().is_continue_as_new_suggested():
+            item = await self._next_event()
+            before = self.c.state
+            refusal = await self._handle(*item)
+            self._answer(item, before, refusal)
+            # An update waiting for its inbox item is answered in this run, first.
+            if workflow.info().is_continue_as_new_suggested() and not self._awaited:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(params.model_copy(update={"carry": self.c}))
+        for item in self._awaited:  # queued behind the event that deleted the node
+            self._answer(item, self.c.state, f"node {self._node()} is already deleted")
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
 
     def _deadline(self) -> tuple[datetime, NodeEvent] | None:
@@ -211,7 +304,7 @@ class NodeLifecycleWorkflow:
             return self.c.since + wait, NodeEvent.DRAINED
         return None
 
-    async def _next_event(self) -> tuple[NodeEvent, str]:
+    async def _next_event(self) -> InboxItem:
         deadline = self._deadline()
         if not self.c.inbox:
             timeout = None
@@ -224,14 +317,15 @@ class NodeLifecycleWorkflow:
                 return deadline[1], _timer_reason(deadline[1])
         return self.c.inbox.pop(0)
 
-    async def _handle(self, event: NodeEvent, reason: str) -> None:
+    async def _handle(self, event: NodeEvent, reason: str) -> str | None:
+        """Apply one event; the refusal when the state machine does not allow it."""
         assert self.p is not None
         before = self.c.state
         if event is NodeEvent.UP and before in (NodeState.WARM, NodeState.ACTIVE):
-            return  # already healthy: nothing to do
+            return None  # already healthy: nothing to do
         gated = event is NodeEvent.GRACE_EXPIRED and workflow.patched(GATE_PATCH)
         if gated and await self._gate_holds():
-            return
+            return None
         self.c.gate_held_until = self.c.gate_reason = None
         try:
             after = next_state(before, event)
@@ -239,9 +333,9 @@ class NodeLifecycleWorkflow:
             message = f"{workflow.now().isoformat()}: refused: {err}"
             workflow.logger.warning("node %s: %s", self.p.node_id, message)
             self.c.refused = [*self.c.refused[-(HISTORY_KEEP - 1) :], message]
-            return
+            return f"node {self.p.node_id}: {err}"
         now = workflow.now()
-        if event is NodeEvent.DOWN:
+        if event in (NodeEvent.DOWN, NodeEvent.UNDRAIN):  # undrained: back up within the grace
             self.c.down_since = now
         elif event in (NodeEvent.UP, NodeEvent.DRAIN, NodeEvent.DEREGISTERED):
             self.c.down_since = None
@@ -263,6 +357,7 @@ class NodeLifecycleWorkflow:
                 reason=reason,
                 at=now,
                 request_drain=after is NodeState.DRAIN,
+                withdraw_drain=event is NodeEvent.UNDRAIN,
             ),
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DB,
@@ -275,6 +370,7 @@ class NodeLifecycleWorkflow:
             await self._signal(
                 ids.autoscale_id(self.p.service, self.p.region), "node_lost", self.p.node_id
             )
+        return None
 
     async def _gate_holds(self) -> bool:
         """Ask the self-health gate before giving the node up; held: ask again later.
