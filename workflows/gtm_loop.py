@@ -170,7 +170,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
         return self._interval
 
     # ------------------------------------------------------------------ updates
-    @workflow.update(name="approve_plan")
+    @workflow.update
     async def approve_plan(self, decision: PlanDecision) -> PlanDecisionResult:
         key, seen = self._decided(decision)
         async with self._reconcile_lock:  # never beside a reconcile's own DNS write
@@ -222,7 +222,7 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
     def _validate_approve(self, decision: PlanDecision) -> None:
         self._decided(decision)
 
-    @workflow.update(name="reject_plan")
+    @workflow.update
     async def reject_plan(self, decision: PlanDecision) -> PlanDecisionResult:
         key, seen = self._decided(decision)
         del self.p.held_plans[key]
