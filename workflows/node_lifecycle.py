@@ -39,6 +39,7 @@ HISTORY_KEEP = 20  # transitions kept in the status query
 # self-health gate. Runs that started before it give up at once, as they did.
 GATE_PATCH = "node-give-up-waits-for-gate"
 SEEN_KEEP = 8  # transition ids remembered: a retry re-sends within seconds
+REASON_KEEP = 512  # the store's state_reason / drain_reason columns
 
 
 class NodeTimings(BaseModel):
@@ -229,7 +230,7 @@ class NodeLifecycleWorkflow:
     async def _operator(
         self, event: NodeEvent, reason: str, action: Literal["drain", "undrain"]
     ) -> NodeActionResult:
-        item: InboxItem = (event, reason)
+        item: InboxItem = (event, reason[:REASON_KEEP])
         self._awaited.append(item)
         self.c.inbox.append(item)
         await workflow.wait_condition(lambda: id(item) in self._answers)

@@ -318,6 +318,7 @@ async def run_up(options: UpOptions, say: Say = print) -> None:
 
 async def _run_up(options: UpOptions, say: Say) -> None:
     from workers.main import build_worker
+    from xplane.api.actions import TemporalActions
     from xplane.api.app import create_app
     from xplane.api.serve import serve_in_thread
     from xplane.api.settings import ApiSettings
@@ -421,7 +422,10 @@ async def _run_up(options: UpOptions, say: Say) -> None:
         api_settings = ApiSettings.from_env(
             db_url=db_url, port=api_port, heartbeat=settings.heartbeat
         )
-        app = create_app(api_settings, notifier=notifier, webhook_notifier=notifier)
+        actions = TemporalActions(address=server.address)
+        app = create_app(
+            api_settings, notifier=notifier, webhook_notifier=notifier, actions=actions
+        )
         say(f"[5/6] api {api_url} and worker")
         with serve_in_thread(app, port=api_port):
             worker = build_worker(

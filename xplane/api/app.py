@@ -14,11 +14,13 @@ from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.orm import Session, sessionmaker
 
+from xplane.api.actions import WorkflowActions
 from xplane.api.auth import TokenCache
 from xplane.api.context import ApiContext, NodeNotifier
 from xplane.api.errors import BodyLimitMiddleware, install_error_handlers
 from xplane.api.guards import BodyDeadlines, InFlightLimit
 from xplane.api.hot_path import XPlaneApi
+from xplane.api.routes_actions import router as actions_router
 from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
 from xplane.api.routes_nodes import router as nodes_router
@@ -48,11 +50,13 @@ def create_app(
     notifier: NodeNotifier | None = None,
     extra_routers: Sequence[APIRouter] = (),
     webhook_notifier: WebhookNotifier | None = None,
+    actions: WorkflowActions | None = None,
 ) -> FastAPI:
     """The API: nodes, read endpoints, CI webhooks and ``/metrics``.
 
     ``notifier`` hears of registrations and ``webhook_notifier`` of CI webhooks
-    (both: Temporal signals in production); ``extra_routers`` are included as given.
+    (both: Temporal signals in production); ``actions`` runs operators' Workflow Updates
+    (without it those routes answer 503); ``extra_routers`` are included as given.
 
     The schema must exist (migrations or ``Base.metadata.create_all``).
     """
@@ -108,6 +112,7 @@ def create_app(
     app.state.ctx = ctx
     app.state.settings = settings
     app.state.webhook_notifier = webhook_notifier
+    app.state.actions = actions
     app.state.dispatcher = dispatcher
     install_error_handlers(app)
     app.add_middleware(
@@ -115,7 +120,7 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         deadlines=deadlines,
     )
-    routers = (health_router, nodes_router, admin_router, make_webhook_router())
+    routers = (health_router, nodes_router, admin_router, actions_router, make_webhook_router())
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     for router in (*routers, metrics_router(factory, token=metrics_token), *extra_routers):
         app.include_router(router)
