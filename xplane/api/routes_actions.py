@@ -92,19 +92,14 @@ def actor(request: Request) -> str:
     return who if isinstance(who, str) and who else "operator"
 
 
-def get_actions(request: Request) -> WorkflowActions:
+def get_actions(request: Request) -> WorkflowActions | None:
+    """The app's Temporal bridge; None answers 503, after the body was validated."""
     actions: WorkflowActions | None = getattr(request.app.state, "actions", None)
-    if actions is None:
-        raise ApiError(
-            503,
-            "operator actions need Temporal",
-            [("temporal", "start the API with --temporal (XPLANE_TEMPORAL_ADDRESS)")],
-        )
     return actions
 
 
 async def run_update(
-    actions: WorkflowActions,
+    actions: WorkflowActions | None,
     workflow_id: str,
     update: str,
     arg: BaseModel,
@@ -115,6 +110,12 @@ async def run_update(
     closed: str | None = None,
 ) -> T:
     """The update's answer, or the ApiError for how it did not answer."""
+    if actions is None:
+        raise ApiError(
+            503,
+            "operator actions need Temporal",
+            [("temporal", "start the API with --temporal (XPLANE_TEMPORAL_ADDRESS)")],
+        )
     try:
         return await actions.update(workflow_id, update, arg, result_type)
     except ActionRefused as exc:
@@ -136,7 +137,7 @@ async def drain_node(
     node_id: NodeIdPath,
     body: DrainRequest,
     request: Request,
-    actions: WorkflowActions = Depends(get_actions),
+    actions: WorkflowActions | None = Depends(get_actions),
 ) -> NodeActionResult:
     """Out of DNS now, then the agent is told to stop taking traffic; deleted after the
     record TTL and the drain timeout unless undrained first."""
@@ -148,14 +149,14 @@ async def undrain_node(
     node_id: NodeIdPath,
     body: DrainRequest,
     request: Request,
-    actions: WorkflowActions = Depends(get_actions),
+    actions: WorkflowActions | None = Depends(get_actions),
 ) -> NodeActionResult:
     """Withdraw a drain in time: the node comes back through warm when it is healthy."""
     return await _node_action(actions, node_id, "undrain", body.reason, actor(request))
 
 
 async def _node_action(
-    actions: WorkflowActions, node_id: str, update: str, reason: str, by: str
+    actions: WorkflowActions | None, node_id: str, update: str, reason: str, by: str
 ) -> NodeActionResult:
     return await run_update(
         actions,
@@ -175,7 +176,7 @@ async def pause_loop(
     workflow_id: LoopIdPath,
     body: ActionBody,
     request: Request,
-    actions: WorkflowActions = Depends(get_actions),
+    actions: WorkflowActions | None = Depends(get_actions),
 ) -> LoopActionResult:
     """No reconcile until resumed; answered once the reconcile in flight (if any) ended."""
     return await _loop_action(actions, workflow_id, "pause", body.reason, actor(request))
@@ -186,13 +187,13 @@ async def resume_loop(
     workflow_id: LoopIdPath,
     body: ActionBody,
     request: Request,
-    actions: WorkflowActions = Depends(get_actions),
+    actions: WorkflowActions | None = Depends(get_actions),
 ) -> LoopActionResult:
     return await _loop_action(actions, workflow_id, "resume", body.reason, actor(request))
 
 
 async def _loop_action(
-    actions: WorkflowActions, workflow_id: str, update: str, reason: str, by: str
+    actions: WorkflowActions | None, workflow_id: str, update: str, reason: str, by: str
 ) -> LoopActionResult:
     return await run_update(
         actions,
@@ -207,7 +208,7 @@ async def _loop_action(
 
 @router.post("/sync", response_model=LoopActionResult, responses=_ERRORS)
 async def sync_now(
-    body: ActionBody, request: Request, actions: WorkflowActions = Depends(get_actions)
+    body: ActionBody, request: Request, actions: WorkflowActions | None = Depends(get_actions)
 ) -> LoopActionResult:
     """Pull the config repo now; answers what the sync did."""
     return await run_update(
@@ -230,7 +231,7 @@ async def retry_region(
     region: NamePath,
     body: ActionBody,
     request: Request,
-    actions: WorkflowActions = Depends(get_actions),
+    actions: WorkflowActions | None = Depends(get_actions),
 ) -> RegionActionResult:
     """Start a failed bootstrap again."""
     return await run_update(
@@ -250,7 +251,7 @@ async def approve_plan(
     service: NamePath,
     body: PlanDecisionBody,
     request: Request,
-    actions: WorkflowActions = Depends(get_actions),
+    actions: WorkflowActions | None = Depends(get_actions),
 ) -> PlanDecisionResult:
     """Apply the DNS plan the safety threshold held, once, past the threshold (admin)."""
     return await _plan(actions, service, "approve_plan", body, actor(request))
@@ -261,14 +262,14 @@ async def reject_plan(
     service: NamePath,
     body: PlanDecisionBody,
     request: Request,
-    actions: WorkflowActions = Depends(get_actions),
+    actions: WorkflowActions | None = Depends(get_actions),
 ) -> PlanDecisionResult:
     """Drop the held plan: DNS keeps its answer until the loop wants another (admin)."""
     return await _plan(actions, service, "reject_plan", body, actor(request))
 
 
 async def _plan(
-    actions: WorkflowActions, service: str, update: str, body: PlanDecisionBody, by: str
+    actions: WorkflowActions | None, service: str, update: str, body: PlanDecisionBody, by: str
 ) -> PlanDecisionResult:
     return await run_update(
         actions,

@@ -9,6 +9,7 @@ import sys
 import typer
 
 from xplane.cli import (
+    actions_cmd,
     agent_cmd,
     api_cmd,
     autoscale_cmd,
@@ -56,6 +57,7 @@ for module in (
     status_cmd,
     demo_cmd,
     regions_cmd,
+    actions_cmd,
 ):
     module.register(app)
 

@@ -98,13 +98,15 @@ def drain_cmd(
     reason: str = typer.Option("requested by operator", "--reason"),
     server: str | None = ServerOption,
 ) -> None:
-    """Ask a node to drain: out of DNS, then its agent is told to stop taking traffic."""
+    """Drain a node: out of DNS, then its agent is told to stop taking traffic.
+
+    Answered by the node's lifecycle (a Workflow Update), or refused with its reason."""
     try:
         with _client(server) as client:
-            node = client.drain(node_id, reason)
+            answer = client.drain(node_id, reason)
     except Exception as exc:
         raise _fail(exc) from None
-    typer.echo(f"{node['id']}: drain requested (state {node['state']}, status {node['status']})")
+    typer.echo(answer["message"])
 
 
 def register(root: typer.Typer) -> None:
