@@ -390,3 +390,23 @@ async def test_cli_actions_go_through_the_api_and_print_the_answer(
     assert output.startswith("gate closed by api:operator: switch change\n")
     code, output = await xplane("gate", "open", "--reason", "done")
     assert code == 0 and output.startswith("gate opened by api:operator: done\n")
+
+
+async def test_no_worker_for_the_workflow_is_a_503_and_nothing_is_sent(rig: Rig) -> None:
+    """An update nobody polls for would wait in the server and apply whenever a worker
+    came back, long after the caller gave up: it is not sent at all."""
+    node_id = f"jp-{uuid.uuid4().hex[:8]}"
+    handle = await rig.client.start_workflow(
+        NodeLifecycleWorkflow.run,
+        NodeLifecycleParams(node_id=node_id, service="web", region="jp", timings=TIMINGS),
+        id=ids.node_id(node_id),
+        task_queue="no-worker-here",
+    )
+    try:
+        response = await rig.post(f"/nodes/{node_id}/drain", {"reason": "x"})
+        assert response.status_code == 503
+        assert "no worker polls task queue no-worker-here" in response.text
+        history = [e async for e in handle.fetch_history_events()]
+        assert len(history) == 2  # started, and its first workflow task scheduled
+    finally:
+        await handle.terminate()

@@ -157,7 +157,7 @@ def _token_for(path: str, api: RunningProcess) -> str | None:
         return BOOT
     if path == "/nodes/heartbeat":
         return api.node_token
-    if path.startswith(("/nodes", "/regions")):
+    if path.startswith(("/nodes", "/regions", "/loops", "/sync", "/gate", "/gtm")):
         return ADMIN
     return None
 

@@ -5,7 +5,8 @@ outcome the routes map to HTTP: the handler's result, :class:`ActionRefused` (th
 validator's or handler's refusal: 409), :class:`WorkflowMissing` (404),
 :class:`WorkflowClosed` (the workflow is over: 409), :class:`ActionFailed` (the handler
 failed, e.g. a DNS provider: 502) and :class:`ActionsUnavailable` (Temporal cannot be
-reached or did not answer in time: 503). It connects lazily, in the server's event loop.
+reached, no worker polls for the workflow, or no answer in time: 503). It connects
+lazily, in the server's event loop.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from __future__ import annotations
 import asyncio
 import os
 from datetime import timedelta
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -103,6 +112,7 @@ class TemporalActions:
     ) -> T:
         client = await self._connected()
         handle = client.get_workflow_handle(workflow_id)
+        await self._ready(client, handle)
         try:
             result = await asyncio.wait_for(
                 handle.execute_update(
@@ -123,6 +133,35 @@ class TemporalActions:
             result = result_type.model_validate(result)
         return result
 
+    async def _ready(self, client: Client, handle: WorkflowHandle[Any, Any]) -> None:
+        """Before sending: the workflow runs, and some worker polls its task queue.
+
+        An update nobody polls for would wait in the server and apply whenever a worker
+        comes back, long after the caller was told it timed out: refuse it instead.
+        """
+        try:
+            described = await handle.describe(rpc_timeout=CONNECT_TIMEOUT)
+            if described.status != WorkflowExecutionStatus.RUNNING:
+                status = described.status.name.lower() if described.status else "closed"
+                raise WorkflowClosed(handle.id, status)
+            queue = described.task_queue
+            polled = await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=client.namespace,
+                    task_queue=TaskQueue(name=queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                ),
+                timeout=CONNECT_TIMEOUT,
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise WorkflowMissing(handle.id) from None
+            raise ActionsUnavailable(f"Temporal: {exc.message}") from None
+        if not polled.pollers:
+            raise ActionsUnavailable(
+                f"no worker polls task queue {queue} (are the workers running?): nothing was sent"
+            )
+
 
 def _failure(exc: WorkflowUpdateFailedError) -> ActionError:
     cause = exc.cause
@@ -138,12 +177,11 @@ def _failure(exc: WorkflowUpdateFailedError) -> ActionError:
     return ActionFailed(": ".join(parts) or "the update failed")
 
 
-async def _rpc_failure(handle: object, workflow_id: str, exc: RPCError) -> ActionError:
+async def _rpc_failure(
+    handle: WorkflowHandle[Any, Any], workflow_id: str, exc: RPCError
+) -> ActionError:
     """An RPC error of the update: a missing or closed workflow, bad input, or Temporal."""
-    if exc.status == RPCStatusCode.NOT_FOUND:
-        from temporalio.client import WorkflowHandle
-
-        assert isinstance(handle, WorkflowHandle)
+    if exc.status == RPCStatusCode.NOT_FOUND:  # it ended (or went) since _ready
         try:
             described = await handle.describe(rpc_timeout=CONNECT_TIMEOUT)
         except RPCError as again:
