@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.histories import keep
 from tests.support.tools import needs_tool
-from tests.test_gtm_loop import _answers, _gtm_loop, _seed, health_port, pdns
+from tests.test_gtm_loop import NODES, _answers, _beat, _gtm_loop, _seed, health_port, pdns
 from tests.test_operator_updates import refusal_of
 from workflows.control_loop import LoopStatus
 from workflows.gtm_loop import (
@@ -158,5 +158,24 @@ async def test_a_rejected_plan_is_not_tried_again(
         with pytest.raises(WorkflowUpdateFailedError) as gone:
             await handle.execute_update(GtmLoopWorkflow.reject_plan, PlanDecision(reason="again"))
         assert refusal_of(gone.value) == "no DNS plan is held for gtm-svc"
+
+        # The rejection lasts while the loop wants that record set, not for ever: jp
+        # comes back, then is re-addressed again, and the same plan is held again.
+        _readdress(sessions, {"jp-1": "127.0.10.1", "jp-2": "127.0.10.2"})
+        for wake in ("back", "ramped"):  # jp slow-starts back in over 100 s
+            for node_id in NODES:
+                _beat(sessions, node_id)
+            await handle.signal(GtmLoopWorkflow.world_changed, wake)
+            await time_env.sleep(110 if wake == "back" else 1)
+        assert set(_answers(pdns)) == {"127.0.10.1", "127.0.10.2", "127.0.10.3"}
+        _readdress(sessions, {"jp-1": "127.0.10.21", "jp-2": "127.0.10.22"})
+        for node_id in NODES:
+            _beat(sessions, node_id)
+        await handle.signal(GtmLoopWorkflow.world_changed, "readdressed again")
+        await time_env.sleep(1)
+        status = await handle.query(GtmLoopWorkflow.status)
+        assert list(status.details["held_plans"]) == [KEY]
+        with sessions() as session:
+            assert len(list_events(session, kind_prefix="dns.plan_held")) == 2
         await keep(handle, "gtm_loop_held_plan_rejected")
     engine.dispose()

@@ -312,6 +312,10 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 continue  # refused before and waiting for a decision: not again each tick
             if self.p.rejected.get(key) == fingerprint:
                 continue  # an admin rejected exactly this record set
+            # The loop wants another record set now: a held or rejected one is moot (one
+            # refused again is held in its place).
+            self.p.held_plans.pop(key, None)
+            self.p.rejected.pop(key, None)
             if quiet and not needs_write(
                 last.published if last else None, desired, policy.min_share_change
             ):
@@ -344,7 +348,6 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                     expected_removals=targets.unready,
                 )
                 continue
-            self.p.held_plans.pop(key, None)  # written: whatever was held is moot
             applied += result.write_calls
             self.p.applied[key] = ProviderApply(
                 at=now.isoformat(),

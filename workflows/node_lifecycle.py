@@ -7,6 +7,10 @@ Timers give the time-based transitions: warm-up, the down grace period, and
 drain (record TTL + drain timeout). The transition rules are the pure
 :mod:`xplane.lifecycle.node_fsm`; illegal events are refused and logged.
 
+Operators act through the ``drain`` / ``undrain`` Workflow Updates: validated against
+the current state (a refusal names why and leaves no trace in history), queued behind
+the events already in the inbox, and answered once the transition is written.
+
 Every transition is written to the store (the API and GTM read the store,
 never this workflow), wakes ``gtm-<service>`` when traffic must move, and a
 node given up after the grace period signals ``node_lost`` to
