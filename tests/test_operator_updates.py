@@ -4,6 +4,7 @@ rest, and each handler answers what it did."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -44,6 +45,7 @@ from workflows.node_lifecycle import (
     NodeLifecycleParams,
     NodeLifecycleStatus,
     NodeLifecycleWorkflow,
+    NodeStateRecord,
     NodeTimings,
 )
 from workflows.region_lifecycle import (
@@ -274,6 +276,57 @@ async def test_a_deleted_node_refuses_every_update(
             await handle.execute_update(
                 "drain", NodeActionRequest(reason="late"), result_type=NodeActionResult
             )
+
+
+held_writes = asyncio.Event()
+
+
+@activity.defn(name="record_node_state")
+async def record_when_released(record: NodeStateRecord) -> None:
+    """Holds the lifecycle inside a transition until the test lets it go."""
+    await held_writes.wait()
+
+
+async def test_a_drain_queued_behind_a_deregistration_is_refused_when_handled(
+    time_env: WorkflowEnvironment,
+) -> None:
+    """Validated while the node is warm, the drain waits behind the deregistration that
+    arrived first; the node is deleted before the drain's turn, so the handler answers
+    with a refusal (and the run ends only once that answer is out)."""
+    held_writes.clear()
+    client = pydantic_client(time_env)
+    queue = f"{TQ}-{uuid.uuid4().hex[:6]}"
+    node_id = f"jp-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client, task_queue=queue, workflows=[NodeLifecycleWorkflow],
+        activities=[record_when_released],
+    ):  # fmt: skip
+        handle = await client.start_workflow(
+            NodeLifecycleWorkflow.run,
+            NodeLifecycleParams(node_id=node_id, service="svc", region="jp", timings=TIMINGS),
+            id=f"node-{node_id}",
+            task_queue=queue,
+        )
+        await handle.signal(
+            NodeLifecycleWorkflow.heartbeat_state_changed, HeartbeatChange(status="up")
+        )
+        await handle.signal(NodeLifecycleWorkflow.deregistered, "pool shrank")
+        drain = asyncio.create_task(
+            handle.execute_update(
+                "drain", NodeActionRequest(reason="late"), result_type=NodeActionResult
+            )
+        )
+        for _ in range(50):  # accepted (validated in warm) while the up transition is held
+            if len(await update_events(handle)) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert (await handle.query(NodeLifecycleWorkflow.status)).state is NodeState.WARM
+        held_writes.set()
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await drain
+        assert refusal_of(refused.value) == f"node {node_id} is already deleted"
+        result = await handle.result()
+        assert result.state is NodeState.DELETE and result.reason == "pool shrank"
 
 
 # --------------------------------------------------------------- control loop
