@@ -405,6 +405,17 @@ async def record_region_event(event: RegionEvent) -> None:
     return None
 
 
+async def phase_is(handle: WorkflowHandle[Any, Any], phase: str) -> None:
+    """Wait (real time, a loaded machine) until the region's status shows ``phase``."""
+    status: RegionStatus | None = None
+    for _ in range(100):
+        status = await handle.query(RegionLifecycleWorkflow.status)
+        if status.phase == phase:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"phase {phase} never reached: {status}")
+
+
 async def test_retry_is_refused_unless_the_bootstrap_failed(
     time_env: WorkflowEnvironment,
 ) -> None:
@@ -424,8 +435,7 @@ async def test_retry_is_refused_unless_the_bootstrap_failed(
             task_queue=TQ,
         )
         await time_env.sleep(5)
-        status: RegionStatus = await handle.query(RegionLifecycleWorkflow.status)
-        assert status.phase == "waiting_node"
+        await phase_is(handle, "waiting_node")
         with pytest.raises(WorkflowUpdateFailedError) as early:
             await handle.execute_update(
                 "retry", RegionRetryRequest(reason="now"), result_type=RegionActionResult
@@ -434,7 +444,7 @@ async def test_retry_is_refused_unless_the_bootstrap_failed(
             f"region {region} has not failed (phase waiting_node): nothing to retry"
         )
         await time_env.sleep(700)  # past the first-node timeout: failed
-        assert (await handle.query(RegionLifecycleWorkflow.status)).phase == "failed"
+        await phase_is(handle, "failed")
         with pytest.raises(WorkflowUpdateFailedError) as wrong:
             await handle.execute_update(
                 "retry",
@@ -450,7 +460,7 @@ async def test_retry_is_refused_unless_the_bootstrap_failed(
         assert (answer.region, answer.service, answer.from_phase) == (region, "svc", "failed")
         assert answer.message.startswith(f"region {region}: bootstrap starts again")
         await time_env.sleep(5)
-        assert (await handle.query(RegionLifecycleWorkflow.status)).phase == "waiting_node"
+        await phase_is(handle, "waiting_node")
         assert commits == ["bootstrap", "bootstrap"]
         await keep(handle, "region_lifecycle_retry_update")
         await handle.terminate()
