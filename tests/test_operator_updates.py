@@ -54,6 +54,7 @@ from workflows.region_lifecycle import (
     RegionParams,
     RegionRetryRequest,
     RegionStatus,
+    RegionTimings,
     retry_refusal,
 )
 from xplane.domain import NodeState
@@ -430,7 +431,7 @@ async def test_retry_is_refused_unless_the_bootstrap_failed(
         region = f"r{uuid.uuid4().hex[:6]}"
         handle = await client.start_workflow(
             RegionLifecycleWorkflow.run,
-            RegionParams(region=region),
+            RegionParams(region=region, timings=RegionTimings(first_node_timeout_seconds=30)),
             id=f"region-{region}",
             task_queue=TQ,
         )
@@ -443,7 +444,7 @@ async def test_retry_is_refused_unless_the_bootstrap_failed(
         assert refusal_of(early.value) == (
             f"region {region} has not failed (phase waiting_node): nothing to retry"
         )
-        await time_env.sleep(700)  # past the first-node timeout: failed
+        await time_env.sleep(40)  # past the first-node timeout: failed
         await phase_is(handle, "failed")
         with pytest.raises(WorkflowUpdateFailedError) as wrong:
             await handle.execute_update(
