@@ -305,8 +305,6 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 if action == "hold":
                     held.append(key)
                     continue
-            if last is not None and last.digest == fingerprint:
-                continue
             held_plan = self.p.held_plans.get(key)
             if held_plan is not None and held_plan.digest == fingerprint:
                 continue  # refused before and waiting for a decision: not again each tick
@@ -316,6 +314,8 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             # refused again is held in its place).
             self.p.held_plans.pop(key, None)
             self.p.rejected.pop(key, None)
+            if last is not None and last.digest == fingerprint:
+                continue
             if quiet and not needs_write(
                 last.published if last else None, desired, policy.min_share_change
             ):

@@ -251,7 +251,7 @@ class NodeLifecycleWorkflow:
         )
 
     def _answer(self, item: InboxItem, before: NodeState, refusal: str | None) -> None:
-        if any(i is item for i in self._awaited):
+        if id(item) not in self._answers and any(i is item for i in self._awaited):
             self._answers[id(item)] = (before, self.c.state, refusal)
 
     @workflow.query
