@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeating import heartbeating
 from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
 from xplane.dns.factory import make_provider
-from xplane.dns.plan import ApplyResult, DesiredService, DnsError
+from xplane.dns.plan import ApplyResult, DesiredService, DnsError, DnsSafetyError
 from xplane.dns.ratelimit import DnsThrottledError
 from xplane.gate import GateSettings, trusted_view
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health
@@ -80,6 +80,9 @@ class ApplyDnsRequest(BaseModel):
     reason: str = ""
     force: bool = False
     expected_removals: list[str] = Field(default_factory=list)  # see GtmTargets.unready
+    # A plan the safety threshold refuses is answered (ApplyResult.refused) and logged as
+    # ``dns.plan_held`` instead of failing: the loop holds it for an admin to approve.
+    hold_refused: bool = False
 
 
 class GtmActivities:
@@ -188,6 +191,8 @@ class GtmActivities:
                 plan.expected_removals = request.expected_removals
                 result = provider.apply(plan, force=request.force)
         except DnsError as err:
+            if request.hold_refused and isinstance(err, DnsSafetyError):
+                return self._held(request, plan.summary(), str(err))
             metrics.dns_apply(request.provider_key, False)
             delay = None
             if isinstance(err, DnsThrottledError) and err.retry_after is not None:
@@ -214,3 +219,22 @@ class GtmActivities:
                     },
                 )
         return result
+
+    def _held(self, request: ApplyDnsRequest, summary: str, refusal: str) -> ApplyResult:
+        metrics.dns_apply(request.provider_key, False)
+        with transaction(self._sessions) as session:
+            record_event(
+                session,
+                "dns.plan_held",
+                f"{request.provider_key}: {refusal}; held for approval "
+                f"(xplane gtm approve {request.service}) [{summary}]",
+                source=f"gtm-{request.service}",
+                service=request.service,
+                data={"provider": request.provider_key, "refused": refusal},
+            )
+        return ApplyResult(
+            provider=request.provider_key,
+            name=request.desired.name,
+            applied=False,
+            refused=refusal,
+        )

@@ -99,6 +99,8 @@ class NodeActivities:
                 node_store.request_drain(
                     session, record.node_id, by="lifecycle", reason=record.reason, at=record.at
                 )
+            if record.withdraw_drain:
+                node_store.withdraw_drain(session, record.node_id)
             if record.event is NodeEvent.GRACE_EXPIRED:
                 # Given up, not retired: should its agent come back (revived in its slot,
                 # a healed partition), it must register again and start a new life, not

@@ -25,6 +25,8 @@ import pytest
 from tests.support.waiting import until
 from tests.test_infra_support import seed_config
 from xplane.netutil import free_port, wait_for_port
+from xplane.store.db import make_engine, make_sessionmaker, transaction
+from xplane.store.nodes import request_drain
 
 pytestmark = pytest.mark.slow
 
@@ -188,13 +190,21 @@ def test_agent_against_real_api(tmp_path: Path, processes: Processes) -> None:
         )
         assert _node(api)["id"] == node_id  # type: ignore[index]
 
-        # Drain: the agent reports status drain and its health endpoint answers 503.
-        drained = httpx.post(
+        # Drain: the agent reports status drain and its health endpoint answers 503. An
+        # operator's drain is a Workflow Update (no Temporal here: 503, see
+        # test_api_actions); the store's drain request is what the agent hears of.
+        refused = httpx.post(
             f"{api}/nodes/{node_id}/drain",
             headers={"Authorization": f"Bearer {ADMIN}"},
             json={"reason": "agent test"},
         )
-        assert drained.status_code == 200, drained.text
+        assert refused.status_code == 503, refused.text
+        engine = make_engine(db_url)
+        try:
+            with transaction(make_sessionmaker(engine)) as session:
+                request_drain(session, node_id, by="autoscaler", reason="agent test")
+        finally:
+            engine.dispose()
         until(lambda: (n := _node(api)) and n["reported_status"] == "drain", "status drain")
         answer = httpx.get(f"{health}/healthz")
         assert (answer.status_code, answer.text) == (503, "draining\n")

@@ -157,6 +157,8 @@ async def test_lifecycle_outage_reregistration_drain_and_deregister(
             return 401, {"error": "unknown token"}
         if name == "drain":
             return _beat("drain", "drain")
+        if name == "undrained":  # an operator's undrain: no longer asked to drain
+            return _beat("none", "idle")
         if name == "deregister":
             return _beat("deregister", "delete")
         return _beat()
@@ -192,6 +194,9 @@ async def test_lifecycle_outage_reregistration_drain_and_deregister(
         await _until(lambda: beats[-1]["status"] == "drain")
         reply = await client.get(f"{health}/healthz")
         assert (reply.status_code, reply.text) == (503, "draining\n")
+        phase["name"] = "undrained"
+        await _until(lambda: beats[-1]["status"] == "up")
+        assert (await client.get(f"{health}/healthz")).text == "ok\n"
 
     phase["name"] = "deregister"
     await asyncio.wait_for(task, 5)  # run() returns: the process exits 0

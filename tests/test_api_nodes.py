@@ -171,16 +171,23 @@ def test_heartbeat_auth_errors(api: Api) -> None:
     assert api.counts() == before
 
 
-def test_drain_sets_action_and_records_event(api: Api) -> None:
+def test_a_stored_drain_request_tells_the_agent(api: Api) -> None:
+    """The autoscaler (and the lifecycle's drain) ask through the store: the heartbeat's
+    answer tells the agent. An operator's drain is a Workflow Update (test_api_actions):
+    without Temporal it is a 503, after the body was checked."""
     node_id, token = api.registered()
-    response = api.admin("POST", f"/nodes/{node_id}/drain", json={"reason": "maintenance"})
-    assert response.status_code == 200 and response.json()["status"] == "drain"
+    with transaction(make_sessionmaker(api.engine)) as session:
+        store.request_drain(session, node_id, by="autoscaler", reason="maintenance")
     beat = api.heartbeat(node_id, token).json()
     assert (beat["status"], beat["action"]) == ("drain", "drain")
     with make_sessionmaker(api.engine)() as session:
         events = list_events(session, node_id=node_id, kind_prefix="node.drain")
     assert [(e.kind, e.data["reason"]) for e in events] == [("node.drain_requested", "maintenance")]
-    assert api.admin("POST", "/nodes/jp-ghost/drain").status_code == 404
+    response = api.admin("POST", f"/nodes/{node_id}/drain", json={"reason": "maintenance"})
+    assert response.status_code == 503
+    assert response.json()["error"] == "operator actions need Temporal"
+    missing = api.admin("POST", f"/nodes/{node_id}/drain")
+    assert missing.status_code == 422 and missing.json()["detail"][0]["field"] == "body"
 
 
 def test_node_reported_drain_and_delete_action(api: Api) -> None:
@@ -349,11 +356,9 @@ def test_cli_nodes_list_and_drain(api: Api, monkeypatch: pytest.MonkeyPatch) -> 
     assert [n["id"] for n in json.loads(listed.output)] == [node_id]
     table = runner.invoke(app, ["nodes", "list", "--server", api.url])
     assert table.exit_code == 0 and "jp-cli" in table.output
+    # The drain itself is a Workflow Update (tests/test_api_actions.py): here, no Temporal.
     drained = runner.invoke(app, ["nodes", "drain", node_id, "--server", api.url])
-    assert drained.exit_code == 0 and "drain requested" in drained.output
-    assert api.admin("GET", f"/nodes/{node_id}").json()["status"] == "drain"
-    missing = runner.invoke(app, ["nodes", "drain", "jp-ghost", "--server", api.url])
-    assert missing.exit_code == 1 and "unknown node" in missing.output
+    assert drained.exit_code == 1 and "operator actions need Temporal" in drained.output
     monkeypatch.setenv("XPLANE_ADMIN_TOKEN", "wrong")
     denied = runner.invoke(app, ["nodes", "list", "--server", api.url])
     assert denied.exit_code == 1 and "401" in denied.output

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, func, select
 import xplane.store.tables  # noqa: F401  (registers every table)
 from tests.conftest import POSTGRES_AVAILABLE, _create_pg_database, _drop_pg_database
 from xplane.api import ApiSettings, create_app
+from xplane.api.actions import WorkflowActions
 from xplane.api.context import NodeNotifier
 from xplane.api.serve import serve_in_thread
 from xplane.config.models import ConfigTree, GtmPolicy, GtmRegion, Region
@@ -134,8 +135,12 @@ def settings_for(db_url: str, **overrides: Any) -> ApiSettings:
 
 @contextmanager
 def running_api(
-    engine: Engine, db_url: str, notifier: NodeNotifier | None = None, **overrides: Any
+    engine: Engine,
+    db_url: str,
+    notifier: NodeNotifier | None = None,
+    actions: WorkflowActions | None = None,
+    **overrides: Any,
 ) -> Iterator[Api]:
-    app = create_app(settings_for(db_url, **overrides), notifier=notifier)
+    app = create_app(settings_for(db_url, **overrides), notifier=notifier, actions=actions)
     with serve_in_thread(app) as served, httpx.Client(base_url=served.url, timeout=30) as http:
         yield Api(url=served.url, engine=engine, http=http, app=app)

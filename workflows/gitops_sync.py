@@ -22,7 +22,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 from workflows import policies
-from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
+from workflows.control_loop import (
+    ControlLoopWorkflow,
+    LoopActionRequest,
+    LoopActionResult,
+    LoopCarry,
+    LoopSettings,
+)
 from xplane import ids
 
 with workflow.unsafe.imports_passed_through():
@@ -105,6 +111,15 @@ class GitOpsSyncWorkflow(ControlLoopWorkflow):
     def sync_now(self) -> None:
         """Pull now (CI's git webhook, operators) instead of waiting for the tick."""
         self.request("sync_now")
+
+    @workflow.update(name="sync")
+    async def sync_update(self, request: LoopActionRequest) -> LoopActionResult:
+        """Pull now and answer what the sync did (refused while the loop is paused)."""
+        return await self.reconcile_now([f"sync by {request.by}: {request.reason}"])
+
+    @sync_update.validator
+    def _validate_sync(self, request: LoopActionRequest) -> None:
+        self._validate_action("sync", request)
 
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
         assert self.params is not None

@@ -28,15 +28,22 @@ Temporal Schedule enters it by the ``enter_window`` signal (kept until it closes
 The ramp state, health-check trackers and last applied digests live in the
 workflow and are carried across continue-as-new, so an idle tick costs a timer,
 one activity and no DNS write (11 history events).
+
+A plan the provider's safety threshold refuses (too many addresses removed at once)
+is held (``HELD_PLAN_PATCH``; before it the reconcile failed, every tick): the loop
+keeps it, does not try the same record set again, and answers the ``approve_plan``
+Workflow Update by applying exactly that plan once, past the threshold, or
+``reject_plan`` by leaving DNS as it is until the loop wants another record set.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 from workflows import policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
@@ -45,7 +52,8 @@ from xplane import ids
 with workflow.unsafe.imports_passed_through():
     from activities.gtm import ApplyDnsRequest, GtmActivities, GtmTargets, ObserveRequest
     from xplane.autoscale.calendar import Entered, WindowSignal
-    from xplane.dns.plan import ApplyResult, desired_for_provider, digest
+    from xplane.config.models import DnsProviderConfig
+    from xplane.dns.plan import ApplyResult, DesiredService, desired_for_provider, digest
     from xplane.gtm.deadband import Published, needs_write, published
     from xplane.gtm.health_checks import CheckState
     from xplane.gtm.last_good import dns_action
@@ -57,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
 QUIET_DNS_PATCH = "gtm-quiet-dns-writes"
 LAST_GOOD_PATCH = "gtm-last-good-dns"
 MAINTENANCE_PATCH = "gtm-maintenance-windows"
+HELD_PLAN_PATCH = "gtm-hold-refused-dns-plan"
 
 
 class ProviderApply(BaseModel):
@@ -66,6 +75,55 @@ class ProviderApply(BaseModel):
     write_calls: int
     # What was written, for the deadband (empty in carries from before it: write).
     published: Published = Field(default_factory=Published)
+
+
+class HeldPlan(BaseModel):
+    """A record set the provider's safety threshold refused, kept for an admin's decision."""
+
+    provider_key: str
+    provider: DnsProviderConfig
+    desired: DesiredService
+    digest: str
+    refused: str  # the threshold's message
+    at: str
+    expected_removals: list[str] = Field(default_factory=list)
+
+
+class PlanDecision(BaseModel):
+    """``approve_plan`` / ``reject_plan``: the provider key may be left out when one plan
+    is held; ``digest`` (from ``status``) guards against deciding a plan not seen."""
+
+    reason: str
+    by: str = "admin"
+    provider: str | None = None
+    digest: str | None = None
+
+
+class PlanDecisionResult(BaseModel):
+    service: str
+    action: Literal["approve", "reject"]
+    provider: str
+    digest: str
+    message: str
+    write_calls: int = 0
+    changes: int = 0
+
+
+def held_plan_refusal(
+    service: str, held: dict[str, HeldPlan], provider: str | None, digest: str | None
+) -> str | None:
+    """Why a decision on a held plan is refused (None: ``provider`` or the only one is held)."""
+    if not held:
+        return f"no DNS plan is held for gtm-{service}"
+    if provider is None and len(held) > 1:
+        return f"{len(held)} DNS plans are held ({', '.join(sorted(held))}): name the provider"
+    key = provider if provider is not None else next(iter(held))
+    plan = held.get(key)
+    if plan is None:
+        return f"no DNS plan is held for provider {key} (held: {', '.join(sorted(held))})"
+    if digest is not None and digest != plan.digest:
+        return f"the plan held for {key} is now {plan.digest}, not {digest}"
+    return None
 
 
 class GtmLoopParams(BaseModel):
@@ -85,6 +143,9 @@ class GtmLoopParams(BaseModel):
     # Maintenance windows entered by a Temporal Schedule's action, until they close.
     maintenance: list[Entered] = Field(default_factory=list)
     in_maintenance: dict[str, str] = Field(default_factory=dict)  # region -> window now
+    # Plans the safety threshold refused, waiting for approve_plan / reject_plan.
+    held_plans: dict[str, HeldPlan] = Field(default_factory=dict)
+    rejected: dict[str, str] = Field(default_factory=dict)  # provider key -> rejected digest
 
 
 @workflow.defn(name=ids.GTM_LOOP)
@@ -120,6 +181,92 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
 
     def interval(self) -> timedelta:
         return self._interval
+
+    # ------------------------------------------------------------------ updates
+    @workflow.update
+    async def approve_plan(self, decision: PlanDecision) -> PlanDecisionResult:
+        key, seen = self._decided(decision)
+        async with self._reconcile_lock:  # never beside a reconcile's own DNS write
+            plan = self.params.held_plans.get(key)
+            if plan is None or plan.digest != seen:
+                raise ApplicationError(
+                    f"the plan held for {key} changed before it could be applied "
+                    f"(now: {plan.digest if plan else 'none'}); decide again",
+                    type="ActionRefused",
+                    non_retryable=True,
+                )
+            result: ApplyResult = await workflow.execute_activity_method(
+                GtmActivities.apply_dns,
+                ApplyDnsRequest(
+                    service=self.params.service,
+                    provider_key=key,
+                    provider=plan.provider,
+                    desired=plan.desired,
+                    reason=f"held plan approved by {decision.by}: {decision.reason}",
+                    force=True,
+                    expected_removals=plan.expected_removals,
+                ),
+                start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
+                heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
+                retry_policy=policies.EXTERNAL,
+            )
+            self.params.applied[key] = ProviderApply(
+                at=workflow.now().isoformat(),
+                digest=plan.digest,
+                summary=f"{len(result.changes)} change(s), approved",
+                write_calls=result.write_calls,
+                published=published(plan.desired),
+            )
+            del self.params.held_plans[key]
+            self.params.rejected.pop(key, None)
+        return PlanDecisionResult(
+            service=self.params.service,
+            action="approve",
+            provider=key,
+            digest=plan.digest,
+            message=f"applied the held plan for {key} past the safety threshold: "
+            f"{len(result.changes)} change(s)",
+            write_calls=result.write_calls,
+            changes=len(result.changes),
+        )
+
+    @approve_plan.validator
+    def _validate_approve(self, decision: PlanDecision) -> None:
+        self._decided(decision)
+
+    @workflow.update
+    async def reject_plan(self, decision: PlanDecision) -> PlanDecisionResult:
+        key, seen = self._decided(decision)
+        del self.params.held_plans[key]
+        self.params.rejected[key] = seen
+        return PlanDecisionResult(
+            service=self.params.service,
+            action="reject",
+            provider=key,
+            digest=seen,
+            message=f"rejected the held plan for {key}: DNS keeps its answer until the "
+            "loop wants another record set",
+        )
+
+    @reject_plan.validator
+    def _validate_reject(self, decision: PlanDecision) -> None:
+        self._decided(decision)
+
+    def _decided(self, decision: PlanDecision) -> tuple[str, str]:
+        """The provider key and digest of the plan a decision is about, or the refusal."""
+        if not decision.reason.strip():
+            raise ValueError("a reason is required")
+        refusal = held_plan_refusal(
+            self.params.service, self.params.held_plans, decision.provider, decision.digest
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
+        key = (
+            decision.provider
+            if decision.provider is not None
+            else next(iter(self.params.held_plans))
+        )
+        return key, self.params.held_plans[key].digest
 
     async def reconcile(self, reasons: list[str]) -> dict[str, Any]:
         service = self.params.service
@@ -190,6 +337,15 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                 if action == "hold":
                     held.append(key)
                     continue
+            held_plan = self.params.held_plans.get(key)
+            if held_plan is not None and held_plan.digest == fingerprint:
+                continue  # refused before and waiting for a decision: not again each tick
+            if self.params.rejected.get(key) == fingerprint:
+                continue  # an admin rejected exactly this record set
+            # The loop wants another record set now: a held or rejected one is moot (one
+            # refused again is held in its place).
+            self.params.held_plans.pop(key, None)
+            self.params.rejected.pop(key, None)
             if last is not None and last.digest == fingerprint:
                 continue
             if quiet and not needs_write(
@@ -206,11 +362,23 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
                     reason=", ".join(reasons),
                     force=action == "force",
                     expected_removals=planned,
+                    hold_refused=workflow.patched(HELD_PLAN_PATCH),
                 ),
                 start_to_close_timeout=policies.EXTERNAL_TIMEOUT,
                 heartbeat_timeout=policies.HEARTBEAT_TIMEOUT,
                 retry_policy=policies.EXTERNAL,
             )
+            if result.refused is not None:
+                self.params.held_plans[key] = HeldPlan(
+                    provider_key=key,
+                    provider=provider,
+                    desired=desired,
+                    digest=fingerprint,
+                    refused=result.refused,
+                    at=now.isoformat(),
+                    expected_removals=planned,
+                )
+                continue
             applied += result.write_calls
             self.params.applied[key] = ProviderApply(
                 at=now.isoformat(),
@@ -245,4 +413,14 @@ class GtmLoopWorkflow(ControlLoopWorkflow):
             "holding": self.params.held,
             "maintenance": self.params.in_maintenance,
             "gate": self.gate,  # regions the self-health gate holds or rate-limits
+            "held_plans": {
+                k: {
+                    "digest": v.digest,
+                    "refused": v.refused,
+                    "at": v.at,
+                    # What the plan would publish, per region (the console's diff).
+                    "weights": {r.region: r.weight for r in v.desired.regions},
+                }
+                for k, v in self.params.held_plans.items()
+            },
         }

@@ -7,6 +7,10 @@ Timers give the time-based transitions: warm-up, the down grace period, and
 drain (record TTL + drain timeout). The transition rules are the pure
 :mod:`xplane.lifecycle.node_fsm`; illegal events are refused and logged.
 
+Operators act through the ``drain`` / ``undrain`` Workflow Updates: validated against
+the current state (a refusal names why and leaves no trace in history), queued behind
+the events already in the inbox, and answered once the transition is written.
+
 Every transition is written to the store (the API and GTM read the store,
 never this workflow), wakes ``gtm-<service>`` when traffic must move, and a
 node given up after the grace period signals ``node_lost`` to
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
+from typing import Literal, TypeAlias
 
 from pydantic import BaseModel
 from temporalio import workflow
@@ -31,9 +36,17 @@ with workflow.unsafe.imports_passed_through():
     from activities.nodes import NodeActivities
     from xplane.domain import NodeState, NodeStatus
     from xplane.gate import GateQuery, RegionVerdict
-    from xplane.lifecycle.node_fsm import IllegalTransition, NodeEvent, event_for, next_state
+    from xplane.lifecycle.node_fsm import (
+        IllegalTransition,
+        NodeEvent,
+        event_for,
+        next_state,
+        operator_refusal,
+    )
     from xplane.messages import (
         DrainRequest,
+        NodeActionRequest,
+        NodeActionResult,
         NodeLifecycleCarry,
         NodeLifecycleParams,
         NodeStateRecord,
@@ -46,6 +59,9 @@ HISTORY_KEEP = 20  # transitions kept in the status query
 # self-health gate. Runs that started before it give up at once, as they did.
 GATE_PATCH = "node-give-up-waits-for-gate"
 SEEN_KEEP = 8  # transition ids remembered: a retry re-sends within seconds
+REASON_KEEP = 512  # the store's state_reason / drain_reason columns
+
+InboxItem: TypeAlias = tuple[NodeEvent, str]
 
 
 class NodeLifecycleStatus(BaseModel):
@@ -64,6 +80,10 @@ class NodeLifecycleWorkflow:
     def __init__(self) -> None:
         self.carry = NodeLifecycleCarry()
         self.params: NodeLifecycleParams | None = None
+        # Inbox items an update waits for (by identity), and their outcome once handled:
+        # (state before, state after, refusal or None).
+        self._awaited: list[InboxItem] = []
+        self._answers: dict[int, tuple[NodeState, NodeState, str | None]] = {}
 
     # ------------------------------------------------------------------ signals
     @workflow.signal(name=ids.NODE_STATUS_CHANGED)
@@ -90,6 +110,63 @@ class NodeLifecycleWorkflow:
     def deregistered(self, reason: str = "deregistered") -> None:
         self.carry.inbox.append((NodeEvent.DEREGISTERED, reason))
 
+    # ------------------------------------------------------------------ updates
+    # Operators' actions, answered: the validator refuses what cannot apply (the caller
+    # sees why, nothing reaches history), the handler queues the event behind the
+    # machine events already in the inbox and answers once the run loop handled it.
+    @workflow.update(name="drain")
+    async def drain_update(self, request: NodeActionRequest) -> NodeActionResult:
+        return await self._operator(
+            NodeEvent.DRAIN, f"drain by {request.by}: {request.reason}", "drain"
+        )
+
+    @drain_update.validator
+    def _validate_drain(self, request: NodeActionRequest) -> None:
+        self._validate(NodeEvent.DRAIN, request)
+
+    @workflow.update(name="undrain")
+    async def undrain_update(self, request: NodeActionRequest) -> NodeActionResult:
+        return await self._operator(
+            NodeEvent.UNDRAIN, f"undrain by {request.by}: {request.reason}", "undrain"
+        )
+
+    @undrain_update.validator
+    def _validate_undrain(self, request: NodeActionRequest) -> None:
+        self._validate(NodeEvent.UNDRAIN, request)
+
+    def _node(self) -> str:
+        return workflow.info().workflow_id.removeprefix("node-")
+
+    def _validate(self, event: NodeEvent, request: NodeActionRequest) -> None:
+        if not request.reason.strip():
+            raise ValueError("a reason is required")
+        refusal = operator_refusal(self._node(), self.carry.state, event)
+        if refusal is not None:
+            raise ValueError(refusal)
+
+    async def _operator(
+        self, event: NodeEvent, reason: str, action: Literal["drain", "undrain"]
+    ) -> NodeActionResult:
+        item: InboxItem = (event, reason[:REASON_KEEP])
+        self._awaited.append(item)
+        self.carry.inbox.append(item)
+        await workflow.wait_condition(lambda: id(item) in self._answers)
+        before, after, refusal = self._answers.pop(id(item))
+        self._awaited = [i for i in self._awaited if i is not item]
+        if refusal is not None:  # the state moved on between validation and handling
+            raise ApplicationError(refusal, type="ActionRefused", non_retryable=True)
+        return NodeActionResult(
+            node_id=self._node(),
+            action=action,
+            from_state=before,
+            state=after,
+            message=f"node {self._node()}: {before.value} -> {after.value}",
+        )
+
+    def _answer(self, item: InboxItem, before: NodeState, refusal: str | None) -> None:
+        if id(item) not in self._answers and any(i is item for i in self._awaited):
+            self._answers[id(item)] = (before, self.carry.state, refusal)
+
     @workflow.query
     def status(self) -> NodeLifecycleStatus:
         return NodeLifecycleStatus(
@@ -115,11 +192,17 @@ class NodeLifecycleWorkflow:
         if self.carry.since is None:
             self.carry.since = workflow.now()
         while self.carry.state is not NodeState.DELETE:
-            event, reason = await self._next_event()
-            await self._handle(event, reason)
-            if workflow.info().is_continue_as_new_suggested():
+            item = await self._next_event()
+            before = self.carry.state
+            refusal = await self._handle(*item)
+            self._answer(item, before, refusal)
+            # An update waiting for its inbox item is answered in this run, first.
+            if workflow.info().is_continue_as_new_suggested() and not self._awaited:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(params.model_copy(update={"carry": self.carry}))
+        for item in self._awaited:  # queued behind the event that deleted the node
+            self._answer(item, self.carry.state, f"node {self._node()} is already deleted")
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
 
     def _deadline(self) -> tuple[datetime, NodeEvent] | None:
@@ -139,7 +222,7 @@ class NodeLifecycleWorkflow:
             return self.carry.since + wait, NodeEvent.DRAINED
         return None
 
-    async def _next_event(self) -> tuple[NodeEvent, str]:
+    async def _next_event(self) -> InboxItem:
         deadline = self._deadline()
         if not self.carry.inbox:
             timeout = None
@@ -152,14 +235,15 @@ class NodeLifecycleWorkflow:
                 return deadline[1], _timer_reason(deadline[1])
         return self.carry.inbox.pop(0)
 
-    async def _handle(self, event: NodeEvent, reason: str) -> None:
+    async def _handle(self, event: NodeEvent, reason: str) -> str | None:
+        """Apply one event; the refusal when the state machine does not allow it."""
         assert self.params is not None
         before = self.carry.state
         if event is NodeEvent.UP and before in (NodeState.WARM, NodeState.ACTIVE):
-            return  # already healthy: nothing to do
+            return None  # already healthy: nothing to do
         gated = event is NodeEvent.GRACE_EXPIRED and workflow.patched(GATE_PATCH)
         if gated and await self._gate_holds():
-            return
+            return None
         self.carry.gate_held_until = self.carry.gate_reason = None
         try:
             after = next_state(before, event)
@@ -167,9 +251,9 @@ class NodeLifecycleWorkflow:
             message = f"{workflow.now().isoformat()}: refused: {err}"
             workflow.logger.warning("node %s: %s", self.params.node_id, message)
             self.carry.refused = [*self.carry.refused[-(HISTORY_KEEP - 1) :], message]
-            return
+            return f"node {self.params.node_id}: {err}"
         now = workflow.now()
-        if event is NodeEvent.DOWN:
+        if event in (NodeEvent.DOWN, NodeEvent.UNDRAIN):  # undrained: back up within the grace
             self.carry.down_since = now
         elif event in (NodeEvent.UP, NodeEvent.DRAIN, NodeEvent.DEREGISTERED):
             self.carry.down_since = None
@@ -191,6 +275,7 @@ class NodeLifecycleWorkflow:
                 reason=reason,
                 at=now,
                 request_drain=after is NodeState.DRAIN,
+                withdraw_drain=event is NodeEvent.UNDRAIN,
             ),
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DB,
@@ -215,6 +300,7 @@ class NodeLifecycleWorkflow:
                 "node_lost",
                 autoscale.id,
             )
+        return None
 
     async def _gate_holds(self) -> bool:
         """Ask the self-health gate before giving the node up; held: ask again later.

@@ -5,7 +5,8 @@ Bootstrap (`docs/roadmap.md` phase 4.3): render and commit ``infra/node-pool/<re
 first node to register and become active, then wake GTM, whose slow start
 brings the region in gently. A region never enters GTM unhealthy: its weight
 is 0 until a node is ready. A failed bootstrap (Terraform failed, no node
-came) is reported and retried on the next config change or a ``retry`` signal.
+came) is reported and retried on the next config change, a ``retry`` signal or the
+``retry`` Workflow Update (refused unless the bootstrap failed; answers what it restarted).
 
 Retire (region removed from config, or ``retired: true``): GTM drops its weight
 to 0 (the weight function does it from config), wait the record TTL, drain its
@@ -60,6 +61,33 @@ class RegionParams(BaseModel):
     timings: RegionTimings = Field(default_factory=RegionTimings)
 
 
+class RegionRetryRequest(BaseModel):
+    """An operator's ``retry`` update; ``service``, when given, must be the region's."""
+
+    reason: str
+    by: str = "operator"
+    service: str | None = None
+
+
+class RegionActionResult(BaseModel):
+    region: str
+    service: str | None
+    action: Literal["retry"]
+    from_phase: str
+    message: str
+
+
+def retry_refusal(
+    region: str, phase: str, service: str | None, asked_service: str | None
+) -> str | None:
+    """Why a ``retry`` of a region in ``phase`` is refused (None: it is not)."""
+    if asked_service is not None and service is not None and asked_service != service:
+        return f"region {region} serves {service}, not {asked_service}"
+    if phase != "failed":
+        return f"region {region} has not failed (phase {phase}): nothing to retry"
+    return None
+
+
 class RegionStatus(BaseModel):
     region: str
     phase: Phase
@@ -89,6 +117,27 @@ class RegionLifecycleWorkflow:
     @workflow.signal
     def retry(self) -> None:
         self.retry_requested = True
+
+    @workflow.update(name="retry")
+    async def retry_update(self, request: RegionRetryRequest) -> RegionActionResult:
+        region = workflow.info().workflow_id.removeprefix("region-")
+        self.retry_requested = True
+        return RegionActionResult(
+            region=region,
+            service=self.service,
+            action="retry",
+            from_phase=self.phase,
+            message=f"region {region}: bootstrap starts again ({self.reason})",
+        )
+
+    @retry_update.validator
+    def _validate_retry(self, request: RegionRetryRequest) -> None:
+        if not request.reason.strip():
+            raise ValueError("a reason is required")
+        region = workflow.info().workflow_id.removeprefix("region-")
+        refusal = retry_refusal(region, self.phase, self.service, request.service)
+        if refusal is not None:
+            raise ValueError(refusal)
 
     @workflow.signal
     def retire(self, reason: str = "operator") -> None:

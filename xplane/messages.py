@@ -55,6 +55,23 @@ class DrainRequest(BaseModel):
     reason: str = "drain requested"
 
 
+class NodeActionRequest(BaseModel):
+    """An operator's ``drain`` / ``undrain`` Workflow Update: answered, or refused."""
+
+    reason: str
+    by: str = "operator"
+
+
+class NodeActionResult(BaseModel):
+    """What a ``drain`` / ``undrain`` update did."""
+
+    node_id: str
+    action: Literal["drain", "undrain"]
+    from_state: NodeState
+    state: NodeState
+    message: str
+
+
 class Transition(BaseModel):
     at: datetime
     from_state: NodeState
@@ -99,6 +116,7 @@ class NodeStateRecord(BaseModel):
     reason: str
     at: datetime
     request_drain: bool = False
+    withdraw_drain: bool = False  # undrain: the agent is no longer told to drain
 
 
 # ----------------------------------------------------------------- node pools

@@ -553,15 +553,17 @@ async def _serve_api_worker_and_loops(
 
 def _create_api(settings: Settings, temporal_address: str, api_port: int) -> FastAPI:
     """Step 5: the API app, signalling workflows through Temporal."""
+    from xplane.api.actions import TemporalActions
     from xplane.api.app import create_app
     from xplane.api.settings import ApiSettings
     from xplane.temporal.notifier import TemporalNotifier
 
     notifier = TemporalNotifier(None, settings.task_queue, address=temporal_address)
+    actions = TemporalActions(address=temporal_address)
     api_settings = ApiSettings.from_env(
         db_url=settings.db_url, port=api_port, heartbeat=settings.heartbeat
     )
-    return create_app(api_settings, notifier=notifier, webhook_notifier=notifier)
+    return create_app(api_settings, notifier=notifier, webhook_notifier=notifier, actions=actions)
 
 
 def _report_first_sync(status: LoopStatus, say: Say) -> None:

@@ -270,6 +270,13 @@ class Agent:
             return True
         if reply.action == "drain" or reply.state == "drain":
             self._start_draining(f"action {reply.action}, state {reply.state}")
+        elif self.draining and reply.action == "none":
+            # Only the control plane starts a drain, so only it ends one (an undrain).
+            self.draining = False
+            self.log.info(
+                "drain withdrawn: health endpoint answers 200 again",
+                extra={"fields": {"state": reply.state}},
+            )
         return False
 
     # --------------------------------------------------------------------- loop

@@ -14,12 +14,14 @@ from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.orm import Session, sessionmaker
 
+from xplane.api.actions import WorkflowActions
 from xplane.api.auth import TokenCache
 from xplane.api.authz import Authenticator, AuthzMiddleware, missing_rules
 from xplane.api.context import ApiContext, NodeNotifier
 from xplane.api.errors import BodyLimitMiddleware, install_error_handlers
 from xplane.api.guards import BodyDeadlines, InFlightLimit
 from xplane.api.hot_path import XPlaneApi
+from xplane.api.routes_actions import router as actions_router
 from xplane.api.routes_admin import health_router
 from xplane.api.routes_admin import router as admin_router
 from xplane.api.routes_console import router as console_router
@@ -53,11 +55,13 @@ def create_app(
     notifier: NodeNotifier | None = None,
     extra_routers: Sequence[APIRouter] = (),
     webhook_notifier: WebhookNotifier | None = None,
+    actions: WorkflowActions | None = None,
 ) -> FastAPI:
     """The API: nodes, read endpoints, CI webhooks and ``/metrics``.
 
     ``notifier`` hears of registrations and ``webhook_notifier`` of CI webhooks
-    (both: Temporal signals in production); ``extra_routers`` are included as given.
+    (both: Temporal signals in production); ``actions`` runs operators' Workflow Updates
+    (without it those routes answer 503); ``extra_routers`` are included as given.
 
     The schema must exist (migrations or ``Base.metadata.create_all``).
     """
@@ -113,6 +117,7 @@ def create_app(
     app.state.ctx = ctx
     app.state.settings = settings
     app.state.webhook_notifier = webhook_notifier
+    app.state.actions = actions
     app.state.dispatcher = dispatcher
     install_error_handlers(app)
     app.state.authenticator = Authenticator(settings, factory)  # the console's pages use it too
@@ -131,6 +136,7 @@ def create_app(
         health_router,
         nodes_router,
         admin_router,
+        actions_router,
         tokens_router,
         make_webhook_router(),
         console_router,

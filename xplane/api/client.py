@@ -14,7 +14,9 @@ class ApiClientError(Exception):
         self.status, self.body = status, body
         if isinstance(body, dict) and "error" in body:
             details = "; ".join(
-                f"{d.get('field')}: {d.get('message')}" for d in body.get("detail") or []
+                f"{d.get('field')}: {d.get('message')}"
+                for d in body.get("detail") or []
+                if d.get("message") != body["error"]  # a refusal says it once
             )
             text = f"{body['error']}" + (f" ({details})" if details else "")
         else:
@@ -23,7 +25,8 @@ class ApiClientError(Exception):
 
 
 class AdminClient:
-    def __init__(self, server: str, admin_token: str | None, timeout: float = 10.0) -> None:
+    # Actions wait for the workflow's answer (a drain: its transition is written).
+    def __init__(self, server: str, admin_token: str | None, timeout: float = 75.0) -> None:
         headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
 
@@ -53,9 +56,12 @@ class AdminClient:
         return result
 
     def drain(self, node_id: str, reason: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(
-            "POST", f"/nodes/{node_id}/drain", json={"reason": reason}
-        )
+        return self.action(f"/nodes/{node_id}/drain", {"reason": reason})
+
+    def action(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An operator action (xplane.api.routes_actions): the workflow's answer, or
+        :class:`ApiClientError` (409: refused, with the workflow's reason)."""
+        result: dict[str, Any] = self._call("POST", path, json=body)
         return result
 
     def regions(self, service: str | None = None) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ class Action(BaseModel):
     label: str
     path: str
     danger: bool = False
+    body: dict[str, str] = Field(default_factory=dict)  # sent with the reason
 
 
 class PublishedWeight(BaseModel):
@@ -599,7 +600,7 @@ def build_config_page(
 
 
 class PlanChange(BaseModel):
-    """One record of a held plan: the weight DNS answers now and the one the loop wants."""
+    """One record of a held plan: the weight DNS answers now and the one the plan writes."""
 
     record: str  # the region (each region is one weighted record set per provider)
     old_weight: float | None  # None: not published by the last apply
@@ -607,43 +608,56 @@ class PlanChange(BaseModel):
 
 
 class HeldPlan(BaseModel):
+    """A DNS plan the provider's safety threshold refused, held by the GTM loop for an
+    admin's decision (``POST /gtm/{service}/plan/approve|reject`` with ``provider`` and
+    ``digest``)."""
+
     service: str
-    reason: str  # the provider's refusal, as the GTM loop reported it
-    holding: list[str] = Field(default_factory=list)  # providers kept at their last answer
+    provider: str  # the loop's provider key, e.g. 0:powerdns
+    digest: str
+    refused: str  # the threshold's message
+    at: str | None = None
     changes: list[PlanChange] = Field(default_factory=list)
     actions: list[Action] = Field(default_factory=list)
 
 
-SAFETY_MARKERS = ("DnsSafetyError", "use force to apply")
-
-
-def held_plan(
+def held_plans_of(
     service: str,
     status: dict[str, Any] | None,
-    published: dict[str, float],
+    published: dict[str, dict[str, float]],
     actions: list[Action],
-) -> HeldPlan | None:
-    """The plan of ``service`` that the safety threshold refused, if its GTM loop's last
-    run failed on it (the loop's ``status``); the diff is the last applied weights
-    (``published``) against the weights the loop computed since."""
-    if not status:
-        return None
-    error = str(status.get("last_error") or "")
-    if not int(status.get("consecutive_errors") or 0) or not any(
-        m in error for m in SAFETY_MARKERS
-    ):
-        return None
-    details = status.get("details") or {}
-    wanted = {str(k): float(v) for k, v in (details.get("weights") or {}).items()}
-    changes = [
-        PlanChange(record=r, old_weight=published.get(r), new_weight=wanted.get(r))
-        for r in sorted(set(published) | set(wanted))
-        if published.get(r) != wanted.get(r)
-    ]
-    return HeldPlan(
-        service=service,
-        reason=error,
-        holding=[str(h) for h in details.get("holding") or []],
-        changes=changes,
-        actions=actions,
-    )
+) -> list[HeldPlan]:
+    """The plans ``service``'s GTM loop holds (its ``status`` details ``held_plans``), each
+    a diff of the provider's last applied weights (``published``: provider key -> region
+    -> weight) against the plan's. ``actions`` are made specific to each plan."""
+    held = ((status or {}).get("details") or {}).get("held_plans") or {}
+    plans = []
+    for key, plan in sorted(held.items()):
+        old = published.get(key, {})
+        new = {str(r): float(w) for r, w in (plan.get("weights") or {}).items()}
+        changes = [
+            PlanChange(record=r, old_weight=old.get(r), new_weight=new.get(r))
+            for r in sorted(set(old) | set(new))
+            if old.get(r) != new.get(r)
+        ]
+        digest = str(plan.get("digest", ""))
+        plans.append(
+            HeldPlan(
+                service=service,
+                provider=key,
+                digest=digest,
+                refused=str(plan.get("refused", "")),
+                at=plan.get("at"),
+                changes=changes,
+                actions=[
+                    a.model_copy(
+                        update={
+                            "body": {"provider": key, "digest": digest},
+                            "label": f"{a.label} ({key})",
+                        }
+                    )
+                    for a in actions
+                ],
+            )
+        )
+    return plans

@@ -1,7 +1,8 @@
-"""Operator endpoints: node and region reads, drain; plus liveness/readiness.
+"""Operator endpoints: node and region reads; plus liveness/readiness.
 
 Who may call them is decided by :mod:`xplane.api.authz`; listings show only
-what the caller's scopes cover.
+what the caller's scopes cover. Actions (drain, pause, ...) are in
+:mod:`xplane.api.routes_actions`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from sqlalchemy import text
 from xplane.api.authz import current_identity
 from xplane.api.context import ApiContext, get_ctx
 from xplane.api.errors import ApiError
-from xplane.api.schemas import NO_NUL_PATTERN, DrainRequest, ErrorBody, NodeOut
+from xplane.api.schemas import NO_NUL_PATTERN, ErrorBody, NodeOut
 from xplane.domain import NodeState
 from xplane.store import config_store
 from xplane.store import nodes as store
-from xplane.store.db import transaction, utcnow
+from xplane.store.db import utcnow
 from xplane.store.node_tables import NodeRow
 from xplane.store.tables import column_length
 
@@ -90,19 +91,6 @@ def get_node(node_id: NodeIdPath, ctx: ApiContext = Depends(get_ctx)) -> NodeOut
             return node_out(store.get_node(session, node_id), ctx)
         except store.NodeNotFound as exc:
             raise ApiError(404, "unknown node", [("node_id", str(exc))]) from None
-
-
-@router.post("/nodes/{node_id}/drain", response_model=NodeOut, responses=_ERRORS)
-def drain_node(
-    node_id: NodeIdPath, body: DrainRequest | None = None, ctx: ApiContext = Depends(get_ctx)
-) -> NodeOut:
-    reason = (body or DrainRequest()).reason
-    try:
-        with transaction(ctx.factory) as session:
-            row = store.request_drain(session, node_id, by="operator", reason=reason)
-    except store.NodeNotFound as exc:
-        raise ApiError(404, "unknown node", [("node_id", str(exc))]) from None
-    return node_out(row, ctx)
 
 
 @router.get("/regions", response_model=list[store.RegionSummary], responses=_ERRORS)

@@ -37,7 +37,7 @@ from xplane.api.console_views import (
     build_overview,
     build_region_page,
     event_out,
-    held_plan,
+    held_plans_of,
     node_line,
     traffic_history,
 )
@@ -249,21 +249,24 @@ def load_traffic(
     return traffic
 
 
-def load_published(session: Session, services: list[str]) -> dict[str, dict[str, float]]:
-    """Per service, the region weights of its newest DNS apply."""
-    out: dict[str, dict[str, float]] = {}
+def load_published(session: Session, services: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per service and provider key, the region weights of its newest DNS apply."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for service in services:
-        for row in q.latest_dns_applies(session, service, limit=1):
-            regions = (row.data or {}).get("regions") or {}
-            out[service] = {str(r): float(w) for r, w in regions.items()}
+        for row in q.latest_dns_applies(session, service, limit=20):  # newest first
+            data = row.data or {}
+            regions = data.get("regions") or {}
+            out.setdefault(service, {}).setdefault(
+                str(data.get("provider", "")), {str(r): float(w) for r, w in regions.items()}
+            )
     return out
 
 
 async def held_plans(request: Request, ctx: ApiContext, who: Identity) -> list[HeldPlan]:
-    """Plans the safety threshold refused, from each GTM loop's status in Temporal (the
-    store has no record of a refused plan); empty without Temporal."""
+    """Plans the safety threshold refused, as each GTM loop holds them (its ``status``
+    query in Temporal: the store keeps no record of them); empty without Temporal."""
 
-    def load() -> tuple[list[str], dict[str, dict[str, float]]]:
+    def load() -> tuple[list[str], dict[str, dict[str, dict[str, float]]]]:
         with ctx.factory() as session:
             config = config_store.current_config(session)
             services = [s for s in sorted(config.gtm if config else {}) if who.sees(s)]
@@ -271,11 +274,13 @@ async def held_plans(request: Request, ctx: ApiContext, who: Identity) -> list[H
 
     services, published = await asyncio.to_thread(load)
     statuses = await loop_statuses(request, [f"gtm-{s}" for s in services])
-    plans = [
-        held_plan(s, statuses.get(f"gtm-{s}"), published.get(s, {}), plan_actions(who, s))
+    return [
+        plan
         for s in services
+        for plan in held_plans_of(
+            s, statuses.get(f"gtm-{s}"), published.get(s, {}), plan_actions(who, s)
+        )
     ]
-    return [p for p in plans if p is not None]
 
 
 def load_config(session: Session) -> ConfigPage:

@@ -90,7 +90,9 @@ class HeartbeatResponse(BaseModel):
 
 
 class DrainRequest(RequestModel):
-    reason: Annotated[str, text(column_length("nodes", "drain_reason"))] = "requested by operator"
+    """Body of a drain or undrain: why (required)."""
+
+    reason: Annotated[str, text(column_length("nodes", "drain_reason"), 1)]
 
 
 class NodeOut(BaseModel):

@@ -70,17 +70,21 @@ def api(
         from xplane.store.migrate import upgrade
 
         upgrade(settings.db_url)
-    notifier = None
+    notifier = actions = None
     if temporal:
         _check_cluster(settings.db_url, temporal, task_queue)
+        from xplane.api.actions import TemporalActions
         from xplane.temporal.notifier import TemporalNotifier
 
         notifier = TemporalNotifier(None, task_queue, address=temporal)
+        actions = TemporalActions(address=temporal)
     else:
         typer.echo(
-            "warning: no Temporal address: registrations and webhooks signal nothing", err=True
+            "warning: no Temporal address: registrations and webhooks signal nothing, "
+            "operator actions answer 503",
+            err=True,
         )
-    app = create_app(settings, notifier=notifier, webhook_notifier=notifier)
+    app = create_app(settings, notifier=notifier, webhook_notifier=notifier, actions=actions)
     serve_forever(app, settings.host, settings.port)
 
 

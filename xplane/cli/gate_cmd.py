@@ -2,6 +2,8 @@
 
 The switch lives in the store (``control_gate``), not in a workflow: it works while
 Temporal is down, every reader sees it at its next activity, and it outlives restarts.
+``close`` / ``open`` go through the API (authorized and audited there); with an explicit
+``--db`` they write the store directly, for when the API itself is down.
 """
 
 from __future__ import annotations
@@ -43,7 +45,23 @@ def register(root: typer.Typer) -> None:
         for line in lines:
             typer.echo(line)
 
-    def _set(closed: bool, reason: str, db: str | None) -> None:
+    # No environment fallback here: a shell's XPLANE_DB_URL must not bypass the API.
+    direct_option = typer.Option(
+        None, "--db", help="write this database directly (the API down); default: the API"
+    )
+    server_option = typer.Option(
+        None, "--server", help="API URL [env XPLANE_API_URL, default http://127.0.0.1:8080]"
+    )
+
+    def _set(closed: bool, reason: str, db: str | None, server: str | None) -> None:
+        if db is None:
+            from xplane.cli.actions_cmd import act
+
+            answer = act(server, f"/gate/{'close' if closed else 'open'}", {"reason": reason})
+            typer.echo(answer["message"])
+            for line in answer["gate"]:
+                typer.echo(line)
+            return
         from xplane.auth.audit import cli_identity, record_audit
         from xplane.auth.roles import Target
         from xplane.store import gate as gate_store
@@ -69,16 +87,18 @@ def register(root: typer.Typer) -> None:
     @gate.command("close")
     def close(
         reason: str = typer.Option(..., "--reason", help="why (recorded in the event log)"),
-        db: str = db_option,
+        db: str | None = direct_option,
+        server: str | None = server_option,
     ) -> None:
         """Hold every destructive step (node down, delete, replacement, DNS removal) now."""
-        _set(True, reason, db)
+        _set(True, reason, db, server)
 
     @gate.command("open")
     def open_(
         reason: str = typer.Option(..., "--reason", help="why (recorded in the event log)"),
-        db: str = db_option,
+        db: str | None = direct_option,
+        server: str | None = server_option,
     ) -> None:
         """Lift the operator's close, and end any hold whose inputs are healthy again
         without waiting out the stable period or recovery quiet period."""
-        _set(False, reason, db)
+        _set(False, reason, db, server)

@@ -9,6 +9,7 @@ import sys
 import typer
 
 from xplane.cli import (
+    actions_cmd,
     agent_cmd,
     api_cmd,
     autoscale_cmd,
@@ -60,6 +61,7 @@ for module in (
     regions_cmd,
     login_cmd,
     tokens_cmd,
+    actions_cmd,
 ):
     module.register(app)
 

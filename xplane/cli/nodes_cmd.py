@@ -108,13 +108,15 @@ def drain_cmd(
     server: str | None = ServerOption,
     token: str | None = TokenOption,
 ) -> None:
-    """Ask a node to drain: out of DNS, then its agent is told to stop taking traffic."""
+    """Drain a node: out of DNS, then its agent is told to stop taking traffic.
+
+    Answered by the node's lifecycle (a Workflow Update), or refused with its reason."""
     try:
         with _client(server, token) as client:
-            node = client.drain(node_id, reason)
+            answer = client.drain(node_id, reason)
     except Exception as exc:
         raise _fail(exc) from None
-    typer.echo(f"{node['id']}: drain requested (state {node['state']}, status {node['status']})")
+    typer.echo(answer["message"])
 
 
 def register(root: typer.Typer) -> None:

@@ -355,6 +355,8 @@ class ApplyResult(BaseModel):
     applied: bool  # False when the plan was empty (nothing written)
     write_calls: int = 0  # API calls that wrote
     changes: list[DnsChange] = Field(default_factory=list)
+    # The safety threshold refused the plan and the caller asked to hold it (nothing written).
+    refused: str | None = None
 
 
 def check_ownership(

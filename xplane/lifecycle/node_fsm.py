@@ -17,6 +17,8 @@ active      down            idle       out of service at once (GTM signalled)
 idle/warm/  drain           drain      operator, autoscaler scale-down, the node
 active                                 itself, or a down node given up
 drain       drained         delete     DNS TTL + drain timeout elapsed
+drain       undrain         idle       an operator withdrew the drain in time; the
+                                       node comes back through warm when healthy
 any but     deregistered    delete     the node left (pool shrank, operator)
 delete
 ==========  ==============  =========  ==========================================
@@ -40,6 +42,7 @@ class NodeEvent(StrEnum):
     DRAINED = "drained"
     DEREGISTERED = "deregistered"
     GRACE_EXPIRED = "grace_expired"
+    UNDRAIN = "undrain"
 
 
 TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
@@ -52,6 +55,7 @@ TRANSITIONS: dict[tuple[NodeState, NodeEvent], NodeState] = {
     (NodeState.WARM, NodeEvent.DRAIN): NodeState.DRAIN,
     (NodeState.ACTIVE, NodeEvent.DRAIN): NodeState.DRAIN,
     (NodeState.DRAIN, NodeEvent.DRAINED): NodeState.DELETE,
+    (NodeState.DRAIN, NodeEvent.UNDRAIN): NodeState.IDLE,
     (NodeState.IDLE, NodeEvent.DEREGISTERED): NodeState.DELETE,
     (NodeState.WARM, NodeEvent.DEREGISTERED): NodeState.DELETE,
     (NodeState.ACTIVE, NodeEvent.DEREGISTERED): NodeState.DELETE,
@@ -84,6 +88,20 @@ def next_state(state: NodeState, event: NodeEvent) -> NodeState:
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise IllegalTransition(state, event) from None
+
+
+def operator_refusal(node_id: str, state: NodeState, event: NodeEvent) -> str | None:
+    """Why an operator's ``drain`` / ``undrain`` of a node in ``state`` is refused (None: it
+    is not). The message is the Workflow Update validator's answer to the caller."""
+    if state is NodeState.DELETE:
+        return f"node {node_id} is already deleted"
+    if event is NodeEvent.DRAIN and state is NodeState.DRAIN:
+        return f"node {node_id} is already draining"
+    if event is NodeEvent.UNDRAIN and state is not NodeState.DRAIN:
+        return f"node {node_id} is not draining (state {state.value})"
+    if (state, event) not in TRANSITIONS:
+        return f"node {node_id}: {IllegalTransition(state, event)}"
+    return None
 
 
 def in_service(state: NodeState) -> bool:

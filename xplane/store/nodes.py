@@ -193,6 +193,13 @@ def request_drain(
     return row
 
 
+def withdraw_drain(session: Session, node_id: str) -> None:
+    """Undrain: the agent is no longer told to drain (the lifecycle logs the transition)."""
+    row = get_node(session, node_id)
+    row.drain_requested, row.drain_requested_by = False, None
+    row.drain_reason, row.drain_requested_at = None, None
+
+
 def record_health_check(session: Session, node_id: str, ok: bool, at: datetime) -> None:
     row = get_node(session, node_id)
     row.health_check_ok, row.health_checked_at = ok, at

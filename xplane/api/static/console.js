@@ -1,19 +1,18 @@
 // The console's behaviour: actions, the weights chart, the live event stream, login.
 // No inline scripts anywhere (the Content-Security-Policy forbids them).
 
-const TOKEN_KEY = "xplane.token";
+// Older consoles kept the login token for this tab; the session cookie is enough now.
+sessionStorage.removeItem("xplane.token");
 
 function csrf() {
   const meta = document.querySelector('meta[name="csrf-token"]');
   return meta ? meta.content : "";
 }
 
-// Every state-changing call: the session cookie plus its CSRF token, and the bearer
-// token when the login page kept one (routes that take only a bearer token).
+// Every state-changing call: the session cookie (an identity of every API route) plus
+// its CSRF token.
 export async function post(path, body) {
   const headers = { "Content-Type": "application/json", "X-CSRF-Token": csrf() };
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) headers.Authorization = `Bearer ${token}`;
   const response = await fetch(path, {
     method: "POST",
     credentials: "same-origin",
@@ -38,7 +37,8 @@ function initActions() {
       const button = form.querySelector("button");
       button.disabled = true;
       try {
-        const { status, answer } = await post(form.dataset.path, { reason });
+        const extra = form.dataset.body ? JSON.parse(form.dataset.body) : {};
+        const { status, answer } = await post(form.dataset.path, { ...extra, reason });
         box.textContent = `${status} ${JSON.stringify(answer, null, 2)}`;
         box.dataset.status = String(status);
       } catch (err) {
@@ -49,20 +49,6 @@ function initActions() {
       }
     });
   }
-}
-
-function initLogin() {
-  const form = document.getElementById("login");
-  if (!form) return;
-  form.addEventListener("submit", () => {
-    // Kept for this tab only, for the API routes that want a bearer token.
-    sessionStorage.setItem(TOKEN_KEY, form.elements.token.value.trim());
-  });
-}
-
-function initLogout() {
-  const form = document.querySelector("form.logout");
-  if (form) form.addEventListener("submit", () => sessionStorage.removeItem(TOKEN_KEY));
 }
 
 const PALETTE = ["#2f7ed8", "#e4572e", "#29a36a", "#f3a712", "#8e44ad", "#16a5a5", "#c0392b", "#7f8c8d"];
@@ -201,9 +187,7 @@ function initOverviewRefresh() {
   }, REFRESH_MS);
 }
 
-initLogin();
 initOverviewRefresh();
-initLogout();
 initActions();
 initEvents();
 window.addEventListener("load", () => {
