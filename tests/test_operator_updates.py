@@ -35,6 +35,7 @@ from activities.regions import (
 from tests.support.histories import keep
 from tests.support.loop_workflows import CounterLoopWorkflow, CounterParams, count_reconcile
 from tests.support.recorder import RecorderWorkflow
+from tests.support.schedules import no_schedules
 from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopActionRequest, LoopActionResult, LoopSettings, loop_refusal
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
@@ -483,7 +484,10 @@ async def test_sync_update_pulls_now_and_answers_the_sync(time_env: WorkflowEnvi
     pulls.clear()
     client = pydantic_client(time_env)
     async with Worker(
-        client, task_queue=TQ, workflows=[GitOpsSyncWorkflow], activities=[sync_config_repo]
+        client,
+        task_queue=TQ,
+        workflows=[GitOpsSyncWorkflow],
+        activities=[sync_config_repo, no_schedules],
     ):
         handles = []
         for source in ("repo", "unreachable"):
