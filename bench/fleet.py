@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -198,14 +199,14 @@ class Fleet:
         self.pool = HttpPool(self.api_url, connections)
         self.window = Window(time.monotonic())
         self._tasks: list[asyncio.Task[None]] = []
-        self._health: asyncio.Server | None = None
+        self._health_loop: asyncio.AbstractEventLoop | None = None
+        self._health_thread: threading.Thread | None = None
         self.health_requests = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, register_concurrency: int = 32) -> None:
         if self.health_port:
-            serve = self._serve_health
-            self._health = await asyncio.start_server(serve, "0.0.0.0", self.health_port)
+            self._start_health_thread()
         await self.register(self.nodes, register_concurrency)
         t0 = time.monotonic()
         self.window = Window(t0)
@@ -239,10 +240,10 @@ class Fleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._health is not None:
-            self._health.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._health.wait_closed(), 2)
+        if self._health_loop is not None:
+            self._health_loop.call_soon_threadsafe(self._health_loop.stop)
+            if self._health_thread is not None:
+                await asyncio.to_thread(self._health_thread.join, 5)
         await self.pool.close()
 
     # ------------------------------------------------------------------ beats
@@ -334,6 +335,39 @@ class Fleet:
         return {n.address for n in self.nodes if n.alive}
 
     # ------------------------------------------------------------------ health checks
+    def _start_health_thread(self) -> None:
+        """The health server on an event loop of its own: checks are answered at once
+        even while the beating loop is busy (a real node's checks never wait on
+        9,999 other nodes' heartbeats), so a slow check is XPlane's, not the fleet's."""
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            try:
+                server = loop.run_until_complete(
+                    asyncio.start_server(self._serve_health, "0.0.0.0", self.health_port)
+                )
+            except BaseException as exc:
+                failed.append(exc)
+                ready.set()
+                loop.close()
+                return
+            self._health_loop = loop
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                server.close()
+                loop.run_until_complete(server.wait_closed())
+                loop.close()
+
+        self._health_thread = threading.Thread(target=run, name="fleet-health", daemon=True)
+        self._health_thread.start()
+        ready.wait(10)
+        if failed:
+            raise failed[0]
+
     async def _serve_health(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
