@@ -24,7 +24,7 @@ from xplane.dns.ratelimit import DnsThrottledError
 from xplane.domain import NodeSnapshot, NodeStatus
 from xplane.gate import GateSettings, verdict_for
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_all
-from xplane.gtm.weights import ServiceWeights, compute_service_weights, unready_addresses
+from xplane.gtm.weights import ServiceWeights, compute_weights_and_unready
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
 from xplane.store import config_store
@@ -146,7 +146,10 @@ class GtmActivities:
             stored = gate_store.read_gate(session)
             pools = {p.region: p.node_count for p in list_pools(session, request.service)}
         nodes, gate = trusted_view(rows, stored, request.service, now, self._heartbeat, self._gate)
-        weights = compute_service_weights(policy, config.regions, nodes, pools, timeout)
+        # One pass over the nodes for both the weights and the unready addresses.
+        weights, unready = compute_weights_and_unready(
+            policy, config.regions, nodes, pools, timeout
+        )
         metrics.set_region_weights(request.service, weights.weights(), weights.fail_open)
         metrics.observe_loop(f"gtm-{request.service}", now)
         return GtmTargets(
@@ -157,7 +160,7 @@ class GtmActivities:
             health=health,
             observed_at=now,
             gate=gate,
-            unready=unready_addresses(policy, nodes, timeout),
+            unready=unready,
         )
 
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
