@@ -103,6 +103,9 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class HttpPool:
     """Keep-alive HTTP/1.1 connections to one host:port, lent one request at a time."""
 
@@ -110,34 +113,47 @@ class HttpPool:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.size = size
-        self._idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = (
-            asyncio.Queue()
-        )
+        self._idle: asyncio.Queue[_Conn | None] = asyncio.Queue()
+        self.reconnects = 0  # kept-alive connections found closed by the server
         for _ in range(size):
             self._idle.put_nowait(None)  # a slot; connected on first use
 
     async def post(self, path: str, token: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """One request; on a kept-alive connection the server closed meanwhile (no answer
+        byte read), once more on a new one, as HTTP clients do."""
         conn = await self._idle.get()
+        kept: _Conn | None = None
         try:
-            if conn is None:
-                conn = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), timeout
-                )
-            reader, writer = conn
-            head = (
-                f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode()
+            try:
+                status, answer, kept = await self._exchange(conn, path, token, body, timeout)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                partial = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
+                if conn is None or partial:
+                    raise
+                self.reconnects += 1
+                status, answer, kept = await self._exchange(None, path, token, body, timeout)
+            return status, answer
+        finally:
+            self._idle.put_nowait(kept)
+
+    async def _exchange(
+        self, conn: _Conn | None, path: str, token: str, body: bytes, timeout: float
+    ) -> tuple[int, bytes, _Conn]:
+        if conn is None:
+            conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), timeout)
+        reader, writer = conn
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
             writer.write(head + body)
             status, answer = await asyncio.wait_for(_read_response(reader), timeout)
         except BaseException:
-            if conn is not None:
-                conn[1].close()
-            self._idle.put_nowait(None)
+            writer.close()
             raise
-        self._idle.put_nowait(conn)
-        return status, answer
+        return status, answer, conn
 
     async def close(self) -> None:
         while not self._idle.empty():
@@ -199,6 +215,7 @@ class Fleet:
         self.pool = HttpPool(self.api_url, connections)
         self.window = Window(time.monotonic())
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._health_loop: asyncio.AbstractEventLoop | None = None
         self._health_thread: threading.Thread | None = None
         self.health_requests = 0
@@ -223,10 +240,19 @@ class Fleet:
                     body["port"] = self.health_port  # type: ignore[assignment]
                 headers = {"Authorization": f"Bearer {self.tokens(node.region)}"}
                 async with gate:
-                    for attempt in range(5):
-                        answer = await client.post("/nodes/register", json=body, headers=headers)
-                        if answer.status_code < 500 and answer.status_code != 429:
-                            break
+                    # Retried like an agent: a 5xx/429, or a kept-alive connection the
+                    # API closed just as it was reused (uvicorn's keep-alive timeout).
+                    for attempt in range(6):
+                        try:
+                            answer = await client.post(
+                                "/nodes/register", json=body, headers=headers
+                            )
+                        except httpx.TransportError:
+                            if attempt == 5:
+                                raise
+                        else:
+                            if answer.status_code < 500 and answer.status_code != 429:
+                                break
                         await asyncio.sleep(0.2 * (attempt + 1))
                     data = answer.raise_for_status().json()
                 node.node_id, node.token = data["node_id"], data["token"]
@@ -234,11 +260,13 @@ class Fleet:
             await asyncio.gather(*(one(n) for n in nodes))
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: Python 3.11's wait_for can swallow a cancel that
+        # races a completed read, and the beat loop would then go on forever.
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
         self._tasks = []
         if self._health_loop is not None:
             self._health_loop.call_soon_threadsafe(self._health_loop.stop)
@@ -261,7 +289,7 @@ class Fleet:
 
     async def _beat_forever(self, node: SimNode, t0: float) -> None:
         slot = 0
-        while True:
+        while not self._stopping:
             due = t0 + node.phase + slot * self.interval
             now = time.monotonic()
             if now - due > self.interval:  # fell a whole interval behind: those slots are lost
@@ -298,7 +326,7 @@ class Fleet:
         """The figures since the last call, and a new window from now."""
         now = time.monotonic()
         done, self.window = self.window, Window(now)
-        return done.summary(now)
+        return done.summary(now) | {"reconnects_so_far": self.pool.reconnects}
 
     # ------------------------------------------------------------------ faults
     def kill_region(self, region: str) -> list[SimNode]:

@@ -200,7 +200,12 @@ async def faults(stack: ScaleStack, fleet: Fleet, client: Any, settle_s: float) 
 
 
 async def measure_async(
-    settings: ScaleSettings, work: Path, window_s: float, with_faults: bool, settle: bool = True
+    settings: ScaleSettings,
+    work: Path,
+    window_s: float,
+    with_faults: bool,
+    settle: bool = True,
+    ingest_only: bool = False,
 ) -> dict[str, Any]:
     from workflows import ids
     from xplane.temporal_client import connect
@@ -227,6 +232,8 @@ async def measure_async(
         t0 = time.monotonic()
         await fleet.start()
         result["registration_s"] = round(time.monotonic() - t0, 1)
+        if ingest_only:
+            return await _ingest_only(stack, fleet, result, window_s)
         stack.start_worker()
         t0 = time.monotonic()
         want = {n.address for n in fleet.nodes}
@@ -277,6 +284,25 @@ async def measure_async(
     return result
 
 
+async def _ingest_only(
+    stack: ScaleStack, fleet: Fleet, result: dict[str, Any], window_s: float
+) -> dict[str, Any]:
+    """The API and its store under the fleet's beats, no worker: what ingest costs alone."""
+    await asyncio.sleep(min(10.0, fleet.interval))
+    fleet.take_window()
+    usage0, size0, t0 = sample(stack), stack.database_bytes(), time.monotonic()
+    await asyncio.sleep(window_s)
+    seconds = time.monotonic() - t0
+    usage1, size1 = sample(stack), stack.database_bytes()
+    result["ingest"] = fleet.take_window()
+    result["window_s"] = round(seconds, 1)
+    result["processes"] = procstat.rates(usage0, usage1, seconds)
+    result["database_mib"] = round(size1 / 2**20, 1)
+    result["database_growth_mib_per_hour"] = round((size1 - size0) / 2**20 * 3600 / seconds, 1)
+    print(f"scale: ingest only: {json.dumps(result)}", flush=True)
+    return result
+
+
 def measure(
     nodes: int = 10_000,
     regions: int = 100,
@@ -284,6 +310,7 @@ def measure(
     interval_s: float = 10.0,
     window_s: float = 120.0,
     with_faults: bool = True,
+    ingest_only: bool = False,
 ) -> dict[str, Any]:
     settings = ScaleSettings(
         regions=spread(nodes, regions),
@@ -293,7 +320,9 @@ def measure(
         down_grace_s=max(10.0, 3 * interval_s),
     )
     with tempfile.TemporaryDirectory() as tmp:
-        return asyncio.run(measure_async(settings, Path(tmp), window_s, with_faults))
+        return asyncio.run(
+            measure_async(settings, Path(tmp), window_s, with_faults, ingest_only=ingest_only)
+        )
 
 
 def run(nodes: int = 10_000, regions: int = 100, window_s: float = 120.0) -> list[dict[str, Any]]:
@@ -326,6 +355,7 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=120.0)
     parser.add_argument("--failures", action="store_true")
+    parser.add_argument("--ingest-only", action="store_true", help="API and store, no worker")
     args = parser.parse_args()
     print(json.dumps(measure(args.nodes, args.regions, args.backend, args.interval,
-                             args.window, args.failures), indent=2))  # fmt: skip
+                             args.window, args.failures, args.ingest_only), indent=2))  # fmt: skip
