@@ -206,7 +206,8 @@ async def test_pause_resume_approve_and_unknown_loops(rig: Rig) -> None:
         twice = await rig.post("/loops/gtm-web/pause", {"reason": "again"})
         assert twice.status_code == 409
         assert (
-            twice.json()["error"] == "loop gtm-web is already paused (dns migration (by admin-token))"
+            twice.json()["error"]
+            == "loop gtm-web is already paused (dns migration (by admin-token))"
         )
         resumed = await rig.post("/loops/gtm-web/resume", {"reason": "done"})
         assert resumed.status_code == 200 and resumed.json()["paused"] is False
