@@ -169,7 +169,7 @@ def test_no_token_or_secret_in_any_audit_event(api: Api) -> None:
     )
     assert created.status_code == 201, created.text
     secret = created.json()["token"]
-    node_id, node_token = api.registered()
+    _node, node_token = api.registered()
     bot = api.http.post("/gate/close", json={"reason": "deploy"}, headers=bearer(secret))
     assert bot.status_code == 200, bot.text
     revoked = api.http.delete(
