@@ -22,7 +22,7 @@ from xplane.dns.ratelimit import DnsThrottledError
 from xplane.gate import GateSettings, trusted_view
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health
 from xplane.gtm.smoothing import RttAverage, RttSmoother
-from xplane.gtm.weights import ServiceWeights, compute_service_weights, unready_addresses
+from xplane.gtm.weights import ServiceWeights, compute_weights_and_unready
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
 from xplane.probes.health import probe_all
@@ -122,7 +122,8 @@ class GtmActivities:
             snapshots, rows, stored, request.service, now, self._heartbeat, self._gate
         )
         rtt = RttSmoother(request.rtt, request.at or now)
-        weights = compute_service_weights(
+        # One pass over the nodes for both the weights and the unready addresses.
+        weights, unready = compute_weights_and_unready(
             policy, config.regions, nodes, pools, timeout, smooth_rtt=rtt
         )
         metrics.set_region_weights(request.service, weights.weights(), weights.fail_open)
@@ -135,7 +136,7 @@ class GtmActivities:
             health=health,
             observed_at=now,
             gate=gate,
-            unready=unready_addresses(policy, nodes, timeout),
+            unready=unready,
             rtt=rtt.averages,
         )
 

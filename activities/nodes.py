@@ -35,6 +35,7 @@ from xplane.lifecycle.node_fsm import NodeEvent
 from xplane.messages import NodeLifecycleParams, NodeStateRecord, NodeStatusChange, NodeTimings
 from xplane.observability import metrics
 from xplane.store import gate as gate_store
+from xplane.store import node_scan
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
 from xplane.store.events import EventRow, record_event
@@ -137,7 +138,7 @@ class NodeActivities:
         """
         now = request.now or utcnow()
         async with heartbeating():
-            observations, transitions, held, decision = await asyncio.to_thread(
+            total, transitions, held, decision = await asyncio.to_thread(
                 self._observe_and_gate, now
             )
             earlier: list[NodeTransition] = []
@@ -157,7 +158,7 @@ class NodeActivities:
         if errors:  # retried: what was delivered is recorded and not sent again
             raise errors[0]
         return ScanResult(
-            nodes=len(observations),
+            nodes=total,
             heartbeat_timeout_seconds=self._heartbeat.timeout_seconds,
             transitions=done,
             services_signalled=services,
@@ -185,18 +186,18 @@ class NodeActivities:
 
     def _observe_and_gate(
         self, now: datetime
-    ) -> tuple[
-        list[node_store.NodeObservation], list[NodeTransition], list[NodeTransition], GateDecision
-    ]:
-        """Observe every node, decide the self-health gate and store its decision:
-        (observations, transitions to deliver, transitions the gate holds, decision)."""
+    ) -> tuple[int, list[NodeTransition], list[NodeTransition], GateDecision]:
+        """Count the nodes per region, read the changed ones, decide the self-health gate
+        and store its decision: (nodes, transitions to deliver, transitions the gate
+        holds, decision). The store does the counting (xplane/store/node_scan.py): the
+        Python work is proportional to the changes, not to the fleet."""
         with self._sessions() as session:
-            observations = node_store.scan_nodes(session, now, self._heartbeat.timeout)
+            view = node_scan.scan_changes(session, now, self._heartbeat.timeout)
             stored = gate_store.read_gate(session)
             intake = gate_store.read_intake(session, now, 2 * self._heartbeat.interval)
         decision = decide_gate(
             GateInputs(
-                regions=region_inputs(observations),
+                regions=view.regions,
                 intake=intake,
                 operator_closed=stored.operator_closed,
                 operator_reason=stored.operator_reason,
@@ -215,14 +216,13 @@ class NodeActivities:
                 previous=o.recorded_status,
                 status=o.status,
             )
-            for o in observations
-            if o.status != o.recorded_status and o.state is not NodeState.DELETE
+            for o in view.changed
         ]
         transitions, held, decision = gate_transitions(found, decision, now)
         with transaction(self._sessions) as session:
             gate_store.save_decision(session, decision)
             record_gate_changes(session, decision)
-        return observations, transitions, held, decision
+        return view.total, transitions, held, decision
 
     async def _deliver(
         self, transitions: list[NodeTransition], now: datetime

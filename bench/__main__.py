@@ -129,9 +129,38 @@ def summary(results: dict[str, Any]) -> list[str]:
                     f"outage | {outage['healthy_addresses_lost']} of {outage['nodes']} "
                     f"(empty polls {outage['empty_polls']}, "
                     f"{len(outage['replacement_commits'])} commits) | 0 |")  # fmt: skip
+    for r in results.get(FLEET, []):
+        rows += fleet_rows(r)
     return rows
 
 
+def fleet_rows(r: dict[str, Any]) -> list[str]:
+    """The fleet run's headline figures (one store)."""
+    where = f"{r['nodes']} nodes / {r['regions']} regions, {r['backend']}"
+    ingest, procs = r["ingest"], r["processes"]
+    scan = r["world_state_activities"].get("scan_node_transitions", {})
+    gtm = r["gtm_activities"].get("observe_gtm", {})
+    rows = [
+        f"| fleet ingest, {where} | p50 {ingest['p50_ms']} / p99 {ingest['p99_ms']} ms at "
+        f"{ingest['beats_per_s']}/s, {ingest['lost']} lost | p99 <= 50 ms, 0 lost |",
+        f"| world-state scan / GTM observe, {where} | {scan.get('p50_s')} s "
+        f"(max {scan.get('max_s')}) / {gtm.get('p50_s')} s (max {gtm.get('max_s')}) | <= 1 s |",
+        f"| worker CPU idle, {where} | {procs.get('worker', {}).get('cpu_cores')} cores, "
+        f"{procs.get('worker', {}).get('rss_mib')} MiB | < 1 core |",
+        f"| Temporal events per node per idle hour, {where} | "
+        f"{r['temporal_events_per_node_per_idle_hour']} | - |",
+    ]
+    region = next((v for k, v in r.get("faults", {}).items() if k.startswith("region ")), None)
+    if region:
+        rows.append(
+            f"| killed region out of DNS, {where} | {region['out_of_dns_s']} s, "
+            f"{region['live_addresses_missing']} live addresses lost | "
+            f"<= {r['heartbeat_timeout_s']:g} + 3 s, 0 |"
+        )
+    return rows
+
+
+FLEET = "A fleet on one machine (bench/scale.py)"
 DNS_OUTAGE = "Healthy addresses lost from DNS during a database outage"
 CONSOLE = "Console overview server time"
 WORKER_FAILOVER = "Worker failover: a worker killed during git push"
@@ -152,6 +181,7 @@ def main() -> None:
         gtm_ramp_writes,
         heartbeat_ingest,
         pdns_accuracy,
+        scale,
         temporal_history,
         worker_failover,
     )
@@ -213,6 +243,9 @@ def main() -> None:
     section(WORKER_FAILOVER, WORKER_FAILOVER_NOTE, worker_failover.run)
     section(DNS_OUTAGE, dns_outage.NOTE, dns_outage.run)
     section(CONSOLE, console_overview.NOTE, console_overview.run)
+    # XPLANE_BENCH_FLEET="nodes,regions,window_s" sizes the fleet run (10k/100/120 s).
+    nodes, regions, window = (os.environ.get("XPLANE_BENCH_FLEET") or "10000,100,120").split(",")
+    section(FLEET, scale.NOTE, lambda: scale.run(int(nodes), int(regions), float(window)))
 
     git_rev = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT

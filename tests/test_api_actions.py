@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 
 from activities.gtm import GtmActivities
 from activities.nodes import NodeActivities
+from tests.support.schedules import no_schedules
 from tests.test_api_support import ADMIN, bearer, running_api, seed_config
 from tests.test_operator_updates import (
     commit_region_pool,
@@ -134,6 +135,7 @@ async def rig(database: tuple[str, Engine]) -> AsyncIterator[Rig]:
                 gtm.observe_gtm,
                 gtm.apply_dns,
                 sync_config_repo,
+                no_schedules,
                 describe_region,
                 commit_region_pool,
                 region_nodes,
@@ -204,7 +206,8 @@ async def test_pause_resume_approve_and_unknown_loops(rig: Rig) -> None:
         twice = await rig.post("/loops/gtm-web/pause", {"reason": "again"})
         assert twice.status_code == 409
         assert (
-            twice.json()["error"] == "loop gtm-web is already paused (dns migration (by operator))"
+            twice.json()["error"]
+            == "loop gtm-web is already paused (dns migration (by admin-token))"
         )
         resumed = await rig.post("/loops/gtm-web/resume", {"reason": "done"})
         assert resumed.status_code == 200 and resumed.json()["paused"] is False
@@ -388,9 +391,9 @@ async def test_cli_actions_go_through_the_api_and_print_the_answer(
 
     code, output = await xplane("gate", "close", "--reason", "switch change")
     assert code == 0, output
-    assert output.startswith("gate closed by api:operator: switch change\n")
+    assert output.startswith("gate closed by api:admin-token: switch change\n")
     code, output = await xplane("gate", "open", "--reason", "done")
-    assert code == 0 and output.startswith("gate opened by api:operator: done\n")
+    assert code == 0 and output.startswith("gate opened by api:admin-token: done\n")
 
 
 async def test_no_worker_for_the_workflow_is_a_503_and_nothing_is_sent(rig: Rig) -> None:

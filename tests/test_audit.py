@@ -63,12 +63,12 @@ def _audit(api: Api) -> list[EventRow]:
         return list(session.scalars(query))
 
 
-def test_one_event_per_drain_with_who_what_why_and_request_id(api: Api) -> None:
-    node_id, _ = api.registered()
-    operator = _token(api, "ci-operator", "operator", ["web/jp"])
+def test_one_event_per_action_with_who_what_why_and_request_id(api: Api) -> None:
+    # The gate is the store's (no Temporal needed): an action answered here, in full.
+    operator = _token(api, "ci-operator", "operator")
 
     response = api.http.post(
-        f"/nodes/{node_id}/drain",
+        "/gate/close",
         json={"reason": "kernel upgrade"},
         headers={**bearer(operator), "X-Request-ID": "req-42"},
     )
@@ -76,19 +76,34 @@ def test_one_event_per_drain_with_who_what_why_and_request_id(api: Api) -> None:
     assert response.headers["x-request-id"] == "req-42"
 
     [event] = _audit(api)
-    assert event.kind == "audit.node.drain"
-    assert (event.service, event.region, event.node_id) == ("web", "jp", node_id)
+    assert event.kind == "audit.gate.close"
     assert event.correlation_id == "req-42"
     assert event.data["who"] == {
         "kind": "api-token",
         "subject": "ci-operator",
         "name": "ci-operator",
     }
-    assert event.data["role"] == "operator@web/jp"
+    assert event.data["role"] == "operator"
     assert event.data["outcome"] == "ok" and event.data["status"] == 200
     assert event.data["reason"] == "kernel upgrade"
-    assert event.data["target"] == {"service": "web", "region": "jp", "node_id": node_id}
     assert "ci-operator" in event.message and "kernel upgrade" in event.message
+
+
+def test_an_action_on_a_node_names_its_target(api: Api) -> None:
+    # Without Temporal the drain cannot be answered (503): audited as failed, with its node.
+    node_id, _ = api.registered()
+    operator = _token(api, "ci-operator", "operator", ["web/jp"])
+    response = api.http.post(
+        f"/nodes/{node_id}/drain", json={"reason": "kernel upgrade"}, headers=bearer(operator)
+    )
+    assert response.status_code == 503, response.text
+
+    [event] = _audit(api)
+    assert event.kind == "audit.node.drain"
+    assert (event.service, event.region, event.node_id) == ("web", "jp", node_id)
+    assert event.data["role"] == "operator@web/jp"
+    assert event.data["outcome"] == "failed" and event.data["status"] == 503
+    assert event.data["target"] == {"service": "web", "region": "jp", "node_id": node_id}
 
 
 def test_refused_calls_are_audited_once_each(api: Api) -> None:
@@ -122,7 +137,7 @@ def test_refused_calls_are_audited_once_each(api: Api) -> None:
 
 
 def test_failed_calls_are_audited(api: Api) -> None:
-    assert api.admin("POST", "/nodes/jp-nope/drain", json={}).status_code == 404
+    assert api.admin("POST", "/nodes/jp-nope/drain", json={"reason": "x"}).status_code == 503
     assert api.admin("POST", "/nodes/jp-nope/drain", json={"reason": 7}).status_code == 422
     assert (
         api.admin("POST", "/tokens", json={"name": "Bad Name", "role": "viewer"}).status_code == 422
@@ -130,7 +145,7 @@ def test_failed_calls_are_audited(api: Api) -> None:
 
     events = _audit(api)
     assert [(e.kind, e.data["outcome"], e.data["status"]) for e in events] == [
-        ("audit.node.drain", "failed", 404),
+        ("audit.node.drain", "failed", 503),  # this API has no Temporal to answer
         ("audit.node.drain", "failed", 422),
         ("audit.token.create", "failed", 422),
     ]
@@ -154,23 +169,23 @@ def test_no_token_or_secret_in_any_audit_event(api: Api) -> None:
     )
     assert created.status_code == 201, created.text
     secret = created.json()["token"]
-    node_id, node_token = api.registered()
-    bot = api.http.post(f"/nodes/{node_id}/drain", json={}, headers=bearer(secret))
-    assert bot.status_code == 200
+    _node, node_token = api.registered()
+    bot = api.http.post("/gate/close", json={"reason": "deploy"}, headers=bearer(secret))
+    assert bot.status_code == 200, bot.text
     revoked = api.http.delete(
         "/tokens/deploy-bot", headers={**bearer(ADMIN), "X-XPlane-Reason": "rotated"}
     )
     assert revoked.status_code == 200
     assert (
-        api.http.post(f"/nodes/{node_id}/drain", json={}, headers=bearer(secret)).status_code == 401
+        api.http.post("/gate/open", json={"reason": "x"}, headers=bearer(secret)).status_code == 401
     )
 
     events = _audit(api)
     assert [(e.kind, e.data["outcome"]) for e in events] == [
         ("audit.token.create", "ok"),
-        ("audit.node.drain", "ok"),
+        ("audit.gate.close", "ok"),
         ("audit.token.revoke", "ok"),
-        ("audit.node.drain", "refused"),
+        ("audit.gate.open", "refused"),
     ]
     assert events[0].data["reason"] == "CI" and events[2].data["reason"] == "rotated"
     assert events[1].data["who"]["name"] == "deploy-bot"
@@ -196,15 +211,14 @@ def test_event_pruning_never_deletes_audit_events(api: Api) -> None:
 
 
 def test_events_cli_lists_audit_events(api: Api, database: tuple[str, Engine]) -> None:
-    node_id, _ = api.registered()
-    assert api.admin("POST", f"/nodes/{node_id}/drain", json={"reason": "cli"}).status_code == 200
+    assert api.admin("POST", "/gate/close", json={"reason": "cli"}).status_code == 200
 
     result = CliRunner().invoke(
         cli, ["events", "--kind", "audit.", "--db", database[0], "--output", "json"]
     )
     assert result.exit_code == 0, result.output
     listed = json.loads(result.output)
-    assert [e["kind"] for e in listed] == ["audit.node.drain"]
+    assert [e["kind"] for e in listed] == ["audit.gate.close"]
     assert listed[0]["data"]["reason"] == "cli"
 
 
@@ -228,7 +242,7 @@ def test_control_characters_in_what_callers_send_are_stored_harmlessly(api: Api)
     forged = {"X-XPlane-Reason": "ok\tthen", "X-Request-ID": "bad id with spaces"}
     assert (
         api.http.post("/nodes/jp-x/drain", json={}, headers={**bearer(ADMIN), **forged}).status_code
-        == 404
+        == 422
     )
     assert api.admin("POST", "/nodes/jp-x/drain", json={"reason": "a\nb\u0000c"}).status_code == 422
 

@@ -70,6 +70,7 @@ MINIMUM_ROLE = {
     ("POST", "/loops/{workflow_id}/resume"): ("operator", False),
     ("POST", "/sync"): ("operator", False),
     ("POST", "/regions/{service}/{region}/retry"): ("operator", False),
+    ("POST", "/regions/{service}/{region}/retire"): ("admin", False),
     ("POST", "/gate/close"): ("operator", False),
     ("POST", "/gate/open"): ("operator", False),
     ("POST", "/gtm/{service}/plan/approve"): ("admin", False),

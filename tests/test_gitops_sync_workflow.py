@@ -9,15 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import git
-from temporalio import activity
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.gitops import GitOpsActivities
 from activities.publish import PublishActivities
-from activities.schedules import ScheduleSync
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
+from tests.support.schedules import no_schedules
 from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopSettings
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
@@ -26,13 +25,6 @@ from xplane.store.db import Base, make_engine, make_sessionmaker
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example" / "gitops-config"
 TQ = "gitops-sync-tests"
-
-
-@activity.defn(name="reconcile_schedules")
-async def no_schedules() -> ScheduleSync:
-    """The time-skipping server has no Schedules API (tests/test_schedules.py uses the
-    dev server)."""
-    return ScheduleSync()
 
 
 def _push(clone: git.Repo, message: str) -> str:

@@ -35,6 +35,7 @@ from activities.regions import (
 from tests.support.histories import keep
 from tests.support.loop_workflows import CounterLoopWorkflow, CounterParams, count_reconcile
 from tests.support.recorder import RecorderWorkflow
+from tests.support.schedules import no_schedules
 from tests.support.temporal import pydantic_client
 from workflows.control_loop import LoopActionRequest, LoopActionResult, LoopSettings, loop_refusal
 from workflows.gitops_sync import GitOpsSyncParams, GitOpsSyncWorkflow
@@ -467,6 +468,58 @@ async def test_retry_is_refused_unless_the_bootstrap_failed(
         await handle.terminate()
 
 
+async def test_retire_is_answered_once_and_refused_for_another_service(
+    time_env: WorkflowEnvironment,
+) -> None:
+    commits.clear()
+    client = pydantic_client(time_env)
+    async with Worker(
+        client,
+        task_queue=TQ,
+        workflows=[RegionLifecycleWorkflow],
+        activities=[describe_region, commit_region_pool, region_nodes, record_region_event],
+    ):
+        region = f"r{uuid.uuid4().hex[:6]}"
+        handle = await client.start_workflow(
+            RegionLifecycleWorkflow.run,
+            RegionParams(region=region, timings=RegionTimings(first_node_timeout_seconds=30)),
+            id=f"region-{region}",
+            task_queue=TQ,
+        )
+        await time_env.sleep(5)
+        await phase_is(handle, "waiting_node")
+        with pytest.raises(WorkflowUpdateFailedError) as wrong:
+            await handle.execute_update(
+                "retire",
+                RegionRetryRequest(reason="move to sg", service="other"),
+                result_type=RegionActionResult,
+            )
+        assert refusal_of(wrong.value) == f"region {region} serves svc, not other"
+        with pytest.raises(WorkflowUpdateFailedError) as blank:
+            await handle.execute_update(
+                "retire", RegionRetryRequest(reason=" "), result_type=RegionActionResult
+            )
+        assert refusal_of(blank.value) == "a reason is required"
+        answer: RegionActionResult = await handle.execute_update(
+            "retire",
+            RegionRetryRequest(reason="move to sg", by="alice", service="svc"),
+            result_type=RegionActionResult,
+        )
+        assert (answer.action, answer.from_phase) == ("retire", "waiting_node")
+        assert answer.message == f"region {region}: retiring (by alice: move to sg)"
+        with pytest.raises(WorkflowUpdateFailedError) as again:
+            await handle.execute_update(
+                "retire", RegionRetryRequest(reason="twice"), result_type=RegionActionResult
+            )
+        assert refusal_of(again.value) in (
+            f"region {region} is already asked to retire",
+            f"region {region} is already retiring",
+            f"region {region} is already retired",
+        )
+        await keep(handle, "region_lifecycle_retire_update")
+        await handle.terminate()
+
+
 # ------------------------------------------------------------- gitops sync
 pulls: list[str] = []
 
@@ -483,7 +536,10 @@ async def test_sync_update_pulls_now_and_answers_the_sync(time_env: WorkflowEnvi
     pulls.clear()
     client = pydantic_client(time_env)
     async with Worker(
-        client, task_queue=TQ, workflows=[GitOpsSyncWorkflow], activities=[sync_config_repo]
+        client,
+        task_queue=TQ,
+        workflows=[GitOpsSyncWorkflow],
+        activities=[sync_config_repo, no_schedules],
     ):
         handles = []
         for source in ("repo", "unreachable"):

@@ -22,6 +22,7 @@ from activities.nodes import NodeActivities
 from activities.publish import PublishActivities
 from activities.regions import RegionActivities
 from activities.schedules import ScheduleActivities
+from workers.limits import WorkerLimits
 from workflows.autoscale import AutoscaleWorkflow
 from workflows.cluster import ClusterWorkflow
 from workflows.gitops_sync import GitOpsSyncWorkflow
@@ -103,9 +104,13 @@ def build_worker(
     settings: Settings,
     session_factory: sessionmaker[Session],
     *,
-    max_threads: int = 16,
+    max_threads: int | None = None,
     pool_provider_override: str | None = None,
+    limits: WorkerLimits | None = None,
 ) -> Worker:
+    limits = limits or WorkerLimits.from_env()
+    if max_threads is not None:
+        limits = limits.model_copy(update={"max_concurrent_activities": max_threads})
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -113,5 +118,11 @@ def build_worker(
         activities=activities_for(
             client, settings, session_factory, pool_provider_override=pool_provider_override
         ),
-        activity_executor=ThreadPoolExecutor(max_threads, thread_name_prefix="xplane-activity"),
+        activity_executor=ThreadPoolExecutor(
+            limits.max_concurrent_activities, thread_name_prefix="xplane-activity"
+        ),
+        max_cached_workflows=limits.max_cached_workflows,
+        max_concurrent_workflow_tasks=limits.max_concurrent_workflow_tasks,
+        max_concurrent_activities=limits.max_concurrent_activities,
+        max_concurrent_workflow_task_polls=limits.max_concurrent_workflow_task_polls,
     )

@@ -72,7 +72,7 @@ class RegionRetryRequest(BaseModel):
 class RegionActionResult(BaseModel):
     region: str
     service: str | None
-    action: Literal["retry"]
+    action: Literal["retry", "retire"]
     from_phase: str
     message: str
 
@@ -85,6 +85,19 @@ def retry_refusal(
         return f"region {region} serves {service}, not {asked_service}"
     if phase != "failed":
         return f"region {region} has not failed (phase {phase}): nothing to retry"
+    return None
+
+
+def retire_refusal(
+    region: str, phase: str, requested: bool, service: str | None, asked_service: str | None
+) -> str | None:
+    """Why a ``retire`` of a region in ``phase`` is refused (None: it is not)."""
+    if asked_service is not None and service is not None and asked_service != service:
+        return f"region {region} serves {service}, not {asked_service}"
+    if phase in ("retiring", "retired"):
+        return f"region {region} is already {phase}"
+    if requested:
+        return f"region {region} is already asked to retire"
     return None
 
 
@@ -139,9 +152,34 @@ class RegionLifecycleWorkflow:
         if refusal is not None:
             raise ValueError(refusal)
 
+    @workflow.update(name="retire")
+    async def retire_update(self, request: RegionRetryRequest) -> RegionActionResult:
+        """Retire now, answered: GTM 0, drain, pool to 0 via Git, remove (admins)."""
+        region = workflow.info().workflow_id.removeprefix("region-")
+        self.retire_requested = True
+        return RegionActionResult(
+            region=region,
+            service=self.service,
+            action="retire",
+            from_phase=self.phase,
+            message=f"region {region}: retiring (by {request.by}: {request.reason})",
+        )
+
+    @retire_update.validator
+    def _validate_retire(self, request: RegionRetryRequest) -> None:
+        if not request.reason.strip():
+            raise ValueError("a reason is required")
+        region = workflow.info().workflow_id.removeprefix("region-")
+        refusal = retire_refusal(
+            region, self.phase, self.retire_requested, self.service, request.service
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
+
     @workflow.signal
     def retire(self, reason: str = "operator") -> None:
-        """Retire now (``xplane regions retire``), as if config said ``retired: true``."""
+        """Retire now, as if config said ``retired: true`` (older senders; operators use the
+        ``retire`` update through ``xplane regions retire``)."""
         self.retire_requested = True
 
     @workflow.signal

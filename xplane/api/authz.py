@@ -196,6 +196,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/loops/{workflow_id}/resume"): operate("loop.resume", loop_target),
     ("POST", "/sync"): operate("sync", no_target),
     ("POST", "/regions/{service}/{region}/retry"): operate("region.retry", path_target()),
+    ("POST", "/regions/{service}/{region}/retire"): admin("region.retire", path_target()),
     ("POST", "/gate/close"): operate("gate.close", no_target),
     ("POST", "/gate/open"): operate("gate.open", no_target),
     ("POST", "/gtm/{service}/plan/approve"): admin("gtm.plan.approve", path_target()),

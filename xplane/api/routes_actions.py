@@ -8,6 +8,7 @@ POST /nodes/{node_id}/undrain             node-<id> / undrain         operator
 POST /loops/{workflow_id}/pause           <loop> / pause              operator
 POST /loops/{workflow_id}/resume          <loop> / resume             operator
 POST /regions/{service}/{region}/retry    region-<region> / retry     operator
+POST /regions/{service}/{region}/retire   region-<region> / retire    admin
 POST /sync                                gitops-sync / sync          operator
 POST /gate/close, /gate/open              the store (no workflow)     operator
 POST /gtm/{service}/plan/approve          gtm-<service> / approve_plan  admin
@@ -237,6 +238,28 @@ async def retry_region(
         actions,
         ids.region_id(region),
         "retry",
+        RegionRetryRequest(reason=body.reason, by=actor(request), service=service),
+        RegionActionResult,
+        field="region",
+        missing="unknown region",
+    )
+
+
+@router.post(
+    "/regions/{service}/{region}/retire", response_model=RegionActionResult, responses=_ERRORS
+)
+async def retire_region(
+    service: NamePath,
+    region: NamePath,
+    body: ActionBody,
+    request: Request,
+    actions: WorkflowActions | None = Depends(get_actions),
+) -> RegionActionResult:
+    """Take the region out: GTM 0, drain, pool to 0 via Git, remove (admin)."""
+    return await run_update(
+        actions,
+        ids.region_id(region),
+        "retire",
         RegionRetryRequest(reason=body.reason, by=actor(request), service=service),
         RegionActionResult,
         field="region",

@@ -1,38 +1,28 @@
-"""CLI: ``xplane regions retire NAME``: signal the region's lifecycle workflow."""
+"""CLI: ``xplane regions retire SERVICE REGION --reason R`` (admin, through the API, so
+it is authorized, audited and answered by the region's lifecycle workflow); ``retry``
+lives in :mod:`xplane.cli.actions_cmd`."""
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
-app = typer.Typer(help="Region lifecycles (through Temporal).", no_args_is_help=True)
+from xplane.cli.nodes_cmd import ServerOption
+
+app = typer.Typer(help="Region lifecycles (through the API).", no_args_is_help=True)
 
 
 @app.command("retire")
 def retire(
+    service: str = typer.Argument(..., help="the service the region serves"),
     name: str = typer.Argument(..., help="region name"),
-    temporal: str = typer.Option(
-        "127.0.0.1:7233", "--temporal", envvar="XPLANE_TEMPORAL_ADDRESS", help="host:port"
-    ),
+    reason: str = typer.Option(..., "--reason", help="why (recorded with the action)"),
+    server: str | None = ServerOption,
 ) -> None:
     """GTM weight to 0, drain, pool to 0 via Git, remove the pool (also: `retired: true`)."""
-    from workflows.region_lifecycle import RegionLifecycleWorkflow
-    from xplane import ids
-    from xplane.temporal.client import connect
+    from xplane.cli.actions_cmd import act
 
-    async def send() -> None:
-        client = await connect(temporal)
-        await client.get_workflow_handle(ids.region_id(name)).signal(
-            RegionLifecycleWorkflow.retire, "operator"
-        )
-
-    try:
-        asyncio.run(send())
-    except Exception as err:
-        typer.echo(f"error: region-{name}: {err}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"region-{name}: retire requested; follow it with `xplane events --region {name}`")
+    answer = act(server, f"/regions/{service}/{name}/retire", {"reason": reason})
+    typer.echo(f"{answer['message']}; follow it with `xplane events --region {name}`")
 
 
 def register(root: typer.Typer) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from xplane.domain import NodeStatus
 from xplane.lifecycle.node_status import HeartbeatAction, derive_status, heartbeat_action
+from xplane.store import heartbeats_pg
 from xplane.store.db import UTCDateTime
 from xplane.store.driver_sql import DriverStatement
 from xplane.store.node_tables import MetricSampleRow, NodeRow
@@ -147,6 +148,9 @@ def apply_heartbeats(
             {"node_id": beat.node_id, "service": row.service, "region": row.region, "at": beat.at}
             | metrics
         )
+    if conn.dialect.name == "postgresql":  # one statement per batch, not one per row
+        heartbeats_pg.write_batch(conn, updates, samples)
+        return results
     # Stable sort: two beats of one node in one batch land in arrival order.
     _UPDATE_NODE.executemany(conn, sorted(updates, key=lambda u: u["b_id"]))
     _INSERT_SAMPLE.executemany(conn, samples)
