@@ -445,3 +445,45 @@ def test_oidc_login_checks_state_and_opens_a_session(
         page = client.get("/ui")
         assert page.status_code == 200 and "olga · operator" in page.text
         assert client.get("/console/overview").status_code == 200
+
+
+def test_the_plans_page_shows_a_held_plan_and_only_admins_get_its_buttons(
+    api: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GTM loop's status (Temporal) stood in for: what the page makes of it."""
+    from xplane.api import routes_console
+
+    held = {
+        "details": {
+            "held_plans": {
+                "0:powerdns": {
+                    "digest": "fedcba9876543210",
+                    "refused": "powerdns: plan removes 3 of 4 published addresses",
+                    "at": "2026-12-06T14:00:00+00:00",
+                    "weights": {"r000": 0.0, "r001": 100.0},
+                }
+            }
+        }
+    }
+
+    async def statuses(_request: object, ids: list[str]) -> dict[str, object]:
+        return {i: held for i in ids if i == "gtm-web"}
+
+    monkeypatch.setattr(routes_console, "loop_statuses", statuses)
+    url = api.url  # type: ignore[attr-defined]
+    admin = Identity("oidc", "a", "ada", (Grant(Role.admin),))
+    operator = Identity("oidc", "o", "otto", (Grant(Role.operator),))
+    cookie, _ = _session(api, admin)
+    with httpx.Client(base_url=url, cookies={SESSION_COOKIE: cookie}) as client:
+        (plan,) = client.get("/console/plans").json()
+        assert plan["provider"] == "0:powerdns" and plan["digest"] == "fedcba9876543210"
+        assert {c["record"] for c in plan["changes"]} == {"r000", "r001"}
+        page = client.get("/ui/plans").text
+        assert "plans removes" not in page and "plan removes 3 of 4" in page
+        assert 'data-action="plan_approve"' in page and 'data-action="plan_reject"' in page
+        assert "&#34;digest&#34;: &#34;fedcba9876543210&#34;" in page  # sent with the reason
+    cookie, _ = _session(api, operator)
+    with httpx.Client(base_url=url, cookies={SESSION_COOKIE: cookie}) as client:
+        (plan,) = client.get("/console/plans").json()
+        assert plan["actions"] == []
+        assert "plan_approve" not in client.get("/ui/plans").text
