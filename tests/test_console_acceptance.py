@@ -29,10 +29,14 @@ from tests.support.console_seed import REJECTED_ISSUE, Seeded, seed_console_stor
 from tests.support.oidc import OidcProvider, oidc_provider  # noqa: F401 (fixture)
 from tests.support.stack import BIN, Stack, kill_leftover_agents, wait_for
 from tests.test_console_browser import CHROMIUM, DESKTOP, _wait_ready
+from workflows.node_lifecycle import NodeLifecycleWorkflow
+from xplane import ids
+from xplane.domain import NodeState
 from xplane.netutil import free_port
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.migrate import upgrade
 from xplane.store.node_tables import NodeRow
+from xplane.temporal.client import connect
 
 ADMIN = "acceptance-admin-token"
 CLIENT_ID = "xplane-console"
@@ -202,7 +206,6 @@ async def test_on_a_running_stack_a_killed_agent_and_a_drain_show_through_tempor
     """``xplane up`` (Temporal, PowerDNS, real agents) with the OIDC provider: the
     overview follows a killed agent, and a drain from the node page reaches the node's
     lifecycle workflow in Temporal, audited under the operator's name."""
-    from temporalio.client import Client
 
     for key, value in {
         "XPLANE_OIDC_ISSUER": oidc_provider.issuer,
@@ -247,11 +250,12 @@ async def test_on_a_running_stack_a_killed_agent_and_a_drain_show_through_tempor
         await answer.wait_for(state="visible")
         assert await answer.get_attribute("data-status") == "200", await answer.inner_text()
 
-        client = await Client.connect(info["temporal_address"])
+        client = await connect(info["temporal_address"])
 
         async def drained() -> bool:
-            status = await client.get_workflow_handle(f"node-{target['id']}").query("status")
-            return any(t["to_state"] == "drain" for t in status["history"])
+            handle = client.get_workflow_handle(ids.node_workflow_id(target["id"]))
+            status = await handle.query(NodeLifecycleWorkflow.status)
+            return any(t.to_state is NodeState.DRAIN for t in status.history)
 
         for _ in range(60):
             if await drained():
