@@ -210,3 +210,45 @@ def test_commit_cli(remote: Path, tmp_path: Path) -> None:
     )
     assert missing.exit_code == 1
     assert "error: infra/node-pool/sg.tfvars not found" in missing.stderr
+
+
+def test_a_manual_commit_is_audited_when_the_database_is_known(
+    remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import select
+
+    from xplane.store.db import make_engine, make_sessionmaker
+    from xplane.store.events import EventRow
+    from xplane.store.migrate import upgrade
+
+    monkeypatch.delenv("XPLANE_DB_URL", raising=False)
+    db = f"sqlite:///{tmp_path / 'xplane.db'}"
+    upgrade(db)
+    work = ["--workdir", str(tmp_path / "work")]
+    base = ["autoscale", "commit", "--repo", str(remote), "--region", "jp", *work]
+    audited = runner.invoke(app, [*base, "--count", "4", "--reason", "launch", "--db", db])
+    assert audited.exit_code == 0, audited.output
+    unaudited = runner.invoke(app, [*base, "--count", "5"])
+    assert unaudited.exit_code == 0
+    assert "not in XPlane's audit trail" in unaudited.stderr
+    failed = runner.invoke(
+        app,
+        [
+            *("autoscale", "commit", "--repo", str(remote), "--region", "sg", "--count", "1"),
+            *work,
+            "--db",
+            db,
+        ],
+    )
+    assert failed.exit_code == 1
+
+    engine = make_engine(db)
+    with make_sessionmaker(engine)() as session:
+        events = list(session.scalars(select(EventRow).order_by(EventRow.id)))
+    engine.dispose()
+    assert [(e.kind, e.region, e.data["outcome"]) for e in events] == [
+        ("audit.autoscale.commit", "jp", "ok"),
+        ("audit.autoscale.commit", "sg", "failed"),
+    ]
+    assert events[0].data["who"]["name"].startswith("cli:")
+    assert "launch" in events[0].data["reason"] and "node_count 4" in events[0].data["reason"]

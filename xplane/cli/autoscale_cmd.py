@@ -162,6 +162,14 @@ def commit_cmd(
         Path | None, typer.Option("--workdir", help="Clone cache (default ~/.cache/xplane).")
     ] = None,
     create: Annotated[bool, typer.Option("--create", help="Create a missing tfvars.")] = False,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="XPLANE_DB_URL",
+            help="XPlane's database: the commit goes into its audit trail",
+        ),
+    ] = None,
 ) -> None:
     """Set infra/node-pool/<region>.tfvars node_count to COUNT, commit and push."""
     from xplane.gitops.infra_repo import RepoError, commit_node_count, default_workdir, redact
@@ -179,13 +187,45 @@ def commit_cmd(
             create=create,
         )
     except RepoError as exc:
+        _audit_commit(db, region, count, reason_text, f"failed: {exc}")
         raise _fail(f"error: {exc}") from None
+    _audit_commit(db, region, count, reason_text, f"{result.status} {result.sha[:12]}")
     where = redact(repo)
     if result.status == "unchanged":
         typer.echo(f"unchanged: {result.path} already has node_count = {count} ({where})")
     else:
         before = "-" if result.previous_count is None else result.previous_count
         typer.echo(f"committed {result.sha[:12]}: {result.path} {before} -> {count} ({where})")
+
+
+def _audit_commit(db: str | None, region: str, count: int, reason: str, outcome: str) -> None:
+    """A manual scale commit is an admin action: into the audit trail when the database
+    is known; without it the infra repo's history is the only record, and we say so."""
+    if not db:
+        typer.echo(
+            "note: no --db/XPLANE_DB_URL: this commit is not in XPlane's audit trail "
+            "(the infra repo's history records it)",
+            err=True,
+        )
+        return
+    from xplane.auth.audit import cli_identity, record_audit
+    from xplane.auth.roles import Target
+    from xplane.store.db import make_engine, make_sessionmaker, transaction
+
+    engine = make_engine(db)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            record_audit(
+                session,
+                action="autoscale.commit",
+                identity=cli_identity(),
+                target=Target(region=region),
+                outcome="failed" if outcome.startswith("failed") else "ok",
+                reason=f"{reason} (node_count {count}: {outcome})",
+                source="cli",
+            )
+    finally:
+        engine.dispose()
 
 
 @app.command("forecast")
