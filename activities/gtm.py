@@ -7,6 +7,7 @@ and the providers of :mod:`xplane.dns`; these only read the store and talk to th
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -20,7 +21,7 @@ from xplane.dns.factory import make_provider
 from xplane.dns.plan import ApplyResult, DesiredService, DnsError, DnsSafetyError
 from xplane.dns.ratelimit import DnsThrottledError
 from xplane.gate import GateSettings, trusted_view
-from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health
+from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_order
 from xplane.gtm.smoothing import RttAverage, RttSmoother
 from xplane.gtm.weights import ServiceWeights, compute_weights_and_unready
 from xplane.heartbeat import HeartbeatSettings
@@ -44,6 +45,16 @@ class HealthCheckResult(BaseModel):
     states: dict[str, CheckState]
     flipped: dict[str, bool] = Field(default_factory=dict)  # node id -> new healthy value
     probed: int = 0
+    # Not probed this tick: out by heartbeat or draining (skipped), or past the budget
+    # (deferred to the next ticks, in turn).
+    skipped: int = 0
+    deferred: int = 0
+
+
+# Seconds a tick may spend starting probes (XPLANE_GTM_PROBE_BUDGET_S): at fleet size
+# the active checks, not the weights, would make the tick; past it the round goes on
+# next tick. Started probes still finish (each within the check's timeout).
+DEFAULT_PROBE_BUDGET_S = 0.5
 
 
 class ObserveRequest(BaseModel):
@@ -91,10 +102,21 @@ class GtmActivities:
         session_factory: sessionmaker[Session],
         heartbeat: HeartbeatSettings = HeartbeatSettings(),
         gate: GateSettings | None = None,
+        probe_budget_s: float | None = None,
     ) -> None:
         self._sessions = session_factory
         self._heartbeat = heartbeat  # ready = heartbeat younger than the one timeout
         self._gate = gate or GateSettings.from_env()
+        if probe_budget_s is None:
+            probe_budget_s = float(
+                os.environ.get("XPLANE_GTM_PROBE_BUDGET_S", DEFAULT_PROBE_BUDGET_S)
+            )
+        if probe_budget_s <= 0:
+            raise ValueError(f"probe budget must be > 0 s, not {probe_budget_s}")
+        self._probe_budget_s = probe_budget_s
+        # Service -> the last node probed: where the next tick's round resumes. In
+        # memory: a restarted worker merely starts the rotation over.
+        self._probe_cursor: dict[str, str] = {}
 
     @activity.defn(name="observe_gtm")
     async def observe_gtm(self, request: ObserveRequest) -> GtmTargets:
@@ -141,20 +163,44 @@ class GtmActivities:
         )
 
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
-        """Run the policy's active check against every registered node of the service.
+        """Run the policy's active check against the registered nodes of the service.
 
         A node's ``health_check_ok`` in the store flips only after the configured
         number of consecutive results (``next_health``), so one lost probe changes nothing.
+        Only nodes whose check can matter are probed: not those already out by heartbeat
+        (the ones that would time out) or draining. Probes start for at most the probe
+        budget, new nodes first, then in turn (``probe_order``); a node not probed keeps
+        its tracker state.
         """
+        now = utcnow()
+        timeout = self._heartbeat.timeout
         with self._sessions() as session:
             rows = [
                 r
                 for r in node_store.list_nodes(session, service=request.service)
                 if r.state != "delete"
             ]
-            targets = [ProbeTarget(node_id=r.id, address=r.address, port=r.port) for r in rows]
-        results = await probe_all(targets, request.check)
-        states: dict[str, CheckState] = {}
+        wanted = [
+            r
+            for r in rows
+            if r.state != "drain"
+            and not r.drain_requested
+            and r.last_heartbeat_at is not None
+            and now - r.last_heartbeat_at <= timeout
+        ]
+        targets = probe_order(
+            (ProbeTarget(node_id=r.id, address=r.address, port=r.port) for r in wanted),
+            request.states.keys(),
+            self._probe_cursor.get(request.service),
+        )
+        results = await probe_all(targets, request.check, budget_s=self._probe_budget_s)
+        if results:
+            # Results keep target order and the started ones are a prefix of it.
+            last = targets[len(results) - 1].node_id
+            if last in request.states:
+                self._probe_cursor[request.service] = last
+        alive = {r.id for r in rows}
+        states = {k: v for k, v in request.states.items() if k in alive}
         flipped: dict[str, bool] = {}
         check = request.check
         for result in results:
@@ -179,7 +225,13 @@ class GtmActivities:
                         correlation_id=node_id,
                         at=now,
                     )
-        return HealthCheckResult(states=states, flipped=flipped, probed=len(results))
+        return HealthCheckResult(
+            states=states,
+            flipped=flipped,
+            probed=len(results),
+            skipped=len(rows) - len(wanted),
+            deferred=len(targets) - len(results),
+        )
 
     @activity.defn(name="apply_dns")
     def apply_dns(self, request: ApplyDnsRequest) -> ApplyResult:

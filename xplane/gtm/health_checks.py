@@ -12,7 +12,7 @@ The GTM loop's activity persists the tracker's verdicts as ``health_check_ok``.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from pydantic import BaseModel, Field
 
@@ -110,3 +110,22 @@ def probe_url(host: str, port: int, path: str) -> str:
     except ValueError:
         pass  # a host name
     return f"http://{host}:{port}/{path.lstrip('/')}"
+
+
+def probe_order(
+    targets: Iterable[ProbeTarget], known: Collection[str], after: str | None
+) -> list[ProbeTarget]:
+    """The order to probe ``targets`` in when a tick may not reach them all (pure).
+
+    Never-probed nodes first (``known``: the ids with a tracker state), so a new node
+    does not wait a whole round; then the others by id, starting after ``after`` (the
+    last one probed in the previous tick) and wrapping, so a fleet larger than one
+    tick's budget is covered in turn.
+    """
+    targets = list(targets)
+    fresh = sorted((t for t in targets if t.node_id not in known), key=lambda t: t.node_id)
+    seen = sorted((t for t in targets if t.node_id in known), key=lambda t: t.node_id)
+    if after is not None:
+        cut = next((i for i, t in enumerate(seen) if t.node_id > after), len(seen))
+        seen = seen[cut:] + seen[:cut]
+    return fresh + seen

@@ -40,6 +40,7 @@ import gc
 import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from pydantic import BaseModel, Field
 
@@ -221,6 +222,25 @@ def _collect_fail_open_nodes(
             tally.up.append(ident)
 
 
+@dataclass(slots=True)
+class RegionAggregate:
+    """One region's nodes of one service, counted as the formula counts them.
+
+    What the store's ``GROUP BY`` gives (:func:`xplane.store.console_queries.gtm_aggregates`)
+    so the weights need no record per node: only ``ready_nodes`` is per node, and only
+    because each ready node becomes a DNS record.
+    """
+
+    registered: int = 0  # not draining nor deleted
+    alive: int = 0  # not deleted
+    ready: int = 0
+    median_rtt_ms: float | None = None  # of the ready nodes that report one
+    # The ready nodes by id, as two columns: records are built with one map() over them,
+    # no tuple unpacked per node (at 100,000 records that is most of the time).
+    ready_ids: list[str] = field(default_factory=list)
+    ready_addresses: list[str] = field(default_factory=list)
+
+
 def _region_weight(
     spec: ResolvedRegion,
     tally: _Tally,
@@ -229,19 +249,43 @@ def _region_weight(
     floor: float,
     smooth_rtt: RttInput | None,
 ) -> RegionWeight:
-    ready, registered = len(tally.ready), tally.registered
+    observed = statistics.median(tally.rtts) if tally.rtts else None
+    return _weigh(
+        spec,
+        len(tally.ready),
+        tally.registered,
+        tally.alive,
+        observed,
+        desired,
+        target_ms,
+        floor,
+        smooth_rtt,
+    )
+
+
+def _weigh(
+    spec: ResolvedRegion,
+    ready: int,
+    registered: int,
+    alive: int,
+    observed: float | None,
+    desired: int | None,
+    target_ms: float,
+    floor: float,
+    smooth_rtt: RttInput | None,
+) -> RegionWeight:
+    """The formula on one region's counts and observed median RTT."""
     health_ratio = ready / registered if registered else 0.0
     wanted = registered if desired is None else desired
     # A pool that wants no node: any ready node makes a full region.
     ready_factor = min(1.0, ready / wanted) if wanted > 0 else float(ready > 0)
-    observed = statistics.median(tally.rtts) if tally.rtts else None
     if observed is not None and smooth_rtt is not None:
         observed = smooth_rtt(spec.name, observed)
     latency = latency_factor(observed, target_ms, floor)
 
     if spec.retired:
         reason = "region is retired"
-    elif not registered and not tally.alive:
+    elif not registered and not alive:
         reason = "no nodes registered"
     elif ready < spec.min_ready_nodes:
         reason = f"{ready} ready node(s) < min_ready_nodes {spec.min_ready_nodes}"
@@ -479,3 +523,66 @@ def _compute(
         records=records,
     )
     return weights, tallies
+
+
+def compute_weights_from_aggregates(
+    policy: GtmPolicy,
+    regions: Mapping[str, Region],
+    aggregates: Mapping[str, RegionAggregate],
+    pools: Mapping[str, int],
+    *,
+    smooth_rtt: RttInput | None = None,
+) -> ServiceWeights | None:
+    """:func:`compute_service_weights` from per-region aggregates (region -> its counts;
+    a region without one has no nodes). The same answer, without a pass over every node.
+
+    None when every region computes to 0: fail open picks among the up, registered or
+    alive nodes, which the aggregates do not list. That is the rare failure case, where
+    the caller takes the per-node path (:func:`compute_weights_and_unready`).
+    """
+    specs = [resolve_region(r, regions.get(r.name)) for r in policy.regions]
+    target_ms, floor = policy.latency.target_ms, policy.latency.floor
+    empty = RegionAggregate()
+    result: dict[str, RegionWeight] = {}
+    for s in specs:
+        agg = aggregates.get(s.name, empty)
+        result[s.name] = _weigh(
+            s,
+            agg.ready,
+            agg.registered,
+            agg.alive,
+            agg.median_rtt_ms,
+            pools.get(s.name),
+            target_ms,
+            floor,
+            smooth_rtt,
+        )
+    if not any(r.effective_weight > 0 for r in result.values()):
+        return None
+    # One record per ready node and no cycles: a cyclic GC run triggered by those
+    # allocations would rescan every object the caller holds (as in
+    # compute_weights_and_unready, the answer is built before the GC is back on).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        records: list[WeightedRecord] = []
+        for s in specs:
+            weight = result[s.name].effective_weight
+            agg = aggregates.get(s.name, empty)
+            if weight > 0 and agg.ready_ids:
+                share = weight / len(agg.ready_ids)
+                records.extend(
+                    map(
+                        WeightedRecord,
+                        agg.ready_addresses,
+                        repeat(s.name),
+                        agg.ready_ids,
+                        repeat(share),
+                    )
+                )
+        return ServiceWeights.model_construct(
+            service=policy.service, regions=result, records=records
+        )
+    finally:
+        if gc_was_enabled:
+            gc.enable()

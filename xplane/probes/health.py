@@ -21,15 +21,23 @@ async def probe_all(
     check: HealthCheck,
     concurrency: int = DEFAULT_CONCURRENCY,
     host_header: str | None = None,
+    budget_s: float | None = None,
 ) -> list[ProbeResult]:
     """Probe every target once, at most ``concurrency`` at a time; results in target order.
 
     A probe fails on a timeout (``check.timeout``), a refused connection or (http) a
     status not in ``check.expected_status``. It never raises.
+
+    ``budget_s``: start no probe after that many seconds; the targets not started are
+    left out of the results (the rest of the round waits for the next call). A probe
+    once started runs to its answer or its timeout, so a slow node is never cut short
+    into no result at all: the call takes at most ``budget_s`` + ``check.timeout``.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, not {concurrency}")
     gate = asyncio.Semaphore(concurrency)
+    stop_at = None if budget_s is None else time.monotonic() + budget_s
+    started: list[str] = []
     timeout = check.timeout.total_seconds()
     headers = {"Host": host_header} if host_header else {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
@@ -38,13 +46,19 @@ async def probe_all(
         timeout=timeout, limits=limits, trust_env=False, follow_redirects=False
     ) as client:
 
-        async def one(target: ProbeTarget) -> ProbeResult:
+        async def one(target: ProbeTarget) -> ProbeResult | None:
             async with gate:
+                # The first probe always starts: a budget smaller than one wave still
+                # moves the round on.
+                if stop_at is not None and started and time.monotonic() > stop_at:
+                    return None
+                started.append(target.node_id)
                 if check.type == "tcp":
                     return await _probe_tcp(target, check, timeout)
                 return await _probe_http(client, target, check, headers)
 
-        return list(await asyncio.gather(*(one(t) for t in targets)))
+        results = await asyncio.gather(*(one(t) for t in targets))
+        return [r for r in results if r is not None]
 
 
 async def _probe_http(
