@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import playwright.async_api as playwright_api
 import pytest
 from sqlalchemy import update
 
 from tests.support.console_seed import REJECTED_ISSUE, Seeded, seed_console_store
 from tests.support.oidc import OidcProvider, oidc_provider  # noqa: F401 (fixture)
 from tests.support.stack import BIN, Stack, kill_leftover_agents, wait_for
+from tests.support.tools import needs_tool
 from tests.test_console_browser import CHROMIUM, DESKTOP, _wait_ready
 from workflows.node_lifecycle import NodeLifecycleWorkflow
 from xplane import ids
@@ -41,11 +43,8 @@ from xplane.temporal.client import connect
 ADMIN = "acceptance-admin-token"
 CLIENT_ID = "xplane-console"
 
-playwright_api = pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (scripts/setup.sh installs it)",
-)
+# Debian's chromium (scripts/setup.sh installs it): skipped without it, failed in CI.
+pytestmark = needs_tool("chromium")
 
 
 class Api:

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import playwright.async_api as playwright_api
 import pytest
 from sqlalchemy import update
 
 from tests.support.console_seed import REJECTED_ISSUE, Seeded, add_event, seed_console_store
 from tests.support.stack import BIN
+from tests.support.tools import needs_tool
 from xplane.netutil import free_port
 from xplane.store.db import make_engine, make_sessionmaker, transaction, utcnow
 from xplane.store.migrate import upgrade
@@ -33,11 +35,8 @@ ADMIN = "browser-admin-token"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-playwright_api = pytest.importorskip("playwright.async_api")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (scripts/setup.sh installs it)",
-)
+# Debian's chromium (scripts/setup.sh installs it): skipped without it, failed in CI.
+pytestmark = needs_tool("chromium")
 
 
 @dataclass
