@@ -184,7 +184,9 @@ def test_forecast_reads_the_hourly_rollup_the_autoscaler_keeps(
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
     tokyo = ZoneInfo("Asia/Tokyo")
-    now = datetime.now(UTC)
+    # On the hour: both ticks of an hour (:00 and :30) fall in that hour whatever the
+    # wall clock's minute (unaligned, a busy and a quiet tick shared an hour).
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     with transaction(sessions) as session:
         save_revision(session, "e" * 40, load_config(config_dir), "test")
         at = now - timedelta(days=40)  # older than KEEP: pruned as newer hours come in
