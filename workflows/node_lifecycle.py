@@ -281,6 +281,7 @@ class NodeLifecycleWorkflow:
             retry_policy=policies.DB,
         )
         if NodeState.ACTIVE in (before, after) or after is NodeState.DELETE:
+            gtm: workflow.ExternalWorkflowHandle[GtmLoopWorkflow]
             gtm = workflow.get_external_workflow_handle_for(
                 GtmLoopWorkflow.run, ids.gtm_id(self.params.service)
             )
@@ -292,6 +293,7 @@ class NodeLifecycleWorkflow:
                 gtm.id,
             )
         if event is NodeEvent.GRACE_EXPIRED:
+            autoscale: workflow.ExternalWorkflowHandle[AutoscaleWorkflow]
             autoscale = workflow.get_external_workflow_handle_for(
                 AutoscaleWorkflow.run, ids.autoscale_id(self.params.service, self.params.region)
             )
