@@ -418,9 +418,12 @@ async def phase_is(handle: WorkflowHandle[Any, Any], phase: str) -> None:
     raise AssertionError(f"phase {phase} never reached: {status}")
 
 
-async def test_retry_is_refused_unless_the_bootstrap_failed(
+@contextlib.asynccontextmanager
+async def region_waiting_for_its_node(
     time_env: WorkflowEnvironment,
-) -> None:
+) -> AsyncIterator[tuple[str, WorkflowHandle[Any, Any]]]:
+    """A region lifecycle on a worker, bootstrapped and waiting for its first node (it
+    fails 30 s later: no node ever comes)."""
     commits.clear()
     client = pydantic_client(time_env)
     async with Worker(
@@ -438,6 +441,13 @@ async def test_retry_is_refused_unless_the_bootstrap_failed(
         )
         await time_env.sleep(5)
         await phase_is(handle, "waiting_node")
+        yield region, handle
+
+
+async def test_retry_is_refused_unless_the_bootstrap_failed(
+    time_env: WorkflowEnvironment,
+) -> None:
+    async with region_waiting_for_its_node(time_env) as (region, handle):
         with pytest.raises(WorkflowUpdateFailedError) as early:
             await handle.execute_update(
                 "retry", RegionRetryRequest(reason="now"), result_type=RegionActionResult
@@ -471,23 +481,7 @@ async def test_retry_is_refused_unless_the_bootstrap_failed(
 async def test_retire_is_answered_once_and_refused_for_another_service(
     time_env: WorkflowEnvironment,
 ) -> None:
-    commits.clear()
-    client = pydantic_client(time_env)
-    async with Worker(
-        client,
-        task_queue=TQ,
-        workflows=[RegionLifecycleWorkflow],
-        activities=[describe_region, commit_region_pool, region_nodes, record_region_event],
-    ):
-        region = f"r{uuid.uuid4().hex[:6]}"
-        handle = await client.start_workflow(
-            RegionLifecycleWorkflow.run,
-            RegionParams(region=region, timings=RegionTimings(first_node_timeout_seconds=30)),
-            id=f"region-{region}",
-            task_queue=TQ,
-        )
-        await time_env.sleep(5)
-        await phase_is(handle, "waiting_node")
+    async with region_waiting_for_its_node(time_env) as (region, handle):
         with pytest.raises(WorkflowUpdateFailedError) as wrong:
             await handle.execute_update(
                 "retire",

@@ -18,7 +18,7 @@ from xplane.config.errors import ConfigIssue
 from xplane.config.models import ConfigTree, GtmPolicy
 from xplane.config.revisions import RevisionInfo, RevisionStatus
 from xplane.domain import NodeState
-from xplane.gtm.weights import RegionWeight, _region_weight, _Tally, resolve_region
+from xplane.gtm.weights import RegionAggregate, RegionWeight, resolve_region, weigh_region
 from xplane.lifecycle.node_status import derive_status
 from xplane.store.console_queries import RegionTally
 from xplane.store.events import EventRow
@@ -189,14 +189,15 @@ def region_weight(
     """GTM's weight of one region from its aggregate (the same formula and reasons)."""
     entry = next(r for r in policy.regions if r.name == region)
     spec = resolve_region(entry, config.regions.get(region))
-    counted = _Tally(
-        # The formula reads only how many are ready and their median RTT.
-        ready=[("", "")] * (tally.ready if tally else 0),
-        rtts=[tally.median_rtt_ms] if tally and tally.median_rtt_ms is not None else [],
-        registered=tally.registered if tally else 0,
-        alive=tally.alive if tally else 0,
-    )
-    return _region_weight(spec, counted, pool, policy.latency.target_ms, policy.latency.floor, None)
+    counted = RegionAggregate()
+    if tally is not None:
+        counted = RegionAggregate(
+            registered=tally.registered,
+            alive=tally.alive,
+            ready=tally.ready,
+            median_rtt_ms=tally.median_rtt_ms,
+        )
+    return weigh_region(policy, spec, counted, pool)
 
 
 def weight_reason(weight: RegionWeight, target_ms: float) -> str:

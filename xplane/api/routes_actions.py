@@ -234,15 +234,7 @@ async def retry_region(
     actions: WorkflowActions | None = Depends(get_actions),
 ) -> RegionActionResult:
     """Start a failed bootstrap again."""
-    return await run_update(
-        actions,
-        ids.region_id(region),
-        "retry",
-        RegionRetryRequest(reason=body.reason, by=actor(request), service=service),
-        RegionActionResult,
-        field="region",
-        missing="unknown region",
-    )
+    return await _region_action(actions, service, region, "retry", body.reason, actor(request))
 
 
 @router.post(
@@ -256,11 +248,17 @@ async def retire_region(
     actions: WorkflowActions | None = Depends(get_actions),
 ) -> RegionActionResult:
     """Take the region out: GTM 0, drain, pool to 0 via Git, remove (admin)."""
+    return await _region_action(actions, service, region, "retire", body.reason, actor(request))
+
+
+async def _region_action(
+    actions: WorkflowActions | None, service: str, region: str, update: str, reason: str, by: str
+) -> RegionActionResult:
     return await run_update(
         actions,
         ids.region_id(region),
-        "retire",
-        RegionRetryRequest(reason=body.reason, by=actor(request), service=service),
+        update,
+        RegionRetryRequest(reason=reason, by=by, service=service),
         RegionActionResult,
         field="region",
         missing="unknown region",

@@ -263,6 +263,27 @@ def _region_weight(
     )
 
 
+def weigh_region(
+    policy: GtmPolicy,
+    spec: ResolvedRegion,
+    aggregate: RegionAggregate,
+    desired: int | None,
+    smooth_rtt: RttInput | None = None,
+) -> RegionWeight:
+    """One region's weight (and its reason) from its aggregate counts."""
+    return _weigh(
+        spec,
+        aggregate.ready,
+        aggregate.registered,
+        aggregate.alive,
+        aggregate.median_rtt_ms,
+        desired,
+        policy.latency.target_ms,
+        policy.latency.floor,
+        smooth_rtt,
+    )
+
+
 def _weigh(
     spec: ResolvedRegion,
     ready: int,
@@ -541,22 +562,13 @@ def compute_weights_from_aggregates(
     the caller takes the per-node path (:func:`compute_weights_and_unready`).
     """
     specs = [resolve_region(r, regions.get(r.name)) for r in policy.regions]
-    target_ms, floor = policy.latency.target_ms, policy.latency.floor
     empty = RegionAggregate()
-    result: dict[str, RegionWeight] = {}
-    for s in specs:
-        agg = aggregates.get(s.name, empty)
-        result[s.name] = _weigh(
-            s,
-            agg.ready,
-            agg.registered,
-            agg.alive,
-            agg.median_rtt_ms,
-            pools.get(s.name),
-            target_ms,
-            floor,
-            smooth_rtt,
+    result = {
+        s.name: weigh_region(
+            policy, s, aggregates.get(s.name, empty), pools.get(s.name), smooth_rtt
         )
+        for s in specs
+    }
     if not any(r.effective_weight > 0 for r in result.values()):
         return None
     # One record per ready node and no cycles: a cyclic GC run triggered by those
