@@ -35,6 +35,7 @@ from tests.support.fault_stack import (
     _stop,
     create_database,
     drop_database,
+    seed_repos_and_store,
 )
 from xplane.procs import spawn
 
@@ -165,46 +166,10 @@ class ScaleStack:
         }
 
     def _seed(self) -> None:
-        from xplane.config.loader import load_config_from_mapping
-        from xplane.infra.render import render_region
-        from xplane.infra.skeleton import skeleton_files
-        from xplane.store.config_store import save_revision
-        from xplane.store.db import make_engine, make_sessionmaker, transaction
-        from xplane.store.migrate import upgrade
-        from xplane.store.pools import set_pool
-
         files = config_files(self.s, self.pdns_api, self.health_port)
-        repo = git.Repo.init(self.config_repo, initial_branch="main")
-        for rel, text in files.items():
-            (self.config_repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            (self.config_repo / rel).write_text(text)
-        repo.git.add(A=True)
-        sha = repo.index.commit("config").hexsha
-        config = load_config_from_mapping(files)
-        seed_dir = self.work / "infra-seed"
-        seed = git.Repo.init(seed_dir, initial_branch="main")
-        rendered = dict(skeleton_files())
-        for region, count in self.s.regions.items():
-            rendered.update(
-                render_region(config.regions[region], service=SERVICE, node_count=count)
-            )
-        for rel, text in rendered.items():
-            (seed_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (seed_dir / rel).write_text(text)
-        seed.git.add(A=True)
-        seed.index.commit("pools")
-        git.Repo.init(self.infra_repo, bare=True, initial_branch="main")
-        seed.git.push(str(self.infra_repo), "main:main")
-        upgrade(self.db_url)
-        engine = make_engine(self.db_url)
-        with transaction(make_sessionmaker(engine)) as session:
-            # Registration needs the config before the worker's first sync; the sync
-            # then finds the autoscale policy new and starts the autoscalers.
-            seeded = {k: v for k, v in files.items() if not k.startswith("autoscale/")}
-            save_revision(session, "0" * 40, load_config_from_mapping(seeded), f"seed of {sha[:8]}")
-            for region, count in self.s.regions.items():
-                set_pool(session, SERVICE, region, count, scaled=False)
-        engine.dispose()
+        seed_repos_and_store(
+            files, self.s.regions, self.work, self.config_repo, self.infra_repo, self.db_url
+        )
 
     def _spawn(self, name: str, argv: list[str]) -> Proc:
         # Dies with this process (parent-death signal), even when a bench is killed.

@@ -186,6 +186,55 @@ class DnsWatch:
         return sum(1 for _, got in self.seen if not got)
 
 
+def seed_repos_and_store(
+    files: dict[str, str],
+    regions: dict[str, int],
+    work: Path,
+    config_repo: Path,
+    infra_repo: Path,
+    db_url: str,
+) -> None:
+    """The config repo (``files``), the bare infra repo with each region's pool rendered,
+    and the store migrated with the config and pools in force, as a stack starts on."""
+    from xplane.config.loader import load_config_from_mapping
+    from xplane.infra.render import render_region
+    from xplane.infra.skeleton import skeleton_files
+    from xplane.store.config_store import save_revision
+    from xplane.store.db import make_engine, make_sessionmaker, transaction
+    from xplane.store.migrate import upgrade
+    from xplane.store.pools import set_pool
+
+    repo = git.Repo.init(config_repo, initial_branch="main")
+    for rel, text in files.items():
+        (config_repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (config_repo / rel).write_text(text)
+    repo.git.add(A=True)
+    sha = repo.index.commit("config").hexsha
+    config = load_config_from_mapping(files)
+    seed_dir = work / "infra-seed"
+    seed = git.Repo.init(seed_dir, initial_branch="main")
+    rendered = dict(skeleton_files())
+    for region, count in regions.items():
+        rendered.update(render_region(config.regions[region], service=SERVICE, node_count=count))
+    for rel, text in rendered.items():
+        (seed_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (seed_dir / rel).write_text(text)
+    seed.git.add(A=True)
+    seed.index.commit("pools")
+    git.Repo.init(infra_repo, bare=True, initial_branch="main")
+    seed.git.push(str(infra_repo), "main:main")
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    with transaction(make_sessionmaker(engine)) as session:
+        # Enough config for agents to register before a worker's first sync; the
+        # sync then finds the autoscale policy new and starts the autoscalers.
+        seeded = {k: v for k, v in files.items() if not k.startswith("autoscale/")}
+        save_revision(session, "0" * 40, load_config_from_mapping(seeded), f"seed of {sha[:8]}")
+        for region, count in regions.items():
+            set_pool(session, SERVICE, region, count, scaled=False)
+    engine.dispose()
+
+
 class FaultStack:
     """Start with :meth:`start`, stop with :meth:`stop` (always: it drops the database)."""
 
@@ -237,46 +286,10 @@ class FaultStack:
         return env
 
     def _seed(self) -> None:
-        from xplane.config.loader import load_config_from_mapping
-        from xplane.infra.render import render_region
-        from xplane.infra.skeleton import skeleton_files
-        from xplane.store.config_store import save_revision
-        from xplane.store.db import make_engine, make_sessionmaker, transaction
-        from xplane.store.migrate import upgrade
-        from xplane.store.pools import set_pool
-
         files = _config(self.regions, self.pdns_api)
-        repo = git.Repo.init(self.config_repo, initial_branch="main")
-        for rel, text in files.items():
-            (self.config_repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            (self.config_repo / rel).write_text(text)
-        repo.git.add(A=True)
-        sha = repo.index.commit("config").hexsha
-        config = load_config_from_mapping(files)
-        seed_dir = self.work / "infra-seed"
-        seed = git.Repo.init(seed_dir, initial_branch="main")
-        rendered = dict(skeleton_files())
-        for region, count in self.regions.items():
-            rendered.update(
-                render_region(config.regions[region], service=SERVICE, node_count=count)
-            )
-        for rel, text in rendered.items():
-            (seed_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (seed_dir / rel).write_text(text)
-        seed.git.add(A=True)
-        seed.index.commit("pools")
-        git.Repo.init(self.infra_repo, bare=True, initial_branch="main")
-        seed.git.push(str(self.infra_repo), "main:main")
-        upgrade(self.db_url)
-        engine = make_engine(self.db_url)
-        with transaction(make_sessionmaker(engine)) as session:
-            # Enough config for agents to register before a worker's first sync; the
-            # sync then finds the autoscale policy new and starts the autoscalers.
-            seeded = {k: v for k, v in files.items() if not k.startswith("autoscale/")}
-            save_revision(session, "0" * 40, load_config_from_mapping(seeded), f"seed of {sha[:8]}")
-            for region, count in self.regions.items():
-                set_pool(session, SERVICE, region, count, scaled=False)
-        engine.dispose()
+        seed_repos_and_store(
+            files, self.regions, self.work, self.config_repo, self.infra_repo, self.db_url
+        )
         self.token.write_text(BOOT)
 
     def _spawn(self, name: str, argv: list[str]) -> Proc:
