@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from temporalio.worker import Worker
 from activities.gtm import GtmActivities
 from activities.nodes import NodeActivities
 from tests.support.schedules import no_schedules
+from tests.support.slow_update import SlowUpdateWorkflow
 from tests.test_api_support import ADMIN, bearer, running_api, seed_config
 from tests.test_operator_updates import (
     commit_region_pool,
@@ -128,6 +130,7 @@ async def rig(database: tuple[str, Engine]) -> AsyncIterator[Rig]:
                 GtmLoopWorkflow,
                 GitOpsSyncWorkflow,
                 RegionLifecycleWorkflow,
+                SlowUpdateWorkflow,
             ],
             activities=[
                 nodes.record_node_state,
@@ -412,5 +415,123 @@ async def test_no_worker_for_the_workflow_is_a_503_and_nothing_is_sent(rig: Rig)
         assert "no worker polls task queue no-worker-here" in response.text
         history = [e async for e in handle.fetch_history_events()]
         assert len(history) == 2  # started, and its first workflow task scheduled
+    finally:
+        await handle.terminate()
+
+
+# ------------------------------------------------- no request waits > 5 s on Temporal
+BUDGET_S = 5.0
+SLACK_S = 1.5  # the HTTP round trip, the audit write, a busy test machine
+
+
+async def test_an_update_slower_than_the_budget_is_a_202_and_its_result_comes_later(
+    rig: Rig,
+) -> None:
+    """The workflow takes the update at once but answers only when released: the API
+    says 202 (accepted, pending) within the budget, naming the update; its result is
+    fetched by id (202 while it runs, 200 after); refusals keep their 409."""
+    workflow_id = f"gtm-slow{uuid.uuid4().hex[:6]}"
+    handle = await rig.client.start_workflow(SlowUpdateWorkflow.run, id=workflow_id, task_queue=TQ)
+    try:
+        started = time.monotonic()
+        answer = await rig.post(f"/loops/{workflow_id}/pause", {"reason": "dns migration"})
+        took = time.monotonic() - started
+        assert answer.status_code == 202, answer.text
+        assert BUDGET_S - 0.5 <= took < BUDGET_S + SLACK_S, took
+        body = answer.json()
+        update_id = body["update_id"]
+        assert body == {
+            "status": "pending",
+            "state": "accepted",
+            "workflow_id": workflow_id,
+            "update_id": update_id,
+            "poll": f"/actions/{workflow_id}/{update_id}",
+            "message": f"{workflow_id} accepted the action and has not finished it yet: "
+            f"GET /actions/{workflow_id}/{update_id} for its result",
+        }
+        with rig.sessions() as session:
+            audited = [
+                e for e in list_events(session, kind_prefix="audit.loop.pause")
+                if (e.data or {}).get("target", {}).get("name") == workflow_id
+            ]  # fmt: skip
+        assert [(e.data or {}).get("status") for e in audited] == [202]
+
+        started = time.monotonic()
+        still = await rig.http.get(body["poll"], headers=bearer(ADMIN))
+        assert still.status_code == 202, still.text
+        assert time.monotonic() - started < BUDGET_S + SLACK_S
+        assert (still.json()["state"], still.json()["update_id"]) == ("accepted", update_id)
+
+        await handle.signal(SlowUpdateWorkflow.release)
+        done = await rig.http.get(body["poll"], headers=bearer(ADMIN))
+        assert done.status_code == 200, done.text
+        assert done.json()["message"] == "paused at last: dns migration"
+        assert done.json()["paused"] is True and done.json()["workflow_id"] == workflow_id
+        again = await rig.http.get(body["poll"], headers=bearer(ADMIN))  # still there
+        assert again.status_code == 200 and again.json() == done.json()
+
+        refused = await rig.post(f"/loops/{workflow_id}/pause", {"reason": "twice"})
+        assert refused.status_code == 409 and refused.json()["error"] == "already paused"
+        unknown = await rig.http.get(
+            f"/actions/{workflow_id}/{uuid.uuid4().hex}", headers=bearer(ADMIN)
+        )
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown update"
+        for bad in (f"/actions/{workflow_id}/not-an-id", f"/actions/xplane-cluster/{update_id}"):
+            assert (await rig.http.get(bad, headers=bearer(ADMIN))).status_code == 422, bad
+    finally:
+        await handle.terminate()
+    missing = await rig.http.get(f"/actions/gtm-none/{update_id}", headers=bearer(ADMIN))
+    assert missing.status_code == 404
+
+
+async def test_the_cli_polls_a_pending_action_then_names_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``xplane loops pause`` polls a 202 for XPLANE_ACTION_WAIT s: answered meanwhile, it
+    prints the answer; still running, it prints how to get the result and exits 3, and
+    ``xplane actions result`` prints it later."""
+    from typer.testing import CliRunner
+
+    from xplane.cli.main import app
+
+    monkeypatch.setenv("XPLANE_ADMIN_TOKEN", ADMIN)
+    monkeypatch.setenv("XPLANE_API_URL", rig.url)
+    runner = CliRunner()
+
+    async def xplane(*args: str) -> tuple[int, str]:
+        result = await asyncio.to_thread(runner.invoke, app, list(args))
+        return result.exit_code, result.output
+
+    workflow_id = f"gtm-slow{uuid.uuid4().hex[:6]}"
+    handle = await rig.client.start_workflow(SlowUpdateWorkflow.run, id=workflow_id, task_queue=TQ)
+    try:
+        monkeypatch.setenv("XPLANE_ACTION_WAIT", "0")
+        code, output = await xplane("loops", "pause", workflow_id, "--reason", "slow")
+        assert code == 3, output
+        assert output.startswith(f"still running: {workflow_id} accepted the action"), output
+        command = output.split("`")[1]
+        assert command.startswith(f"xplane actions result {workflow_id} "), output
+        update_id = command.split()[-1]
+        code, output = await xplane("actions", "result", workflow_id, update_id, "--wait", "0")
+        assert code == 3 and "still running" in output, output
+
+        await handle.signal(SlowUpdateWorkflow.release)
+        code, output = await xplane("actions", "result", workflow_id, update_id)
+        assert code == 0, output
+        assert output.startswith("paused at last: slow\n")
+        assert json.loads(output.split("\n", 1)[1])["paused"] is True
+    finally:
+        await handle.terminate()
+
+    workflow_id = f"gtm-slow{uuid.uuid4().hex[:6]}"
+    handle = await rig.client.start_workflow(SlowUpdateWorkflow.run, id=workflow_id, task_queue=TQ)
+    try:
+        monkeypatch.setenv("XPLANE_ACTION_WAIT", "60")
+        pausing = asyncio.create_task(xplane("loops", "pause", workflow_id, "--reason", "later"))
+        await asyncio.sleep(BUDGET_S + 2)  # past the API's budget: the CLI is polling
+        assert not pausing.done()
+        await handle.signal(SlowUpdateWorkflow.release)
+        code, output = await asyncio.wait_for(pausing, 30)
+        assert (code, output) == (0, "paused at last: later\n")
     finally:
         await handle.terminate()

@@ -30,7 +30,15 @@ from tests.test_api_support import (
     settings_for,
 )
 from xplane.api import create_app
-from xplane.api.authz import RULES, Call, Rule, loop_target, route_keys, rule_for
+from xplane.api.authz import (
+    RULES,
+    Call,
+    Rule,
+    action_target,
+    loop_target,
+    route_keys,
+    rule_for,
+)
 from xplane.auth.roles import Permission, Scope, Target
 from xplane.store import api_tokens
 from xplane.store.db import make_sessionmaker, transaction, utcnow
@@ -42,6 +50,7 @@ PATH_PARAMS = {
     "workflow_id": "autoscale-web-jp",
     "service": "web",
     "region": "jp",
+    "update_id": "0" * 32,
 }
 
 
@@ -75,6 +84,7 @@ MINIMUM_ROLE = {
     ("POST", "/gate/open"): ("operator", False),
     ("POST", "/gtm/{service}/plan/approve"): ("admin", False),
     ("POST", "/gtm/{service}/plan/reject"): ("admin", False),
+    ("GET", "/actions/{workflow_id}/{update_id}"): ("viewer", False),  # answered by Temporal
     ("GET", "/console/overview"): ("viewer", True),
     ("GET", "/console/traffic"): ("viewer", True),
     ("GET", "/console/regions/{service}/{region}"): ("viewer", True),
@@ -257,6 +267,22 @@ def test_loops_are_judged_by_their_service_and_region(api: Api) -> None:
     assert target("autoscale-web-sg-east") == Target("web", "sg-east", name="autoscale-web-sg-east")
     assert target("gtm-api") == Target("api", name="gtm-api")
     assert target("gitops-sync") == Target(name="gitops-sync")  # unscoped grants only
+
+
+def test_a_pending_action_is_judged_by_the_workflow_it_went_to(api: Api) -> None:
+    node_id, _ = api.registered()  # web/jp
+    factory = make_sessionmaker(api.engine)
+
+    def target(workflow_id: str) -> Target:
+        return action_target(Call({"workflow_id": workflow_id}, {}, None, factory))
+
+    assert target(f"node-{node_id}") == Target("web", "jp", node_id=node_id)
+    assert target("region-sg-east") == Target("web", "sg-east", name="region-sg-east")
+    # Two services have jp, none has mars: only an unscoped grant covers these.
+    assert target("region-jp") == Target(region="jp", name="region-jp")
+    assert target("region-mars") == Target(region="mars", name="region-mars")
+    assert target("autoscale-web-jp") == Target("web", "jp", name="autoscale-web-jp")
+    assert target("gtm-web") == Target("web", name="gtm-web")
     assert target("autoscale-nope-jp") == Target(name="autoscale-nope-jp")
 
 

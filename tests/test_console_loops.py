@@ -67,3 +67,28 @@ async def test_the_overview_shows_a_paused_loop_and_a_missing_one(
         view = await with_loop_states(view, CachedLoops(connect))  # type: ignore[arg-type]
         assert view.services[0].loops[0].state == "paused"
         await handle.terminate()
+
+
+async def test_requests_queued_behind_a_silent_temporal_never_wait_past_the_budget() -> None:
+    """Temporal accepts connections but never answers: every overview request, however
+    many arrive at once, gets the events' view within the console's budget (they do not
+    each wait their turn behind the previous one's timeout)."""
+    import asyncio
+    import time
+
+    from xplane.api.console_loops import QUERY_TIMEOUT_S, TEMPORAL_BUDGET_S
+
+    async def silent() -> object:
+        await asyncio.sleep(3600)
+        raise AssertionError("never")
+
+    querier = CachedLoops(silent)  # type: ignore[arg-type]
+    started = time.monotonic()
+    answers = await asyncio.gather(*(querier(["gtm-web"]) for _ in range(6)))
+    took = time.monotonic() - started
+    assert answers == [{}] * 6
+    assert QUERY_TIMEOUT_S <= took < TEMPORAL_BUDGET_S + 0.5, took
+    assert TEMPORAL_BUDGET_S <= 5
+    started = time.monotonic()  # and the failure is remembered for a while: no new wait
+    assert await querier(["gtm-web"]) == {}
+    assert time.monotonic() - started < 0.1

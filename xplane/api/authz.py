@@ -131,6 +131,26 @@ def loop_target(call: Call) -> Target:
     return Target(name=loop)
 
 
+def action_target(call: Call) -> Target:
+    """The workflow an action went to (``GET /actions/{workflow_id}/...``): a node's
+    lifecycle, a region's (with the service that has the region), or a control loop."""
+    from xplane.store.config_store import service_regions
+
+    workflow_id = str(call.path_params.get("workflow_id", ""))
+    if workflow_id.startswith("node-"):
+        node_id = workflow_id.removeprefix("node-")
+        return node_target(Call({"node_id": node_id}, call.query, call.body, call.factory))
+    if workflow_id.startswith("region-"):
+        region = workflow_id.removeprefix("region-")
+        with call.factory() as session:
+            known = service_regions(session)
+        services = [s for s, regions in known.items() if region in regions]
+        if len(services) == 1:
+            return Target(service=services[0], region=region, name=workflow_id)
+        return Target(region=region, name=workflow_id)  # only an unscoped grant covers it
+    return loop_target(call)
+
+
 def named_target(param: str = "name") -> TargetFinder:
     """A named thing that belongs to no service (an API token)."""
     return lambda call: Target(name=str(call.path_params.get(param, "")) or None)
@@ -201,6 +221,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/gate/open"): operate("gate.open", no_target),
     ("POST", "/gtm/{service}/plan/approve"): admin("gtm.plan.approve", path_target()),
     ("POST", "/gtm/{service}/plan/reject"): admin("gtm.plan.reject", path_target()),
+    # The result of an action answered 202 (pending): a read, like the workflow's status.
+    ("GET", "/actions/{workflow_id}/{update_id}"): read(action_target),
     ("GET", "/console/overview"): read(),
     ("GET", "/console/traffic"): read(),
     ("GET", "/console/regions/{service}/{region}"): read(path_target()),

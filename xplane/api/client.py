@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
+
+# How long a CLI action waits for a pending (202) answer, polling its result.
+ACTION_WAIT_S = 60.0
 
 
 class ApiClientError(Exception):
@@ -24,9 +28,23 @@ class ApiClientError(Exception):
         super().__init__(f"HTTP {status}: {text}")
 
 
+class ActionPendingError(Exception):
+    """The workflow accepted (or was sent) the action but has not answered yet: the body
+    names the workflow, the update and where its result will be (``poll``)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        workflow, update = body.get("workflow_id"), body.get("update_id")
+        super().__init__(
+            f"still running: {body.get('message') or 'no answer yet'}; see its result with "
+            f"`xplane actions result {workflow} {update}`"
+        )
+
+
 class AdminClient:
-    # Actions wait for the workflow's answer (a drain: its transition is written).
-    def __init__(self, server: str, admin_token: str | None, timeout: float = 75.0) -> None:
+    # The API answers within a few seconds (its Temporal budget is 5 s): a pending
+    # action is a 202, polled by :meth:`action`.
+    def __init__(self, server: str, admin_token: str | None, timeout: float = 15.0) -> None:
         headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout)
 
@@ -37,6 +55,9 @@ class AdminClient:
         self._http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._answer(method, path, **kwargs)[1]
+
+    def _answer(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         response = self._http.request(method, path, **kwargs)
         try:
             body = response.json()
@@ -44,7 +65,7 @@ class AdminClient:
             body = response.text
         if response.status_code >= 400:
             raise ApiClientError(response.status_code, body)
-        return body
+        return response.status_code, body
 
     def list_nodes(self, **filters: str | None) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v}
@@ -58,11 +79,32 @@ class AdminClient:
     def drain(self, node_id: str, reason: str) -> dict[str, Any]:
         return self.action(f"/nodes/{node_id}/drain", {"reason": reason})
 
-    def action(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def action(
+        self, path: str, body: dict[str, Any], wait: float = ACTION_WAIT_S
+    ) -> dict[str, Any]:
         """An operator action (xplane.api.routes_actions): the workflow's answer, or
-        :class:`ApiClientError` (409: refused, with the workflow's reason)."""
-        result: dict[str, Any] = self._call("POST", path, json=body)
+        :class:`ApiClientError` (409: refused, with the workflow's reason). A pending
+        answer (202) is polled for up to ``wait`` s, then :class:`ActionPendingError`."""
+        status, answer = self._answer("POST", path, json=body)
+        if status == 202 and isinstance(answer, dict) and answer.get("status") == "pending":
+            return self.action_result(answer["workflow_id"], answer["update_id"], wait)
+        result: dict[str, Any] = answer
         return result
+
+    def action_result(
+        self, workflow_id: str, update_id: str, wait: float = ACTION_WAIT_S
+    ) -> dict[str, Any]:
+        """The result of an action answered 202; each GET waits up to 5 s on the server.
+        :class:`ActionPendingError` when it has not come within ``wait`` s."""
+        until = time.monotonic() + wait
+        while True:
+            status, answer = self._answer("GET", f"/actions/{workflow_id}/{update_id}")
+            if status != 202:
+                result: dict[str, Any] = answer
+                return result
+            if time.monotonic() >= until:
+                raise ActionPendingError(answer)
+            time.sleep(0.5)
 
     def regions(self, service: str | None = None) -> list[dict[str, Any]]:
         params = {"service": service} if service else {}

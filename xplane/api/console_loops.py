@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
@@ -23,6 +24,9 @@ from xplane.api.console_views import LoopState, Overview
 
 QUERY_TIMEOUT_S = 1.5
 CACHE_S = 5.0
+# All a request waits on Temporal, the wait for another request's round included.
+TEMPORAL_BUDGET_S = 2 * QUERY_TIMEOUT_S + 0.5
+QUERY_RPC_TIMEOUT = timedelta(seconds=QUERY_TIMEOUT_S)
 
 LoopQuerier = Callable[[Sequence[str]], Awaitable[dict[str, LoopState]]]
 
@@ -56,7 +60,9 @@ async def query_loops(client: Client, ids: Sequence[str]) -> dict[str, LoopState
 
     async def one(workflow_id: str) -> tuple[str, LoopState | None]:
         try:
-            answer = await client.get_workflow_handle(workflow_id).query(ControlLoopWorkflow.status)
+            answer = await client.get_workflow_handle(workflow_id).query(
+                ControlLoopWorkflow.status, rpc_timeout=QUERY_RPC_TIMEOUT
+            )
             status = answer.model_dump(mode="json")
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
@@ -78,24 +84,33 @@ async def query_loops(client: Client, ids: Sequence[str]) -> dict[str, LoopState
 
 
 class CachedLoops:
-    """At most one round of queries per ``CACHE_S`` per replica."""
+    """At most one round of queries per ``CACHE_S`` per replica (a failed one too: an
+    unreachable Temporal is not asked again by every request). No request waits more
+    than :data:`TEMPORAL_BUDGET_S`, however many queue behind a round in flight."""
 
     def __init__(self, client: Callable[[], Awaitable[Client]]) -> None:
         self._client = client
-        self._at = 0.0
+        self._at = -CACHE_S - 1.0
         self._ids: tuple[str, ...] = ()
         self._states: dict[str, LoopState] = {}
         self._lock = asyncio.Lock()
 
     async def __call__(self, ids: Sequence[str]) -> dict[str, LoopState]:
+        try:
+            async with asyncio.timeout(TEMPORAL_BUDGET_S):
+                return await self._ask(tuple(ids))
+        except TimeoutError:
+            return dict(self._states) if tuple(ids) == self._ids else {}
+
+    async def _ask(self, ids: tuple[str, ...]) -> dict[str, LoopState]:
         async with self._lock:
-            if time.monotonic() - self._at > CACHE_S or tuple(ids) != self._ids:
+            if time.monotonic() - self._at > CACHE_S or ids != self._ids:
                 try:
                     client = await asyncio.wait_for(self._client(), QUERY_TIMEOUT_S)
+                    states = await query_loops(client, ids)
                 except Exception:
-                    return {}
-                self._states = await query_loops(client, ids)
-                self._at, self._ids = time.monotonic(), tuple(ids)
+                    states = {}
+                self._states, self._at, self._ids = states, time.monotonic(), ids
             return dict(self._states)
 
 
@@ -144,7 +159,9 @@ async def loop_statuses(request: Request, ids: Sequence[str]) -> dict[str, dict[
 
     async def one(client: Client, workflow_id: str) -> tuple[str, dict[str, Any] | None]:
         try:
-            answer = await client.get_workflow_handle(workflow_id).query(ControlLoopWorkflow.status)
+            answer = await client.get_workflow_handle(workflow_id).query(
+                ControlLoopWorkflow.status, rpc_timeout=QUERY_RPC_TIMEOUT
+            )
         except Exception:  # not running, or the query failed: nothing to show for it
             return workflow_id, None
         return workflow_id, answer.model_dump(mode="json")

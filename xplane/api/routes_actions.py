@@ -13,18 +13,23 @@ POST /sync                                gitops-sync / sync          operator
 POST /gate/close, /gate/open              the store (no workflow)     operator
 POST /gtm/{service}/plan/approve          gtm-<service> / approve_plan  admin
 POST /gtm/{service}/plan/reject           gtm-<service> / reject_plan   admin
+GET /actions/{workflow_id}/{update_id}    a pending update's result   viewer
 ========================================  ==========================  ========
 
 Every body needs a ``reason``. A refusal (the update's validator, or its handler when
 the state moved on) is a 409 with the workflow's message, an unknown workflow a 404,
-Temporal unreachable or silent a 503, a handler that failed (a DNS provider) a 502.
+Temporal unreachable a 503 (nothing was sent), a handler that failed (a DNS provider) a
+502. No request waits on Temporal more than 5 s in total: an update the workflow has not
+answered by then is a 202 naming the workflow and the update, whose result
+``GET /actions/{workflow_id}/{update_id}`` answers later (200, or 202 while pending).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from workflows.control_loop import LoopActionRequest, LoopActionResult
@@ -33,9 +38,11 @@ from workflows.region_lifecycle import RegionActionResult, RegionRetryRequest
 from xplane import ids
 from xplane.api.actions import (
     ActionFailed,
+    ActionPending,
     ActionRefused,
     ActionsUnavailable,
     T,
+    UpdateMissing,
     WorkflowActions,
     WorkflowClosed,
     WorkflowMissing,
@@ -52,9 +59,28 @@ from xplane.store.db import transaction, utcnow
 from xplane.store.tables import column_length
 
 router = APIRouter(tags=["actions"])  # who may act: xplane.api.authz
+
+
+class ActionPendingBody(BaseModel):
+    """The workflow did not answer within the request's budget: the action goes on."""
+
+    status: Literal["pending"] = "pending"
+    # accepted: the workflow took it (its validator passed); sent: not taken yet (it may
+    # still be refused).
+    state: Literal["accepted", "sent"]
+    workflow_id: str
+    update_id: str
+    poll: str = Field(description="GET this path for the result (200), 202 while pending")
+    message: str
+
+
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 502, 503)
 }
+_PENDING: dict[int | str, dict[str, object]] = {
+    202: {"model": ActionPendingBody, "description": "not answered yet: poll"}
+}
+_ACTION_ANSWERS: dict[int | str, dict[str, object]] = {**_PENDING, **_ERRORS}
 REASON_MAX = column_length("control_gate", "operator_reason")
 
 NodeIdPath = Annotated[str, Path(max_length=column_length("nodes", "id"), pattern=NO_NUL_PATTERN)]
@@ -62,6 +88,13 @@ NamePath = Annotated[str, Path(max_length=63, pattern=NAME_PATTERN)]
 # Only XPlane's control loops have pause/resume: no arbitrary workflow id reaches Temporal.
 LOOP_PATTERN = r"^(gtm-[a-z0-9-]{1,63}|autoscale-[a-z0-9-]{1,127}|gitops-sync|world-state)$"
 LoopIdPath = Annotated[str, Path(max_length=140, pattern=LOOP_PATTERN)]
+# Every workflow an action route sends an update to (and nothing else).
+ACTION_WORKFLOW_PATTERN = (
+    r"^(node-[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?|region-[a-z0-9-]{1,63}"
+    r"|gtm-[a-z0-9-]{1,63}|autoscale-[a-z0-9-]{1,127}|gitops-sync|world-state)$"
+)
+ActionWorkflowPath = Annotated[str, Path(max_length=140, pattern=ACTION_WORKFLOW_PATTERN)]
+UpdateIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 class ActionBody(RequestModel):
@@ -108,16 +141,14 @@ async def run_update(
     field: str,
     missing: str | None = None,
     closed: str | None = None,
-) -> T:
-    """The update's answer, or the ApiError for how it did not answer."""
-    if actions is None:
-        raise ApiError(
-            503,
-            "operator actions need Temporal",
-            [("temporal", "start the API with --temporal (XPLANE_TEMPORAL_ADDRESS)")],
-        )
+) -> T | JSONResponse:
+    """The update's answer, a 202 while it is pending, or the ApiError for how it did
+    not answer."""
+    actions = _need(actions)
     try:
         return await actions.update(workflow_id, update, arg, result_type)
+    except ActionPending as exc:
+        return pending(exc)
     except ActionRefused as exc:
         raise ApiError(409, str(exc), [(field, str(exc))]) from None
     except WorkflowMissing as exc:
@@ -131,33 +162,60 @@ async def run_update(
         raise ApiError(503, "Temporal unavailable", [("temporal", str(exc))]) from None
 
 
+def _need(actions: WorkflowActions | None) -> WorkflowActions:
+    if actions is None:
+        raise ApiError(
+            503,
+            "operator actions need Temporal",
+            [("temporal", "start the API with --temporal (XPLANE_TEMPORAL_ADDRESS)")],
+        )
+    return actions
+
+
+def pending(exc: ActionPending) -> JSONResponse:
+    """202: the update goes on; its result is at ``poll``."""
+    poll = f"/actions/{exc.workflow_id}/{exc.update_id}"
+    if exc.state == "accepted":
+        message = f"{exc.workflow_id} accepted the action and has not finished it yet"
+    else:
+        message = f"sent to {exc.workflow_id}, not taken yet (it may still be refused)"
+    body = ActionPendingBody(
+        state=exc.state,
+        workflow_id=exc.workflow_id,
+        update_id=exc.update_id,
+        poll=poll,
+        message=f"{message}: GET {poll} for its result",
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=202)
+
+
 # --------------------------------------------------------------------- nodes
-@router.post("/nodes/{node_id}/drain", response_model=NodeActionResult, responses=_ERRORS)
+@router.post("/nodes/{node_id}/drain", response_model=NodeActionResult, responses=_ACTION_ANSWERS)
 async def drain_node(
     node_id: NodeIdPath,
     body: DrainRequest,
     request: Request,
     actions: WorkflowActions | None = Depends(get_actions),
-) -> NodeActionResult:
+) -> NodeActionResult | JSONResponse:
     """Out of DNS now, then the agent is told to stop taking traffic; deleted after the
     record TTL and the drain timeout unless undrained first."""
     return await _node_action(actions, node_id, "drain", body.reason, actor(request))
 
 
-@router.post("/nodes/{node_id}/undrain", response_model=NodeActionResult, responses=_ERRORS)
+@router.post("/nodes/{node_id}/undrain", response_model=NodeActionResult, responses=_ACTION_ANSWERS)
 async def undrain_node(
     node_id: NodeIdPath,
     body: DrainRequest,
     request: Request,
     actions: WorkflowActions | None = Depends(get_actions),
-) -> NodeActionResult:
+) -> NodeActionResult | JSONResponse:
     """Withdraw a drain in time: the node comes back through warm when it is healthy."""
     return await _node_action(actions, node_id, "undrain", body.reason, actor(request))
 
 
 async def _node_action(
     actions: WorkflowActions | None, node_id: str, update: str, reason: str, by: str
-) -> NodeActionResult:
+) -> NodeActionResult | JSONResponse:
     return await run_update(
         actions,
         ids.node_workflow_id(node_id),
@@ -171,30 +229,34 @@ async def _node_action(
 
 
 # --------------------------------------------------------------------- loops
-@router.post("/loops/{workflow_id}/pause", response_model=LoopActionResult, responses=_ERRORS)
+@router.post(
+    "/loops/{workflow_id}/pause", response_model=LoopActionResult, responses=_ACTION_ANSWERS
+)
 async def pause_loop(
     workflow_id: LoopIdPath,
     body: ActionBody,
     request: Request,
     actions: WorkflowActions | None = Depends(get_actions),
-) -> LoopActionResult:
+) -> LoopActionResult | JSONResponse:
     """No reconcile until resumed; answered once the reconcile in flight (if any) ended."""
     return await _loop_action(actions, workflow_id, "pause", body.reason, actor(request))
 
 
-@router.post("/loops/{workflow_id}/resume", response_model=LoopActionResult, responses=_ERRORS)
+@router.post(
+    "/loops/{workflow_id}/resume", response_model=LoopActionResult, responses=_ACTION_ANSWERS
+)
 async def resume_loop(
     workflow_id: LoopIdPath,
     body: ActionBody,
     request: Request,
     actions: WorkflowActions | None = Depends(get_actions),
-) -> LoopActionResult:
+) -> LoopActionResult | JSONResponse:
     return await _loop_action(actions, workflow_id, "resume", body.reason, actor(request))
 
 
 async def _loop_action(
     actions: WorkflowActions | None, workflow_id: str, update: str, reason: str, by: str
-) -> LoopActionResult:
+) -> LoopActionResult | JSONResponse:
     return await run_update(
         actions,
         workflow_id,
@@ -206,10 +268,10 @@ async def _loop_action(
     )
 
 
-@router.post("/sync", response_model=LoopActionResult, responses=_ERRORS)
+@router.post("/sync", response_model=LoopActionResult, responses=_ACTION_ANSWERS)
 async def sync_now(
     body: ActionBody, request: Request, actions: WorkflowActions | None = Depends(get_actions)
-) -> LoopActionResult:
+) -> LoopActionResult | JSONResponse:
     """Pull the config repo now; answers what the sync did."""
     return await run_update(
         actions,
@@ -224,7 +286,9 @@ async def sync_now(
 
 # ------------------------------------------------------------------- regions
 @router.post(
-    "/regions/{service}/{region}/retry", response_model=RegionActionResult, responses=_ERRORS
+    "/regions/{service}/{region}/retry",
+    response_model=RegionActionResult,
+    responses=_ACTION_ANSWERS,
 )
 async def retry_region(
     service: NamePath,
@@ -232,13 +296,15 @@ async def retry_region(
     body: ActionBody,
     request: Request,
     actions: WorkflowActions | None = Depends(get_actions),
-) -> RegionActionResult:
+) -> RegionActionResult | JSONResponse:
     """Start a failed bootstrap again."""
     return await _region_action(actions, service, region, "retry", body.reason, actor(request))
 
 
 @router.post(
-    "/regions/{service}/{region}/retire", response_model=RegionActionResult, responses=_ERRORS
+    "/regions/{service}/{region}/retire",
+    response_model=RegionActionResult,
+    responses=_ACTION_ANSWERS,
 )
 async def retire_region(
     service: NamePath,
@@ -246,14 +312,14 @@ async def retire_region(
     body: ActionBody,
     request: Request,
     actions: WorkflowActions | None = Depends(get_actions),
-) -> RegionActionResult:
+) -> RegionActionResult | JSONResponse:
     """Take the region out: GTM 0, drain, pool to 0 via Git, remove (admin)."""
     return await _region_action(actions, service, region, "retire", body.reason, actor(request))
 
 
 async def _region_action(
     actions: WorkflowActions | None, service: str, region: str, update: str, reason: str, by: str
-) -> RegionActionResult:
+) -> RegionActionResult | JSONResponse:
     return await run_update(
         actions,
         ids.region_id(region),
@@ -266,31 +332,35 @@ async def _region_action(
 
 
 # ----------------------------------------------------------------------- GTM
-@router.post("/gtm/{service}/plan/approve", response_model=PlanDecisionResult, responses=_ERRORS)
+@router.post(
+    "/gtm/{service}/plan/approve", response_model=PlanDecisionResult, responses=_ACTION_ANSWERS
+)
 async def approve_plan(
     service: NamePath,
     body: PlanDecisionBody,
     request: Request,
     actions: WorkflowActions | None = Depends(get_actions),
-) -> PlanDecisionResult:
+) -> PlanDecisionResult | JSONResponse:
     """Apply the DNS plan the safety threshold held, once, past the threshold (admin)."""
     return await _plan(actions, service, "approve_plan", body, actor(request))
 
 
-@router.post("/gtm/{service}/plan/reject", response_model=PlanDecisionResult, responses=_ERRORS)
+@router.post(
+    "/gtm/{service}/plan/reject", response_model=PlanDecisionResult, responses=_ACTION_ANSWERS
+)
 async def reject_plan(
     service: NamePath,
     body: PlanDecisionBody,
     request: Request,
     actions: WorkflowActions | None = Depends(get_actions),
-) -> PlanDecisionResult:
+) -> PlanDecisionResult | JSONResponse:
     """Drop the held plan: DNS keeps its answer until the loop wants another (admin)."""
     return await _plan(actions, service, "reject_plan", body, actor(request))
 
 
 async def _plan(
     actions: WorkflowActions | None, service: str, update: str, body: PlanDecisionBody, by: str
-) -> PlanDecisionResult:
+) -> PlanDecisionResult | JSONResponse:
     return await run_update(
         actions,
         ids.gtm_id(service),
@@ -300,6 +370,40 @@ async def _plan(
         field="service",
         missing="unknown service",
     )
+
+
+# ------------------------------------------------------------------- pending
+@router.get(
+    "/actions/{workflow_id}/{update_id}",
+    response_model=dict[str, Any],
+    responses={
+        **_PENDING,
+        **{code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422, 502, 503)},
+    },
+)
+async def action_result(
+    workflow_id: ActionWorkflowPath,
+    update_id: UpdateIdPath,
+    actions: WorkflowActions | None = Depends(get_actions),
+) -> dict[str, Any] | JSONResponse:
+    """The result of an action answered 202: 200 with the workflow's answer (as the
+    action's route would have given it), 202 while it is still running (waits up to 5 s
+    for it), 409 / 502 as the action would have answered, 404 for an unknown update."""
+    actions = _need(actions)
+    try:
+        return await actions.result(workflow_id, update_id)
+    except ActionPending as exc:
+        return pending(exc)
+    except ActionRefused as exc:
+        raise ApiError(409, str(exc), [("update_id", str(exc))]) from None
+    except (WorkflowMissing, UpdateMissing) as exc:
+        raise ApiError(404, "unknown update", [("update_id", str(exc))]) from None
+    except WorkflowClosed as exc:
+        raise ApiError(409, str(exc), [("workflow_id", str(exc))]) from None
+    except ActionFailed as exc:
+        raise ApiError(502, "the action failed", [("update_id", str(exc))]) from None
+    except ActionsUnavailable as exc:
+        raise ApiError(503, "Temporal unavailable", [("temporal", str(exc))]) from None
 
 
 # ---------------------------------------------------------------------- gate

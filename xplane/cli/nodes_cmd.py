@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from xplane.api.client import AdminClient, ApiClientError
+from xplane.api.client import ActionPendingError, AdminClient, ApiClientError
 from xplane.cli.credentials import DEFAULT_SERVER, api_token, api_url
 
 app = typer.Typer(help="Registered nodes (through the API).", no_args_is_help=True)
@@ -111,9 +111,13 @@ def drain_cmd(
     """Drain a node: out of DNS, then its agent is told to stop taking traffic.
 
     Answered by the node's lifecycle (a Workflow Update), or refused with its reason."""
+    from xplane.cli.actions_cmd import _pending, action_wait
+
     try:
         with _client(server, token) as client:
-            answer = client.drain(node_id, reason)
+            answer = client.action(f"/nodes/{node_id}/drain", {"reason": reason}, action_wait())
+    except ActionPendingError as exc:
+        raise _pending(exc) from None
     except Exception as exc:
         raise _fail(exc) from None
     typer.echo(answer["message"])
