@@ -7,6 +7,7 @@ tiny loopback server answering with Route53's XML error body.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -347,25 +349,38 @@ class _ThrottlingProxy(BaseHTTPRequestHandler):
 
     upstream = ""
     throttle = 0
-    retry_after = "1"
+    retry_after: str | None = "1"
+    # 400 with Route53's XML ``Throttling`` body; 429 as a rate-limiting proxy or gateway
+    # in front of the API answers (``xml`` False: a plain-text body, no error code).
+    status = 400
+    xml = True
     arrivals: list[float]
+    throttled_at: list[float]
+    writes: list[float]
 
     def _serve(self) -> None:
         cls = type(self)
-        cls.arrivals.append(time.monotonic())
+        now = time.monotonic()
+        cls.arrivals.append(now)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if cls.throttle > 0:
             cls.throttle -= 1
+            cls.throttled_at.append(now)
             data = (
                 b'<?xml version="1.0"?><ErrorResponse xmlns="https://route53.amazonaws.com/doc/'
                 b'2013-04-01/"><Error><Type>Sender</Type><Code>Throttling</Code>'
                 b"<Message>Rate exceeded</Message></Error><RequestId>r-2</RequestId>"
                 b"</ErrorResponse>"
             )
-            self.send_response(400)
-            self.send_header("Retry-After", cls.retry_after)
-            self.send_header("Content-Type", "text/xml")
+            if not cls.xml:
+                data = b"Too Many Requests\n"
+            self.send_response(cls.status)
+            if cls.retry_after is not None:
+                self.send_header("Retry-After", cls.retry_after)
+            self.send_header("Content-Type", "text/xml" if cls.xml else "text/plain")
         else:
+            if self.command == "POST" and self.path.endswith("/rrset/"):
+                cls.writes.append(now)
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
             answer = httpx.request(
                 self.command, cls.upstream + self.path, headers=headers, content=body
@@ -385,7 +400,11 @@ class _ThrottlingProxy(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def throttling(aws: Any, moto_url: str) -> Iterator[tuple[str, type[_ThrottlingProxy]]]:
-    handler = type("Proxy", (_ThrottlingProxy,), {"upstream": moto_url, "arrivals": []})
+    handler = type(
+        "Proxy",
+        (_ThrottlingProxy,),
+        {"upstream": moto_url, "arrivals": [], "throttled_at": [], "writes": []},
+    )
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -410,6 +429,37 @@ def test_throttling_says_when_to_retry_and_the_retry_writes(
     assert published(aws)["A/api-jp"][1] == ["192.0.2.1"]
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "xml", "waited"),
+    [("2", True, 2.0), ("2", False, 2.0), (None, True, 1.0), (None, False, 1.0)],
+    ids=["retry-after-xml", "retry-after-plain", "no-retry-after-xml", "no-retry-after-plain"],
+)
+def test_a_429_backs_off_for_retry_after_and_the_retry_writes(
+    aws: Any,
+    throttling: tuple[str, type[_ThrottlingProxy]],
+    retry_after: str | None,
+    xml: bool,
+    waited: float,
+) -> None:
+    """HTTP 429 (a rate-limiting gateway's answer, with or without Route53's XML body):
+    retryable, pauses the account's bucket for its Retry-After (else 1 s) so nothing is
+    sent before then, and the retry writes. Without Retry-After the error names no delay:
+    the activity's retry policy backs off exponentially (1 s, 2 s, 4 s, ...)."""
+    url, proxy = throttling
+    proxy.status, proxy.xml, proxy.retry_after = 429, xml, retry_after
+    dns_provider = provider(url, hosted_zone_id=zone_id(aws))
+    proxy.throttle = 1
+    with pytest.raises(DnsThrottledError, match=r"HTTP 429") as caught:
+        dns_provider.sync(service({"jp": (100, ["192.0.2.1"])}))
+    assert caught.value.retryable
+    assert caught.value.retry_after == (waited if retry_after else None)
+    dns_provider.sync(service({"jp": (100, ["192.0.2.1"])}))  # the activity's retry
+    [throttled] = proxy.throttled_at
+    assert proxy.arrivals[-2] - throttled >= waited - 0.05  # nothing sent meanwhile
+    assert len(proxy.writes) == 1 and proxy.writes[0] - throttled >= waited - 0.05
+    assert published(aws)["A/api-jp"][1] == ["192.0.2.1"]
+
+
 def test_calls_stay_within_five_a_second_per_account(
     aws: Any, throttling: tuple[str, type[_ThrottlingProxy]]
 ) -> None:
@@ -422,3 +472,99 @@ def test_calls_stay_within_five_a_second_per_account(
     assert len(arrivals) >= 12
     busiest = max(sum(1 for t in arrivals if s <= t < s + 0.95) for s in arrivals)
     assert busiest <= 5
+
+
+@pytest.fixture(scope="module")
+def node_health_port() -> Iterator[int]:
+    """The GTM loop tests' nodes answering their health check (one server per address)."""
+    from tests.test_gtm_loop import NODES, _serve, _stop
+
+    port = free_port()
+    servers = _serve(list(NODES.values()), port)
+    yield port
+    _stop(servers)
+
+
+async def test_the_gtm_loop_rides_out_a_throttling_route53(
+    aws: Any,
+    throttling: tuple[str, type[_ThrottlingProxy]],
+    time_env: Any,
+    tmp_path: Path,
+    node_health_port: int,
+) -> None:
+    """The GTM loop against Route53 behind a gateway answering 429: first with
+    Retry-After: 2, then without. No call reaches the endpoint before Retry-After (nor
+    within the 1 s back-off after a bare 429), the apply's retries publish every address
+    in the same reconcile, and the loop records no failed run."""
+    from tests.test_gtm_loop import NODES, _beat, _gtm_loop
+    from workflows.control_loop import LoopStatus
+    from workflows.gtm_loop import GtmLoopWorkflow
+    from xplane.config.loader import load_config_from_mapping
+    from xplane.domain import NodeState
+    from xplane.store import nodes as node_store
+    from xplane.store.config_store import save_revision
+    from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
+    from xplane.store.registration import Registration, register_node
+
+    url, proxy = throttling
+    proxy.status, proxy.xml = 429, False
+    engine = make_engine(f"sqlite:///{tmp_path}/r53.db")
+    Base.metadata.create_all(engine)
+    sessions = make_sessionmaker(engine)
+    config = {
+        "regions/global.yaml": "regions:\n  - name: jp\n  - name: sg\n",
+        "gtm/api.yaml": f"""
+service: api
+domain: {NAME}
+regions: [{{name: jp, weight: 100}}, {{name: sg, weight: 100}}]
+health: {{type: http, path: /healthz, port: {node_health_port}, interval: 5s, timeout: 1s,
+          healthy_threshold: 1, unhealthy_threshold: 1}}
+dns: {{provider: route53, endpoint_url: "{url}", zone: {ZONE},
+       access_key_id_env: XPLANE_TEST_AWS_ID, secret_access_key_env: XPLANE_TEST_AWS_SECRET}}
+""",
+    }
+    with transaction(sessions) as session:
+        save_revision(session, "d" * 40, load_config_from_mapping(config), "test")
+        for node_id, address in NODES.items():
+            register_node(
+                session,
+                Registration(
+                    node_id=node_id, service="api", region=node_id[:2], address=address,
+                    token_hash=uuid.uuid4().hex, port=node_health_port,
+                ),
+                utcnow(),
+                timedelta(seconds=30),
+            )  # fmt: skip
+            node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", utcnow())
+    for node_id in NODES:
+        _beat(sessions, node_id)
+
+    answers = iter(["2", None])
+
+    proxy.throttle = 2  # two 429s in a row: Retry-After 2, then none
+    original = proxy._serve
+
+    def serve(self: _ThrottlingProxy) -> None:
+        if type(self).throttle > 0:
+            type(self).retry_after = next(answers)
+        original(self)
+
+    proxy.do_GET = proxy.do_POST = serve  # type: ignore[method-assign,assignment]
+    try:
+        async with _gtm_loop(time_env, sessions, "api", f"r53-{uuid.uuid4().hex[:6]}", "r53") as h:
+            for _ in range(80):
+                await asyncio.sleep(0.25)
+                if published(aws).get("A/api-sg", (None, []))[1]:
+                    break
+            status: LoopStatus = await h.query(GtmLoopWorkflow.status)
+    finally:
+        engine.dispose()
+    shown = published(aws)
+    assert shown["A/api-jp"][1] == sorted([NODES["jp-1"], NODES["jp-2"]])
+    assert shown["A/api-sg"][1] == [NODES["sg-1"]]
+    first, second = proxy.throttled_at
+    assert second - first >= 2.0 - 0.05  # Retry-After: 2 honoured
+    after = [t for t in proxy.arrivals if t > second]
+    assert after and after[0] - second >= 1.0 - 0.05  # a bare 429: the 1 s back-off
+    assert len(proxy.writes) == 1
+    assert status.errors == 0 and status.last_error is None, status
