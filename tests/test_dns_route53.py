@@ -549,7 +549,7 @@ dns: {{provider: route53, endpoint_url: "{url}", zone: {ZONE},
             type(self).retry_after = next(answers)
         original(self)
 
-    proxy.do_GET = proxy.do_POST = serve  # type: ignore[method-assign,assignment]
+    proxy.do_GET = proxy.do_POST = serve
     try:
         async with _gtm_loop(time_env, sessions, "api", f"r53-{uuid.uuid4().hex[:6]}", "r53") as h:
             for _ in range(80):

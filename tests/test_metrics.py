@@ -293,3 +293,30 @@ def test_worker_metrics_server_serves_the_registry(service: str) -> None:
     assert value(samples, "xplane_autoscale_commits_total", service=service, region="eu") == 1
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_worker_metrics_server_requires_the_metrics_token_when_set(service: str) -> None:
+    """``xplane worker`` serves /metrics on XPLANE_METRICS_PORT; with XPLANE_METRICS_TOKEN
+    set it answers 401 to a scrape without that bearer token, as the API does."""
+    token = f"scrape-{uuid.uuid4().hex}"
+    port = free_port()
+    env = {"XPLANE_METRICS_PORT": str(port), "XPLANE_METRICS_TOKEN": token}
+    assert metrics.worker_metrics_server({}, host="127.0.0.1") is None  # no port: none
+    stop = metrics.worker_metrics_server(env, host="127.0.0.1")
+    assert stop is not None
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        metrics.autoscale_commit(service, "eu")
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            refused = httpx.get(url, headers=headers, timeout=10)
+            assert refused.status_code == 401, headers
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert "xplane_" not in refused.text
+        allowed = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    finally:
+        stop()
+    assert allowed.status_code == 200
+    samples = parse(allowed.text)
+    assert value(samples, "xplane_autoscale_commits_total", service=service, region="eu") == 1
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)

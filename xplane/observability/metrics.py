@@ -13,7 +13,8 @@ so every API replica reports the same truth; the answer is reused for
 ``NODE_COUNT_MAX_AGE`` (15 s) so scrapes, however frequent or many, cost the
 store at most one query per replica per interval.
 
-``/metrics`` on the API can require ``Authorization: Bearer <XPLANE_METRICS_TOKEN>``.
+``/metrics`` on the API, and on the worker's metrics port, can require
+``Authorization: Bearer <XPLANE_METRICS_TOKEN>``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -35,7 +36,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -430,12 +431,39 @@ def metrics_router(
     return router
 
 
-def start_metrics_server(port: int, host: str = "0.0.0.0") -> Callable[[], None]:
+def start_metrics_server(
+    port: int, host: str = "0.0.0.0", token: str | None = None
+) -> Callable[[], None]:
     """Serve the module registry on ``host:port`` from a daemon thread (``xplane worker``).
 
-    Returns a function that stops the server.
+    With ``token`` (``XPLANE_METRICS_TOKEN``) a scrape must send it as a bearer token
+    (401 otherwise), as on the API. Returns a function that stops the server.
     """
-    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    registry_app = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if token and not bearer_matches(environ.get("HTTP_AUTHORIZATION"), token):
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
+            )
+            return [b"metrics token required\n"]
+        answer: Iterable[bytes] = registry_app(environ, start_response)
+        return answer
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = make_server(host, port, app, Server, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="xplane-metrics", daemon=True)
+    thread.start()
 
     def stop() -> None:
         server.shutdown()
@@ -443,3 +471,14 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> Callable[[], None]
         thread.join(timeout=5)
 
     return stop
+
+
+def worker_metrics_server(
+    env: Mapping[str, str], host: str = "0.0.0.0"
+) -> Callable[[], None] | None:
+    """The worker's metrics server from its environment: on ``XPLANE_METRICS_PORT`` (none
+    without it), requiring ``XPLANE_METRICS_TOKEN`` when that is set."""
+    port = env.get("XPLANE_METRICS_PORT")
+    if not port:
+        return None
+    return start_metrics_server(int(port), host, token=env.get("XPLANE_METRICS_TOKEN") or None)

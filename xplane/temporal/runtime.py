@@ -42,11 +42,10 @@ async def run_worker_forever(settings: Settings, *, ensure_loops: bool = True) -
     stop = asyncio.Event()
     install_stop_signals(stop)
     worker = build_worker(client, settings, sessions)
-    stop_metrics = None
-    if os.environ.get("XPLANE_METRICS_PORT"):
-        from xplane.observability.metrics import start_metrics_server
+    from xplane.observability.metrics import worker_metrics_server
 
-        stop_metrics = start_metrics_server(int(os.environ["XPLANE_METRICS_PORT"]))
+    # /metrics on XPLANE_METRICS_PORT, behind XPLANE_METRICS_TOKEN when that is set.
+    stop_metrics = worker_metrics_server(os.environ)
     try:
         async with worker:
             if ensure_loops:
