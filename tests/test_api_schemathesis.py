@@ -164,6 +164,7 @@ def _token_for(path: str, api: RunningProcess) -> str | None:
         return None  # an authorised stream stays open: only its refusals are fuzzed
     if path.startswith(
         ("/nodes", "/regions", "/console", "/tokens", "/loops", "/sync", "/gate", "/gtm")
+        + ("/actions",)
     ):
         return ADMIN
     return None
