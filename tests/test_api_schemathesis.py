@@ -162,10 +162,8 @@ def _token_for(path: str, api: RunningProcess) -> str | None:
         return api.node_token
     if path == "/console/events/stream":
         return None  # an authorised stream stays open: only its refusals are fuzzed
-    if path.startswith(
-        ("/nodes", "/regions", "/console", "/tokens", "/loops", "/sync", "/gate", "/gtm")
-        + ("/actions",)
-    ):
+    routes = ("/nodes", "/regions", "/console", "/tokens", "/loops", "/sync", "/gate", "/gtm")
+    if path.startswith((*routes, "/actions")):
         return ADMIN
     return None
 
