@@ -187,6 +187,7 @@ def measure(
             stored = count_samples(session)
         engine.dispose()
     xplane, bare = _median(runs["xplane"]), _median(runs["bare"])
+    pg = db_url.startswith("postgresql")
     paced_x = at_rate["xplane"]
     answered = sum(r["requests"] - r["non_2xx"] for r in runs["xplane"])
     answered += paced_x["requests_all"] - paced_x["non_2xx"]
@@ -196,7 +197,8 @@ def measure(
         "connections": connections,
         "duration_s": duration,
         "rounds": rounds,
-        "synchronous_commit": settings.heartbeat_synchronous_commit,
+        # PostgreSQL's heartbeat commit mode (docs/deploy.md); SQLite has none.
+        "synchronous_commit": settings.heartbeat_synchronous_commit if pg else None,
         "load_average": round(os.getloadavg()[0], 2),
         "xplane": xplane,
         "bare": bare,
