@@ -11,8 +11,12 @@ is work XPlane skips: the ratio can pass 100%. What it measures is what an
 operator cares about: heartbeats stored per second against what FastAPI itself
 serves on this machine.
 
-    .venv/bin/python bench/heartbeat_ingest.py [--db URL] [--nodes 1000]
-        [--connections 64] [--duration 6] [--rounds 3] [--rate 1000]
+    .venv/bin/python bench/heartbeat_ingest.py [--backend sqlite|postgresql | --db URL]
+        [--nodes 1000] [--connections 64] [--duration 6] [--rounds 3] [--rate 1000]
+        [--synchronous-commit on|off]
+
+``--backend postgresql`` measures PostgreSQL alone, in a throwaway database made
+(and dropped) on the server of ``--pg-admin``; ``--db`` uses a given, empty one.
 
 Against any running XPlane API (registers --nodes bench nodes there, with the
 join token in XPLANE_BOOTSTRAP_TOKEN; prints saturated and paced figures):
@@ -31,10 +35,14 @@ import os
 import re
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from fastapi import FastAPI
 
 import xplane.store.tables  # noqa: F401  (registers every table)
@@ -47,6 +55,7 @@ from xplane.store.db import Base, make_engine, make_sessionmaker, transaction
 from xplane.store.samples import count_samples
 
 BOOT, ADMIN = "bench-boot", "bench-admin"
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 LUA = """
 local nodes = %s
@@ -139,6 +148,7 @@ def measure(
     duration: int,
     rounds: int = 3,
     rate: int = 1000,
+    synchronous_commit: bool | None = None,
 ) -> dict[str, Any]:
     """Saturate the XPlane API and the bare endpoint in turns, then pace both at ``rate``/s.
 
@@ -149,7 +159,14 @@ def measure(
     with tempfile.TemporaryDirectory() as tmp:
         db_url = db_url or f"sqlite:///{tmp}/bench.db"
         seed(db_url)
-        settings = ApiSettings(db_url=db_url, bootstrap_token=BOOT, admin_token=ADMIN)
+        commit_mode = (
+            {}
+            if synchronous_commit is None
+            else {"heartbeat_synchronous_commit": synchronous_commit}
+        )
+        settings = ApiSettings(
+            db_url=db_url, bootstrap_token=BOOT, admin_token=ADMIN, **commit_mode
+        )
         app = create_app(settings)
         with serve_in_thread(app) as api, serve_in_thread(bare_app()) as bare_api:
             registered = register(api.url, nodes)
@@ -170,6 +187,7 @@ def measure(
             stored = count_samples(session)
         engine.dispose()
     xplane, bare = _median(runs["xplane"]), _median(runs["bare"])
+    pg = db_url.startswith("postgresql")
     paced_x = at_rate["xplane"]
     answered = sum(r["requests"] - r["non_2xx"] for r in runs["xplane"])
     answered += paced_x["requests_all"] - paced_x["non_2xx"]
@@ -179,6 +197,9 @@ def measure(
         "connections": connections,
         "duration_s": duration,
         "rounds": rounds,
+        # PostgreSQL's heartbeat commit mode (docs/deploy.md); SQLite has none.
+        "synchronous_commit": settings.heartbeat_synchronous_commit if pg else None,
+        "load_average": round(os.getloadavg()[0], 2),
         "xplane": xplane,
         "bare": bare,
         "ratio": round(xplane["rps"] / bare["rps"], 3) if bare["rps"] else 0.0,
@@ -215,6 +236,19 @@ def run_paced(
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
+SUMMARY_KEYS = (
+    "backend",
+    "ratio",
+    "xplane_rps_runs",
+    "bare_rps_runs",
+    "answered_2xx",
+    "samples_stored",
+    "mean_batch",
+    "synchronous_commit",
+    "load_average",
+)
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -265,12 +299,38 @@ def measure_url(
     return {"url": url, "nodes": nodes, "saturated": saturated, "at_rate": paced}
 
 
+@contextmanager
+def throwaway_pg(admin_url: str = PG_ADMIN) -> Iterator[str]:
+    """A new, empty database on ``admin_url``'s server, dropped afterwards."""
+    name = f"xplane_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="load this running API instead (see measure_url)")
     parser.add_argument("--service", default="web", help="with --url: a configured service")
     parser.add_argument("--region", default="jp", help="with --url: one of its regions")
     parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql"),
+        help="sqlite: a temporary file; postgresql: a throwaway database (see --pg-admin)",
+    )
+    parser.add_argument("--pg-admin", default=PG_ADMIN, help="with --backend postgresql")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        help="PostgreSQL: heartbeat batches' synchronous_commit (default: the API's, off)",
+    )
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
@@ -284,9 +344,16 @@ def main() -> None:
         )  # fmt: skip
         print(json.dumps(found, indent=2))
         return
-    result = measure(args.db, args.nodes, args.connections, args.duration, args.rounds, args.rate)
+    sync = None if args.synchronous_commit is None else args.synchronous_commit == "on"
+    counts = (args.nodes, args.connections, args.duration, args.rounds, args.rate, sync)
+    if args.backend == "postgresql":
+        with throwaway_pg(args.pg_admin) as url:
+            result = measure(url, *counts)
+    else:
+        result = measure(None if args.backend == "sqlite" else args.db, *counts)
     print(HEADER)
     print(describe(result))
+    print(json.dumps({k: result[k] for k in SUMMARY_KEYS}))
 
 
 def _lua_table(nodes: list[dict[str, str]]) -> str:

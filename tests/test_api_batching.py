@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
 from tests.test_api_support import (
@@ -101,3 +102,40 @@ async def test_batches_in_flight_never_exceed_the_writer_concurrency(concurrency
     await writer.stop()
     assert [r.node_id for r in results if r] == [b.node_id for b in beats]
     assert peak == concurrency and writer.stats.heartbeats == 12
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_dropped_writer_connection_costs_no_heartbeat(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The writer's pool has no pre-ping (a round trip per batch): a connection the server
+    dropped fails its batch's first try, is discarded, and the second try stores it."""
+    for url, engine in module_database(backend, str(tmp_path_factory.mktemp("api"))):
+        reset_database(engine)
+        with running_api(engine, url, batch_concurrency=1) as api:
+            node_id, token = api.registered(node_id="jp-001", address="10.0.0.1")
+            assert api.heartbeat(node_id, token).status_code == 200
+            with engine.connect() as conn:
+                dropped = conn.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            assert dropped  # the writer's idle connection among them
+            failed_before = api.app.state.ctx.writer.stats.failed_batches
+            assert api.heartbeat(node_id, token).status_code == 200
+            assert api.counts()[1] == 2
+            assert api.app.state.ctx.writer.stats.failed_batches == failed_before
+
+
+@pytest.mark.parametrize(("value", "synchronous"), [(None, False), ("true", True), ("off", False)])
+def test_the_heartbeat_commit_mode_comes_from_the_environment(
+    value: str | None, synchronous: bool
+) -> None:
+    """Off unless XPLANE_HEARTBEAT_SYNCHRONOUS_COMMIT says otherwise (docs/deploy.md)."""
+    from xplane.api import ApiSettings, create_app
+
+    env = {} if value is None else {"XPLANE_HEARTBEAT_SYNCHRONOUS_COMMIT": value}
+    app = create_app(ApiSettings.from_env(env, db_url="sqlite://"))
+    assert app.state.ctx.writer.synchronous_commit is synchronous

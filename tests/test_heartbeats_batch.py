@@ -1,11 +1,12 @@
-"""A batch of heartbeats stores the same rows on both stores (PostgreSQL: one unnest
-statement per batch, xplane/store/heartbeats_pg.py; SQLite: executemany)."""
+"""A batch of heartbeats stores the same rows on both stores (PostgreSQL: unnest
+statements sent in one round trip, xplane/store/heartbeats_pg.py; SQLite: executemany)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Engine
+import pytest
+from sqlalchemy import Engine, text
 
 from tests.test_node_store import T0, TIMEOUT, YES, beat, reg
 from xplane.store import nodes as store
@@ -54,6 +55,70 @@ def test_two_beats_of_one_node_in_a_batch_leave_the_later_one(engine: Engine) ->
         assert sorted(x.cpu for x in metric_samples(s, "web", "jp", T0)) == [0.1, 0.2]
 
 
-def test_latest_per_node_keeps_the_last_update_of_each_node_in_id_order() -> None:
-    updates = [{"b_id": "b", "v": 1}, {"b_id": "a", "v": 2}, {"b_id": "b", "v": 3}]
-    assert latest_per_node(updates) == [{"b_id": "a", "v": 2}, {"b_id": "b", "v": 3}]
+def test_a_batch_stores_exactly_the_beats_it_answers(engine: Engine) -> None:
+    """Duplicates of one node, a beat under a replaced token between them, an unknown
+    node: a sample for every beat answered, none for the others, and the node row
+    left with the latest answered beat and the last status it reported."""
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as s:
+        register_node(s, reg(), T0, TIMEOUT, authorize=YES)
+        register_node(s, reg("jp-2", "10.0.0.2", "h2"), T0, TIMEOUT, authorize=YES)
+    t = [T0 + timedelta(seconds=i) for i in range(1, 7)]
+    beats = [
+        beat(at=t[0], cpu=0.1, reported_status="drain"),
+        beat("jp-2", "h2", at=t[1], cpu=0.2),
+        beat(token="stale", at=t[2], cpu=0.3, reported_status="up"),  # replaced token
+        beat(at=t[3], cpu=0.4),  # no status: keeps "drain"
+        beat("jp-9", "h9", at=t[4], cpu=0.5),  # unknown node
+        beat(at=t[5], cpu=0.6),
+    ]
+    with transaction(factory) as s:
+        results = apply_heartbeats(s, beats, TIMEOUT)
+    answered = [b for b, r in zip(beats, results, strict=True) if r is not None]
+    assert [b.cpu for b in answered] == [0.1, 0.2, 0.4, 0.6]
+    with factory() as s:
+        node = store.get_node(s, "jp-1")
+        assert (node.last_heartbeat_at, node.cpu, node.reported_status) == (t[5], 0.6, "drain")
+        stored = metric_samples(s, "web", "jp", T0)
+    assert sorted((x.node_id, x.cpu) for x in stored) == sorted(
+        (b.node_id, b.cpu) for b in answered
+    )
+
+
+def test_latest_per_node_keeps_the_last_beat_of_each_node_and_its_last_status() -> None:
+    beats = [
+        beat("b", at=T0, cpu=0.1, reported_status="drain"),
+        beat("a", at=T0, cpu=0.2),
+        beat("b", "other", at=T0, cpu=0.3, reported_status="up"),  # another token: apart
+        beat("b", at=T0, cpu=0.4),
+    ]
+    latest = latest_per_node(beats)
+    assert [(b.node_id, b.token_hash, b.cpu, b.reported_status) for b in latest] == [
+        ("a", "h1", 0.2, None),
+        ("b", "h1", 0.4, "drain"),
+        ("b", "other", 0.3, "up"),
+    ]
+
+
+@pytest.mark.parametrize("synchronous", [True, False])
+def test_synchronous_commit_off_holds_for_the_batch_transaction_only(
+    engine: Engine, synchronous: bool
+) -> None:
+    """PostgreSQL: ``SET LOCAL``, so the next transaction on that connection is
+    synchronous again. SQLite has no such setting: the beat is stored alike."""
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as s:
+        register_node(s, reg(), T0, TIMEOUT, authorize=YES)
+    at = T0 + timedelta(seconds=1)
+    pg = engine.dialect.name == "postgresql"
+    show = text("SHOW synchronous_commit")
+    with transaction(factory) as s:
+        results = apply_heartbeats(s, [beat(at=at)], TIMEOUT, synchronous_commit=synchronous)
+        inside = s.execute(show).scalar_one() if pg else None
+    assert results[0] is not None
+    with factory() as s:
+        after = s.execute(show).scalar_one() if pg else None
+        assert store.get_node(s, "jp-1").last_heartbeat_at == at
+        assert len(metric_samples(s, "web", "jp", T0)) == 1
+    if pg:
+        assert (inside, after) == ("on" if synchronous else "off", "on")

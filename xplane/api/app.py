@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.telemetry import TelemetryConfig
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from xplane.api.actions import WorkflowActions
@@ -67,13 +68,15 @@ def create_app(
     """
     engine = make_engine(settings.db_url, pool_pre_ping=True)
     factory = make_sessionmaker(engine)
+    writer_engine = _writer_engine(settings, engine)
     writer = HeartbeatWriter(
-        factory,
+        make_sessionmaker(writer_engine),
         settings.timeout,
         max_size=settings.batch_max_size,
         max_wait=settings.batch_max_wait.total_seconds(),
         queue_size=settings.queue_size,
         concurrency=settings.writer_concurrency,
+        synchronous_commit=settings.heartbeat_synchronous_commit,
     )
     ctx = ApiContext(
         settings=settings,
@@ -104,6 +107,7 @@ def create_app(
             await writer.stop()
             await deadlines.stop()
             engine.dispose()
+            writer_engine.dispose()
 
     app = XPlaneApi(
         title="XPlane API",
@@ -149,6 +153,16 @@ def create_app(
     if unruled:  # every route is authorized from xplane/api/authz.py's table, or none runs
         raise RuntimeError(f"routes without an authorization rule: {unruled}")
     return app
+
+
+def _writer_engine(settings: ApiSettings, engine: Engine) -> Engine:
+    """The heartbeat writer's own pool on a server database, without pre-ping: a ping is
+    a round trip per batch, and the writer already tries a failed batch once more (a
+    dropped connection is discarded on its first error). SQLite: the shared engine."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    size = settings.writer_concurrency
+    return make_engine(settings.db_url, pool_size=size, max_overflow=size)
 
 
 def _dispatcher(

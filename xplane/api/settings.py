@@ -80,6 +80,11 @@ class ApiSettings(BaseModel):
     queue_size: int = Field(default=10_000, ge=1)
     # Heartbeat batches written at once; default 1 on SQLite (a single writer), 4 otherwise.
     batch_concurrency: int | None = Field(default=None, ge=1)
+    # PostgreSQL only. False (default): heartbeat batches commit with synchronous_commit =
+    # off, answered before their WAL is flushed; a crash of PostgreSQL or its host (not of
+    # a replica) may lose beats answered in the last ~0.6 s, which the next beats replace.
+    # Every other write stays synchronous (docs/deploy.md).
+    heartbeat_synchronous_commit: bool = False
     # Bounds each call to Temporal (at most 5 s: an unreachable Temporal never holds a request).
     notifier_timeout: timedelta = Field(
         default=timedelta(seconds=5), gt=timedelta(0), le=timedelta(seconds=5)
@@ -192,6 +197,8 @@ class ApiSettings(BaseModel):
             values["delivery_retry_max"] = parse_duration(env["XPLANE_DELIVERY_RETRY_MAX"])
         if env.get("XPLANE_API_MAX_CONCURRENCY"):
             values["max_concurrency"] = env["XPLANE_API_MAX_CONCURRENCY"]
+        if env.get("XPLANE_HEARTBEAT_SYNCHRONOUS_COMMIT"):
+            values["heartbeat_synchronous_commit"] = env["XPLANE_HEARTBEAT_SYNCHRONOUS_COMMIT"]
         if env.get("XPLANE_API_BODY_TIMEOUT"):
             values["body_read_timeout"] = timedelta(seconds=float(env["XPLANE_API_BODY_TIMEOUT"]))
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -95,8 +95,11 @@ class HeartbeatWriter:
         max_wait: float = 0.002,
         queue_size: int = 10_000,
         concurrency: int = 1,
+        synchronous_commit: bool = True,
     ) -> None:
         self.factory, self.timeout = factory, timeout
+        # False: PostgreSQL answers a batch before its WAL reaches the disk (docs/deploy.md).
+        self.synchronous_commit = synchronous_commit
         self.max_size, self.max_wait = max_size, max_wait
         self.stats = WriterStats()
         self.intake = IntakeMeter()
@@ -183,7 +186,12 @@ class HeartbeatWriter:
                 self.intake.stored(len(beats))  # counted in this report; taken back on failure
                 try:
                     with transaction(self.factory) as session:
-                        results = apply_heartbeats(session, beats, self.timeout)
+                        results = apply_heartbeats(
+                            session,
+                            beats,
+                            self.timeout,
+                            synchronous_commit=self.synchronous_commit,
+                        )
                         rates = self.intake.take()
                         if rates is not None:
                             report_intake(session, self.intake.replica, utcnow(), *rates)

@@ -7,7 +7,7 @@ pure :func:`xplane.lifecycle.node_status.derive_status`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,21 +72,30 @@ _INSERT_SAMPLE = DriverStatement(
 
 
 def apply_heartbeats(
-    session: Session, beats: Sequence[Heartbeat], timeout: timedelta
+    session: Session,
+    beats: Sequence[Heartbeat],
+    timeout: timedelta,
+    *,
+    synchronous_commit: bool = True,
 ) -> list[HeartbeatResult | None]:
     """Store a batch of heartbeats (one transaction is the caller's); results in input order.
 
     Three statements whatever the batch size: SELECT ... FOR UPDATE of the nodes
     (in id order, so concurrent batches on PostgreSQL lock alike and cannot
-    deadlock), one executemany UPDATE, one executemany INSERT of samples. A beat
-    whose token hash is no longer the node's (re-registered, maybe on another
+    deadlock), one UPDATE, one INSERT of samples (SQLite: executemany; PostgreSQL:
+    ``unnest`` statements sent in one round trip, :mod:`xplane.store.heartbeats_pg`).
+    A beat whose token hash is no longer the node's (re-registered, maybe on another
     replica) gets None, whatever any cache said; the UPDATE re-checks the hash.
+    ``synchronous_commit=False``: PostgreSQL does not wait for the WAL flush at commit.
     """
     if not beats:
         return []
     # Core for the read, the driver for the writes: the ORM's bookkeeping, and then
     # SQLAlchemy's per-row parameter processing, cost more than the SQL itself.
     conn = session.connection()
+    if conn.dialect.name == "postgresql":  # the whole batch in one round trip
+        locked = heartbeats_pg.write_batch(conn, beats, synchronous_commit=synchronous_commit)
+        return _results(beats, {row.id: row for row in locked}, timeout, rows=False)[0]
     query = (
         select(
             _NODE.id,
@@ -101,7 +110,20 @@ def apply_heartbeats(
         .order_by(_NODE.id)
         .with_for_update()
     )
-    current = {row.id: row for row in conn.execute(query)}
+    results, updates, samples = _results(
+        beats, {row.id: row for row in conn.execute(query)}, timeout
+    )
+    # Stable sort: two beats of one node in one batch land in arrival order.
+    _UPDATE_NODE.executemany(conn, sorted(updates, key=lambda u: u["b_id"]))
+    _INSERT_SAMPLE.executemany(conn, samples)
+    return results
+
+
+def _results(
+    beats: Sequence[Heartbeat], current: Mapping[str, Any], timeout: timedelta, *, rows: bool = True
+) -> tuple[list[HeartbeatResult | None], list[dict[str, Any]], list[dict[str, Any]]]:
+    """What each beat answers (None: its token hash is not the node's) and, with ``rows``,
+    the node updates and samples that store them (the generic path's executemany rows)."""
     reported: dict[str, str | None] = {k: r.reported_status for k, r in current.items()}
     results: list[HeartbeatResult | None] = []
     updates: list[dict[str, Any]] = []
@@ -126,6 +148,8 @@ def apply_heartbeats(
                 region=row.region,
             )
         )
+        if not rows:
+            continue
         metrics = {
             "cpu": beat.cpu,
             "rtt_ms": beat.rtt_ms,
@@ -148,13 +172,7 @@ def apply_heartbeats(
             {"node_id": beat.node_id, "service": row.service, "region": row.region, "at": beat.at}
             | metrics
         )
-    if conn.dialect.name == "postgresql":  # one statement per batch, not one per row
-        heartbeats_pg.write_batch(conn, updates, samples)
-        return results
-    # Stable sort: two beats of one node in one batch land in arrival order.
-    _UPDATE_NODE.executemany(conn, sorted(updates, key=lambda u: u["b_id"]))
-    _INSERT_SAMPLE.executemany(conn, samples)
-    return results
+    return results, updates, samples
 
 
 @dataclass(frozen=True)
