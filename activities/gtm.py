@@ -8,6 +8,7 @@ and the providers of :mod:`xplane.dns`; these only read the store and talk to th
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -16,18 +17,22 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeating import heartbeating
-from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
+from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck, Region
 from xplane.dns.factory import make_provider
 from xplane.dns.plan import ApplyResult, DesiredService, DnsError, DnsSafetyError
 from xplane.dns.ratelimit import DnsThrottledError
-from xplane.gate import GateSettings, trusted_view
+from xplane.gate import GateSettings, gate_trust, trusted_view
 from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_order
 from xplane.gtm.smoothing import RttAverage, RttSmoother
-from xplane.gtm.weights import ServiceWeights, compute_weights_and_unready
+from xplane.gtm.weights import (
+    ServiceWeights,
+    compute_weights_and_unready,
+    compute_weights_from_aggregates,
+)
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
 from xplane.probes.health import probe_all
-from xplane.store import config_store
+from xplane.store import config_store, console_queries
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
@@ -96,6 +101,55 @@ class ApplyDnsRequest(BaseModel):
     hold_refused: bool = False
 
 
+def observe_weights(
+    sessions: sessionmaker[Session],
+    policy: GtmPolicy,
+    regions: Mapping[str, Region],
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    gate_settings: GateSettings,
+    rtt: Mapping[str, RttAverage],
+    rtt_at: datetime,
+) -> tuple[ServiceWeights, list[str], dict[str, str], dict[str, RttAverage]]:
+    """The service's target weights, unready addresses, gate verdicts and new RTT averages,
+    from the store as the self-health gate lets GTM see it.
+
+    The store counts each region's nodes (``GROUP BY``, the gate's two rules in SQL:
+    :func:`~xplane.gate.gate_trust`) and lists only the ready ones, each a record: no
+    row per node in Python beyond those. Only a fail-open answer (every region at 0,
+    where the up, registered or alive nodes must be picked) reads every node and takes
+    the per-node path (:func:`~xplane.gate.trusted_view`); both give the same weights
+    (tests/test_gtm_observe_paths.py).
+    """
+    service, timeout = policy.service, heartbeat.timeout
+    names = [r.name for r in policy.regions]
+    with sessions() as session:
+        stored = gate_store.read_gate(session)
+        pools = {p.region: p.node_count for p in list_pools(session, service)}
+        trust = gate_trust(
+            stored, service, node_store.service_regions(session, service), now, heartbeat,
+            gate_settings,
+        )  # fmt: skip
+        aggregates, unready = console_queries.gtm_aggregates(
+            session, service, names, now, timeout, policy.max_error_rate, trust
+        )
+    smoother = RttSmoother(rtt, rtt_at)
+    weights = compute_weights_from_aggregates(
+        policy, regions, aggregates, pools, smooth_rtt=smoother
+    )
+    if weights is not None:
+        return weights, unready, trust.gate, smoother.averages
+    with sessions() as session:
+        rows = node_store.list_nodes(session, service=service)
+    snapshots = [node_store.to_snapshot(r, now, timeout) for r in rows]
+    nodes, gate = trusted_view(snapshots, rows, stored, service, now, heartbeat, gate_settings)
+    smoother = RttSmoother(rtt, rtt_at)  # afresh: the aggregate pass fed the first one
+    weights, unready = compute_weights_and_unready(
+        policy, regions, nodes, pools, heartbeat.timeout_seconds, smooth_rtt=smoother
+    )
+    return weights, unready, gate, smoother.averages
+
+
 class GtmActivities:
     def __init__(
         self,
@@ -134,19 +188,15 @@ class GtmActivities:
             HealthCheckRequest(service=request.service, check=policy.health, states=request.health)
         )
         now = utcnow()
-        timeout = self._heartbeat.timeout_seconds
-        with self._sessions() as session:
-            rows = node_store.list_nodes(session, service=request.service)
-            stored = gate_store.read_gate(session)
-            pools = {p.region: p.node_count for p in list_pools(session, request.service)}
-        snapshots = [node_store.to_snapshot(r, now, self._heartbeat.timeout) for r in rows]
-        nodes, gate = trusted_view(
-            snapshots, rows, stored, request.service, now, self._heartbeat, self._gate
-        )
-        rtt = RttSmoother(request.rtt, request.at or now)
-        # One pass over the nodes for both the weights and the unready addresses.
-        weights, unready = compute_weights_and_unready(
-            policy, config.regions, nodes, pools, timeout, smooth_rtt=rtt
+        weights, unready, gate, rtt = observe_weights(
+            self._sessions,
+            policy,
+            config.regions,
+            now,
+            self._heartbeat,
+            self._gate,
+            request.rtt,
+            request.at or now,
         )
         metrics.set_region_weights(request.service, weights.weights(), weights.fail_open)
         metrics.observe_loop(f"gtm-{request.service}", now)
@@ -159,7 +209,7 @@ class GtmActivities:
             observed_at=now,
             gate=gate,
             unready=unready,
-            rtt=rtt.averages,
+            rtt=rtt,
         )
 
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
@@ -175,11 +225,7 @@ class GtmActivities:
         now = utcnow()
         timeout = self._heartbeat.timeout
         with self._sessions() as session:
-            rows = [
-                r
-                for r in node_store.list_nodes(session, service=request.service)
-                if r.state != "delete"
-            ]
+            rows = node_store.probe_candidates(session, request.service)
         wanted = [
             r
             for r in rows
