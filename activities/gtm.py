@@ -22,9 +22,15 @@ from xplane.dns.factory import make_provider
 from xplane.dns.plan import ApplyResult, DesiredService, DnsError, DnsSafetyError
 from xplane.dns.ratelimit import DnsThrottledError
 from xplane.gate import GateSettings, gate_trust, trusted_view
-from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_order
+from xplane.gtm.health_checks import (
+    HealthStates,
+    ProbeTarget,
+    next_health,
+    probe_order,
+)
 from xplane.gtm.smoothing import RttAverage, RttSmoother
 from xplane.gtm.weights import (
+    PackedWeights,
     ServiceWeights,
     compute_weights_and_unready,
     compute_weights_from_aggregates,
@@ -43,11 +49,11 @@ from xplane.store.pools import list_pools
 class HealthCheckRequest(BaseModel):
     service: str
     check: HealthCheck
-    states: dict[str, CheckState] = Field(default_factory=dict)  # node id -> tracker state
+    states: HealthStates = Field(default_factory=dict)  # node id -> tracker state
 
 
 class HealthCheckResult(BaseModel):
-    states: dict[str, CheckState]
+    states: HealthStates
     flipped: dict[str, bool] = Field(default_factory=dict)  # node id -> new healthy value
     probed: int = 0
     # Not probed this tick: out by heartbeat or draining (skipped), or past the budget
@@ -64,7 +70,7 @@ DEFAULT_PROBE_BUDGET_S = 0.5
 
 class ObserveRequest(BaseModel):
     service: str
-    health: dict[str, CheckState] = Field(default_factory=dict)  # node id -> tracker state
+    health: HealthStates = Field(default_factory=dict)  # node id -> tracker state
     # The loop's RTT averages (region -> smoothed RTT) and its clock: each region's RTT
     # is smoothed before the weights are computed (xplane.gtm.smoothing).
     rtt: dict[str, RttAverage] = Field(default_factory=dict)
@@ -77,7 +83,7 @@ class GtmTargets(BaseModel):
     service: str
     exists: bool  # False: the service's GTM policy is gone from config
     policy: GtmPolicy | None = None
-    weights: ServiceWeights | None = None
+    weights: PackedWeights | None = None  # its records as runs per region in the history
     health: HealthCheckResult | None = None
     observed_at: datetime
     # The self-health gate: region -> verdict when not normal (its reason).
