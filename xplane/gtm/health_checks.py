@@ -43,8 +43,8 @@ _STATE_FIELDS = ("healthy", "consecutive_ok", "consecutive_fail")
 
 def _unpack_states(value: Any) -> Any:
     """Either form: node id -> ``[healthy, ok, fail]`` (compact) or -> a CheckState's fields."""
-    if not isinstance(value, dict):
-        return value
+    if not isinstance(value, dict) or not isinstance(next(iter(value.values()), None), list):
+        return value  # the full form (or models already): nothing to unpack
     return {
         node: dict(zip(_STATE_FIELDS, state, strict=True)) if isinstance(state, list) else state
         for node, state in value.items()
