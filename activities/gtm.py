@@ -8,6 +8,7 @@ and the providers of :mod:`xplane.dns`; these only read the store and talk to th
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -16,18 +17,28 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeating import heartbeating
-from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck
+from xplane.config.models import DnsProviderConfig, GtmPolicy, HealthCheck, Region
 from xplane.dns.factory import make_provider
 from xplane.dns.plan import ApplyResult, DesiredService, DnsError, DnsSafetyError
 from xplane.dns.ratelimit import DnsThrottledError
-from xplane.gate import GateSettings, trusted_view
-from xplane.gtm.health_checks import CheckState, ProbeTarget, next_health, probe_order
+from xplane.gate import GateSettings, gate_trust, trusted_view
+from xplane.gtm.health_checks import (
+    HealthStates,
+    ProbeTarget,
+    next_health,
+    probe_order,
+)
 from xplane.gtm.smoothing import RttAverage, RttSmoother
-from xplane.gtm.weights import ServiceWeights, compute_weights_and_unready
+from xplane.gtm.weights import (
+    PackedWeights,
+    ServiceWeights,
+    compute_weights_and_unready,
+    compute_weights_from_aggregates,
+)
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability import metrics
 from xplane.probes.health import probe_all
-from xplane.store import config_store
+from xplane.store import config_store, console_queries
 from xplane.store import gate as gate_store
 from xplane.store import nodes as node_store
 from xplane.store.db import transaction, utcnow
@@ -38,11 +49,11 @@ from xplane.store.pools import list_pools
 class HealthCheckRequest(BaseModel):
     service: str
     check: HealthCheck
-    states: dict[str, CheckState] = Field(default_factory=dict)  # node id -> tracker state
+    states: HealthStates = Field(default_factory=dict)  # node id -> tracker state
 
 
 class HealthCheckResult(BaseModel):
-    states: dict[str, CheckState]
+    states: HealthStates
     flipped: dict[str, bool] = Field(default_factory=dict)  # node id -> new healthy value
     probed: int = 0
     # Not probed this tick: out by heartbeat or draining (skipped), or past the budget
@@ -59,7 +70,7 @@ DEFAULT_PROBE_BUDGET_S = 0.5
 
 class ObserveRequest(BaseModel):
     service: str
-    health: dict[str, CheckState] = Field(default_factory=dict)  # node id -> tracker state
+    health: HealthStates = Field(default_factory=dict)  # node id -> tracker state
     # The loop's RTT averages (region -> smoothed RTT) and its clock: each region's RTT
     # is smoothed before the weights are computed (xplane.gtm.smoothing).
     rtt: dict[str, RttAverage] = Field(default_factory=dict)
@@ -72,7 +83,7 @@ class GtmTargets(BaseModel):
     service: str
     exists: bool  # False: the service's GTM policy is gone from config
     policy: GtmPolicy | None = None
-    weights: ServiceWeights | None = None
+    weights: PackedWeights | None = None  # its records as runs per region in the history
     health: HealthCheckResult | None = None
     observed_at: datetime
     # The self-health gate: region -> verdict when not normal (its reason).
@@ -94,6 +105,55 @@ class ApplyDnsRequest(BaseModel):
     # A plan the safety threshold refuses is answered (ApplyResult.refused) and logged as
     # ``dns.plan_held`` instead of failing: the loop holds it for an admin to approve.
     hold_refused: bool = False
+
+
+def observe_weights(
+    sessions: sessionmaker[Session],
+    policy: GtmPolicy,
+    regions: Mapping[str, Region],
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    gate_settings: GateSettings,
+    rtt: Mapping[str, RttAverage],
+    rtt_at: datetime,
+) -> tuple[ServiceWeights, list[str], dict[str, str], dict[str, RttAverage]]:
+    """The service's target weights, unready addresses, gate verdicts and new RTT averages,
+    from the store as the self-health gate lets GTM see it.
+
+    The store counts each region's nodes (``GROUP BY``, the gate's two rules in SQL:
+    :func:`~xplane.gate.gate_trust`) and lists only the ready ones, each a record: no
+    row per node in Python beyond those. Only a fail-open answer (every region at 0,
+    where the up, registered or alive nodes must be picked) reads every node and takes
+    the per-node path (:func:`~xplane.gate.trusted_view`); both give the same weights
+    (tests/test_gtm_observe_paths.py).
+    """
+    service, timeout = policy.service, heartbeat.timeout
+    names = [r.name for r in policy.regions]
+    with sessions() as session:
+        stored = gate_store.read_gate(session)
+        pools = {p.region: p.node_count for p in list_pools(session, service)}
+        trust = gate_trust(
+            stored, service, node_store.service_regions(session, service), now, heartbeat,
+            gate_settings,
+        )  # fmt: skip
+        aggregates, unready = console_queries.gtm_aggregates(
+            session, service, names, now, timeout, policy.max_error_rate, trust
+        )
+    smoother = RttSmoother(rtt, rtt_at)
+    weights = compute_weights_from_aggregates(
+        policy, regions, aggregates, pools, smooth_rtt=smoother
+    )
+    if weights is not None:
+        return weights, unready, trust.gate, smoother.averages
+    with sessions() as session:
+        rows = node_store.list_nodes(session, service=service)
+    snapshots = [node_store.to_snapshot(r, now, timeout) for r in rows]
+    nodes, gate = trusted_view(snapshots, rows, stored, service, now, heartbeat, gate_settings)
+    smoother = RttSmoother(rtt, rtt_at)  # afresh: the aggregate pass fed the first one
+    weights, unready = compute_weights_and_unready(
+        policy, regions, nodes, pools, heartbeat.timeout_seconds, smooth_rtt=smoother
+    )
+    return weights, unready, gate, smoother.averages
 
 
 class GtmActivities:
@@ -134,19 +194,15 @@ class GtmActivities:
             HealthCheckRequest(service=request.service, check=policy.health, states=request.health)
         )
         now = utcnow()
-        timeout = self._heartbeat.timeout_seconds
-        with self._sessions() as session:
-            rows = node_store.list_nodes(session, service=request.service)
-            stored = gate_store.read_gate(session)
-            pools = {p.region: p.node_count for p in list_pools(session, request.service)}
-        snapshots = [node_store.to_snapshot(r, now, self._heartbeat.timeout) for r in rows]
-        nodes, gate = trusted_view(
-            snapshots, rows, stored, request.service, now, self._heartbeat, self._gate
-        )
-        rtt = RttSmoother(request.rtt, request.at or now)
-        # One pass over the nodes for both the weights and the unready addresses.
-        weights, unready = compute_weights_and_unready(
-            policy, config.regions, nodes, pools, timeout, smooth_rtt=rtt
+        weights, unready, gate, rtt = observe_weights(
+            self._sessions,
+            policy,
+            config.regions,
+            now,
+            self._heartbeat,
+            self._gate,
+            request.rtt,
+            request.at or now,
         )
         metrics.set_region_weights(request.service, weights.weights(), weights.fail_open)
         metrics.observe_loop(f"gtm-{request.service}", now)
@@ -159,7 +215,7 @@ class GtmActivities:
             observed_at=now,
             gate=gate,
             unready=unready,
-            rtt=rtt.averages,
+            rtt=rtt,
         )
 
     async def check_node_health(self, request: HealthCheckRequest) -> HealthCheckResult:
@@ -175,11 +231,7 @@ class GtmActivities:
         now = utcnow()
         timeout = self._heartbeat.timeout
         with self._sessions() as session:
-            rows = [
-                r
-                for r in node_store.list_nodes(session, service=request.service)
-                if r.state != "delete"
-            ]
+            rows = node_store.probe_candidates(session, request.service)
         wanted = [
             r
             for r in rows

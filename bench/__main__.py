@@ -132,9 +132,29 @@ def summary(results: dict[str, Any]) -> list[str]:
                     f"outage | {outage['healthy_addresses_lost']} of {outage['nodes']} "
                     f"(empty polls {outage['empty_polls']}, "
                     f"{len(outage['replacement_commits'])} commits) | 0 |")  # fmt: skip
+    for r in results.get(GTM_OBSERVE, []):
+        rows += gtm_observe_rows(r)
     for r in results.get(FLEET, []):
         rows += fleet_rows(r)
     return rows
+
+
+def gtm_observe_rows(r: dict[str, Any]) -> list[str]:
+    """The in-process GTM observe / world-state scan figures (one store)."""
+    where = f"{r['nodes']:,} nodes / {r['regions']} regions, {r['backend']}, in-process"
+    obs, scan, sizes = r["observe"], r["scan_region_silent"], r["payload_bytes"]
+    return [
+        f"| GTM observe_gtm, {where} | {obs['median_s']} s median (checks "
+        f"{r['observe_checks']['median_s']} s + store and weights "
+        f"{r['observe_store_and_weights']['median_s']} s; CPU {obs['median_cpu_s']} s) | "
+        f"<= 1 s |",
+        f"| world-state scan, {where} | idle {r['scan_idle']['median_s']} s, a region "
+        f"silent {scan['median_s']} s | <= 1 s |",
+        f"| GTM loop payloads, {where} | observe result {sizes['observe_result'] / 1024:.0f} "
+        f"KiB, request {sizes['observe_request'] / 1024:.0f} KiB, apply_dns "
+        f"{sizes['apply_dns_desired'] / 1024:.0f} KiB, continue-as-new "
+        f"{sizes['loop_params'] / 1024:.0f} KiB | well under 2 MiB |",
+    ]
 
 
 def fleet_rows(r: dict[str, Any]) -> list[str]:
@@ -164,6 +184,7 @@ def fleet_rows(r: dict[str, Any]) -> list[str]:
 
 
 FLEET = "A fleet on one machine (bench/scale.py)"
+GTM_OBSERVE = "GTM observe and world-state scan at fleet size (in-process)"
 DNS_OUTAGE = "Healthy addresses lost from DNS during a database outage"
 CONSOLE = "Console overview server time"
 WORKER_FAILOVER = "Worker failover: a worker killed during git push"
@@ -181,6 +202,7 @@ def main() -> None:
         dns_outage,
         dns_writes,
         e2e_loop,
+        gtm_observe_scale,
         gtm_ramp_writes,
         heartbeat_ingest,
         pdns_accuracy,
@@ -247,6 +269,7 @@ def main() -> None:
     section(WORKER_FAILOVER, WORKER_FAILOVER_NOTE, worker_failover.run)
     section(DNS_OUTAGE, dns_outage.NOTE, dns_outage.run)
     section(CONSOLE, console_overview.NOTE, console_overview.run)
+    section(GTM_OBSERVE, gtm_observe_scale.NOTE, gtm_observe_scale.run)
     # XPLANE_BENCH_FLEET="nodes,regions,window_s" sizes the fleet run (10k/100/120 s).
     nodes, regions, window = (os.environ.get("XPLANE_BENCH_FLEET") or "10000,100,120").split(",")
     section(FLEET, scale.NOTE, lambda: scale.run(int(nodes), int(regions), float(window)))

@@ -2,9 +2,8 @@
 
 Real world-state and node-lifecycle workflows with their real activities; GTM and
 the autoscaler are recorders (what they are signalled), and what GTM would publish
-is computed from the store exactly as its observe activity does (trusted_view +
-compute_service_weights). Agents are simulated by heartbeats written to the store
-on the workflow clock.
+is computed from the store by the observe activity's own ``observe_weights``. Agents
+are simulated by heartbeats written to the store on the workflow clock.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.gtm import observe_weights
 from activities.nodes import NodeActivities
 from tests.support.recorder import AnyWorkflowRecorder, RecorderWorkflow
 from tests.support.temporal import pydantic_client
@@ -31,8 +31,7 @@ from workflows.control_loop import LoopSettings
 from workflows.node_lifecycle import NodeLifecycleWorkflow
 from workflows.world_state import WorldStateParams, WorldStateWorkflow
 from xplane.config.loader import load_config_from_mapping
-from xplane.gate import GateSettings, trusted_view
-from xplane.gtm.weights import compute_service_weights
+from xplane.gate import GateSettings
 from xplane.heartbeat import HeartbeatSettings
 from xplane.observability.metrics import REGISTRY
 from xplane.store import gate as gate_store
@@ -115,14 +114,9 @@ class Rig:
     async def published(self) -> set[str]:
         """The addresses GTM would publish now (weight > 0), through the gate."""
         config = load_config_from_mapping(CONFIG)
-        with self.sessions() as session:
-            rows = node_store.list_nodes(session, service="svc")
-            stored = gate_store.read_gate(session)
         now = await self.now()
-        snapshots = [node_store.to_snapshot(r, now, HB.timeout) for r in rows]
-        nodes, _ = trusted_view(snapshots, rows, stored, "svc", now, HB, GATE)
-        weights = compute_service_weights(
-            config.gtm["svc"], config.regions, nodes, {}, HB.timeout_seconds
+        weights, *_ = observe_weights(
+            self.sessions, config.gtm["svc"], config.regions, now, HB, GATE, {}, now
         )
         return {r.address for r in weights.records if r.weight > 0}
 

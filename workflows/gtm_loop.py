@@ -55,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from xplane.config.models import DnsProviderConfig
     from xplane.dns.plan import ApplyResult, DesiredService, desired_for_provider, digest
     from xplane.gtm.deadband import Published, needs_write, published
-    from xplane.gtm.health_checks import CheckState
+    from xplane.gtm.health_checks import HealthStates
     from xplane.gtm.last_good import dns_action
     from xplane.gtm.maintenance import apply_maintenance, maintenance_factors
     from xplane.gtm.ramp import RAMP_STEPS, RampState, ramp_service
@@ -132,7 +132,7 @@ class GtmLoopParams(BaseModel):
     loop: LoopCarry | None = None
     ramp: dict[str, RampState] = Field(default_factory=dict)
     rtt: dict[str, RttAverage] = Field(default_factory=dict)  # region -> smoothed RTT
-    health: dict[str, CheckState] = Field(default_factory=dict)
+    health: HealthStates = Field(default_factory=dict)
     applied: dict[str, ProviderApply] = Field(default_factory=dict)  # provider key -> last
     weights: dict[str, float] = Field(default_factory=dict)
     fail_open: bool = False

@@ -32,7 +32,8 @@ of the nodes through :func:`trusted_view`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -465,6 +466,58 @@ class GateRecord(Protocol):
     def operator_reason(self) -> str | None: ...
 
 
+@dataclass(frozen=True)
+class GateTrust:
+    """What the gate does to GTM's view of one service's nodes, as facts a query can apply.
+
+    ``silence_unconfirmed``: a decision exists (or the operator closed the gate), so a
+    silence the world-state scan has not recorded keeps its node up (see
+    :func:`unconfirmed_silence`); ``checks_untrusted``: the held regions, where a failing
+    active check is not trusted; ``gate``: region -> verdict when not normal.
+    :func:`trusted_view` applies it per node; ``gtm_aggregates`` in the store applies the
+    same two rules in SQL, so the weights need no node list.
+    """
+
+    silence_unconfirmed: bool = False
+    checks_untrusted: frozenset[str] = frozenset()
+    gate: dict[str, str] = field(default_factory=dict)
+
+
+def gate_trust(
+    stored: GateRecord,
+    service: str,
+    regions: Iterable[str],
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    settings: GateSettings,
+) -> GateTrust:
+    """The gate's verdicts on ``service``'s ``regions`` (those it has nodes in), as trust."""
+    if stored.decision is None and not stored.operator_closed:
+        return GateTrust()
+    verdicts = {
+        region: verdict_for(
+            stored.decision,
+            service,
+            region,
+            now,
+            heartbeat,
+            settings,
+            operator_closed=stored.operator_closed,
+            operator_reason=stored.operator_reason,
+        )
+        for region in set(regions)
+    }
+    return GateTrust(
+        silence_unconfirmed=True,
+        checks_untrusted=frozenset(r for r, v in verdicts.items() if v.verdict == "held"),
+        gate={
+            region: f"{v.verdict}: {v.reason}"
+            for region, v in sorted(verdicts.items())
+            if v.verdict != "normal"
+        },
+    )
+
+
 def trusted_view(
     nodes: Sequence[NodeSnapshot],
     facts: Sequence[RecordedFacts],
@@ -484,33 +537,15 @@ def trusted_view(
     and operator changes still apply.
     """
     out = list(nodes)
-    if stored.decision is None and not stored.operator_closed:
-        return out, {}
-    verdicts = {
-        region: verdict_for(
-            stored.decision,
-            service,
-            region,
-            now,
-            heartbeat,
-            settings,
-            operator_closed=stored.operator_closed,
-            operator_reason=stored.operator_reason,
-        )
-        for region in {n.region for n in nodes}
-    }
+    trust = gate_trust(stored, service, (n.region for n in nodes), now, heartbeat, settings)
+    if not trust.silence_unconfirmed:
+        return out, trust.gate
     for i, (node, fact) in enumerate(zip(nodes, facts, strict=True)):
-        held = verdicts[node.region].verdict == "held"
         if node.status is NodeStatus.DOWN and unconfirmed_silence(
             fact.last_heartbeat_at, fact.recorded_status, now, heartbeat.timeout
         ):
             node = node.model_copy(update={"status": NodeStatus.UP, "heartbeat_age_seconds": 0.0})
-        if held and node.health_check_ok is False:
+        if node.region in trust.checks_untrusted and node.health_check_ok is False:
             node = node.model_copy(update={"health_check_ok": None})
         out[i] = node
-    gate = {
-        region: f"{v.verdict}: {v.reason}"
-        for region, v in sorted(verdicts.items())
-        if v.verdict != "normal"
-    }
-    return out, gate
+    return out, trust.gate

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
 
 from xplane.config.models import HealthCheck
 
@@ -28,6 +29,36 @@ class CheckState(BaseModel):
     healthy: bool | None = None
     consecutive_ok: int = Field(default=0, ge=0)
     consecutive_fail: int = Field(default=0, ge=0)
+
+
+def _pack_states(states: Mapping[str, CheckState]) -> dict[str, list[bool | int | None]]:
+    return {
+        node: [state.healthy, state.consecutive_ok, state.consecutive_fail]
+        for node, state in states.items()
+    }
+
+
+_STATE_FIELDS = ("healthy", "consecutive_ok", "consecutive_fail")
+
+
+def _unpack_states(value: Any) -> Any:
+    """Either form: node id -> ``[healthy, ok, fail]`` (compact) or -> a CheckState's fields."""
+    if not isinstance(value, dict) or not isinstance(next(iter(value.values()), None), list):
+        return value  # the full form (or models already): nothing to unpack
+    return {
+        node: dict(zip(_STATE_FIELDS, state, strict=True)) if isinstance(state, list) else state
+        for node, state in value.items()
+    }
+
+
+# Node id -> tracker state, in a workflow's history as node id -> [healthy, ok, fail]: one
+# entry per node, so at 10,000 nodes the field names were half the GTM loop's payloads.
+# Histories written before keep the full form, which still reads.
+HealthStates = Annotated[
+    dict[str, CheckState],
+    BeforeValidator(_unpack_states),
+    PlainSerializer(_pack_states, when_used="json"),
+]
 
 
 def next_health(

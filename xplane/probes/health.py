@@ -1,11 +1,13 @@
 """Probing nodes for the active health checks: HTTP GETs (httpx) or TCP connects (asyncio),
-all concurrent under a semaphore, each bounded by the check's timeout. Where each probe
+at most ``concurrency`` at a time, each bounded by the check's timeout. Where each probe
 goes and how its answers are judged over time: :mod:`xplane.gtm.health_checks`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
 import time
 
 import httpx
@@ -14,6 +16,13 @@ from xplane.config.models import HealthCheck
 from xplane.gtm.health_checks import ProbeResult, ProbeTarget, probe_port, probe_url
 
 DEFAULT_CONCURRENCY = 100
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verification, built once: a client per tick otherwise loads the CA
+    bundle each time (20-70 ms of a GTM tick, though probes are plain HTTP)."""
+    return httpx.create_ssl_context()
 
 
 async def probe_all(
@@ -35,30 +44,39 @@ async def probe_all(
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, not {concurrency}")
-    gate = asyncio.Semaphore(concurrency)
     stop_at = None if budget_s is None else time.monotonic() + budget_s
-    started: list[str] = []
     timeout = check.timeout.total_seconds()
     headers = {"Host": host_header} if host_header else {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+    results: list[ProbeResult | None] = [None] * len(targets)
+    started = 0  # targets[:started] were started, in order
     # trust_env=False: a proxy from the environment must never sit between XPlane and nodes.
     async with httpx.AsyncClient(
-        timeout=timeout, limits=limits, trust_env=False, follow_redirects=False
+        timeout=timeout,
+        limits=limits,
+        trust_env=False,
+        follow_redirects=False,
+        verify=_tls_context(),
     ) as client:
-
-        async def one(target: ProbeTarget) -> ProbeResult | None:
-            async with gate:
+        # ``concurrency`` workers take the targets in order: a task per worker, not per
+        # target (10,000 tasks queued on a semaphore cost more than the probes that fit
+        # in a tick's budget, and left the rest of the round to be skipped one by one).
+        async def worker() -> None:
+            nonlocal started
+            while started < len(targets):
                 # The first probe always starts: a budget smaller than one wave still
                 # moves the round on.
                 if stop_at is not None and started and time.monotonic() > stop_at:
-                    return None
-                started.append(target.node_id)
+                    return
+                index, started = started, started + 1
+                target = targets[index]
                 if check.type == "tcp":
-                    return await _probe_tcp(target, check, timeout)
-                return await _probe_http(client, target, check, headers)
+                    results[index] = await _probe_tcp(target, check, timeout)
+                else:
+                    results[index] = await _probe_http(client, target, check, headers)
 
-        results = await asyncio.gather(*(one(t) for t in targets))
-        return [r for r in results if r is not None]
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(targets)))))
+    return [r for r in results[:started] if r is not None]
 
 
 async def _probe_http(

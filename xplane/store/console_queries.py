@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, and_, case, func, literal, not_, or_, sele
 from sqlalchemy.orm import Session
 
 from xplane.domain import NodeState, NodeStatus
+from xplane.gate import GateTrust
 from xplane.gtm.weights import RegionAggregate
 from xplane.store.events import EventRow
 from xplane.store.node_tables import NodeRow
@@ -67,18 +68,37 @@ def _status_up(fresh_after: datetime) -> ColumnElement[bool]:
     )
 
 
-def _ready(fresh_after: datetime, max_error_rates: Mapping[str, float]) -> ColumnElement[bool]:
-    """GTM's ready: active, up, fresh, error rate within the service's limit, check not failing."""
+def _ready(
+    fresh_after: datetime,
+    max_error_rates: Mapping[str, float],
+    trust: GateTrust | None = None,
+) -> ColumnElement[bool]:
+    """GTM's ready: active, up, fresh, error rate within the service's limit, check not failing.
+
+    With the gate's ``trust`` (:func:`xplane.gate.trusted_view`'s two rules): a node
+    silent past the timeout but last recorded up by the world-state scan counts as up
+    and fresh, and in a held region a failing check does not count.
+    """
     default = 0.5  # GtmPolicy.max_error_rate's default, for nodes of a service without one
     limit = (
         case(dict(max_error_rates), value=NodeRow.service, else_=default)
         if max_error_rates
         else literal(default)
     )
+    up = _status_up(fresh_after)
+    check_ok = or_(NodeRow.health_check_ok.is_(None), NodeRow.health_check_ok.is_(True))
+    if trust is not None and trust.silence_unconfirmed:
+        silent = or_(NodeRow.last_heartbeat_at.is_(None), NodeRow.last_heartbeat_at < fresh_after)
+        unconfirmed = and_(
+            not_(_status_drain()), silent, NodeRow.recorded_status == NodeStatus.UP.value
+        )
+        up = or_(up, unconfirmed)
+    if trust is not None and trust.checks_untrusted:
+        check_ok = or_(check_ok, NodeRow.region.in_(sorted(trust.checks_untrusted)))
     return and_(
         NodeRow.state == NodeState.ACTIVE,
-        _status_up(fresh_after),
-        or_(NodeRow.health_check_ok.is_(None), NodeRow.health_check_ok.is_(True)),
+        up,
+        check_ok,
         or_(NodeRow.error_rate.is_(None), NodeRow.error_rate <= limit),
     )
 
@@ -166,17 +186,20 @@ def gtm_aggregates(
     now: datetime,
     timeout: timedelta,
     max_error_rate: float,
+    trust: GateTrust | None = None,
 ) -> tuple[dict[str, RegionAggregate], list[str]]:
     """``service``'s nodes per region as the GTM formula counts them, and the unready
     addresses (what :func:`xplane.gtm.weights.compute_weights_and_unready` gives from
     every node): for :func:`xplane.gtm.weights.compute_weights_from_aggregates`.
+    ``trust``: the self-health gate's, so the counts are those of the nodes as
+    :func:`xplane.gate.trusted_view` shows them.
 
     A grouped count, the ready nodes' (id, address, RTT) and the distinct addresses of
     the others: no row per node that is not ready, nothing per node in Python beyond
     the records to publish (and their RTTs' median).
     """
     names = sorted(region_names)
-    ready = _ready(now - timeout, {service: max_error_rate})
+    ready = _ready(now - timeout, {service: max_error_rate}, trust)
     mine = and_(NodeRow.service == service, NodeRow.region.in_(names))
     gone = NodeRow.state == NodeState.DELETE
     registered = and_(not_(gone), NodeRow.state != NodeState.DRAIN, not_(_status_drain()))

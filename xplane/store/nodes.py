@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from pydantic import Field
 from sqlalchemy import func, select
@@ -58,6 +59,41 @@ def list_nodes(
     if state:
         query = query.where(NodeRow.state == str(state))
     return list(session.scalars(query.order_by(NodeRow.service, NodeRow.region, NodeRow.id)))
+
+
+def service_regions(session: Session, service: str) -> list[str]:
+    """The regions ``service`` has nodes in (any state), sorted."""
+    query = select(NodeRow.region).where(NodeRow.service == service).distinct()
+    return sorted(session.scalars(query))
+
+
+class ProbeCandidate(NamedTuple):
+    """What the GTM's active checks read of a node (a row of columns, not an ORM object:
+    loading 10,000 of those each tick cost most of the tick)."""
+
+    id: str
+    address: str
+    port: int | None
+    state: str
+    drain_requested: bool
+    last_heartbeat_at: datetime | None
+
+
+def probe_candidates(session: Session, service: str) -> list[ProbeCandidate]:
+    """``service``'s nodes that are not deleted, by id."""
+    query = (
+        select(
+            NodeRow.id,
+            NodeRow.address,
+            NodeRow.port,
+            NodeRow.state,
+            NodeRow.drain_requested,
+            NodeRow.last_heartbeat_at,
+        )
+        .where(NodeRow.service == service, NodeRow.state != NodeState.DELETE.value)
+        .order_by(NodeRow.region, NodeRow.id)
+    )
+    return [ProbeCandidate(*row) for row in session.execute(query)]
 
 
 def get_node(session: Session, node_id: str) -> NodeRow:
