@@ -252,13 +252,16 @@ def watch(
     until: float = 60.0,
     state: GateState | None = None,
     settings: GateSettings = SETTINGS,
+    bursts: tuple[float, ...] = (),
 ) -> list[tuple[float, GateDecision]]:
     """Scans every 2 s from ``since`` s after the kill; the API replicas receive one beat
-    per interval from every live node (summed over replicas by the store)."""
+    per interval from every live node (summed over replicas by the store), or, at the
+    scans in ``bursts``, as many as before the kill (late beats arriving at once)."""
     state = state or GateState(last_scan_at=T0 - timedelta(seconds=1))
     out, t = [], since
     while t <= until:
-        live = sum(r.nodes - r.down - r.killed for r in regions) / INTERVAL_S
+        dead = 0 if t in bursts else sum(r.killed for r in regions)
+        live = (sum(r.nodes - r.down for r in regions) - dead) / INTERVAL_S
         d = decide_gate(
             GateInputs(
                 regions=[r.at(t) for r in regions],
@@ -302,6 +305,29 @@ def test_45_percent_killed_spread_over_every_region_holds_before_any_is_judged_d
     reason = held[0][1].reasons[0]
     assert reason.startswith("heartbeat intake low: 514.8/s received of 940.5/s expected")
     assert [c.kind for _, d in scans for c in d.changes] == ["closed"]
+
+
+def test_a_burst_of_late_beats_does_not_restart_the_wait() -> None:
+    """A rate over a second jumps when late beats arrive at once: one scan at the full
+    rate does not end the shortfall (the nodes are still silent), so the hold still
+    comes before any killed node is judged down."""
+    regions = fleet(0.45, down=5)
+    scans = watch(regions, bursts=(7.0, 11.0))
+    first = next(t for t, d in scans if EVERYWHERE in d.state.holds)
+    assert first < 20 and all(r.killed_down(first) == 0 for r in regions)
+
+
+def test_a_shortfall_ends_after_an_interval_at_the_rate() -> None:
+    regions = fleet(0.45, down=5)
+    scans = watch(regions, until=9)  # short since 1 s, not yet held
+    assert scans[-1][1].state.intake_low_since == T0 + timedelta(seconds=1)
+    state = scans[-1][1].state
+    back = watch(
+        regions, since=11, until=21, state=state, bursts=(11.0, 13.0, 15.0, 17.0, 19.0, 21.0)
+    )
+    lows = [d.state.intake_low_since for _, d in back]
+    assert lows[:5] == [T0 + timedelta(seconds=1)] * 5  # 11..19 s: within an interval
+    assert lows[5] is None and not back[-1][1].state.holds  # 21 s: 10 s at the rate
 
 
 def test_45_percent_spread_is_not_held_under_a_lower_min_intake_ratio() -> None:

@@ -161,6 +161,7 @@ class GateState(BaseModel):
     last_disruption: dict[str, datetime] = Field(default_factory=dict)  # "svc/region"
     rate_limited: list[str] = Field(default_factory=list)  # "svc/region", last scan
     intake_low_since: datetime | None = None  # beats received short of expected since
+    intake_ok_since: datetime | None = None  # ...but not in the scans since (a burst)
 
 
 class RegionVerdict(BaseModel):
@@ -240,7 +241,7 @@ def decide_gate(
     global_reasons: list[str] = []
     if inputs.operator_closed:
         global_reasons.append(f"closed by operator: {inputs.operator_reason or 'no reason given'}")
-    intake_reasons, state.intake_low_since = _intake_reasons(
+    intake_reasons, state.intake_low_since, state.intake_ok_since = _intake_reasons(
         inputs, previous, now, heartbeat, settings
     )
     global_reasons.extend(intake_reasons)
@@ -339,12 +340,13 @@ def _intake_reasons(
     now: datetime,
     heartbeat: HeartbeatSettings,
     settings: GateSettings,
-) -> tuple[list[str], datetime | None]:
-    """Why the heartbeat intake cannot be trusted, if it cannot, and since when the
-    beats received have been short of the expected rate (None: they are not)."""
+) -> tuple[list[str], datetime | None, datetime | None]:
+    """Why the heartbeat intake cannot be trusted, if it cannot; since when the beats
+    received have been short of the expected rate (None: they are not), and since when
+    they have not been, within such a shortfall."""
     intake = inputs.intake
     if intake is None:
-        return [], None  # no API replica reports (heartbeats written some other way)
+        return [], None, None  # no API replica reports (heartbeats written some other way)
     beating = sum(r.beating for r in inputs.regions)
     # Beats are due from this many nodes; below min_unready_count their silence is
     # no more than a small pool failing, which must fail over.
@@ -354,7 +356,7 @@ def _intake_reasons(
             f"heartbeat intake stalled: no heartbeat stored for {intake.newest_age_seconds:.0f}s "
             f"while {beating} nodes should beat"
         )
-        return [reason], None
+        return [reason], None, None
     reasons = []
     if (
         intake.received_per_s > 0
@@ -365,10 +367,19 @@ def _intake_reasons(
             f"{intake.received_per_s:.1f}/s received"
         )
     short, why = _beats_short(inputs.regions, intake, heartbeat, settings)
-    since = (previous.intake_low_since or now) if short else None
+    since, ok_since = previous.intake_low_since, None
+    if short:
+        since = since or now
+    elif since is not None:
+        # A rate over a second jumps with a burst of late beats: a shortfall ends only
+        # when beats have arrived at the rate for an interval, or no node is silent.
+        ok_since = previous.intake_ok_since or now
+        silent = sum(r.silent for r in inputs.regions if not r.wholly_silent)
+        if now - ok_since >= heartbeat.interval or silent < settings.min_unready_count:
+            since = ok_since = None
     if why is not None and since is not None and now - since >= settings.silent_after(heartbeat):
         reasons.append(why)
-    return reasons, since
+    return reasons, since, ok_since
 
 
 def _beats_short(
