@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Set
 from datetime import datetime
 from typing import Any, cast
 
@@ -192,7 +192,9 @@ class NodeActivities:
         holds, decision). The store does the counting (xplane/store/node_scan.py): the
         Python work is proportional to the changes, not to the fleet."""
         with self._sessions() as session:
-            view = node_scan.scan_changes(session, now, self._heartbeat.timeout)
+            view = node_scan.scan_changes(
+                session, now, self._heartbeat.timeout, self._gate.silent_after(self._heartbeat)
+            )
             stored = gate_store.read_gate(session)
             intake = gate_store.read_intake(session, now, 2 * self._heartbeat.interval)
         decision = decide_gate(
@@ -357,9 +359,12 @@ class NodeActivities:
         )
 
 
-def region_inputs(observations: list[node_store.NodeObservation]) -> list[RegionInput]:
+def region_inputs(
+    observations: list[node_store.NodeObservation], missed: Set[str] = frozenset()
+) -> list[RegionInput]:
     """Per (service, region): nodes neither drained nor deleted, how many are down, how
-    many should still beat (not already recorded down)."""
+    many should still beat (not already recorded down), and how many of those have
+    missed a beat (their ids in ``missed``)."""
     out: dict[tuple[str, str], RegionInput] = {}
     for o in observations:
         r = out.setdefault((o.service, o.region), RegionInput(service=o.service, region=o.region))
@@ -367,7 +372,9 @@ def region_inputs(observations: list[node_store.NodeObservation]) -> list[Region
             continue
         r.nodes += 1
         r.unready += o.status is NodeStatus.DOWN
-        r.beating += o.recorded_status is not NodeStatus.DOWN
+        should_beat = o.recorded_status is not NodeStatus.DOWN
+        r.beating += should_beat
+        r.silent += should_beat and o.node_id in missed
     return [out[k] for k in sorted(out)]
 
 

@@ -180,6 +180,14 @@ def fleet_rows(r: dict[str, Any]) -> list[str]:
             f"{region['live_addresses_missing']} live addresses lost | "
             f"<= {r['heartbeat_timeout_s']:g} + 3 s, 0 |"
         )
+    held = r.get("faults", {}).get("45% spread")
+    if held and "held_after_s" in held:
+        rows.append(
+            f"| 45 % of every region killed, {where} | gate held after "
+            f"{held['held_after_s']} s ({held['gate']['held_count']} downs held back); "
+            f"{held['live_addresses_missing']} live addresses left DNS | held before "
+            f"{2 * r['heartbeat_interval_s']:g} s, 0 |"
+        )
     return rows
 
 

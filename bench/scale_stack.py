@@ -295,6 +295,21 @@ class ScaleStack:
         decision = stored.decision
         return decision is not None and not decision.state.holds and not stored.operator_closed
 
+    def gate_holds(self) -> dict[str, str]:
+        """The holds of the gate's last decision (scope -> reasons); {} when none."""
+        from xplane.store import gate as gate_store
+        from xplane.store.db import make_engine, make_sessionmaker
+
+        engine = make_engine(self.db_url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                decision = gate_store.read_gate(session).decision
+        finally:
+            engine.dispose()
+        if decision is None:
+            return {}
+        return {scope: "; ".join(h.reasons) for scope, h in decision.state.holds.items()}
+
     def infra_commits(self) -> list[str]:
         repo = git.Repo(self.infra_repo)
         return [str(c.message).splitlines()[0] for c in repo.iter_commits("main")]

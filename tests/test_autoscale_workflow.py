@@ -26,6 +26,7 @@ from temporalio.worker import Worker
 
 from activities.autoscale import AutoscaleActivities, CommitRequest, PoolCommit
 from activities.calendar import CalendarActivities
+from tests.support.gate import STALLED, store_gate
 from tests.support.temporal import pydantic_client
 from workflows.autoscale import AutoscaleParams, AutoscaleWorkflow
 from workflows.control_loop import LoopSettings, LoopStatus
@@ -220,6 +221,25 @@ async def test_scale_up_commit_wait_webhook_then_cooldown(rig: Rig, tmp_path: Pa
         with rig.sessions() as session:
             kinds = [e.kind for e in list_events(session, region="jp")]
         assert "terraform.succeeded" in kinds and kinds.count("autoscale.committed") == 2
+        await handle.terminate()
+
+
+async def test_the_status_query_shows_the_gate_closed_with_its_reason_then_open(
+    rig: Rig, tmp_path: Path
+) -> None:
+    now = await rig.env.get_current_time()
+    _hot_node(rig.sessions, "jp-0", cpu=0.1, now=now)  # neither hot nor cold: no commit
+    store_gate(rig.sessions, now, stalled=True)
+    async with _worker(rig, tmp_path):
+        handle = await rig.start()
+        await rig.env.sleep(2)
+        status = await _status(handle)
+        assert status.details["gate"] == f"held: {STALLED}"
+        store_gate(rig.sessions, await rig.env.get_current_time(), stalled=False)
+        await rig.env.sleep(31)  # the next tick
+        status = await _status(handle)
+        assert status.details["gate"] is None
+        assert status.details["waiting"] is None and len(rig.commits()) == 1
         await handle.terminate()
 
 

@@ -216,6 +216,182 @@ def test_intake_recovery_starts_a_quiet_period() -> None:
     assert any("recovery quiet period" in r for r in back.reasons)
 
 
+# --- beats received short of what the nodes should send (bench/scale.py's failures)
+INTERVAL_S = HB.interval_seconds  # 10 s
+SILENT_S = SETTINGS.silent_after(HB).total_seconds()  # 12.5 s: missed a beat
+
+
+@dataclass(frozen=True)
+class SimRegion:
+    """A region some seconds after a kill, as the scan sees it. The killed nodes' last
+    beats were spread evenly over the interval before the kill."""
+
+    name: str
+    nodes: int
+    down: int = 0  # recorded down before (failed over already): not expected to beat
+    killed: int = 0
+
+    def at(self, t: float) -> RegionInput:
+        ages = [t + INTERVAL_S * (j + 0.5) / self.killed for j in range(self.killed)]
+        return RegionInput(
+            service="web",
+            region=self.name,
+            nodes=self.nodes,
+            unready=self.down + sum(a > HB.timeout_seconds for a in ages),
+            beating=self.nodes - self.down,
+            silent=sum(a > SILENT_S for a in ages),
+        )
+
+    def killed_down(self, t: float) -> int:
+        return self.at(t).unready - self.down
+
+
+def watch(
+    regions: list[SimRegion],
+    since: float = 1.0,
+    until: float = 60.0,
+    state: GateState | None = None,
+    settings: GateSettings = SETTINGS,
+    bursts: tuple[float, ...] = (),
+) -> list[tuple[float, GateDecision]]:
+    """Scans every 2 s from ``since`` s after the kill; the API replicas receive one beat
+    per interval from every live node (summed over replicas by the store), or, at the
+    scans in ``bursts``, as many as before the kill (late beats arriving at once)."""
+    state = state or GateState(last_scan_at=T0 - timedelta(seconds=1))
+    out, t = [], since
+    while t <= until:
+        dead = 0 if t in bursts else sum(r.killed for r in regions)
+        live = (sum(r.nodes - r.down for r in regions) - dead) / INTERVAL_S
+        d = decide_gate(
+            GateInputs(
+                regions=[r.at(t) for r in regions],
+                intake=IntakeInput(newest_age_seconds=0.5, received_per_s=live, written_per_s=live),
+            ),
+            state,
+            T0 + timedelta(seconds=t),
+            HB,
+            settings,
+        )
+        out.append((t, d))
+        state, t = d.state, t + 2
+    return out
+
+
+def fleet(kill_share: float, down: int) -> list[SimRegion]:
+    """bench/scale.py's 100 regions x 100 nodes after its first fault: r000 killed whole
+    (recorded down), ``down`` more per region recorded down, then ``kill_share`` of each
+    other region's live nodes killed."""
+    alive = 100 - down
+    return [SimRegion("r000", 100, down=100)] + [
+        SimRegion(f"r{i:03d}", 100, down=down, killed=round(kill_share * alive))
+        for i in range(1, 100)
+    ]
+
+
+def test_45_percent_killed_spread_over_every_region_holds_before_any_is_judged_down() -> None:
+    """45 % of the live nodes of every region (under max_unready_fraction in each, so no
+    regional rule applies): beats arrive at 55 % of the rate. The gate holds before the
+    first killed node's silence reaches the heartbeat timeout, and keeps holding."""
+    regions = fleet(0.45, down=5)
+    scans = watch(regions)
+    held = [(t, d) for t, d in scans if EVERYWHERE in d.state.holds]
+    assert held, "never held"
+    first = held[0][0]
+    assert first < 20 and all(r.killed_down(first) == 0 for r in regions)
+    assert [t for t, _ in held] == [t for t, _ in scans if t >= first]  # and keeps holding
+    for t, d in scans:  # no killed node is ever let down
+        if any(r.killed_down(t) for r in regions):
+            assert d.verdict("web", "r001").verdict == "held", t
+    reason = held[0][1].reasons[0]
+    assert reason.startswith("heartbeat intake low: 514.8/s received of 940.5/s expected")
+    assert [c.kind for _, d in scans for c in d.changes] == ["closed"]
+
+
+def test_a_burst_of_late_beats_does_not_restart_the_wait() -> None:
+    """A rate over a second jumps when late beats arrive at once: one scan at the full
+    rate does not end the shortfall (the nodes are still silent), so the hold still
+    comes before any killed node is judged down."""
+    regions = fleet(0.45, down=5)
+    scans = watch(regions, bursts=(7.0, 11.0))
+    first = next(t for t, d in scans if EVERYWHERE in d.state.holds)
+    assert first < 20 and all(r.killed_down(first) == 0 for r in regions)
+
+
+def test_a_shortfall_ends_after_an_interval_at_the_rate() -> None:
+    regions = fleet(0.45, down=5)
+    scans = watch(regions, until=9)  # short since 1 s, not yet held
+    assert scans[-1][1].state.intake_low_since == T0 + timedelta(seconds=1)
+    state = scans[-1][1].state
+    back = watch(
+        regions, since=11, until=21, state=state, bursts=(11.0, 13.0, 15.0, 17.0, 19.0, 21.0)
+    )
+    lows = [d.state.intake_low_since for _, d in back]
+    assert lows[:5] == [T0 + timedelta(seconds=1)] * 5  # 11..19 s: within an interval
+    assert lows[5] is None and not back[-1][1].state.holds  # 21 s: 10 s at the rate
+
+
+def test_45_percent_spread_is_not_held_under_a_lower_min_intake_ratio() -> None:
+    scans = watch(fleet(0.45, down=5), settings=GateSettings(min_intake_ratio=0.5))
+    assert not [t for t, d in scans if d.state.holds]
+
+
+def test_5_percent_killed_spread_over_every_region_is_not_held() -> None:
+    """After the region: 5 % of all nodes spread over the others. Beats at 95 % of the
+    rate: no hold; the dead nodes are judged down as usual."""
+    scans = watch(fleet(0.05, down=0))
+    assert not [t for t, d in scans if d.state.holds or d.changes]
+    _, last = scans[-1]
+    assert last.verdict("web", "r001").verdict == "normal"
+
+
+@pytest.mark.parametrize("share", [30, 50, 80])
+def test_one_whole_region_dead_is_left_out_of_the_intake_and_fails_over(share: int) -> None:
+    """A region of ``share`` % of the fleet killed: beats fall to 100 - share % at once,
+    but once each of its nodes has missed a beat the region is wholly silent, left out
+    of the expected rate, before beats have been short for as long. Never held: its
+    nodes are judged down at the timeout, as any region fully silent."""
+    other = (100 - share) // 2
+    regions = [SimRegion("jp", share, killed=share), SimRegion("us", other), SimRegion("eu", other)]
+    scans = watch(regions)
+    assert not [(t, d.reasons) for t, d in scans if d.state.holds]
+    _, last = scans[-1]  # 60 s: every node of jp past the timeout
+    assert last.verdict("web", "jp").verdict == "normal"
+    assert last.verdict("web", "jp").reason == "region fully silent"
+
+
+def test_beats_short_while_the_store_sees_every_node_beat_is_not_held() -> None:
+    """A received rate over a second is noisy with few nodes: the store must agree that
+    at least min_unready_count nodes, and more than 1 - min_intake_ratio of them, missed a
+    beat."""
+    noisy = IntakeInput(newest_age_seconds=0.5, received_per_s=0.1, written_per_s=0.1)
+    state = GateState(last_scan_at=T0 - timedelta(seconds=2))
+    for silent in (0, 2):  # 2 < min_unready_count
+        regions = [RegionInput(service="web", region="jp", nodes=6, beating=6, silent=silent)]
+        for t in range(0, 40, 2):
+            d = decide(regions, state, T0 + timedelta(seconds=t), intake=noisy)
+            state = d.state
+            assert d.state.holds == {}, (silent, t)
+
+
+def test_intake_recovered_reopens_after_the_stable_period() -> None:
+    """The 45 % held; then they beat again. The hold lasts the recovery quiet period
+    (timeout + one interval after the last short scan, longer than the stable period)
+    and opens by itself."""
+    regions = fleet(0.45, down=5)
+    held = watch(regions, until=25)
+    assert EVERYWHERE in held[-1][1].state.holds
+    back = [SimRegion(r.name, r.nodes, r.down) for r in regions]
+    scans = watch(back, since=27, until=80, state=held[-1][1].state)
+    opened = [t for t, d in scans if not d.state.holds]
+    assert opened, "never reopened"
+    assert opened[0] - 27 >= SETTINGS.stable(HB).total_seconds()
+    assert opened[0] == 25 + SETTINGS.quiet(HB).total_seconds()  # the last short scan: 25 s
+    assert opened == [t for t, _ in scans if t >= opened[0]]
+    d = next(d for t, d in scans if t == opened[0])
+    assert [c.kind for c in d.changes] == ["opened"]
+    assert d.state.intake_low_since is None
+
+
 def test_a_gap_between_scans_starts_a_quiet_period_no_node_judged_down() -> None:
     """The store was down for 60 s: at recovery every node looks silent in one region
     (which alone would fail over at once); the quiet period holds until each node had a
@@ -287,9 +463,12 @@ def test_settings_from_env() -> None:
         "XPLANE_GATE_MIN_UNREADY_COUNT": "5",
         "XPLANE_GATE_DISRUPTION_RATE": "2",
         "XPLANE_GATE_STABLE_PERIOD": "1m",
+        "XPLANE_GATE_MIN_INTAKE_RATIO": "0.6",
+        "XPLANE_GATE_MIN_STORED_RATIO": "0.4",
     }
     s = GateSettings.from_env(env)
     assert (s.max_unready_fraction, s.min_unready_count, s.disruption_rate) == (0.7, 5, 2)
+    assert (s.min_intake_ratio, s.min_stored_ratio) == (0.6, 0.4)
     assert s.stable(HB) == timedelta(minutes=1)
     assert GateSettings().stable(HB) == HB.timeout
     with pytest.raises(ValueError):

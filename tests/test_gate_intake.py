@@ -102,6 +102,63 @@ async def test_a_stalled_intake_holds_everywhere(db: tuple[str, sessionmaker[Ses
     assert verdict.verdict == "held"
 
 
+def test_intake_rates_are_summed_over_the_replicas_that_reported_recently(
+    db: tuple[str, sessionmaker[Session]],
+) -> None:
+    _, sessions = db
+    now = datetime.now(UTC)
+    with transaction(sessions) as session:
+        gate_store.report_intake(session, "api-1", now - timedelta(seconds=1), 1.0, 1.0)
+        gate_store.report_intake(session, "api-2", now - timedelta(seconds=3), 1.5, 1.4)
+        gate_store.report_intake(session, "api-3", now - timedelta(seconds=30), 9.0, 9.0)  # gone
+    with sessions() as session:
+        intake = gate_store.read_intake(session, now, 2 * HB.interval)
+    assert intake is not None
+    assert (intake.received_per_s, intake.written_per_s) == (2.5, pytest.approx(2.4))
+    assert intake.newest_age_seconds == pytest.approx(1, abs=0.01)
+
+
+async def test_beats_short_of_the_nodes_rate_across_replicas_hold_everywhere(
+    db: tuple[str, sessionmaker[Session]],
+) -> None:
+    """4 of 8 nodes, two in each region, missed a beat (not yet down); the two API
+    replicas together receive 2 beats/s of the 4/s the 8 nodes should send: once that has
+    lasted 1.25 intervals (2.5 s), the scan holds everywhere."""
+    _, sessions = db
+    nodes = [f"{region}-{i}" for region in ("jp", "us") for i in range(4)]
+    missed = {"jp-0", "jp-1", "us-0", "us-1"}
+    t0 = datetime.now(UTC)
+    with transaction(sessions) as session:
+        for i, node in enumerate(nodes):
+            register_node(
+                session,
+                Registration(
+                    node_id=node, service="svc", region=node[:2], address=f"10.0.1.{i + 1}",
+                    token_hash=node,
+                ),
+                t0 - timedelta(seconds=30),
+                HB.timeout,
+            )  # fmt: skip
+            node_store.record_status(session, node, NodeStatus.UP, t0)
+        apply_heartbeats(
+            session, [_beat(n, t0 - timedelta(seconds=2.6)) for n in missed], HB.timeout
+        )
+    acts = NodeActivities(sessions, None, "q", HB, GateSettings())  # type: ignore[arg-type]
+    for at in (t0, t0 + timedelta(seconds=3)):
+        with transaction(sessions) as session:
+            live = [_beat(n, at) for n in nodes if n not in missed]
+            apply_heartbeats(session, live, HB.timeout)
+            gate_store.report_intake(session, "api-1", at, 1.0, 1.0)
+            gate_store.report_intake(session, "api-2", at, 1.0, 1.0)
+        result = await acts.scan_node_transitions(ScanRequest(now=at))
+        assert result.transitions == []
+        if at == t0:  # short, not yet for long enough
+            assert result.gate["holds"] == {}
+    holds = result.gate["holds"]
+    assert "heartbeat intake low: 2.0/s received of 4.0/s expected from 8 nodes" in holds["*"]
+    assert acts.gate_verdict(GateQuery(service="svc", region="us", now=at)).verdict == "held"
+
+
 def test_gate_cli_close_open_and_status(db: tuple[str, sessionmaker[Session]]) -> None:
     url, _ = db
     runner = CliRunner()

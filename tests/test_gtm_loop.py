@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 
 from activities.gtm import GtmActivities
 from tests.fakes.cloudflare_api import CloudflareState, start
+from tests.support.gate import STALLED, store_gate
 from tests.support.histories import keep
 from tests.support.temporal import pydantic_client
 from tests.support.tools import needs_tool
@@ -246,6 +247,32 @@ async def test_node_down_leaves_dns_in_one_apply_and_recovery_ramps(
         status = await handle.query(GtmLoopWorkflow.status)
         assert status.details["weights"] == {"jp": 100.0, "sg": 100.0}
         assert _answers(pdns)["127.0.10.3"] == pytest.approx(0.5)
+    engine.dispose()
+
+
+async def test_the_status_query_shows_the_gate_closed_with_its_reason_then_open(
+    time_env: WorkflowEnvironment,
+    tmp_path: Path,
+    pdns: PdnsServer,
+    health_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PDNS_API_KEY", pdns.api_key)
+    engine, sessions = _seed(tmp_path, pdns, health_port)
+    store_gate(sessions, await time_env.get_current_time(), stalled=True)
+    async with _gtm_loop(time_env, sessions, "svc", TQ, "svc") as handle:
+        await time_env.sleep(1)
+        status: LoopStatus = await handle.query(GtmLoopWorkflow.status)
+        assert status.details["gate"] == {"jp": f"held: {STALLED}", "sg": f"held: {STALLED}"}
+        assert set(_answers(pdns)) == set(NODES.values())  # published all the same
+
+        store_gate(sessions, await time_env.get_current_time(), stalled=False)
+        for node_id in NODES:
+            _beat(sessions, node_id)
+        await handle.signal(GtmLoopWorkflow.world_changed, "gate opened")
+        await time_env.sleep(1)
+        status = await handle.query(GtmLoopWorkflow.status)
+        assert status.details["gate"] == {}
     engine.dispose()
 
 

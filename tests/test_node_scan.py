@@ -18,9 +18,18 @@ from xplane.store.nodes import scan_nodes
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 TIMEOUT = timedelta(seconds=30)
+SILENT = timedelta(seconds=12.5)  # missed a beat: no heartbeat for longer
 
 STATES = [s.value for s in (NodeState.IDLE, NodeState.ACTIVE, NodeState.DRAIN, NodeState.DELETE)]
-BEATS = [None, NOW - TIMEOUT * 2, NOW - TIMEOUT, NOW - TIMEOUT + timedelta(microseconds=1), NOW]
+BEATS = [
+    None,
+    NOW - TIMEOUT * 2,
+    NOW - TIMEOUT,
+    NOW - TIMEOUT + timedelta(microseconds=1),
+    NOW - SILENT,
+    NOW - SILENT + timedelta(microseconds=1),
+    NOW,
+]
 REPORTED = [None, "up", "drain"]
 PROBES = [(None, None), (0, 0), (0, 3), (2, 3)]
 RECORDED = [None, "up", "down", "drain"]
@@ -58,9 +67,14 @@ def test_counts_and_changes_match_the_python_scan(engine: Engine) -> None:
         s.add_all(rows)
     with factory() as s:
         observations = scan_nodes(s, NOW, TIMEOUT)
-        view = scan_changes(s, NOW, TIMEOUT)
+        view = scan_changes(s, NOW, TIMEOUT, SILENT)
     assert view.total == len(rows) == len(observations)
-    assert view.regions == region_inputs(observations)
+    missed = {
+        r.id for r in rows if r.last_heartbeat_at is None or r.last_heartbeat_at < NOW - SILENT
+    }
+    assert view.regions == region_inputs(observations, missed)
+    # Silent but not yet down (missed a beat, within the timeout) is counted as well.
+    assert 0 < sum(r.silent for r in view.regions) < sum(r.beating for r in view.regions)
     expected = [
         o for o in observations if o.status != o.recorded_status and o.state is not NodeState.DELETE
     ]
@@ -82,7 +96,7 @@ def test_an_idle_fleet_has_no_changes(engine: Engine) -> None:
                 )
             )  # fmt: skip
     with factory() as s:
-        view = scan_changes(s, NOW, TIMEOUT)
+        view = scan_changes(s, NOW, TIMEOUT, SILENT)
     assert view.changed == []
     [region] = view.regions
-    assert (region.nodes, region.unready, region.beating) == (20, 0, 20)
+    assert (region.nodes, region.unready, region.beating, region.silent) == (20, 0, 20, 0)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import xplane.store.tables  # noqa: F401  (registers every table)
+from tests.support.gate import STALLED, store_gate
 from tests.test_api_support import seed_config
 from xplane.netutil import free_port
 from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
@@ -57,3 +59,30 @@ def test_status_reads_the_store_and_survives_temporal_down(tmp_path: Path) -> No
     assert ("api", "jp") in regions and regions[("api", "jp")]["nodes"] == {}
     assert report["temporal_ui"].startswith("unreachable")
     assert report["workflows"] == []
+
+
+def test_status_shows_the_gate_held_with_its_reason_then_open(tmp_path: Path) -> None:
+    """The table an operator reads: one line for the gate, with why it holds."""
+    engine = make_engine(f"sqlite:///{tmp_path}/xplane.db")
+    Base.metadata.create_all(engine)
+    seed_config(engine)
+    sessions = make_sessionmaker(engine)
+
+    def table() -> list[str]:
+        done = subprocess.run(
+            [str(XPLANE), "status", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "400", "XPLANE_TEMPORAL_ADDRESS": ""},
+        )
+        assert done.returncode == 0, done.stderr
+        return [line.strip() for line in done.stdout.splitlines() if "self-health gate" in line]
+
+    store_gate(sessions, utcnow(), stalled=True, service="web")
+    [held] = table()
+    assert held.startswith("self-health gate: HELD everywhere (since ")
+    assert held.endswith(f"): {STALLED}")
+    store_gate(sessions, utcnow(), stalled=False, service="web")
+    assert table() == ["self-health gate: open"]
+    engine.dispose()

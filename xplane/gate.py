@@ -13,8 +13,10 @@ Kubernetes node controller does per zone (``--unhealthy-zone-threshold``):
 * a region partly silent above ``max_unready_fraction`` -> **rate_limited**: at most
   ``disruption_rate`` nodes per heartbeat timeout; below ``min_unready_count``
   unready nodes none of these rules apply (small pools fail over normally);
-* heartbeat intake unhealthy (the API stopped storing beats, or stores far fewer
-  than it receives) -> **held everywhere**;
+* heartbeat intake unhealthy (the API stopped storing beats, stores far fewer
+  than it receives, or receives far fewer than the nodes should send) -> **held
+  everywhere**; a region wholly silent is left out of what the nodes should send
+  (its death is real: it fails over at once);
 * recovery: after a gap of more than two heartbeat intervals in the world-state
   scans (store, Temporal or worker down)
   or an unhealthy intake, no node is judged down until it has had a heartbeat
@@ -50,6 +52,11 @@ ENV_PREFIX = "XPLANE_GATE_"
 
 # Scans further apart than this many heartbeat intervals mean XPlane itself was down.
 SCAN_GAP_INTERVALS = 2
+# A node with no heartbeat for this many intervals has missed a beat (a quarter of an
+# interval of slack for a late one). Also how long beats must stay short of the
+# expected rate before the gate holds: by then a region that died when they fell
+# short is wholly silent, so it is left out and fails over rather than holding all.
+SILENT_INTERVALS = 1.25
 
 
 class GateSettings(BaseModel):
@@ -67,8 +74,12 @@ class GateSettings(BaseModel):
     stable_period: Duration | None = None
     # Added to the heartbeat timeout for the recovery quiet period (None: one interval).
     quiet_margin: Duration | None = None
+    # Intake unhealthy when beats received < this share of the beats the nodes should
+    # send (regions wholly silent left out). Between the 55 % left by a 45 % loss spread
+    # over every region and the 95 % left by a 5 % one.
+    min_intake_ratio: float = Field(default=0.75, ge=0, le=1)
     # Intake unhealthy when beats stored < this share of beats received.
-    min_intake_ratio: float = Field(default=0.5, ge=0, le=1)
+    min_stored_ratio: float = Field(default=0.5, ge=0, le=1)
     # Readers hold when the stored decision is older than this (None: 2 x timeout, >= 30 s).
     stale_after: Duration | None = None
 
@@ -78,6 +89,10 @@ class GateSettings(BaseModel):
     def quiet(self, heartbeat: HeartbeatSettings) -> timedelta:
         margin = self.quiet_margin if self.quiet_margin is not None else heartbeat.interval
         return heartbeat.timeout + margin
+
+    def silent_after(self, heartbeat: HeartbeatSettings) -> timedelta:
+        """A node with no heartbeat for longer has missed a beat (at most the timeout)."""
+        return min(SILENT_INTERVALS * heartbeat.interval, heartbeat.timeout)
 
     def stale(self, heartbeat: HeartbeatSettings) -> timedelta:
         if self.stale_after is not None:
@@ -104,6 +119,13 @@ class RegionInput(BaseModel):
     nodes: int = 0  # counted: neither drained nor deleted
     unready: int = 0  # of those, status down
     beating: int = 0  # of those, expected to beat (not already recorded down)
+    silent: int = 0  # of those, no heartbeat for longer than silent_after (missed a beat)
+
+    @property
+    def wholly_silent(self) -> bool:
+        """Every node that should beat has missed a beat: the region died (or is cut
+        off) as a whole, a real failure, not the heartbeat path's."""
+        return self.beating > 0 and self.silent >= self.beating
 
 
 class IntakeInput(BaseModel):
@@ -139,6 +161,8 @@ class GateState(BaseModel):
     holds: dict[str, Hold] = Field(default_factory=dict)  # EVERYWHERE or a service
     last_disruption: dict[str, datetime] = Field(default_factory=dict)  # "svc/region"
     rate_limited: list[str] = Field(default_factory=list)  # "svc/region", last scan
+    intake_low_since: datetime | None = None  # beats received short of expected since
+    intake_ok_since: datetime | None = None  # ...but not in the scans since (a burst)
 
 
 class RegionVerdict(BaseModel):
@@ -218,7 +242,9 @@ def decide_gate(
     global_reasons: list[str] = []
     if inputs.operator_closed:
         global_reasons.append(f"closed by operator: {inputs.operator_reason or 'no reason given'}")
-    intake_reasons = _intake_reasons(inputs, heartbeat, settings)
+    intake_reasons, state.intake_low_since, state.intake_ok_since = _intake_reasons(
+        inputs, previous, now, heartbeat, settings
+    )
     global_reasons.extend(intake_reasons)
 
     # Recovery: silence that began while XPlane could not see is not the nodes'.
@@ -310,30 +336,87 @@ def decide_gate(
 
 
 def _intake_reasons(
-    inputs: GateInputs, heartbeat: HeartbeatSettings, settings: GateSettings
-) -> list[str]:
+    inputs: GateInputs,
+    previous: GateState,
+    now: datetime,
+    heartbeat: HeartbeatSettings,
+    settings: GateSettings,
+) -> tuple[list[str], datetime | None, datetime | None]:
+    """Why the heartbeat intake cannot be trusted, if it cannot; since when the beats
+    received have been short of the expected rate (None: they are not), and since when
+    they have not been, within such a shortfall."""
     intake = inputs.intake
     if intake is None:
-        return []  # no API replica reports (heartbeats written some other way): not judged
+        return [], None, None  # no API replica reports (heartbeats written some other way)
     beating = sum(r.beating for r in inputs.regions)
-    reasons = []
     # Beats are due from this many nodes; below min_unready_count their silence is
     # no more than a small pool failing, which must fail over.
     stale = 2 * heartbeat.interval_seconds
     if beating >= settings.min_unready_count and intake.newest_age_seconds > stale:
-        reasons.append(
+        reason = (
             f"heartbeat intake stalled: no heartbeat stored for {intake.newest_age_seconds:.0f}s "
             f"while {beating} nodes should beat"
         )
-    elif (
+        return [reason], None, None
+    reasons = []
+    if (
         intake.received_per_s > 0
-        and intake.written_per_s < settings.min_intake_ratio * intake.received_per_s
+        and intake.written_per_s < settings.min_stored_ratio * intake.received_per_s
     ):
         reasons.append(
             f"heartbeat intake unhealthy: {intake.written_per_s:.1f}/s stored of "
             f"{intake.received_per_s:.1f}/s received"
         )
-    return reasons
+    short, why = _beats_short(inputs.regions, intake, heartbeat, settings)
+    since, ok_since = previous.intake_low_since, None
+    if short:
+        since = since or now
+    elif since is not None:
+        # A rate over a second jumps with a burst of late beats: a shortfall ends only
+        # when beats have arrived at the rate for an interval, or no node is silent.
+        ok_since = previous.intake_ok_since or now
+        silent = sum(r.silent for r in inputs.regions if not r.wholly_silent)
+        if now - ok_since >= heartbeat.interval or silent < settings.min_unready_count:
+            since = ok_since = None
+    if why is not None and since is not None and now - since >= settings.silent_after(heartbeat):
+        reasons.append(why)
+    return reasons, since, ok_since
+
+
+def _beats_short(
+    regions: Sequence[RegionInput],
+    intake: IntakeInput,
+    heartbeat: HeartbeatSettings,
+    settings: GateSettings,
+) -> tuple[bool, str | None]:
+    """Whether the beats received (summed over the API replicas) are short of
+    ``min_intake_ratio`` of the rate the nodes should send, and why to hold for it
+    (None: the store does not agree).
+
+    Expected: one beat per interval from every node that should beat (counted, not
+    recorded down), leaving out the regions wholly silent -- a region that died is a
+    real failure and fails over at once, however large. The store must agree: at
+    least ``min_unready_count`` of those nodes have missed a beat, and fewer than
+    ``min_intake_ratio`` of them beat on time. So a received rate measured over a
+    second (noisy with a few nodes) or a small pool failing never holds everything.
+    The caller holds only once beats have been short for ``silent_after``: a region
+    that died when they fell short is wholly silent by then, and left out.
+    """
+    counted = [r for r in regions if not r.wholly_silent]
+    beating = sum(r.beating for r in counted)
+    silent = sum(r.silent for r in counted)
+    expected = beating / heartbeat.interval_seconds
+    ratio = settings.min_intake_ratio
+    if intake.received_per_s >= ratio * expected:
+        return False, None
+    if silent < settings.min_unready_count or beating - silent >= ratio * beating:
+        return True, None
+    left_out = len(regions) - len(counted)
+    outside = f", {left_out} wholly silent region(s) left out" if left_out else ""
+    return True, (
+        f"heartbeat intake low: {intake.received_per_s:.1f}/s received of {expected:.1f}/s "
+        f"expected from {beating} nodes ({silent} of them missed a beat{outside})"
+    )
 
 
 def _service_reasons(service: str, regions: list[RegionInput], settings: GateSettings) -> list[str]:

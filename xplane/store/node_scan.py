@@ -55,29 +55,30 @@ def status_expression(now: datetime, timeout: timedelta) -> ColumnElement[str]:
     )
 
 
-def scan_changes(session: Session, now: datetime, timeout: timedelta) -> ScanView:
+def scan_changes(
+    session: Session, now: datetime, timeout: timedelta, silent_after: timedelta
+) -> ScanView:
     """Per-region counts and the changed nodes, as ``region_inputs(scan_nodes(...))``
-    and the scan's transition filter would give them."""
+    and the scan's transition filter would give them; ``silent`` counts the nodes that
+    should beat and have had no heartbeat for longer than ``silent_after``."""
     status = status_expression(now, timeout)
+    silent_cutoff = bindparam("silent_cutoff", now - silent_after, type_=UTCDateTime())
     gone = or_(
         NodeRow.state.in_((NodeState.DRAIN.value, NodeState.DELETE.value)),
         status == NodeStatus.DRAIN.value,
     )
     counted = case((gone, 0), else_=1)
     down = case((and_(~gone, status == NodeStatus.DOWN.value), 1), else_=0)
-    beating = case(
-        (
-            and_(
-                ~gone,
-                or_(
-                    NodeRow.recorded_status.is_(None),
-                    NodeRow.recorded_status != NodeStatus.DOWN.value,
-                ),
-            ),
-            1,
+    should_beat = and_(
+        ~gone,
+        or_(
+            NodeRow.recorded_status.is_(None),
+            NodeRow.recorded_status != NodeStatus.DOWN.value,
         ),
-        else_=0,
     )
+    beating = case((should_beat, 1), else_=0)
+    missed = or_(NodeRow.last_heartbeat_at.is_(None), NodeRow.last_heartbeat_at < silent_cutoff)
+    silent = case((and_(should_beat, missed), 1), else_=0)
     grouped = session.execute(
         select(
             NodeRow.service,
@@ -86,15 +87,21 @@ def scan_changes(session: Session, now: datetime, timeout: timedelta) -> ScanVie
             func.sum(counted),
             func.sum(down),
             func.sum(beating),
+            func.sum(silent),
         )
         .group_by(NodeRow.service, NodeRow.region)
         .order_by(NodeRow.service, NodeRow.region)
     ).all()
     regions = [
         RegionInput(
-            service=s, region=r, nodes=int(n or 0), unready=int(u or 0), beating=int(b or 0)
+            service=s,
+            region=r,
+            nodes=int(n or 0),
+            unready=int(u or 0),
+            beating=int(b or 0),
+            silent=int(q or 0),
         )
-        for s, r, _, n, u, b in grouped
+        for s, r, _, n, u, b, q in grouped
     ]
     total = sum(int(row[2]) for row in grouped)
     rows = session.execute(
