@@ -91,7 +91,8 @@ def _assert_nothing_lost(
     seen = watch.stop()
     assert len(seen) >= 10, f"{fault}: DNS polled {len(seen)} times only"
     assert watch.empty_polls() == 0, f"{fault}: DNS empty in {watch.empty_polls()} polls"
-    assert not watch.lost(healthy), f"{fault}: healthy addresses left DNS: {watch.lost(healthy)}"
+    lost = watch.lost(healthy)
+    assert not lost, f"{fault}: healthy addresses left DNS: {lost}; DNS: {watch.changes()}"
     assert stack.scale_commits() == commits, f"{fault}: a commit was made: {stack.scale_commits()}"
     now = stack.node_states()
     assert now.keys() == nodes.keys(), f"{fault}: nodes changed: {nodes} -> {now}"

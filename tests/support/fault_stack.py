@@ -224,6 +224,14 @@ class DnsWatch:
         """Healthy addresses some poll did not see (an empty answer loses every one)."""
         return {a for _, got in self.seen for a in healthy if a not in got}
 
+    def changes(self) -> list[tuple[float, list[str]]]:
+        """(seconds since the first poll, answer) at the first poll and each change."""
+        out: list[tuple[float, list[str]]] = []
+        for at, got in self.seen:
+            if not out or sorted(got) != out[-1][1]:
+                out.append((round(at - self.seen[0][0], 1), sorted(got)))
+        return out
+
     def empty_polls(self) -> int:
         return sum(1 for _, got in self.seen if not got)
 
