@@ -140,6 +140,9 @@ def test_control_plane_faults_never_become_outages(stack: FaultStack) -> None:
     resume_bound = (policies.HEARTBEAT_TIMEOUT + first_retry).total_seconds() + RESUME_MARGIN_S
 
     t0 = time.monotonic()
+    # Every node active first: until then GTM's fail-open answer may list them all, and
+    # the one after (the active ones only) would look like a loss to the first fault.
+    stack._wait("every node active", lambda: set(stack.node_states().values()) == {"active"}, 120)
     stack.wait_all_in_dns(120)
     stack._wait("the gate open", lambda: not stack.gate_holds(), 60)
     commits = stack.scale_commits()
