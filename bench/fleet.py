@@ -187,8 +187,10 @@ class Fleet:
         connections: int = 64,
         seed: int = 16,
         timeout_s: float = 5.0,
+        service: str = SERVICE,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        self.service = service
         self.tokens = tokens
         self.interval = interval_s
         self.health_port = health_port
@@ -221,10 +223,13 @@ class Fleet:
         self.health_requests = 0
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, register_concurrency: int = 32) -> None:
+    async def start(self, register_concurrency: int = 32, register: bool = True) -> None:
+        """``register=False``: the nodes' ids and tokens were set by the caller (nodes
+        put in the store directly); they only beat."""
         if self.health_port:
             self._start_health_thread()
-        await self.register(self.nodes, register_concurrency)
+        if register:
+            await self.register(self.nodes, register_concurrency)
         t0 = time.monotonic()
         self.window = Window(t0)
         self._tasks = [asyncio.create_task(self._beat_forever(n, t0)) for n in self.nodes]
@@ -235,7 +240,7 @@ class Fleet:
             gate = asyncio.Semaphore(concurrency)
 
             async def one(node: SimNode) -> None:
-                body = {"service": SERVICE, "region": node.region, "address": node.address}
+                body = {"service": self.service, "region": node.region, "address": node.address}
                 if self.health_port:
                     body["port"] = self.health_port  # type: ignore[assignment]
                 headers = {"Authorization": f"Bearer {self.tokens(node.region)}"}
