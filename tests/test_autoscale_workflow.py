@@ -24,7 +24,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.autoscale import AutoscaleActivities, CommitRequest, PoolCommit
+from activities.autoscale import AutoscaleActivities, CommitRequest, DecideRequest, PoolCommit
 from activities.calendar import CalendarActivities
 from tests.support.gate import STALLED, store_gate
 from tests.support.temporal import pydantic_client
@@ -148,7 +148,12 @@ async def rig(time_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Ri
     engine.dispose()
 
 
-def _worker(rig: Rig, tmp: Path, commit_activity: Callable[..., Any] | None = None) -> Worker:
+def _worker(
+    rig: Rig,
+    tmp: Path,
+    commit_activity: Callable[..., Any] | None = None,
+    count_activity: Callable[..., Any] | None = None,
+) -> Worker:
     acts = AutoscaleActivities(rig.sessions, str(rig.bare), tmp / "work")
     return Worker(
         rig.client,
@@ -158,7 +163,7 @@ def _worker(rig: Rig, tmp: Path, commit_activity: Callable[..., Any] | None = No
             acts.decide_autoscale,
             commit_activity or acts.commit_node_pool,
             acts.record_terraform_result,
-            acts.count_ready_nodes,
+            count_activity or acts.count_ready_nodes,
             acts.drain_nodes,
             acts.nodes_not_yet_drained,
             CalendarActivities(rig.sessions).record_nodes_active,
@@ -438,4 +443,46 @@ async def test_a_retried_commit_that_finds_its_push_still_waits_for_terraform(
         )
         await rig.env.sleep(2)
         assert (await _status(handle)).details["waiting"]["phase"] == "nodes"
+        await handle.terminate()
+
+
+async def test_a_store_outage_while_nodes_are_awaited_is_waited_out(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The store refuses every read for longer than the DB retry policy lasts (a minute,
+    as in the fault test) while the autoscaler waits for the new node: the wait goes on,
+    and once the store is back and the node is ready the commit's outcome is that node,
+    not a failed run followed by a second decision."""
+    acts = AutoscaleActivities(rig.sessions, str(rig.bare), tmp_path / "work")
+    store_down = True
+    refused = 0
+
+    @activity.defn(name="count_ready_nodes")
+    def count_ready_nodes(request: DecideRequest) -> int:
+        nonlocal refused
+        if store_down:
+            refused += 1
+            raise OSError("connection refused (the test's database outage)")
+        return acts.count_ready_nodes(request)
+
+    async with _worker(rig, tmp_path, count_activity=count_ready_nodes):
+        handle = await rig.start()
+        await rig.env.sleep(2)
+        waiting = (await _status(handle)).details["waiting"]
+        await handle.signal(
+            AutoscaleWorkflow.terraform_finished,
+            TerraformOutcome(commit=waiting["commit"], status="succeeded"),
+        )
+        await rig.env.sleep(40)  # well past the DB policy's 5 attempts (~3 s)
+        assert refused > 5
+        assert (await _status(handle)).details["waiting"]["phase"] == "nodes"
+        store_down = False
+        now = await rig.env.get_current_time()
+        for node in ("jp-0", "jp-1"):  # jp-0 beat all along; jp-1 is the new node
+            _hot_node(rig.sessions, node, cpu=0.9, now=now)
+        await rig.env.sleep(10)
+        status = await _status(handle)
+        assert status.details["waiting"] is None
+        assert status.details["last_outcome"] == "2 nodes ready"
+        assert len(rig.commits()) == 2  # the initial commit and this one scale-up
         await handle.terminate()

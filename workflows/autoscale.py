@@ -26,11 +26,13 @@ sitting out ``node_ready_timeout``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 from workflows import policies
 from workflows.control_loop import ControlLoopWorkflow, LoopCarry, LoopSettings
@@ -54,6 +56,10 @@ with workflow.unsafe.imports_passed_through():
 READY_POLL = timedelta(seconds=5)
 DRAIN_BEFORE_COMMIT = "drain-before-commit"  # patch: runs started earlier commit at once
 LEAD_PATCH = "calendar-record-lead"  # patch: measure commit -> nodes active for the lead
+# patch: a store outage during a wait is waited out, not the end of the wait (which made
+# the loop decide again and commit the same replacement twice)
+WAIT_OUT_STORE_ERRORS = "autoscale-wait-out-store-errors"
+T = TypeVar("T")
 
 
 class Waiting(BaseModel):
@@ -223,13 +229,15 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
         deadline = now + timedelta(seconds=result.node_ready_timeout_seconds)
         try:
             while workflow.now() < deadline:
-                left: list[str] = await workflow.execute_activity_method(
-                    AutoscaleActivities.nodes_not_yet_drained,
-                    drained,
-                    start_to_close_timeout=policies.DB_TIMEOUT,
-                    retry_policy=policies.DB,
+                left = await self._poll_store(
+                    workflow.execute_activity_method(
+                        AutoscaleActivities.nodes_not_yet_drained,
+                        drained,
+                        start_to_close_timeout=policies.DB_TIMEOUT,
+                        retry_policy=policies.DB,
+                    )
                 )
-                if not left:
+                if left is not None and not left:
                     return
                 await workflow.sleep(READY_POLL)
             workflow.logger.warning("drain of %s not finished in time: committing", drained)
@@ -260,15 +268,20 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             self.waiting.phase = "nodes"
             deadline = workflow.now() + timedelta(seconds=result.node_ready_timeout_seconds)
             while workflow.now() < deadline:
-                ready: int = await workflow.execute_activity_method(
-                    AutoscaleActivities.count_ready_nodes,
-                    DecideRequest(
-                        service=self.params.service, region=self.params.region, now=workflow.now()
-                    ),
-                    start_to_close_timeout=policies.DB_TIMEOUT,
-                    retry_policy=policies.DB,
+                counted = await self._poll_store(
+                    workflow.execute_activity_method(
+                        AutoscaleActivities.count_ready_nodes,
+                        DecideRequest(
+                            service=self.params.service,
+                            region=self.params.region,
+                            now=workflow.now(),
+                        ),
+                        start_to_close_timeout=policies.DB_TIMEOUT,
+                        retry_policy=policies.DB,
+                    )
                 )
-                if ready >= desired:
+                ready = 0 if counted is None else counted
+                if counted is not None and ready >= desired:
                     await self._measured(commit, now, terraform_at, desired)
                     return f"{ready} nodes ready"
                 # A node lost meanwhile would keep `ready` short until the deadline:
@@ -282,6 +295,19 @@ class AutoscaleWorkflow(ControlLoopWorkflow):
             return "nodes not ready in time"
         finally:
             self.waiting = None
+
+    async def _poll_store(self, read: Awaitable[T]) -> T | None:
+        """One poll of a wait: the read's answer, or None while the store is unreachable.
+
+        The DB retry policy gives up after a few seconds; a longer outage must not end
+        the wait (the loop would decide again without it, and commit twice)."""
+        if not workflow.patched(WAIT_OUT_STORE_ERRORS):
+            return await read
+        try:
+            return await read
+        except ActivityError as err:
+            workflow.logger.warning("store unreachable while waiting, polling on: %s", err.cause)
+            return None
 
     async def _measured(
         self, commit: PoolCommit, committed_at: datetime, terraform_at: datetime, desired: int
