@@ -377,6 +377,7 @@ class Fleet:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)  # this thread's loop (gather at the end needs it)
             try:
                 server = loop.run_until_complete(
                     asyncio.start_server(self._serve_health, "0.0.0.0", self.health_port)
@@ -392,6 +393,12 @@ class Fleet:
                 loop.run_forever()
             finally:
                 server.close()
+                # Probers keep their connections open: end their handlers while the
+                # loop still runs, or they are destroyed pending when it closes.
+                handlers = asyncio.all_tasks(loop)
+                for task in handlers:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*handlers, return_exceptions=True))
                 loop.run_until_complete(server.wait_closed())
                 loop.close()
 
