@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -501,15 +500,10 @@ async def test_the_gtm_loop_rides_out_a_throttling_route53(
     Retry-After: 2, then without. No call reaches the endpoint before Retry-After (nor
     within the 1 s back-off after a bare 429), the apply's retries publish every address
     in the same reconcile, and the loop records no failed run."""
-    from tests.test_gtm_loop import NODES, _beat, _gtm_loop
+    from tests.test_gtm_loop import NODES, _gtm_loop, store_nodes
     from workflows.control_loop import LoopStatus
     from workflows.gtm_loop import GtmLoopWorkflow
-    from xplane.config.loader import load_config_from_mapping
-    from xplane.domain import NodeState
-    from xplane.store import nodes as node_store
-    from xplane.store.config_store import save_revision
-    from xplane.store.db import Base, make_engine, make_sessionmaker, transaction, utcnow
-    from xplane.store.registration import Registration, register_node
+    from xplane.store.db import Base, make_engine, make_sessionmaker
 
     url, proxy = throttling
     proxy.status, proxy.xml = 429, False
@@ -528,21 +522,7 @@ dns: {{provider: route53, endpoint_url: "{url}", zone: {ZONE},
        access_key_id_env: XPLANE_TEST_AWS_ID, secret_access_key_env: XPLANE_TEST_AWS_SECRET}}
 """,
     }
-    with transaction(sessions) as session:
-        save_revision(session, "d" * 40, load_config_from_mapping(config), "test")
-        for node_id, address in NODES.items():
-            register_node(
-                session,
-                Registration(
-                    node_id=node_id, service="api", region=node_id[:2], address=address,
-                    token_hash=uuid.uuid4().hex, port=node_health_port,
-                ),
-                utcnow(),
-                timedelta(seconds=30),
-            )  # fmt: skip
-            node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", utcnow())
-    for node_id in NODES:
-        _beat(sessions, node_id)
+    store_nodes(sessions, config, "d" * 40, "api", node_health_port)
 
     answers = iter(["2", None])
 

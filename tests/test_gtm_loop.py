@@ -154,6 +154,34 @@ async def _gtm_loop(
                 await handle.terminate()
 
 
+def store_nodes(
+    sessions: sessionmaker[Session],
+    config: dict[str, str],
+    revision: str,
+    service: str,
+    port: int,
+    idle: tuple[str, ...] = (),
+) -> None:
+    """The config in force and every node of NODES registered (health on ``port``),
+    active unless named in ``idle``, and beating."""
+    with transaction(sessions) as session:
+        save_revision(session, revision, load_config_from_mapping(config), "test")
+        for node_id, address in NODES.items():
+            register_node(
+                session,
+                Registration(
+                    node_id=node_id, service=service, region=node_id[:2], address=address,
+                    token_hash=uuid.uuid4().hex, port=port,
+                ),
+                utcnow(),
+                timedelta(seconds=30),
+            )  # fmt: skip
+            state = NodeState.IDLE if node_id in idle else NodeState.ACTIVE
+            node_store.set_lifecycle_state(session, node_id, state, "test", utcnow())
+    for node_id in NODES:
+        _beat(sessions, node_id)
+
+
 def _seed(
     tmp_path: Path, pdns: PdnsServer, health_port: int
 ) -> tuple[Engine, sessionmaker[Session]]:
@@ -163,27 +191,7 @@ def _seed(
     engine = make_engine(f"sqlite:///{tmp_path}/gtm.db")
     Base.metadata.create_all(engine)
     sessions = make_sessionmaker(engine)
-    with transaction(sessions) as session:
-        save_revision(
-            session, "a" * 40, load_config_from_mapping(_config(pdns, health_port)), "test"
-        )
-        for node_id, address in NODES.items():
-            register_node(
-                session,
-                Registration(
-                    node_id=node_id,
-                    service="svc",
-                    region=node_id[:2],
-                    address=address,
-                    token_hash=uuid.uuid4().hex,
-                    port=health_port,
-                ),
-                utcnow(),
-                timedelta(seconds=30),
-            )
-            node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", utcnow())
-    for node_id in NODES:
-        _beat(sessions, node_id)
+    store_nodes(sessions, _config(pdns, health_port), "a" * 40, "svc", health_port)
     return engine, sessions
 
 
@@ -417,22 +425,7 @@ async def test_a_slow_start_ramp_writes_dns_in_about_ten_steps_not_every_tick(
     sessions = make_sessionmaker(engine)
     config = _config(pdns, health_port)
     config["gtm/svc.yaml"] = config["gtm/svc.yaml"].replace("interval: 10s", "interval: 5s")
-    with transaction(sessions) as session:
-        save_revision(session, "b" * 40, load_config_from_mapping(config), "test")
-        for node_id, address in NODES.items():
-            register_node(
-                session,
-                Registration(
-                    node_id=node_id, service="svc", region=node_id[:2], address=address,
-                    token_hash=uuid.uuid4().hex, port=health_port,
-                ),
-                utcnow(),
-                timedelta(seconds=30),
-            )  # fmt: skip
-            state = NodeState.IDLE if node_id == "sg-1" else NodeState.ACTIVE
-            node_store.set_lifecycle_state(session, node_id, state, "test", utcnow())
-    for node_id in NODES:
-        _beat(sessions, node_id)
+    store_nodes(sessions, config, "b" * 40, "svc", health_port, idle=("sg-1",))
 
     def applies() -> int:
         with sessions() as session:
@@ -482,21 +475,7 @@ dns: {{provider: cloudflare, base_url: "http://127.0.0.1:{server.port}/client/v4
        zone: svc.plus}}
 """,
     }
-    with transaction(sessions) as session:
-        save_revision(session, "c" * 40, load_config_from_mapping(config), "test")
-        for node_id, address in NODES.items():
-            register_node(
-                session,
-                Registration(
-                    node_id=node_id, service="svc", region=node_id[:2], address=address,
-                    token_hash=uuid.uuid4().hex, port=health_port,
-                ),
-                utcnow(),
-                timedelta(seconds=30),
-            )  # fmt: skip
-            node_store.set_lifecycle_state(session, node_id, NodeState.ACTIVE, "test", utcnow())
-    for node_id in NODES:
-        _beat(sessions, node_id)
+    store_nodes(sessions, config, "c" * 40, "svc", health_port)
     state.fail_next(429, retry_after=2)
 
     try:
