@@ -36,6 +36,7 @@ from xplane.gtm.weights import (
     compute_weights_from_aggregates,
 )
 from xplane.heartbeat import HeartbeatSettings
+from xplane.lifecycle.node_status import heartbeat_is_fresh
 from xplane.observability import metrics
 from xplane.probes.health import probe_all
 from xplane.store import config_store, console_queries
@@ -237,8 +238,7 @@ class GtmActivities:
             for r in rows
             if r.state != "drain"
             and not r.drain_requested
-            and r.last_heartbeat_at is not None
-            and now - r.last_heartbeat_at <= timeout
+            and heartbeat_is_fresh(r.last_heartbeat_at, now, timeout)
         ]
         targets = probe_order(
             (ProbeTarget(node_id=r.id, address=r.address, port=r.port) for r in wanted),

@@ -54,6 +54,13 @@ class NodeFacts(StatusInputs, LivenessInputs, Protocol):
     def recorded_status(self) -> str | None: ...
 
 
+def heartbeat_is_fresh(
+    last_heartbeat_at: datetime | None, now: datetime, timeout: timedelta
+) -> bool:
+    """Has the node beaten within ``timeout`` of ``now``? (Never beaten: no.)"""
+    return last_heartbeat_at is not None and now - last_heartbeat_at <= timeout
+
+
 def derive_status(node: StatusInputs, now: datetime, timeout: timedelta) -> NodeStatus:
     """The node's status at ``now``.
 
@@ -64,7 +71,7 @@ def derive_status(node: StatusInputs, now: datetime, timeout: timedelta) -> Node
     """
     if node.drain_requested or node.reported_status == NodeStatus.DRAIN.value:
         return NodeStatus.DRAIN
-    if node.last_heartbeat_at is None or now - node.last_heartbeat_at > timeout:
+    if not heartbeat_is_fresh(node.last_heartbeat_at, now, timeout):
         return NodeStatus.DOWN
     if node.probes_total and not node.probes_ok:
         return NodeStatus.DOWN
